@@ -1,0 +1,132 @@
+"""The public ``attention`` op and its ``custom_vjp``.
+
+The forward saves only (Q, K, V, O, L) and the segment ids; the backward
+computes D = rowsum(dO ∘ O) - dL and recomputes P tile by tile in its kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from flashjax import reference
+from flashjax.checks import Plan, make_plan
+from pallas_kernels import triton as triton_kernels
+
+
+def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
+              kv_segment_ids=None, window=None, softcap=None, scale=None,
+              return_lse: bool = False, config=None, backend: str = "auto"):
+  """Exact softmax attention, fused and tiled (FlashAttention 2).
+
+  Args:
+    q: ``[batch, seq_q, num_q_heads, head_dim]``, float32, bfloat16 or float16.
+    k, v: ``[batch, seq_kv, num_kv_heads, head_dim]``, q's dtype;
+      ``num_q_heads`` is a multiple of ``num_kv_heads`` (MHA, GQA, MQA).
+      ``head_dim`` is a multiple of 8, at most 256. Any sequence lengths.
+    causal: query i sees keys j <= i + seq_kv - seq_q (diagonal aligned to the
+      bottom right, as FlashAttention 2; equal to the usual rule when
+      seq_q == seq_kv).
+    q_segment_ids, kv_segment_ids: int ``[batch, seq_q]`` / ``[batch, seq_kv]``;
+      a token sees only keys of its own segment (packing; padding gets its own
+      id). kv ids default to the q ids for self-attention.
+    window: ``(left, right)``: query i sees keys within ``[diag(i) - left,
+      diag(i) + right]``; either side may be None (unbounded). Composes with
+      causal (which caps right at 0).
+    softcap: ``S = softcap · tanh(S / softcap)`` on the scaled logits (Gemma 2).
+    scale: logit scale; default ``1 / sqrt(head_dim)``.
+    return_lse: also return L, the natural-log logsumexp of each row,
+      float32 ``[batch, num_q_heads, seq_q]`` (differentiable).
+    config: :class:`flashjax.Config` block sizes; default per head dim.
+    backend: ``"auto"`` or ``"triton"``: the Pallas kernel, compiled on a GPU
+      and in interpret mode on the CPU; ``"reference"``: dense jnp, O(N^2)
+      memory, identical semantics.
+
+  Returns:
+    O ``[batch, seq_q, num_q_heads, head_dim]`` in q's dtype (and L if
+    ``return_lse``). A row that sees no key gives O = 0, L = -inf, and zero
+    gradients.
+  """
+  plan, q_seg, kv_seg = make_plan(
+      q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+      causal=causal, window=window, softcap=softcap, scale=scale,
+      config=config, backend=backend)
+  if plan.backend == "reference":
+    o, lse = reference.attend(plan, q, k, v, q_seg, kv_seg)
+  else:
+    o, lse = _flash(plan, q, k, v, q_seg, kv_seg)
+  return (o, lse) if return_lse else o
+
+
+def explain(q, k, v, **kwargs) -> str:
+  """Which kernel ``attention(q, k, v, **kwargs)`` runs, with its tiling."""
+  kwargs.pop("return_lse", None)
+  plan, _, _ = make_plan(q, k, v, **kwargs)
+  if plan.backend == "reference":
+    return "reference: dense jnp attention (O(N^2) memory)"
+  mode = "interpret mode (CPU)" if plan.interpret else "compiled"
+  return (f"triton: Pallas Triton-lowered kernels, {mode}; "
+          f"fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}; "
+          f"seq_q {plan.mask.seq_q}->{plan.seq_q_padded}, "
+          f"seq_kv {plan.mask.seq_kv}->{plan.seq_kv_padded}, "
+          f"head_dim {plan.head_dim}->{plan.head_dim_padded}; group "
+          f"{plan.group}; {plan.mask}")
+
+
+def _pad(x, axis_sizes):
+  """Zero-pad x up to ``axis_sizes`` ({axis: size}); no copy when aligned."""
+  pads = [(0, axis_sizes.get(a, n) - n) for a, n in enumerate(x.shape)]
+  return x if not any(hi for _, hi in pads) else jnp.pad(x, pads)
+
+
+def _flash(plan: Plan, q, k, v, q_seg, kv_seg):
+  """Pad to whole tiles and a power-of-2 head dim, run the kernels, slice back."""
+  seq_q, seq_kv, d = plan.mask.seq_q, plan.mask.seq_kv, plan.head_dim
+  q = _pad(q, {1: plan.seq_q_padded, 3: plan.head_dim_padded})
+  k = _pad(k, {1: plan.seq_kv_padded, 3: plan.head_dim_padded})
+  v = _pad(v, {1: plan.seq_kv_padded, 3: plan.head_dim_padded})
+  if q_seg is not None:
+    q_seg = _pad(q_seg, {1: plan.seq_q_padded})
+    kv_seg = _pad(kv_seg, {1: plan.seq_kv_padded})
+  o, lse = _flash_core(plan, q, k, v, q_seg, kv_seg)
+  return o[:, :seq_q, :, :d], lse[:, :, :seq_q]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash_core(plan: Plan, q, k, v, q_seg, kv_seg):
+  return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg)
+
+
+def _flash_core_fwd(plan: Plan, q, k, v, q_seg, kv_seg):
+  o, lse = triton_kernels.forward(plan, q, k, v, q_seg, kv_seg)
+  return (o, lse), (q, k, v, q_seg, kv_seg, o, lse)
+
+
+def _flash_core_bwd(plan: Plan, residuals, cotangents):
+  q, k, v, q_seg, kv_seg, o, lse = residuals
+  do, dlse = cotangents
+  # D = rowsum(dO ∘ O) - dL   [batch, heads, seq_q]; a dL term arises only when
+  # the caller differentiates through the returned logsumexp.
+  delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32),
+                     o.astype(jnp.float32)) - dlse
+  dq, dk, dv = _backward(plan, q, k, v, q_seg, kv_seg, do.astype(q.dtype),
+                         lse, delta)
+  return dq, dk, dv, None, None
+
+
+_flash_core.defvjp(_flash_core_fwd, _flash_core_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _backward(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta):
+  return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta)
+
+
+@_backward.defjvp
+def _backward_jvp(plan, primals, tangents):
+  raise NotImplementedError(
+      "flashjax.attention supports first-order gradients only: the backward "
+      "kernels are not differentiable (grad of grad, Hessians). Use "
+      "backend='reference' for higher-order derivatives.")

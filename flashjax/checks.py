@@ -1,0 +1,198 @@
+"""Input validation: turn the user's arguments into one static, hashable ``Plan``.
+
+Every check runs at trace time (shapes and dtypes only) and raises ``ValueError``
+or ``TypeError`` naming the argument, what was seen and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+
+from flashjax.config import Blocks, Config, default_config, next_pow2
+from flashjax.masks import MaskSpec
+
+log = logging.getLogger("flashjax")
+
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+MAX_HEAD_DIM = 256
+BACKENDS = ("auto", "triton", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Everything static about one attention call (the custom_vjp's nondiff arg)."""
+
+  batch: int
+  num_q_heads: int
+  num_kv_heads: int
+  head_dim: int
+  dtype: str
+  mask: MaskSpec
+  scale: float
+  softcap: float | None
+  backend: str        # "triton" or "reference" ("auto" is resolved here)
+  interpret: bool     # run the Pallas kernel in the interpreter (CPU)
+  config: Config
+
+  @property
+  def group(self) -> int:
+    """Query heads per K/V head (1 for MHA, num_q_heads for MQA)."""
+    return self.num_q_heads // self.num_kv_heads
+
+  @property
+  def head_dim_padded(self) -> int:
+    """Head dim the kernels see: the next power of 2 (Triton tiles need it)."""
+    return max(16, next_pow2(self.head_dim))
+
+  @property
+  def fwd_blocks(self) -> Blocks:
+    return self.config.fwd.fit(self.mask.seq_q, self.mask.seq_kv)
+
+  @property
+  def bwd_blocks(self) -> Blocks:
+    return self.config.bwd.fit(self.mask.seq_q, self.mask.seq_kv)
+
+  @property
+  def seq_q_padded(self) -> int:
+    """seq_q rounded up to whole tiles of every kernel (blocks are powers of 2)."""
+    return _round_up(self.mask.seq_q,
+                     max(self.fwd_blocks.block_q, self.bwd_blocks.block_q))
+
+  @property
+  def seq_kv_padded(self) -> int:
+    return _round_up(self.mask.seq_kv,
+                     max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv))
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _shape_of(name, x):
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
+  return tuple(x.shape)
+
+
+def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
+              causal=False, window=None, softcap=None, scale=None,
+              config=None, backend="auto"):
+  """Validate the arguments of :func:`flashjax.attention` and resolve them.
+
+  Returns ``(plan, q_segment_ids, kv_segment_ids)``, the ids as int32 (kv ids
+  default to the q ids for self-attention) or both None.
+  """
+  q_shape, k_shape, v_shape = (_shape_of(n, x) for n, x in
+                               (("q", q), ("k", k), ("v", v)))
+  layouts = {"q": "[batch, seq_q, num_q_heads, head_dim]",
+             "k": "[batch, seq_kv, num_kv_heads, head_dim]",
+             "v": "[batch, seq_kv, num_kv_heads, head_dim]"}
+  for name, shape in (("q", q_shape), ("k", k_shape), ("v", v_shape)):
+    if len(shape) != 4:
+      raise ValueError(f"{name} must have rank 4 {layouts[name]}, got shape "
+                       f"{shape} (rank {len(shape)}).")
+    if 0 in shape:
+      raise ValueError(f"{name} has an empty dimension: shape {shape}.")
+  if k_shape != v_shape:
+    raise ValueError(f"k and v must have the same shape "
+                     f"[batch, seq_kv, num_kv_heads, head_dim], got k {k_shape} "
+                     f"and v {v_shape}.")
+  batch, seq_q, num_q_heads, head_dim = q_shape
+  _, seq_kv, num_kv_heads, _ = k_shape
+  if k_shape[0] != batch:
+    raise ValueError(f"q and k/v must have the same batch size, got q {q_shape} "
+                     f"and k {k_shape}.")
+  if k_shape[3] != head_dim:
+    raise ValueError(f"q and k/v must have the same head_dim, got q {q_shape} "
+                     f"and k {k_shape}.")
+  if num_q_heads % num_kv_heads:
+    raise ValueError(f"num_q_heads ({num_q_heads}, q {q_shape}) must be a "
+                     f"multiple of num_kv_heads ({num_kv_heads}, k {k_shape}) "
+                     f"for MHA/GQA/MQA.")
+  if head_dim % 8 or head_dim > MAX_HEAD_DIM:
+    raise ValueError(f"head_dim must be a multiple of 8 and at most "
+                     f"{MAX_HEAD_DIM}, got {head_dim} (q {q_shape}).")
+
+  dtypes = {n: jnp.dtype(x.dtype) for n, x in (("q", q), ("k", k), ("v", v))}
+  if len(set(dtypes.values())) != 1:
+    raise TypeError("q, k and v must have the same dtype, got " + ", ".join(
+        f"{n} {d.name}" for n, d in dtypes.items()) + ".")
+  dtype = dtypes["q"].name
+  if dtype not in SUPPORTED_DTYPES:
+    raise TypeError(f"q/k/v dtype must be one of {SUPPORTED_DTYPES}, got "
+                    f"{dtype}.")
+
+  q_segment_ids, kv_segment_ids = _check_segments(
+      q_segment_ids, kv_segment_ids, batch, seq_q, seq_kv)
+  window = _check_window(window)
+  if softcap is not None and not (isinstance(softcap, (int, float))
+                                  and math.isfinite(softcap) and softcap > 0):
+    raise ValueError(f"softcap must be a positive finite float or None, got "
+                     f"{softcap!r}.")
+  if scale is None:
+    scale = 1.0 / math.sqrt(head_dim)
+  elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+    raise ValueError(f"scale must be a finite Python float or None (for "
+                     f"1/sqrt(head_dim)), got {scale!r}.")
+  if backend not in BACKENDS:
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+  if config is not None and not isinstance(config, Config):
+    raise TypeError(f"config must be a flashjax.Config or None, got "
+                    f"{type(config).__name__}.")
+
+  on_gpu = jax.default_backend() == "gpu"
+  resolved = "triton" if backend == "auto" else backend
+  if backend == "auto":
+    log.debug("flashjax: backend auto -> triton (%s)",
+              "compiled" if on_gpu else "interpret mode, no GPU")
+  plan = Plan(
+      batch=batch, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+      head_dim=head_dim, dtype=dtype,
+      mask=MaskSpec(seq_q=seq_q, seq_kv=seq_kv, causal=bool(causal),
+                    window=window, has_segments=q_segment_ids is not None),
+      scale=float(scale), softcap=None if softcap is None else float(softcap),
+      backend=resolved, interpret=not on_gpu,
+      config=config or default_config(max(16, next_pow2(head_dim))))
+  return plan, q_segment_ids, kv_segment_ids
+
+
+def _check_segments(q_seg, kv_seg, batch, seq_q, seq_kv):
+  if q_seg is None and kv_seg is None:
+    return None, None
+  if q_seg is None:
+    raise ValueError("kv_segment_ids was given without q_segment_ids; pass "
+                     "both, or only q_segment_ids for self-attention.")
+  if kv_seg is None:
+    if seq_q != seq_kv:
+      raise ValueError(f"kv_segment_ids is required when seq_q ({seq_q}) != "
+                       f"seq_kv ({seq_kv}).")
+    kv_seg = q_seg
+  for name, ids, seq in (("q_segment_ids", q_seg, seq_q),
+                         ("kv_segment_ids", kv_seg, seq_kv)):
+    shape = _shape_of(name, ids)
+    if shape != (batch, seq):
+      raise ValueError(f"{name} must have shape [batch, seq] = "
+                       f"{(batch, seq)}, got {shape}.")
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise TypeError(f"{name} must have an integer dtype, got "
+                      f"{jnp.dtype(ids.dtype).name}.")
+  return q_seg.astype(jnp.int32), kv_seg.astype(jnp.int32)
+
+
+def _check_window(window):
+  if window is None:
+    return None
+  if not (isinstance(window, (tuple, list)) and len(window) == 2):
+    raise ValueError(f"window must be a (left, right) pair of ints >= 0 or "
+                     f"None, got {window!r}.")
+  for side, w in zip(("left", "right"), window):
+    if w is not None and (not isinstance(w, int) or isinstance(w, bool)
+                          or w < 0):
+      raise ValueError(f"window {side} must be an int >= 0 or None "
+                       f"(unbounded), got {w!r} in window={window!r}.")
+  return (window[0], window[1])

@@ -1,0 +1,1 @@
+"""Pallas attention kernels: ``triton/`` (portable, Triton-lowered) and shared tile math."""

@@ -1,0 +1,93 @@
+"""Tile math shared by every kernel (forward, dQ, dK/dV): pure array functions.
+
+Internally logits live in log2 units, ``S2 = S · log2(e)``, so every exponential
+is an ``exp2`` (one FMA + ``ex2`` on the GPU). The logsumexp L crosses the kernel
+boundary in natural-log units. Notation: FlashAttention 2's Q, K, V, O, S, P, m,
+l, L = m + log l, dO, D = rowsum(dO ∘ O).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from flashjax.masks import MaskSpec
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+
+def dot(a, b, *, trans_a: bool = False, trans_b: bool = False,
+        precision=None):
+  """2-D matmul with a float32 result: ``op(a) @ op(b)``, op = optional transpose."""
+  dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+  return lax.dot_general(a, b, dims, precision=precision,
+                         preferred_element_type=jnp.float32)
+
+
+def scores(q, k, *, scale: float, softcap: float | None, precision):
+  """Logits of one tile in log2 units.
+
+  q ``[block_q, d]``, k ``[block_kv, d]`` (input dtype) -> ``(S2, t)`` with S2
+  float32 ``[block_q, block_kv]`` and ``t = tanh(scale·QKᵀ / softcap)`` (None
+  without softcap), which the backward needs for the soft-cap derivative.
+  """
+  # S = scale · Q Kᵀ  (softcap: S = c · tanh(scale · Q Kᵀ / c))
+  qk = dot(q, k, trans_b=True, precision=precision)
+  if softcap is None:
+    return qk * (scale * LOG2E), None
+  t = jnp.tanh(qk * (scale / softcap))
+  return t * (softcap * LOG2E), t
+
+
+def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
+              block_kv: int, q_seg=None, kv_seg=None):
+  """Set the invisible entries of tile ``s [block_q, block_kv]`` to -inf."""
+  q_idx = q_start + lax.broadcasted_iota(jnp.int32, (block_q,), 0)
+  k_idx = kv_start + lax.broadcasted_iota(jnp.int32, (block_kv,), 0)
+  return jnp.where(spec.predicate(q_idx, k_idx, q_seg, kv_seg), s, -jnp.inf)
+
+
+def online_softmax_step(s, m_prev, l_prev):
+  """One step of the online softmax over a tile of log2-unit logits.
+
+  s ``[block_q, block_kv]`` (-inf where masked), m_prev/l_prev ``[block_q]``.
+  Returns ``(P, m_new, l_new, alpha)`` where the caller rescales its O
+  accumulator by ``alpha`` before adding ``P V``. A row that has seen no
+  visible key keeps m = -inf, l = 0 and P = 0 (never NaN).
+  """
+  # m_new = max(m_prev, rowmax(S))
+  m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
+  m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+  # P = exp2(S - m_new), alpha = exp2(m_prev - m_new)
+  p = jnp.exp2(s - m_safe[:, None])
+  alpha = jnp.exp2(m_prev - m_safe)
+  # l_new = alpha · l_prev + rowsum(P)
+  l_new = alpha * l_prev + jnp.sum(p, axis=1)
+  return p, m_new, l_new, alpha
+
+
+def finalize(acc, m, l):
+  """Deferred normalisation: ``O = acc / l`` and ``L = (m + log2 l) · ln 2``.
+
+  A fully masked row (l = 0) gives O = 0 and L = -inf.
+  """
+  empty = l == 0.0
+  o = acc / jnp.where(empty, 1.0, l)[:, None]
+  lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * LN2)
+  return o, lse
+
+
+def lse_log2_for_recompute(lse):
+  """L (natural log) -> log2 units for ``P = exp2(S2 - L2)``; -inf rows -> +inf.
+
+  With +inf, a fully masked row recomputes P = exp2(-inf - inf) = 0, not NaN.
+  """
+  return jnp.where(lse == -jnp.inf, jnp.inf, lse * LOG2E)
+
+
+def softcap_grad(ds, t):
+  """dS w.r.t. the raw ``scale·QKᵀ``: ``dS ∘ (1 - t²)`` under soft-capping."""
+  return ds if t is None else ds * (1.0 - t * t)

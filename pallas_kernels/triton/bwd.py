@@ -1,0 +1,193 @@
+"""Flash-attention backward kernels (FlashAttention 2, Algorithm 2), Triton-lowered.
+
+P is recomputed tile by tile from L; nothing of size seq_q × seq_kv is stored.
+Two kernels, each parallel over the tiles it writes:
+
+* dK/dV, one program per K/V tile of a K/V head, looping over the query tiles of
+  every query head in its GQA group (the group sum happens in registers);
+* dQ, one program per query tile, looping over K/V tiles.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from flashjax.checks import Plan
+from flashjax.masks import MaskSpec
+from pallas_kernels import common
+from pallas_kernels.triton import specs
+
+
+def _ds_tile(q, k, v, do, lse2, delta, *, mask: MaskSpec, scale, softcap,
+             q_start, kv_start, block_q, block_kv, q_seg, kv_seg, needs_mask,
+             precision):
+  """Recompute P for one (query tile, K/V tile) pair and form dS.
+
+  Returns ``(P, dS)``, float32 ``[block_q, block_kv]``; dS is w.r.t. the raw
+  ``scale · QKᵀ`` divided by scale (the caller multiplies by scale once).
+  """
+  # S = scale · Q Kᵀ (log2 units), invisible entries -inf
+  s, t = common.scores(q, k, scale=scale, softcap=softcap, precision=precision)
+  if needs_mask:
+    s = common.mask_tile(s, mask, q_start, kv_start, block_q, block_kv, q_seg,
+                         kv_seg)
+  # P = exp2(S - L)
+  p = jnp.exp2(s - lse2[:, None])
+  # dP = dO Vᵀ
+  dp = common.dot(do, v, trans_b=True, precision=precision)
+  # dS = P ∘ (dP - D)   (∘ (1 - t²) under soft-capping)
+  ds = common.softcap_grad(p * (dp - delta[:, None]), t)
+  return p, ds
+
+
+def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
+                kv_seg_ref, dk_ref, dv_ref, *, mask: MaskSpec, scale: float,
+                softcap: float | None, group: int, block_q: int, block_kv: int,
+                num_q_blocks: int, needs_mask: bool, precision):
+  # q_ref/do_ref: [seq_q, group, d]; lse_ref/delta_ref: [group, seq_q];
+  # k_ref/v_ref/dk_ref/dv_ref: [block_kv, d] of this program's K/V tile.
+  kv_start = pl.program_id(0) * block_kv
+  k = k_ref[...]
+  v = v_ref[...]
+  kv_seg = None if kv_seg_ref is None else kv_seg_ref[...]
+  lo, hi = mask.q_block_range(kv_start, block_kv, block_q, num_q_blocks)
+
+  def head_body(g, carry):
+    def body(i, carry):
+      dk, dv = carry
+      q_start = pl.multiple_of(i * block_q, block_q)
+      rows = pl.ds(q_start, block_q)
+      q = q_ref[rows, g, :]
+      do = do_ref[rows, g, :]
+      q_seg = None if q_seg_ref is None else q_seg_ref[rows]
+      p, ds = _ds_tile(
+          q, k, v, do, common.lse_log2_for_recompute(lse_ref[g, rows]),
+          delta_ref[g, rows], mask=mask, scale=scale, softcap=softcap,
+          q_start=q_start, kv_start=kv_start, block_q=block_q,
+          block_kv=block_kv, q_seg=q_seg, kv_seg=kv_seg,
+          needs_mask=needs_mask, precision=precision)
+      # dV += Pᵀ dO
+      dv = dv + common.dot(p.astype(do.dtype), do, trans_a=True,
+                       precision=precision)
+      # dK += dSᵀ Q
+      dk = dk + common.dot(ds.astype(q.dtype), q, trans_a=True,
+                       precision=precision)
+      return dk, dv
+    # Only query tiles with a row that sees this K/V tile are visited.
+    return lax.fori_loop(lo, hi, body, carry)
+
+  head_dim = k.shape[-1]
+  zeros = jnp.zeros((block_kv, head_dim), jnp.float32)
+  dk, dv = lax.fori_loop(0, group, head_body, (zeros, zeros))
+  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
+              kv_seg_ref, dq_ref, *, mask: MaskSpec, scale: float,
+              softcap: float | None, block_q: int, block_kv: int,
+              num_kv_blocks: int, needs_mask: bool, precision):
+  # q_ref/do_ref/dq_ref: [block_q, d]; lse_ref/delta_ref: [block_q];
+  # k_ref/v_ref: [seq_kv, d] of the K/V head this query head reads.
+  q_start = pl.program_id(0) * block_q
+  q = q_ref[...]
+  do = do_ref[...]
+  lse2 = common.lse_log2_for_recompute(lse_ref[...])
+  delta = delta_ref[...]
+  q_seg = None if q_seg_ref is None else q_seg_ref[...]
+
+  def body(j, dq):
+    kv_start = pl.multiple_of(j * block_kv, block_kv)
+    cols = pl.ds(kv_start, block_kv)
+    k = k_ref[cols, :]
+    _, ds = _ds_tile(
+        q, k, v_ref[cols, :], do, lse2, delta, mask=mask, scale=scale,
+        softcap=softcap, q_start=q_start, kv_start=kv_start, block_q=block_q,
+        block_kv=block_kv, q_seg=q_seg,
+        kv_seg=None if kv_seg_ref is None else kv_seg_ref[cols],
+        needs_mask=needs_mask, precision=precision)
+    # dQ += dS K
+    return dq + common.dot(ds.astype(k.dtype), k, precision=precision)
+
+  lo, hi = mask.kv_block_range(q_start, block_q, block_kv, num_kv_blocks)
+  dq = lax.fori_loop(lo, hi, body,
+                     jnp.zeros((block_q, q.shape[-1]), jnp.float32))
+  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+
+
+def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
+             delta):
+  """dQ, dK, dV from the forward's residuals, on padded inputs.
+
+  Args:
+    q, do: ``[batch, seq_q_padded, num_q_heads, head_dim_padded]``.
+    k, v: ``[batch, seq_kv_padded, num_kv_heads, head_dim_padded]``.
+    q_segment_ids / kv_segment_ids: int32 ``[batch, seq_*_padded]`` or None.
+    lse: L (natural log, float32) ``[batch, num_q_heads, seq_q_padded]``.
+    delta: D = rowsum(dO ∘ O) - dL, float32, same shape as lse.
+
+  Returns:
+    ``(dQ, dK, dV)`` shaped and typed like q, k, v.
+  """
+  batch, seq_q, num_heads, head_dim = q.shape
+  _, seq_kv, num_kv_heads, _ = k.shape
+  blocks = plan.bwd_blocks
+  block_q, block_kv = blocks.block_q, blocks.block_kv
+  group = plan.group
+  statics = dict(mask=plan.mask, scale=plan.scale, softcap=plan.softcap,
+                 block_q=block_q, block_kv=block_kv,
+                 needs_mask=not plan.mask.is_trivial(seq_kv),
+                 precision=specs.precision(plan))
+  has_seg = q_segment_ids is not None
+  params = specs.compiler_params(blocks)
+
+  # dK, dV: grid (K/V tile, batch, K/V head); a program reads its whole group.
+  kv_tile = pl.BlockSpec((None, block_kv, None, head_dim),
+                         lambda j, b, h: (b, j, h, 0))
+  q_group = pl.BlockSpec((None, seq_q, group, head_dim),
+                         lambda j, b, h: (b, 0, h, 0))
+  row_group = pl.BlockSpec((None, group, seq_q), lambda j, b, h: (b, h, 0))
+  dk, dv = pl.pallas_call(
+      functools.partial(dkdv_kernel, group=group,
+                        num_q_blocks=seq_q // block_q, **statics),
+      grid=(seq_kv // block_kv, batch, num_kv_heads),
+      in_specs=[q_group, kv_tile, kv_tile, q_group, row_group, row_group,
+                pl.BlockSpec((None, seq_q), lambda j, b, h: (b, 0))
+                if has_seg else None,
+                pl.BlockSpec((None, block_kv), lambda j, b, h: (b, j))
+                if has_seg else None],
+      out_specs=[kv_tile, kv_tile],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
+                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      compiler_params=params,
+      interpret=plan.interpret,
+      name="flashjax_bwd_dkdv",
+  )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids)
+
+  # dQ: grid (query tile, batch, query head).
+  q_tile = pl.BlockSpec((None, block_q, None, head_dim),
+                        lambda i, b, h: (b, i, h, 0))
+  kv_all = pl.BlockSpec((None, seq_kv, None, head_dim),
+                        lambda i, b, h: (b, 0, h // group, 0))
+  row_tile = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))
+  dq = pl.pallas_call(
+      functools.partial(dq_kernel, num_kv_blocks=seq_kv // block_kv,
+                        **statics),
+      grid=(seq_q // block_q, batch, num_heads),
+      in_specs=[q_tile, kv_all, kv_all, q_tile, row_tile, row_tile,
+                pl.BlockSpec((None, block_q), lambda i, b, h: (b, i))
+                if has_seg else None,
+                pl.BlockSpec((None, seq_kv), lambda i, b, h: (b, 0))
+                if has_seg else None],
+      out_specs=q_tile,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=params,
+      interpret=plan.interpret,
+      name="flashjax_bwd_dq",
+  )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids)
+  return dq, dk, dv

@@ -1,0 +1,113 @@
+"""Flash-attention forward kernel (FlashAttention 2, Algorithm 1), Triton-lowered."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from flashjax.checks import Plan
+from flashjax.masks import MaskSpec
+from pallas_kernels import common
+from pallas_kernels.triton import specs
+
+
+def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, *,
+               mask: MaskSpec, scale: float, softcap: float | None,
+               block_q: int, block_kv: int, num_q_blocks: int,
+               num_kv_blocks: int, needs_mask: bool, reverse: bool, precision):
+  # The grid runs over (query tile, batch, head); this loop runs over K/V tiles.
+  # Causal grids go heaviest-tile-first (reverse) to balance the last wave.
+  i = pl.program_id(0)
+  if reverse:
+    i = num_q_blocks - 1 - i
+  q_start = i * block_q
+  q = q_ref[...]
+  q_seg = None if q_seg_ref is None else q_seg_ref[...]
+
+  def body(j, carry):
+    acc, m, l = carry
+    kv_start = pl.multiple_of(j * block_kv, block_kv)
+    k = k_ref[pl.ds(kv_start, block_kv), :]
+    v = v_ref[pl.ds(kv_start, block_kv), :]
+    # S = scale · Q Kᵀ (log2 units), invisible entries -inf
+    s, _ = common.scores(q, k, scale=scale, softcap=softcap,
+                         precision=precision)
+    if needs_mask:
+      kv_seg = (None if kv_seg_ref is None
+                else kv_seg_ref[pl.ds(kv_start, block_kv)])
+      s = common.mask_tile(s, mask, q_start, kv_start, block_q, block_kv,
+                           q_seg, kv_seg)
+    # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
+    p, m, l, alpha = common.online_softmax_step(s, m, l)
+    # acc = alpha · acc + P V
+    acc = acc * alpha[:, None] + common.dot(p.astype(v.dtype), v,
+                                        precision=precision)
+    return acc, m, l
+
+  head_dim = q.shape[-1]
+  init = (jnp.zeros((block_q, head_dim), jnp.float32),
+          jnp.full((block_q,), -jnp.inf, jnp.float32),
+          jnp.zeros((block_q,), jnp.float32))
+  # Only K/V tiles that hold a visible entry for this query tile are visited.
+  lo, hi = mask.kv_block_range(q_start, block_q, block_kv, num_kv_blocks)
+  acc, m, l = lax.fori_loop(lo, hi, body, init)
+  # O = acc / l, L = m + log l
+  o, lse = common.finalize(acc, m, l)
+  o_ref[...] = o.astype(o_ref.dtype)
+  lse_ref[...] = lse
+
+
+def forward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids):
+  """Run the forward kernel on padded inputs.
+
+  Args:
+    q: ``[batch, seq_q_padded, num_q_heads, head_dim_padded]``.
+    k, v: ``[batch, seq_kv_padded, num_kv_heads, head_dim_padded]``.
+    q_segment_ids / kv_segment_ids: int32 ``[batch, seq_*_padded]`` or None.
+
+  Returns:
+    O like q, and L (natural log, float32) ``[batch, num_q_heads, seq_q_padded]``.
+  """
+  batch, seq_q, num_heads, head_dim = q.shape
+  seq_kv = k.shape[1]
+  blocks = plan.fwd_blocks
+  block_q, block_kv = blocks.block_q, blocks.block_kv
+  num_q_blocks = seq_q // block_q
+  group = plan.group
+  reverse = plan.mask.right is not None
+
+  def q_block(i):
+    return num_q_blocks - 1 - i if reverse else i
+
+  kernel = functools.partial(
+      fwd_kernel, mask=plan.mask, scale=plan.scale, softcap=plan.softcap,
+      block_q=block_q, block_kv=block_kv, num_q_blocks=num_q_blocks,
+      num_kv_blocks=seq_kv // block_kv,
+      needs_mask=not plan.mask.is_trivial(seq_kv), reverse=reverse,
+      precision=specs.precision(plan))
+  q_spec = pl.BlockSpec((None, block_q, None, head_dim),
+                        lambda i, b, h: (b, q_block(i), h, 0))
+  kv_spec = pl.BlockSpec((None, seq_kv, None, head_dim),
+                         lambda i, b, h: (b, 0, h // group, 0))
+  has_seg = q_segment_ids is not None
+  q_seg_spec = (pl.BlockSpec((None, block_q), lambda i, b, h: (b, q_block(i)))
+                if has_seg else None)
+  kv_seg_spec = (pl.BlockSpec((None, seq_kv), lambda i, b, h: (b, 0))
+                 if has_seg else None)
+  return pl.pallas_call(
+      kernel,
+      grid=(num_q_blocks, batch, num_heads),
+      in_specs=[q_spec, kv_spec, kv_spec, q_seg_spec, kv_seg_spec],
+      out_specs=[q_spec,
+                 pl.BlockSpec((None, None, block_q),
+                              lambda i, b, h: (b, h, q_block(i)))],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],
+      compiler_params=specs.compiler_params(blocks),
+      interpret=plan.interpret,
+      name="flashjax_fwd",
+  )(q, k, v, q_segment_ids, kv_segment_ids)
