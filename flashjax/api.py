@@ -18,7 +18,8 @@ from pallas_kernels import triton as triton_kernels
 
 def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
               kv_segment_ids=None, window=None, softcap=None, scale=None,
-              return_lse: bool = False, config=None, backend: str = "auto"):
+              return_lse: bool = False, config=None, backend: str = "auto",
+              interpret: bool | None = None):
   """Exact softmax attention, fused and tiled (FlashAttention 2).
 
   Args:
@@ -43,6 +44,8 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
     backend: ``"auto"`` or ``"triton"``: the Pallas kernel, compiled on a GPU
       and in interpret mode on the CPU; ``"reference"``: dense jnp, O(N^2)
       memory, identical semantics.
+    interpret: run the Pallas kernels in the interpreter (None: only when
+      JAX has no GPU). False on a CPU-only host is for lowering (tests).
 
   Returns:
     O ``[batch, seq_q, num_q_heads, head_dim]`` in q's dtype (and L if
@@ -52,7 +55,7 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
   plan, q_seg, kv_seg = make_plan(
       q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
       causal=causal, window=window, softcap=softcap, scale=scale,
-      config=config, backend=backend)
+      config=config, backend=backend, interpret=interpret)
   if plan.backend == "reference":
     o, lse = reference.attend(plan, q, k, v, q_seg, kv_seg)
   else:
@@ -94,13 +97,32 @@ def _flash(plan: Plan, q, k, v, q_seg, kv_seg):
   return o[:, :seq_q, :, :d], lse[:, :, :seq_q]
 
 
+def _first_order_only(kernel):
+  """Wrap a kernel launch so that differentiating it (grad of grad) says why not."""
+  @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+  def launch(plan: Plan, *args):
+    return kernel(plan, *args)
+
+  @launch.defjvp
+  def _(plan, primals, tangents):
+    raise NotImplementedError(
+        "flashjax.attention supports first-order gradients only: its kernels "
+        "are not differentiable again (grad of grad, Hessians). Use "
+        "backend='reference' for higher-order derivatives.")
+  return launch
+
+
+_forward = _first_order_only(triton_kernels.forward)
+_backward = _first_order_only(triton_kernels.backward)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash_core(plan: Plan, q, k, v, q_seg, kv_seg):
-  return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg)
+  return _forward(plan, q, k, v, q_seg, kv_seg)
 
 
 def _flash_core_fwd(plan: Plan, q, k, v, q_seg, kv_seg):
-  o, lse = triton_kernels.forward(plan, q, k, v, q_seg, kv_seg)
+  o, lse = _forward(plan, q, k, v, q_seg, kv_seg)
   return (o, lse), (q, k, v, q_seg, kv_seg, o, lse)
 
 
@@ -117,16 +139,3 @@ def _flash_core_bwd(plan: Plan, residuals, cotangents):
 
 
 _flash_core.defvjp(_flash_core_fwd, _flash_core_bwd)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _backward(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta):
-  return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta)
-
-
-@_backward.defjvp
-def _backward_jvp(plan, primals, tangents):
-  raise NotImplementedError(
-      "flashjax.attention supports first-order gradients only: the backward "
-      "kernels are not differentiable (grad of grad, Hessians). Use "
-      "backend='reference' for higher-order derivatives.")

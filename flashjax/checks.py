@@ -81,7 +81,7 @@ def _shape_of(name, x):
 
 def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
               causal=False, window=None, softcap=None, scale=None,
-              config=None, backend="auto"):
+              config=None, backend="auto", interpret=None):
   """Validate the arguments of :func:`flashjax.attention` and resolve them.
 
   Returns ``(plan, q_segment_ids, kv_segment_ids)``, the ids as int32 (kv ids
@@ -156,7 +156,8 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
       mask=MaskSpec(seq_q=seq_q, seq_kv=seq_kv, causal=bool(causal),
                     window=window, has_segments=q_segment_ids is not None),
       scale=float(scale), softcap=None if softcap is None else float(softcap),
-      backend=resolved, interpret=not on_gpu,
+      backend=resolved,
+      interpret=(not on_gpu) if interpret is None else bool(interpret),
       config=config or default_config(max(16, next_pow2(head_dim))))
   return plan, q_segment_ids, kv_segment_ids
 

@@ -1,0 +1,226 @@
+"""Attention kernels against their peers, all timed in one process on one GPU.
+
+    python benchmarks/bench_attention.py --out benchmarks/results/attention-h100
+
+Shapes are FlashAttention's benchmark set: 16k tokens per batch, hidden 2048
+(head_dim 64 -> 32 heads, 128 -> 16 heads), seq 512 ... 16k. For each
+(impl, dtype, head_dim, causal, seq, mode) it writes one JSON row with
+``impl, dtype, b, s, h, kv_h, d, causal, mode, ms, tflops, peak_bytes, relerr``
+and a markdown table with the ratio to cuDNN from the same run.
+
+* Timing: compile and warm up, then enqueue ``--iters`` calls rotating over 3
+  input sets and block once; the median of ``--repeats`` such runs.
+* FLOPs: 4·b·s²·h·d, halved for causal, ×3.5 for fwd_bwd (fwd + bwd = 1 + 2.5).
+* peak_bytes: XLA's memory analysis of the compiled call (arguments + outputs +
+  temporaries), i.e. what the call needs on the device.
+* relerr: ||O - O_ref|| / ||O_ref|| on the first two heads, O_ref the float32
+  dense reference at highest matmul precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flashjax  # noqa: E402
+
+
+def impls(causal: bool):
+  """name -> attention(q, k, v) over [batch, seq, heads, head_dim]."""
+  def cudnn(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                        implementation="cudnn")
+
+  def xla(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                        implementation="xla")
+
+  def flash(q, k, v):
+    return flashjax.attention(q, k, v, causal=causal)
+
+  def pallas_mha(q, k, v):
+    import warnings
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      from jax.experimental.pallas.ops.gpu import attention as jax_attention
+    return jax_attention.mha(q, k, v, segment_ids=None, causal=causal,
+                             sm_scale=q.shape[-1] ** -0.5)
+
+  return {"flashjax": flash, "cudnn": cudnn, "xla": xla,
+          "jax_pallas_mha": pallas_mha}
+
+
+def flops(b, s, h, d, causal, mode):
+  f = 4 * b * s * s * h * d / (2 if causal else 1)
+  return f * (3.5 if mode == "fwd_bwd" else 1.0)
+
+
+def make_call(fn, mode):
+  if mode == "fwd":
+    return jax.jit(fn)
+  return jax.jit(lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do))
+
+
+def time_call(call, input_sets, iters, repeats):
+  for args in input_sets:
+    jax.block_until_ready(call(*args))
+  runs = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for i in range(iters):
+      out = call(*input_sets[i % len(input_sets)])
+    jax.block_until_ready(out)
+    runs.append((time.perf_counter() - start) / iters * 1e3)
+  return statistics.median(runs)
+
+
+def peak_bytes(compiled):
+  mem = compiled.memory_analysis()
+  return int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+             + mem.temp_size_in_bytes)
+
+
+def relerr(fn, q, k, v, causal):
+  q, k, v = (x[:, :, :2] for x in (q, k, v))
+  with jax.default_matmul_precision("highest"):
+    ref = jax.jit(lambda q, k, v: flashjax.attention(
+        q, k, v, causal=causal, backend="reference"))(
+            *(x.astype(jnp.float32) for x in (q, k, v)))
+  out = jax.jit(fn)(q, k, v).astype(jnp.float32)
+  return float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+
+
+def bench(args):
+  """Yields one result row per (impl, dtype, head_dim, causal, seq, mode)."""
+  key = jax.random.PRNGKey(0)
+  for dtype in args.dtypes:
+    for d in args.head_dims:
+      h = args.hidden // d
+      for causal in (False, True):
+        for s in args.seqs:
+          b = max(1, args.tokens // s)
+          keys = jax.random.split(key, 12)
+          sets = [tuple(jax.random.normal(keys[4 * i + j], (b, s, h, d),
+                                          jnp.dtype(dtype)) for j in range(4))
+                  for i in range(3)]
+          for name, fn in impls(causal).items():
+            if name not in args.impls:
+              continue
+            try:
+              err = relerr(fn, *sets[0][:3], causal)
+            except Exception as e:  # noqa: BLE001 - record, keep going
+              err = None
+              print(f"  {name} relerr failed: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:120]}", flush=True)
+            for mode in args.modes:
+              row = dict(impl=name, dtype=dtype, b=b, s=s, h=h, kv_h=h, d=d,
+                         causal=causal, mode=mode, relerr=err)
+              inputs = [x if mode == "fwd_bwd" else x[:3] for x in sets]
+              try:
+                call = make_call(fn, mode).lower(*inputs[0]).compile()
+                row["peak_bytes"] = peak_bytes(call)
+                row["ms"] = time_call(call, inputs, args.iters, args.repeats)
+                row["tflops"] = flops(b, s, h, d, causal, mode) / row["ms"] / 1e9
+              except Exception as e:  # noqa: BLE001 - OOM / unsupported: record
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+              print(json.dumps(row), flush=True)
+              yield row
+
+
+def table(rows):
+  """Markdown: one line per case, ms / TFLOP/s and ratio to cuDNN per impl."""
+  names = list(dict.fromkeys(r["impl"] for r in rows))
+  by_case = {}
+  for r in rows:
+    by_case.setdefault((r["dtype"], r["d"], r["causal"], r["mode"], r["s"]),
+                       {})[r["impl"]] = r
+  lines = ["| dtype | d | causal | mode | b×s×h | " + " | ".join(
+      f"{n} ms (TFLOP/s, ×cuDNN)" for n in names) + " |",
+           "|" + "---|" * (5 + len(names))]
+  for (dtype, d, causal, mode, s), case in by_case.items():
+    ref = case.get("cudnn", {}).get("ms")
+    cells = []
+    for n in names:
+      r = case.get(n)
+      if r is None or "ms" not in r:
+        cells.append("—" if r is None else "error")
+        continue
+      ratio = f", ×{ref / r['ms']:.2f}" if ref else ""
+      cells.append(f"{r['ms']:.3f} ({r['tflops']:.0f}{ratio})")
+    any_row = next(iter(case.values()))
+    lines.append(f"| {dtype} | {d} | {causal} | {mode} | "
+                 f"{any_row['b']}×{s}×{any_row['h']} | " + " | ".join(cells)
+                 + " |")
+  return "\n".join(lines)
+
+
+def memory_table(rows):
+  names = list(dict.fromkeys(r["impl"] for r in rows))
+  lines = ["| dtype | d | causal | mode | seq | " + " | ".join(
+      f"{n} peak GiB" for n in names) + " |", "|" + "---|" * (5 + len(names))]
+  cases = {}
+  for r in rows:
+    cases.setdefault((r["dtype"], r["d"], r["causal"], r["mode"], r["s"]),
+                     {})[r["impl"]] = r
+  for key, case in cases.items():
+    cells = [f"{case[n]['peak_bytes'] / 2**30:.2f}" if n in case
+             and "peak_bytes" in case[n] else "OOM/error"
+             for n in names]
+    lines.append("| " + " | ".join(str(x) for x in key) + " | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", default="benchmarks/results/attention",
+                 help="output path prefix: writes PREFIX.json and PREFIX.md")
+  p.add_argument("--impls", nargs="+",
+                 default=["flashjax", "cudnn", "xla", "jax_pallas_mha"],
+                 help="implementations to time")
+  p.add_argument("--tokens", type=int, default=16384,
+                 help="tokens per batch (batch = tokens // seq)")
+  p.add_argument("--hidden", type=int, default=2048,
+                 help="model width (heads = hidden // head_dim)")
+  p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
+  p.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
+  p.add_argument("--seqs", nargs="+", type=int,
+                 default=[512, 1024, 2048, 4096, 8192, 16384])
+  p.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"])
+  p.add_argument("--iters", type=int, default=20,
+                 help="calls enqueued per timed run")
+  p.add_argument("--repeats", type=int, default=5,
+                 help="timed runs; the median is reported")
+  args = p.parse_args(argv)
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  meta = dict(jax=jax.__version__, device=jax.devices()[0].device_kind,
+              date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+  rows = []
+  for row in bench(args):
+    rows.append(row)
+    # Rewritten after every row, so a run cut short still leaves its results.
+    out.with_suffix(".json").write_text(json.dumps(
+        dict(meta=meta, rows=rows), indent=1))
+    md = (f"# Attention benchmark ({meta['device']}, jax {meta['jax']}, "
+          f"{meta['date']})\n\n`{meta['command']}`\n\n## Time\n\n"
+          f"{table(rows)}\n\n## Peak device memory of the call\n\n"
+          f"{memory_table(rows)}\n")
+    out.with_suffix(".md").write_text(md)
+  print(md)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,215 @@
+"""Parity of flashjax.attention (forward, L and dQ/dK/dV) with the float32 reference.
+
+On a CPU the kernels run in Pallas interpret mode; on a GPU the same tests run
+the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import jax
+import jax.test_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flashjax
+from harness import Case, check_attention, inputs
+
+# The full grid is dtype × causal × (seq_q, seq_kv) × head_dim × heads × extras:
+# 3·2·7·3·3·5 = 1890 cases. CI runs a fixed random sample of it plus the
+# hand-picked edge cases below.
+GRID = dict(
+    dtype=["float32", "bfloat16", "float16"],
+    causal=[False, True],
+    seqs=[(1, 1), (17, 17), (128, 128), (200, 200), (333, 333), (113, 203),
+          (239, 1)],
+    head_dim=[32, 64, 128],
+    heads=[(4, 4), (8, 2), (8, 1)],
+    extra=[{}, {"segments": "padded"}, {"segments": "packed"},
+           {"window": (32, 8)}, {"softcap": 20.0}],
+)
+
+
+def _grid_case(dtype, causal, seqs, head_dim, heads, extra):
+  return Case(dtype=dtype, causal=causal, seq_q=seqs[0], seq_kv=seqs[1],
+              head_dim=head_dim, num_q_heads=heads[0], num_kv_heads=heads[1],
+              **extra)
+
+
+_SAMPLE = random.Random(0).sample(list(itertools.product(*GRID.values())), 30)
+SAMPLED = [_grid_case(*c) for c in _SAMPLE]
+
+EDGE = [
+    # head dims off the main grid (96 is padded to 128 inside) and 256.
+    Case(dtype="bfloat16", head_dim=96, seq_q=200, seq_kv=200, causal=True),
+    Case(dtype="float16", head_dim=256, seq_q=70, seq_kv=70, num_q_heads=2,
+         num_kv_heads=1),
+    # everything at once: GQA, causal, window, softcap, packed segments.
+    Case(dtype="bfloat16", seq_q=333, seq_kv=333, num_q_heads=6,
+         num_kv_heads=2, causal=True, window=(40, 0), softcap=30.0,
+         segments="packed"),
+    # cross-attention with seq_q > seq_kv, causal bottom-right: leading rows see
+    # nothing (zeros, L = -inf).
+    Case(dtype="float32", seq_q=203, seq_kv=113, causal=True, num_q_heads=8,
+         num_kv_heads=2),
+    # windows that reach right of the diagonal, and a one-sided window.
+    Case(dtype="float32", seq_q=150, seq_kv=150, window=(0, 16)),
+    Case(dtype="bfloat16", seq_q=150, seq_kv=300, window=(None, 3)),
+    # several tiles in every direction, f32.
+    Case(dtype="float32", batch=1, seq_q=600, seq_kv=520, head_dim=32,
+         num_q_heads=2, num_kv_heads=1, causal=True, segments="padded"),
+]
+
+
+@pytest.mark.parametrize("case", SAMPLED + EDGE, ids=lambda c: c.id)
+def test_parity(case):
+  check_attention(case)
+
+
+def test_grid_sample_covers_every_value():
+  """The CI sample touches every value of every factor of the grid."""
+  for i, (name, values) in enumerate(GRID.items()):
+    assert all(v in [c[i] for c in _SAMPLE] for v in values), name
+
+
+def test_lse_gradient():
+  """Differentiating through the returned logsumexp (dL enters D)."""
+  case = Case(seq_q=100, seq_kv=150, causal=True, num_q_heads=4,
+              num_kv_heads=2)
+  q, k, v, do, _, _ = inputs(case)
+  w = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 100))
+
+  def loss(fn):
+    def f(q, k, v):
+      o, lse = fn(q, k, v, causal=True, return_lse=True)
+      return jnp.sum(o * do) + jnp.sum(jnp.where(jnp.isfinite(lse), lse * w, 0))
+    return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+
+  ref = jax.tree.map(
+      np.asarray,
+      jax.jit(lambda: loss(lambda *a, **kw: flashjax.attention(
+          *a, backend="reference", **kw)))())
+  got = loss(flashjax.attention)
+  for g, r in zip(got, ref):
+    np.testing.assert_allclose(g, r, atol=2e-5 * max(1, np.abs(r).max()))
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+  """Query segments absent from the keys: O = 0, L = -inf, zero grads, no NaN."""
+  q, k, v, do, _, _ = inputs(Case(seq_q=40, seq_kv=72, dtype="bfloat16"))
+  q_seg = jnp.asarray(np.r_[np.full(20, 1), np.full(20, 7)][None].repeat(2, 0))
+  kv_seg = jnp.ones((2, 72), jnp.int32)
+
+  def f(q, k, v):
+    return flashjax.attention(q, k, v, q_segment_ids=q_seg,
+                              kv_segment_ids=kv_seg, return_lse=True)
+  (o, lse), vjp = jax.vjp(f, q, k, v)
+  dq, dk, dv = vjp((do, jnp.zeros_like(lse)))
+  assert not any(np.isnan(np.asarray(x, np.float32)).any()
+                 for x in (o, lse, dq, dk, dv))
+  np.testing.assert_array_equal(np.asarray(o[:, 20:], np.float32), 0)
+  np.testing.assert_array_equal(np.asarray(dq[:, 20:], np.float32), 0)
+  assert np.all(np.isneginf(lse[:, :, 20:]))
+  assert np.all(np.isfinite(lse[:, :, :20]))
+  assert np.abs(np.asarray(dq[:, :20], np.float32)).max() > 0
+
+
+def test_reruns_are_bitwise_equal():
+  case = Case(dtype="bfloat16", seq_q=130, seq_kv=130, causal=True,
+              num_q_heads=4, num_kv_heads=2)
+  first, _ = check_attention(case)
+  second, _ = check_attention(case)
+  for name in first:
+    np.testing.assert_array_equal(np.asarray(first[name], np.float32),
+                                  np.asarray(second[name], np.float32))
+
+
+def test_check_grads_float32():
+  """Numerical vs analytic reverse-mode gradients through the custom_vjp."""
+  q, k, v, _, q_seg, _ = inputs(Case(batch=1, seq_q=19, seq_kv=19,
+                                     num_q_heads=2, num_kv_heads=1,
+                                     head_dim=32, segments="packed"))
+  def f(q, k, v):
+    return flashjax.attention(q, k, v, causal=True, q_segment_ids=q_seg,
+                              softcap=10.0)
+  jax.test_util.check_grads(f, (q, k, v), order=1, modes=["rev"],
+                            atol=1e-2, rtol=1e-2, eps=1e-3)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
+    seq_q=st.integers(1, 150), seq_kv=st.integers(1, 150),
+    kv_heads=st.sampled_from([1, 2]), group=st.sampled_from([1, 3]),
+    head_dim=st.sampled_from([8, 40, 64]), causal=st.booleans(),
+    window=st.one_of(st.none(), st.tuples(
+        st.one_of(st.none(), st.integers(0, 64)),
+        st.one_of(st.none(), st.integers(0, 64)))),
+    softcap=st.one_of(st.none(), st.floats(1.0, 50.0)),
+    segments=st.sampled_from([None, "padded", "packed"]),
+    seed=st.integers(0, 2**16))
+def test_property_random_shapes(dtype, seq_q, seq_kv, kv_heads, group,
+                                head_dim, causal, window, softcap, segments,
+                                seed):
+  check_attention(Case(dtype=dtype, seq_q=seq_q, seq_kv=seq_kv,
+                       num_q_heads=kv_heads * group, num_kv_heads=kv_heads,
+                       head_dim=head_dim, causal=causal, window=window,
+                       softcap=softcap, segments=segments), seed=seed)
+
+
+class TestComposition:
+  """The op works under jit, vmap, remat and scan; grad of grad says no."""
+
+  case = Case(batch=1, seq_q=48, seq_kv=48, num_q_heads=2, num_kv_heads=1,
+              head_dim=32)
+
+  def _qkv(self):
+    q, k, v, _, _, _ = inputs(self.case)
+    return q, k, v
+
+  def test_vmap(self):
+    q, k, v = self._qkv()
+    qs, ks, vs = (jnp.stack([x, 2 * x]) for x in (q, k, v))
+    got = jax.vmap(lambda *a: flashjax.attention(*a, causal=True))(qs, ks, vs)
+    for i in range(2):
+      want = flashjax.attention(qs[i], ks[i], vs[i], causal=True,
+                                backend="reference")
+      np.testing.assert_allclose(got[i], want, atol=2e-5)
+
+  def test_remat_and_scan_gradients(self):
+    q, k, v = self._qkv()
+    w = jax.random.normal(jax.random.PRNGKey(2), (3, 32, 32)) * 0.2
+
+    def model(backend, w, q):
+      @jax.checkpoint
+      def layer(x, w_i):
+        x = x + flashjax.attention(x @ w_i, k, v, causal=True, backend=backend)
+        return x, None
+      return jnp.sum(jax.lax.scan(layer, q, w)[0] ** 2)
+
+    got = jax.jit(jax.grad(lambda w, q: model("auto", w, q),
+                           argnums=(0, 1)))(w, q)
+    want = jax.grad(lambda w, q: model("reference", w, q),
+                    argnums=(0, 1))(w, q)
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, atol=1e-4 * max(1, np.abs(r).max()))
+
+  def test_grad_of_grad_raises_clearly(self):
+    q, k, v = self._qkv()
+    def inner(q):
+      return jnp.sum(jax.grad(lambda q: jnp.sum(
+          flashjax.attention(q, k, v) ** 2))(q))
+    with pytest.raises(NotImplementedError, match="first-order gradients"):
+      jax.grad(inner)(q)
+
+  def test_explain_names_the_kernel(self):
+    q, k, v = self._qkv()
+    assert flashjax.explain(q, k, v).startswith("triton:")
+    assert flashjax.explain(q, k, v, backend="reference").startswith(
+        "reference:")

@@ -1,0 +1,92 @@
+"""Bad input raises ValueError/TypeError at trace time, naming what was wrong."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import flashjax
+from flashjax import Blocks
+
+
+def _qkv(b=2, sq=16, skv=16, hq=4, hk=2, d=32, dtype=jnp.float32):
+  return (jax.ShapeDtypeStruct((b, sq, hq, d), dtype),
+          jax.ShapeDtypeStruct((b, skv, hk, d), dtype),
+          jax.ShapeDtypeStruct((b, skv, hk, d), dtype))
+
+
+def _ids(*shape, dtype=jnp.int32):
+  return jax.ShapeDtypeStruct(shape, dtype)
+
+
+q, k, v = _qkv()
+BAD = [
+    # (q, k, v, kwargs, exception, message fragment)
+    ((jax.ShapeDtypeStruct((16, 4, 32), jnp.float32), k, v), {}, ValueError,
+     r"q must have rank 4 \[batch, seq_q, num_q_heads, head_dim\], got shape \(16, 4, 32\)"),
+    ((q, jax.ShapeDtypeStruct((2, 16, 2, 32, 1), jnp.float32), v), {},
+     ValueError, "k must have rank 4"),
+    ((q, k, jax.ShapeDtypeStruct((2, 17, 2, 32), jnp.float32)), {}, ValueError,
+     r"k and v must have the same shape .* k \(2, 16, 2, 32\) and v \(2, 17, 2, 32\)"),
+    (_qkv(hq=4, hk=3), {}, ValueError,
+     r"num_q_heads \(4, .*\) must be a multiple of num_kv_heads \(3"),
+    ((jax.ShapeDtypeStruct((3, 16, 4, 32), jnp.float32), k, v), {}, ValueError,
+     "same batch size"),
+    ((q, *_qkv(d=64)[1:]), {}, ValueError, "same head_dim"),
+    (_qkv(d=36), {}, ValueError, "head_dim must be a multiple of 8 and at most 256, got 36"),
+    (_qkv(d=512), {}, ValueError, "at most 256, got 512"),
+    ((q, *_qkv(dtype=jnp.bfloat16)[1:]), {}, TypeError,
+     "q, k and v must have the same dtype, got q float32, k bfloat16, v bfloat16"),
+    (_qkv(dtype=jnp.int32), {}, TypeError, r"dtype must be one of .*got int32"),
+    (_qkv(dtype=jnp.float8_e4m3fn), {}, TypeError, "got float8_e4m3fn"),
+    ((q, k, v), {"q_segment_ids": _ids(2, 15)}, ValueError,
+     r"q_segment_ids must have shape \[batch, seq\] = \(2, 16\), got \(2, 15\)"),
+    ((q, k, v), {"q_segment_ids": _ids(2, 16, dtype=jnp.float32)}, TypeError,
+     "q_segment_ids must have an integer dtype, got float32"),
+    ((q, k, v), {"kv_segment_ids": _ids(2, 16)}, ValueError,
+     "kv_segment_ids was given without q_segment_ids"),
+    (_qkv(sq=8), {"q_segment_ids": _ids(2, 8)}, ValueError,
+     r"kv_segment_ids is required when seq_q \(8\) != seq_kv \(16\)"),
+    (_qkv(sq=8), {"q_segment_ids": _ids(2, 8), "kv_segment_ids": _ids(2, 8)},
+     ValueError, r"kv_segment_ids must have shape \[batch, seq\] = \(2, 16\)"),
+    ((q, k, v), {"window": (-1, 0)}, ValueError,
+     r"window left must be an int >= 0 or None .*got -1"),
+    ((q, k, v), {"window": 5}, ValueError, r"window must be a \(left, right\) pair"),
+    ((q, k, v), {"softcap": -1.0}, ValueError, "softcap must be a positive"),
+    ((q, k, v), {"scale": float("nan")}, ValueError, "scale must be a finite"),
+    ((q, k, v), {"backend": "cuda"}, ValueError, "backend must be one of"),
+    ((q, k, v), {"config": {"block_q": 64}}, TypeError,
+     "config must be a flashjax.Config"),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,exc,match", BAD,
+                         ids=[m[:40] for *_, m in BAD])
+def test_bad_input_raises_at_trace_time(args, kwargs, exc, match):
+  with pytest.raises(exc, match=match):
+    # eval_shape traces without running anything: the error is a trace-time one.
+    jax.eval_shape(lambda *a: flashjax.attention(*a, **kwargs), *args)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_q=48, block_kv=64), "block_q must be a power of 2 >= 16"),
+    (dict(block_q=64, block_kv=8), "block_kv must be a power of 2 >= 16"),
+    (dict(block_q=64, block_kv=64, num_warps=3), "num_warps"),
+    (dict(block_q=64, block_kv=64, num_stages=0), "num_stages"),
+])
+def test_bad_blocks(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    Blocks(**kwargs)
+
+
+def test_non_array_named():
+  with pytest.raises(TypeError, match="q must be an array, got str"):
+    flashjax.attention("not an array", jnp.ones((1, 8, 1, 8)),
+                       jnp.ones((1, 8, 1, 8)))
+
+
+def test_forward_mode_is_refused():
+  q = jnp.ones((1, 8, 1, 8))
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.jvp(flashjax.attention, (q, q, q), (q, q, q))

@@ -1,0 +1,31 @@
+"""Long sequences (4k-16k) on the GPU: the compiled kernels against the f32 reference.
+
+These shapes take minutes in interpret mode, so they run only where JAX sees a
+GPU; CI (CPU) covers the same code paths at small shapes in test_attention.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from harness import Case, check_attention
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
+                                reason="long sequences run on the GPU only")
+
+
+@pytest.mark.parametrize("case", [
+    Case(dtype="bfloat16", batch=1, seq_q=4096, seq_kv=4096, num_q_heads=8,
+         num_kv_heads=2, head_dim=128, causal=True),
+    Case(dtype="float16", batch=1, seq_q=8192, seq_kv=8192, num_q_heads=4,
+         num_kv_heads=4, head_dim=64),
+    Case(dtype="bfloat16", batch=1, seq_q=16384, seq_kv=16384, num_q_heads=2,
+         num_kv_heads=1, head_dim=128, causal=True, segments="packed"),
+    Case(dtype="float32", batch=1, seq_q=4099, seq_kv=4099, num_q_heads=2,
+         num_kv_heads=2, head_dim=64, window=(512, 0)),
+    Case(dtype="float16", batch=1, seq_q=12000, seq_kv=12000, num_q_heads=2,
+         num_kv_heads=2, head_dim=128, causal=True, softcap=30.0),
+], ids=lambda c: c.id)
+def test_long_sequences(case):
+  check_attention(case)

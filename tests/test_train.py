@@ -1,0 +1,139 @@
+"""examples.train / examples.generate: smoke, loss parity, resume, bad input.
+
+All runs use one shrunken float32 model so that the flash kernel compiles for a
+single shape.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from examples import data, generate, train
+
+SMALL = ["--preset", "tiny", "--num-layers", "1", "--d-model", "32",
+         "--num-heads", "4", "--num-kv-heads", "2", "--max-seq-len", "32",
+         "--seq-len", "32", "--batch-size", "2", "--dtype", "float32",
+         "--eval-batches", "1", "--sample-tokens", "0"]
+# Flash and dense losses must agree to this relative tolerance at every step
+# of a float32 run (they differ only in summation order).
+PARITY_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> pathlib.Path:
+  """~40 KB of real text: the sources of this repo's examples and models."""
+  root = pathlib.Path(__file__).parents[1]
+  text = b"".join(p.read_bytes() for p in sorted(
+      [*root.glob("examples/*.py"), *root.glob("models/*.py")]))
+  path = tmp_path_factory.mktemp("data") / "corpus.txt"
+  path.write_bytes(text * (1 + 40_000 // len(text)))
+  return path
+
+
+def _train(out, text_file, *flags):
+  return train.run([*SMALL, "--data", str(text_file), "--out", str(out),
+                    *flags])
+
+
+def test_smoke_one_step_writes_outputs(tmp_path, text_file):
+  rows = _train(tmp_path, text_file, "--steps", "1", "--sample-tokens", "8")
+  assert len(rows) == 1 and np.isfinite(rows[0]["loss"])
+  assert abs(rows[0]["loss"] - np.log(256)) < 0.1    # uniform at init
+  assert np.isfinite(rows[0]["eval_loss"])
+  for name in ("metrics.csv", "loss.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  assert train.Checkpoints(tmp_path / "checkpoints").latest_step() == 1
+
+
+def test_resume_continues_exactly(tmp_path, text_file):
+  """4 steps in one go == 2 steps, stop, resume to 4 (same losses)."""
+  straight = _train(tmp_path / "straight", text_file, "--steps", "4",
+                    "--ckpt-every", "2")
+  _train(tmp_path / "resumed", text_file, "--steps", "2", "--ckpt-every", "2")
+  resumed = _train(tmp_path / "resumed", text_file, "--steps", "4",
+                   "--ckpt-every", "2")
+  assert [r["step"] for r in resumed] == [2, 3]
+  np.testing.assert_allclose([r["loss"] for r in resumed],
+                             [r["loss"] for r in straight[2:]], rtol=1e-6)
+  rows = train.read_csv(tmp_path / "resumed" / "metrics.csv")
+  assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_loss_parity_flash_vs_dense(tmp_path, text_file, capsys):
+  rows = _train(tmp_path, text_file, "--compare", "dense", "--steps", "20",
+                "--lr", "3e-3", "--warmup-steps", "5")
+  assert len(rows) == 20
+  assert rows[-1]["loss_flash"] < rows[0]["loss_flash"] - 0.5   # it learns
+  worst = max(r["rel_diff"] for r in rows)
+  assert worst <= PARITY_RTOL, worst
+  assert "max relative loss difference" in capsys.readouterr().out
+  assert (tmp_path / "compare.png").stat().st_size > 0
+  assert len(train.read_csv(tmp_path / "compare.csv")) == 20
+
+
+def _error_of(main, argv, capsys) -> str:
+  """main(argv)'s exit code must be 2 and its stderr one line; returns it."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err
+  return err
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, text_file, capsys):
+  main = lambda *flags: _error_of(train.main, [*SMALL, "--out", str(tmp_path),
+                                               *flags], capsys)
+  assert "no such file or folder" in main("--data", str(tmp_path / "nope"))
+  (tmp_path / "empty").mkdir()
+  assert "no text found" in main("--data", str(tmp_path / "empty"))
+  assert "longer than the model's max_seq_len" in main("--seq-len", "64")
+  assert "multiple of 8" in main("--d-model", "36")
+  assert "needs an NVIDIA GPU" in main(
+      "--attention", "cudnn") or jax.default_backend() == "gpu"
+  _train(tmp_path, text_file, "--steps", "1")
+  assert "from another model config (d_model" in main(
+      "--data", str(text_file), "--d-model", "64")
+  gen = lambda *flags: _error_of(generate.main, list(flags), capsys)
+  assert "no such folder" in gen("--ckpt", str(tmp_path / "nope"))
+  assert "exceeds the model's max_seq_len" in gen(
+      "--ckpt", str(tmp_path), "--max-new-tokens", "100")
+
+
+def test_generate_from_checkpoint(tmp_path, text_file):
+  _train(tmp_path, text_file, "--steps", "1")
+  text = generate.run(["--ckpt", str(tmp_path), "--prompt", "def ",
+                       "--max-new-tokens", "8", "--temperature", "0"])
+  assert text.startswith("def ") and len(text.encode()) >= 4
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
+  meta = {"model": {"d_model": 8}}
+  good = {"w": np.arange(4.0)}
+  train.Checkpoints(tmp_path, meta).save(1, {"params": good})
+  broken = train.Checkpoints(tmp_path, {"model": {"d_model": object()}})
+  with pytest.raises(TypeError):
+    broken.save(2, {"params": {"w": np.zeros(4)}})
+  ckpt = train.Checkpoints(tmp_path, meta)
+  assert ckpt.latest_step() == 1
+  step, items = ckpt.restore({"params": good})
+  assert step == 1
+  np.testing.assert_array_equal(items["params"]["w"], good["w"])
+
+
+def test_batches_are_deterministic_and_split_is_disjoint():
+  corpus = np.arange(1000, dtype=np.uint8)
+  train_part, eval_part = data.split(corpus, seq_len=16)
+  assert len(train_part) + len(eval_part) == 1000
+  a = data.batch(train_part, step=3, batch_size=4, seq_len=16, seed=0)
+  b = data.batch(train_part, step=3, batch_size=4, seq_len=16, seed=0)
+  c = data.batch(train_part, step=4, batch_size=4, seq_len=16, seed=0)
+  assert a.shape == (4, 17) and a.dtype == np.int32
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert data.decode(data.encode("héllo")) == "héllo"
