@@ -13,7 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from flashjax.config import Blocks, Config, default_config, next_pow2
+from flashjax.config import (SMEM_BYTES, Blocks, Config, default_config,
+                             padded_head_dim)
 from flashjax.masks import MaskSpec
 
 log = logging.getLogger("flashjax")
@@ -47,7 +48,7 @@ class Plan:
   @property
   def head_dim_padded(self) -> int:
     """Head dim the kernels see: the next power of 2 (Triton tiles need it)."""
-    return max(16, next_pow2(self.head_dim))
+    return padded_head_dim(self.head_dim)
 
   @property
   def fwd_blocks(self) -> Blocks:
@@ -141,9 +142,21 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
                      f"1/sqrt(head_dim)), got {scale!r}.")
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-  if config is not None and not isinstance(config, Config):
+  head_dim_padded = padded_head_dim(head_dim)
+  itemsize = jnp.dtype(dtype).itemsize
+  if config is None:
+    config = default_config(head_dim_padded, itemsize)
+  elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
+  for name, blocks in (("fwd", config.fwd), ("bwd", config.bwd)):
+    need = blocks.smem_bytes(head_dim_padded, itemsize)
+    if need > SMEM_BYTES:
+      raise ValueError(
+          f"config.{name} = {blocks} needs about {need // 1024} KiB of shared "
+          f"memory for head_dim {head_dim} ({head_dim_padded} padded) in "
+          f"{dtype}; at most {SMEM_BYTES // 1024} KiB fit. Use smaller blocks "
+          f"or fewer stages (Blocks.shrink_to_fit).")
 
   on_gpu = jax.default_backend() == "gpu"
   resolved = "triton" if backend == "auto" else backend
@@ -158,7 +171,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
       scale=float(scale), softcap=None if softcap is None else float(softcap),
       backend=resolved,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
-      config=config or default_config(max(16, next_pow2(head_dim))))
+      config=config)
   return plan, q_segment_ids, kv_segment_ids
 
 

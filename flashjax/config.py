@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
+# Shared memory a Hopper thread block may use (227 KiB); Triton reported 232448
+# bytes available on the H100 (benchmarks/results/tests-h100-smem-failure.log,
+# a run with an oversized float32 config).
+SMEM_BYTES = 232448
+
 
 def _is_pow2(n: int) -> bool:
   return n > 0 and (n & (n - 1)) == 0
@@ -34,6 +39,26 @@ class Blocks:
     if self.num_stages < 1:
       raise ValueError(f"Blocks.num_stages must be >= 1, got {self.num_stages}.")
 
+  def smem_bytes(self, head_dim: int, itemsize: int) -> int:
+    """Shared memory of the software pipeline: two streamed tiles (K and V, or
+    Q and dO) per stage. Matches what Triton asked for on the H100 (f32, d 128,
+    128×128, 3 stages: 393216 bytes)."""
+    return 2 * self.num_stages * max(self.block_q, self.block_kv) * head_dim * itemsize
+
+  def shrink_to_fit(self, head_dim: int, itemsize: int) -> "Blocks":
+    """Drop stages (down to 2), then halve the tiles, until smem_bytes fits."""
+    blocks = self
+    while blocks.smem_bytes(head_dim, itemsize) > SMEM_BYTES:
+      if blocks.num_stages > 2:
+        blocks = dataclasses.replace(blocks, num_stages=blocks.num_stages - 1)
+      elif max(blocks.block_q, blocks.block_kv) > 16:
+        blocks = dataclasses.replace(blocks, block_q=max(16, blocks.block_q // 2),
+                                     block_kv=max(16, blocks.block_kv // 2))
+      else:
+        blocks = dataclasses.replace(blocks, num_stages=1)
+        break
+    return blocks
+
   def fit(self, seq_q: int, seq_kv: int) -> "Blocks":
     """Shrink the blocks for short sequences (never below 16: tl.dot's minimum)."""
     return dataclasses.replace(
@@ -54,23 +79,32 @@ def next_pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
 
-def default_config(head_dim: int) -> Config:
+def padded_head_dim(head_dim: int) -> int:
+  """The head dim the kernels see: the next power of 2, at least 16 (tl.dot)."""
+  return max(16, next_pow2(head_dim))
+
+
+def default_config(head_dim: int, itemsize: int = 2) -> Config:
   """Per-head-dim defaults for the portable (Triton-lowered) kernels.
 
-  ``head_dim`` is the padded (power of 2) head dim the kernels see. The choices
-  for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the H100
-  (benchmarks/results/tune-h100.json: bf16, batch 4 × seq 4096, causal and not).
+  ``head_dim`` is the padded (power of 2) head dim the kernels see, ``itemsize``
+  the input dtype's bytes. The 16-bit choices for 64 and 128 are the fastest of
+  benchmarks/tune_blocks.py on the H100 (benchmarks/results/tune-h100.json:
+  bf16, batch 4 × seq 4096, causal and not); wider dtypes shrink them until the
+  pipeline's shared memory fits.
   """
   if head_dim <= 64:
     # fwd 64×64 was fastest non-causal (1.51 ms) and within 3% causal; bwd 64×64
     # with 4 warps beat every 8-warp config by ≥1.2×.
-    return Config(fwd=Blocks(64, 64, num_warps=4, num_stages=3),
-                  bwd=Blocks(64, 64, num_warps=4, num_stages=2))
-  if head_dim <= 128:
+    config = Config(fwd=Blocks(64, 64, num_warps=4, num_stages=3),
+                    bwd=Blocks(64, 64, num_warps=4, num_stages=2))
+  elif head_dim <= 128:
     # fwd 128×128 / 8 warps fastest non-causal (1.25 ms), 3% off causal's best.
-    return Config(fwd=Blocks(128, 128, num_warps=8, num_stages=3),
-                  bwd=Blocks(64, 64, num_warps=4, num_stages=2))
-  # d = 256 (not tuned): halve the tiles so Q, K, V and the accumulators fit in
-  # shared memory and registers.
-  return Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
-                bwd=Blocks(32, 32, num_warps=8, num_stages=1))
+    config = Config(fwd=Blocks(128, 128, num_warps=8, num_stages=3),
+                    bwd=Blocks(64, 64, num_warps=4, num_stages=2))
+  else:
+    # d = 256 (not tuned): smaller tiles keep the accumulators in registers.
+    config = Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
+                    bwd=Blocks(32, 32, num_warps=8, num_stages=1))
+  return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
+                bwd=config.bwd.shrink_to_fit(head_dim, itemsize))

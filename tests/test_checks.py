@@ -90,3 +90,20 @@ def test_forward_mode_is_refused():
   q = jnp.ones((1, 8, 1, 8))
   with pytest.raises(TypeError, match="forward-mode"):
     jax.jvp(flashjax.attention, (q, q, q), (q, q, q))
+
+
+def test_config_that_overflows_shared_memory_is_refused():
+  big = flashjax.Config(fwd=Blocks(128, 128, num_warps=8, num_stages=3),
+                        bwd=Blocks(64, 64))
+  q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.float32)
+  with pytest.raises(ValueError, match=r"config.fwd = .* needs about 384 KiB "
+                     r"of shared memory for head_dim 128 .* float32"):
+    jax.eval_shape(lambda q: flashjax.attention(q, q, q, config=big), q)
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_default_configs_fit_shared_memory(head_dim, itemsize):
+  config = flashjax.default_config(head_dim, itemsize)
+  for blocks in (config.fwd, config.bwd):
+    assert blocks.smem_bytes(head_dim, itemsize) <= flashjax.config.SMEM_BYTES
