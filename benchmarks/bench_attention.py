@@ -106,7 +106,7 @@ def bench(args):
   for dtype in args.dtypes:
     for d in args.head_dims:
       h = args.hidden // d
-      for causal in (False, True):
+      for causal in args.causal:
         for s in args.seqs:
           b = max(1, args.tokens // s)
           keys = jax.random.split(key, 12)
@@ -197,6 +197,8 @@ def main(argv=None):
   p.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
   p.add_argument("--seqs", nargs="+", type=int,
                  default=[512, 1024, 2048, 4096, 8192, 16384])
+  p.add_argument("--causal", nargs="+", type=lambda x: x.lower() == "true",
+                 default=[False, True], help="causal settings: true, false")
   p.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"])
   p.add_argument("--iters", type=int, default=20,
                  help="calls enqueued per timed run")
