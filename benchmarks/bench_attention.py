@@ -181,6 +181,52 @@ def memory_table(rows):
   return "\n".join(lines)
 
 
+def plot(rows, path):
+  """TFLOP/s vs seq len, one line per impl; a panel per (dtype, d, causal, mode)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = list(dict.fromkeys((r["dtype"], r["d"], r["causal"], r["mode"])
+                              for r in rows))
+  cols = 4
+  nrows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows),
+                           squeeze=False)
+  for ax, key in zip(axes.flat, panels):
+    for impl in dict.fromkeys(r["impl"] for r in rows):
+      pts = sorted((r["s"], r["tflops"]) for r in rows if "tflops" in r
+                   and (r["dtype"], r["d"], r["causal"], r["mode"]) == key
+                   and r["impl"] == impl)
+      if pts:
+        ax.plot(*zip(*pts), marker="o", label=impl)
+    ax.set_xscale("log", base=2)
+    ax.set(title="{} d={} {} {}".format(key[0], key[1],
+                                        "causal" if key[2] else "full", key[3]),
+           xlabel="seq len", ylabel="TFLOP/s")
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis("off")
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def write_results(rows, meta, out: Path, with_plot: bool):
+  """PREFIX.json (meta + rows), PREFIX.md (tables) and PREFIX.png (plot)."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows),
+                                                 indent=1))
+  md = (f"# Attention benchmark ({meta['device']}, jax {meta['jax']}, "
+        f"{meta['date']})\n\n`{meta['command']}`\n\nEach line's impls ran one "
+        f"after another in one process on the same inputs; ×cuDNN = cuDNN ms / "
+        f"impl ms.\n\n## Time: ms (TFLOP/s, ×cuDNN)\n\n{table(rows)}\n\n"
+        f"## Peak device memory of the call\n\n{memory_table(rows)}\n")
+  out.with_suffix(".md").write_text(md)
+  if with_plot:
+    plot(rows, out.with_suffix(".png"))
+  return md
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,23 +250,27 @@ def main(argv=None):
                  help="calls enqueued per timed run")
   p.add_argument("--repeats", type=int, default=5,
                  help="timed runs; the median is reported")
+  p.add_argument("--merge", nargs="+", metavar="JSON",
+                 help="benchmark nothing: concatenate the rows of these result "
+                      "files (runs split to fit a time limit) into --out")
   args = p.parse_args(argv)
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
   out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
+  if args.merge:
+    parts = [json.loads(Path(f).read_text()) for f in args.merge]
+    meta = dict(parts[0]["meta"], command=" ; ".join(
+        part["meta"]["command"] for part in parts))
+    print(write_results([r for part in parts for r in part["rows"]], meta, out,
+                        with_plot=True))
+    return
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
   meta = dict(jax=jax.__version__, device=jax.devices()[0].device_kind,
               date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
   rows = []
   for row in bench(args):
     rows.append(row)
     # Rewritten after every row, so a run cut short still leaves its results.
-    out.with_suffix(".json").write_text(json.dumps(
-        dict(meta=meta, rows=rows), indent=1))
-    md = (f"# Attention benchmark ({meta['device']}, jax {meta['jax']}, "
-          f"{meta['date']})\n\n`{meta['command']}`\n\n## Time\n\n"
-          f"{table(rows)}\n\n## Peak device memory of the call\n\n"
-          f"{memory_table(rows)}\n")
-    out.with_suffix(".md").write_text(md)
+    md = write_results(rows, meta, out, with_plot=False)
+  write_results(rows, meta, out, with_plot=True)
   print(md)
 
 
