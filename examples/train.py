@@ -3,6 +3,7 @@
     flashjax-train                       # preset tiny on CPU, gpu with a GPU
     flashjax-train --preset tiny --steps 50 --out runs/try
     flashjax-train --compare dense       # flash vs dense loss parity
+    flashjax-train --compare dense cudnn # on a GPU: flash vs dense vs cuDNN
 
 One jitted, pure ``train_step`` (AdamW, linear warmup + cosine decay, global
 norm clipping); eval loss on held-out text; Orbax checkpoints under
@@ -130,10 +131,11 @@ def parse_args(argv=None) -> argparse.Namespace:
       help="output folder for metrics.csv, loss.png and checkpoints/ "
            "(default: runs/<preset>); rerunning with the same --out resumes")
   parser.add_argument(
-      "--compare", choices=["dense"], default=None,
-      help="instead of a normal run, train the flash and the dense model from "
-           "the same init on the same batches; write compare.csv/.png and "
-           "print the max relative loss difference")
+      "--compare", nargs="+", choices=["dense", "cudnn"], default=None,
+      help="instead of a normal run, train flash and these attentions (dense: "
+           "XLA dense; cudnn: GPU only) from the same init on the same batches "
+           "in lockstep; write compare.csv/.png and print the max relative loss "
+           "difference and each one's median step time")
   parser.add_argument(
       "--sample-tokens", type=int, default=200,
       help="length of the text sample generated at the end; 0: none "
@@ -428,35 +430,46 @@ def sample(params, model: ModelConfig, prompt: str, max_new_tokens: int, *,
 
 
 def compare(model: ModelConfig, cfg: TrainConfig, train_data,
-            out: pathlib.Path) -> list[dict]:
-  """Flash vs dense from the same init on the same batches; returns rows."""
+            out: pathlib.Path, against=("dense",)) -> list[dict]:
+  """Flash vs each attention in ``against`` ("dense", "cudnn") from the same
+  init on the same batches, in lockstep; returns rows with each kind's loss and
+  step time and the relative loss difference of flash to each."""
   tx, schedule = make_optimizer(cfg)
-  kinds = {"flash": dataclasses.replace(model, attention="flash"),
-           "dense": dataclasses.replace(model, attention="dense")}
+  names = ("flash",) + tuple(against)
+  kinds = {k: dataclasses.replace(model, attention=k) for k in names}
   steps = {k: make_train_step(m, tx, schedule) for k, m in kinds.items()}
   states = {k: init_state(model, tx, cfg.seed) for k in kinds}
   rows = []
-  for step in tqdm(range(cfg.steps), desc="compare flash vs dense",
+  for step in tqdm(range(cfg.steps), desc="compare " + " vs ".join(names),
                    unit="step"):
     batch = data.batch(train_data, step=step, batch_size=cfg.batch_size,
                        seq_len=cfg.seq_len, seed=cfg.seed)
-    losses = {}
+    row = {"step": step}
     for k in kinds:
+      t0 = time.perf_counter()
       states[k], metrics = steps[k](states[k], batch)
-      losses[k] = float(metrics["loss"])
-    rel = abs(losses["flash"] - losses["dense"]) / abs(losses["dense"])
-    rows.append({"step": step, "loss_flash": losses["flash"],
-                 "loss_dense": losses["dense"], "rel_diff": rel})
+      row[f"loss_{k}"] = float(metrics["loss"])      # waits for the step
+      row[f"ms_{k}"] = (time.perf_counter() - t0) * 1e3
+    for k in against:
+      row[f"rel_diff_{k}"] = (abs(row["loss_flash"] - row[f"loss_{k}"])
+                              / abs(row[f"loss_{k}"]))
+    row["rel_diff"] = max(row[f"rel_diff_{k}"] for k in against)
+    rows.append(row)
   write_csv(out / "compare.csv", rows)
   steps_axis = [r["step"] for r in rows]
-  plot(out / "compare.png", f"flash vs dense attention ({model.dtype})",
+  plot(out / "compare.png", f"{' vs '.join(names)} attention ({model.dtype})",
        {k: (steps_axis, [r[f"loss_{k}"] for r in rows]) for k in kinds},
-       diff=("|flash - dense| / dense\n(0 drawn at 1e-12)", steps_axis,
-             [r["rel_diff"] for r in rows]))
+       diff=(f"max relative loss diff\nflash vs {', '.join(against)}",
+             steps_axis, [r["rel_diff"] for r in rows]))
   worst = max(rows, key=lambda r: r["rel_diff"])
-  print(f"max relative loss difference flash vs dense: {worst['rel_diff']:.3g} "
-        f"(step {worst['step']}); wrote {out / 'compare.csv'}, "
-        f"{out / 'compare.png'}")
+  print(f"max relative loss difference flash vs {', '.join(against)}: "
+        f"{worst['rel_diff']:.3g} (step {worst['step']}); final losses "
+        + ", ".join(f"{k} {rows[-1][f'loss_{k}']:.4f}" for k in kinds))
+  timed = rows[1:] or rows     # step 0 includes compilation
+  print("median step time (steps/s): " + ", ".join(
+      f"{k} {np.median([r[f'ms_{k}'] for r in timed]):.1f} ms "
+      f"({1e3 / np.median([r[f'ms_{k}'] for r in timed]):.2f})" for k in kinds))
+  print(f"wrote {out / 'compare.csv'}, {out / 'compare.png'}")
   return rows
 
 
@@ -471,7 +484,7 @@ def run(argv=None) -> list[dict]:
   print(f"preset {name}: {model}\n{cfg}\ncorpus {len(corpus):,} bytes, "
         f"backend {jax.default_backend()}, out {out}")
   if args.compare:
-    return compare(model, cfg, train_data, out)
+    return compare(model, cfg, train_data, out, tuple(args.compare))
   return train(model, cfg, train_data, eval_data, out, args.sample_tokens)
 
 
