@@ -459,7 +459,8 @@ def compare(model: ModelConfig, cfg: TrainConfig, train_data,
   steps_axis = [r["step"] for r in rows]
   plot(out / "compare.png", f"{' vs '.join(names)} attention ({model.dtype})",
        {k: (steps_axis, [r[f"loss_{k}"] for r in rows]) for k in kinds},
-       diff=(f"max relative loss diff\nflash vs {', '.join(against)}",
+       diff=(f"max relative loss diff, flash vs\n{', '.join(against)} "
+             f"(0 drawn at 1e-12)",
              steps_axis, [r["rel_diff"] for r in rows]))
   worst = max(rows, key=lambda r: r["rel_diff"])
   print(f"max relative loss difference flash vs {', '.join(against)}: "
