@@ -13,6 +13,8 @@ import jax.numpy as jnp
 
 from flashjax import reference
 from flashjax.checks import Plan, make_plan
+from flashjax.config import MOSAIC_BLOCK_Q, mosaic_block_kv
+from pallas_kernels import mosaic as mosaic_kernels
 from pallas_kernels import triton as triton_kernels
 
 
@@ -42,8 +44,10 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       float32 ``[batch, num_q_heads, seq_q]`` (differentiable).
     config: :class:`flashjax.Config` block sizes; default per head dim.
     backend: ``"auto"`` or ``"triton"``: the Pallas kernel, compiled on a GPU
-      and in interpret mode on the CPU; ``"reference"``: dense jnp, O(N^2)
-      memory, identical semantics.
+      and in interpret mode on the CPU; ``"mosaic"``: the Hopper forward
+      (Mosaic GPU; bf16/f16, head_dim 64/128, no segment ids; not yet
+      validated on a GPU, so never chosen by "auto"), backward as "triton";
+      ``"reference"``: dense jnp, O(N^2) memory, identical semantics.
     interpret: run the Pallas kernels in the interpreter (None: only when
       JAX has no GPU). False on a CPU-only host is for lowering (tests).
 
@@ -70,8 +74,11 @@ def explain(q, k, v, **kwargs) -> str:
   if plan.backend == "reference":
     return "reference: dense jnp attention (O(N^2) memory)"
   mode = "interpret mode (CPU)" if plan.interpret else "compiled"
-  return (f"triton: Pallas Triton-lowered kernels, {mode}; "
-          f"fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}; "
+  fwd = (f"fwd Mosaic GPU (2+1 warpgroups, tiles {2 * MOSAIC_BLOCK_Q}x"
+         f"{mosaic_block_kv(plan.head_dim_padded)})"
+         if plan.backend == "mosaic" else f"fwd {plan.fwd_blocks}")
+  return (f"{plan.backend}: Pallas kernels, {mode}; {fwd}, "
+          f"bwd Triton-lowered {plan.bwd_blocks}; "
           f"seq_q {plan.mask.seq_q}->{plan.seq_q_padded}, "
           f"seq_kv {plan.mask.seq_kv}->{plan.seq_kv_padded}, "
           f"head_dim {plan.head_dim}->{plan.head_dim_padded}; group "
@@ -112,7 +119,13 @@ def _first_order_only(kernel):
   return launch
 
 
-_forward = _first_order_only(triton_kernels.forward)
+def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg):
+  if plan.backend == "mosaic":
+    return mosaic_kernels.forward(plan, q, k, v)
+  return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg)
+
+
+_forward = _first_order_only(_forward_kernel)
 _backward = _first_order_only(triton_kernels.backward)
 
 

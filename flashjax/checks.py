@@ -13,15 +13,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from flashjax.config import (SMEM_BYTES, Blocks, Config, default_config,
-                             padded_head_dim)
+from flashjax.config import (MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS,
+                             MOSAIC_HEAD_DIMS, SMEM_BYTES, Blocks, Config,
+                             default_config, mosaic_block_kv, padded_head_dim)
 from flashjax.masks import MaskSpec
 
 log = logging.getLogger("flashjax")
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 MAX_HEAD_DIM = 256
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "mosaic", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Plan:
   mask: MaskSpec
   scale: float
   softcap: float | None
-  backend: str        # "triton" or "reference" ("auto" is resolved here)
+  backend: str        # "triton", "mosaic" or "reference" ("auto" resolved)
   interpret: bool     # run the Pallas kernel in the interpreter (CPU)
   config: Config
 
@@ -61,13 +62,17 @@ class Plan:
   @property
   def seq_q_padded(self) -> int:
     """seq_q rounded up to whole tiles of every kernel (blocks are powers of 2)."""
-    return _round_up(self.mask.seq_q,
-                     max(self.fwd_blocks.block_q, self.bwd_blocks.block_q))
+    tile = max(self.fwd_blocks.block_q, self.bwd_blocks.block_q)
+    if self.backend == "mosaic":
+      tile = max(tile, MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
+    return _round_up(self.mask.seq_q, tile)
 
   @property
   def seq_kv_padded(self) -> int:
-    return _round_up(self.mask.seq_kv,
-                     max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv))
+    tile = max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv)
+    if self.backend == "mosaic":
+      tile = max(tile, mosaic_block_kv(self.head_dim_padded))
+    return _round_up(self.mask.seq_kv, tile)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -158,6 +163,8 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
           f"{dtype}; at most {SMEM_BYTES // 1024} KiB fit. Use smaller blocks "
           f"or fewer stages (Blocks.shrink_to_fit).")
 
+  if backend == "mosaic":
+    _check_mosaic(dtype, head_dim, head_dim_padded, q_segment_ids)
   on_gpu = jax.default_backend() == "gpu"
   resolved = "triton" if backend == "auto" else backend
   if backend == "auto":
@@ -173,6 +180,20 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
       config=config)
   return plan, q_segment_ids, kv_segment_ids
+
+
+def _check_mosaic(dtype, head_dim, head_dim_padded, q_segment_ids):
+  """What backend='mosaic' (the Hopper forward) supports so far."""
+  if dtype not in ("bfloat16", "float16"):
+    raise NotImplementedError(f"backend='mosaic' takes bfloat16 or float16, "
+                              f"got {dtype}; use backend='triton'.")
+  if head_dim_padded not in MOSAIC_HEAD_DIMS:
+    raise NotImplementedError(
+        f"backend='mosaic' supports head_dim padded to {MOSAIC_HEAD_DIMS}, got "
+        f"head_dim {head_dim} (padded {head_dim_padded}); use backend='triton'.")
+  if q_segment_ids is not None:
+    raise NotImplementedError("backend='mosaic' does not take segment ids yet; "
+                              "use backend='triton'.")
 
 
 def _check_segments(q_seg, kv_seg, batch, seq_q, seq_kv):

@@ -75,6 +75,19 @@ class Config:
   bwd: Blocks
 
 
+# Mosaic GPU (Hopper) forward tiles: 64 query rows per compute warpgroup (the
+# wgmma M), two compute warpgroups per CTA; K/V tiles of mosaic_block_kv rows.
+MOSAIC_BLOCK_Q = 64
+MOSAIC_COMPUTE_WGS = 2
+MOSAIC_HEAD_DIMS = (64, 128)
+
+
+def mosaic_block_kv(head_dim: int) -> int:
+  """K/V tile rows of the Mosaic forward: 128 for head_dim 64, 64 for 128,
+  keeping Q, P and two K/V stages within shared memory (not yet tuned)."""
+  return 128 if head_dim <= 64 else 64
+
+
 def next_pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 

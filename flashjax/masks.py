@@ -63,11 +63,13 @@ class MaskSpec:
   def predicate(self, q_idx, k_idx, q_seg=None, kv_seg=None):
     """Visible-entry tile: ``q_idx [n]`` and ``k_idx [m]`` int32 -> bool ``[n, m]``.
 
-    ``q_seg [n]`` / ``kv_seg [m]`` are the segment ids of those rows and keys
-    (required iff ``has_segments``).
+    The indices may also come as full ``[n, m]`` tiles (Mosaic GPU kernels build
+    them in the matmul accumulator's register layout). ``q_seg [n]`` /
+    ``kv_seg [m]`` are the segment ids of those rows and keys (required iff
+    ``has_segments``).
     """
-    q_idx = q_idx[:, None]
-    k_idx = k_idx[None, :]
+    if q_idx.ndim == 1:
+      q_idx, k_idx = q_idx[:, None], k_idx[None, :]
     visible = k_idx < self.seq_kv
     diag = q_idx + self.offset
     if self.right is not None:

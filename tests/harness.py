@@ -100,7 +100,7 @@ def run(fn, q, k, v, do, kwargs):
 
 def reference_outputs(q, k, v, do, kwargs, *, upcast: bool):
   """The same five outputs from the dense reference, in f32 or the input dtype."""
-  def ref(q, k, v, *, return_lse, **kw):
+  def ref(q, k, v, *, return_lse, backend=None, config=None, **kw):
     plan, q_seg, kv_seg = make_plan(q, k, v, backend="reference", **kw)
     return reference.attend(plan, q, k, v, q_seg, kv_seg, upcast=upcast)
   with jax.default_matmul_precision("highest"):

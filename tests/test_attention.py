@@ -210,6 +210,6 @@ class TestComposition:
 
   def test_explain_names_the_kernel(self):
     q, k, v = self._qkv()
-    assert flashjax.explain(q, k, v).startswith("triton:")
+    assert flashjax.explain(q, k, v).startswith("triton: Pallas kernels")
     assert flashjax.explain(q, k, v, backend="reference").startswith(
         "reference:")
