@@ -183,7 +183,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
 
 
 def _check_mosaic(dtype, head_dim, head_dim_padded, q_segment_ids):
-  """What backend='mosaic' (the Hopper forward) supports so far."""
+  """What backend="mosaic" (the Hopper forward) supports so far."""
   if dtype not in ("bfloat16", "float16"):
     raise NotImplementedError(f"backend='mosaic' takes bfloat16 or float16, "
                               f"got {dtype}; use backend='triton'.")
