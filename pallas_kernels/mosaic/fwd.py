@@ -2,8 +2,8 @@
 
 Each CTA owns ``2 · BLOCK_Q`` query rows: two compute warpgroups of
 ``BLOCK_Q`` rows each, plus one producer warpgroup that streams the K/V tiles
-the CTA can see (causal/window tiles outside are skipped) into ``STAGES``
-shared-memory slots with TMA, signalled by mbarriers. Both matmuls are wgmma:
+the CTA can see (causal/window tiles outside are skipped) through
+:func:`pipeline.streamed_loop`. Both matmuls are wgmma:
 S = Q Kᵀ from shared memory, and O += P V with P written to shared memory
 first (SS form). That form, and accumulating O as ``acc + (P V)`` rather than
 in place, is what Mosaic GPU's CPU interpreter can run in jax 0.11.2, so the
@@ -30,8 +30,8 @@ from flashjax.config import MOSAIC_BLOCK_Q as BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
 from flashjax.config import mosaic_block_kv
 from pallas_kernels import common
-
-STAGES = 2          # K/V tiles in flight
+from pallas_kernels.mosaic import pipeline
+from pallas_kernels.mosaic.pipeline import STAGES
 
 
 def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
@@ -40,89 +40,48 @@ def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
                needs_mask: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref/v_ref: [batch, seq_kv, kv_heads,
   # d]; lse_ref: [batch, heads, seq_q]. q_smem holds Q, then O, per compute
-  # warpgroup; k_smem/v_smem are STAGES slots; k_full/v_full[slot] complete when
-  # a tile has landed, kv_free[slot] when both compute warpgroups are done with it.
+  # warpgroup; k_smem/v_smem are the streamed K/V slots.
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
   cta_start = lax.axis_index("q_tile") * (COMPUTE_WGS * BLOCK_Q)
+  q_start = cta_start + wg * BLOCK_Q
   kv_head = lax.div(h, jnp.int32(plan.group))
   dtype = q_ref.dtype
   head_dim = q_ref.shape[-1]
-  # K/V tiles any row of this CTA can see: the rest are skipped, not computed.
-  lo, hi = plan.mask.kv_block_range(cta_start, COMPUTE_WGS * BLOCK_Q, block_kv,
-                                    num_kv_blocks)
+  q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
 
-  @pl.when(wg == COMPUTE_WGS)
-  def _producer():
-    plgpu.set_max_registers(40, action="decrease")
-
-    def load(j, _):
-      slot = lax.rem(j - lo, STAGES)
-      # Reuse a slot only after both compute warpgroups released it.
-      @pl.when(j - lo >= STAGES)
-      def _():
-        plgpu.barrier_wait(kv_free.at[slot])
-      rows = pl.ds(j * block_kv, block_kv)
-      plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_head], k_smem.at[slot],
-                              k_full.at[slot])
-      plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_head], v_smem.at[slot],
-                              v_full.at[slot])
-    lax.fori_loop(lo, hi, load, None)
-
-    # Observe the releases not yet waited for, so every phase is consumed.
-    def drain(j, _):
-      plgpu.barrier_wait(kv_free.at[lax.rem(j - lo, STAGES)])
-    lax.fori_loop(jnp.maximum(lo, hi - STAGES), hi, drain, None)
-
-  @pl.when(wg < COMPUTE_WGS)
-  def _consumer():
-    plgpu.set_max_registers(232, action="increase")
-    q_start = cta_start + wg * BLOCK_Q
-    q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
+  def init():
     plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_start, BLOCK_Q), h], q_tile,
                             q_barrier.at[wg])
     plgpu.barrier_wait(q_barrier.at[wg])
+    return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
+            jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
+            jnp.zeros((BLOCK_Q,), jnp.float32))
 
-    def step(j, carry):
-      acc, m, l = carry
-      slot = lax.rem(j - lo, STAGES)
-      plgpu.barrier_wait(k_full.at[slot])
+  def step(j, slot, ready, carry):
+    acc, m, l = carry
+    ready(0)
+    # S = scale · Q Kᵀ (log2 units; softcap: c · tanh(scale · Q Kᵀ / c))
+    qk = pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_kv))
+    if plan.softcap is None:
+      s = qk * (plan.scale * common.LOG2E)
+    else:
+      s = jnp.tanh(qk * (plan.scale / plan.softcap)) * (
+          plan.softcap * common.LOG2E)
+    if needs_mask:
+      s = jnp.where(plan.mask.predicate(*pipeline.index_tiles(
+          q_start, j * block_kv, s.shape)), s, -jnp.inf)
+    # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
+    p, m, l, alpha = common.online_softmax_step(s, m, l)
+    # acc = alpha · acc + P V   (P through shared memory: an SS wgmma)
+    p_tile[...] = p.astype(dtype)
+    plgpu.commit_smem()
+    ready(1)
+    pv = pipeline.wgmma_ss(p_tile, v_smem.at[slot], (BLOCK_Q, head_dim))
+    return acc * lax.broadcast_in_dim(alpha, acc.shape, [0]) + pv, m, l
 
-      def qk(acc_ref):
-        plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
-        return acc_ref[...]
-      # S = scale · Q Kᵀ (log2 units; softcap: c · tanh(scale · Q Kᵀ / c))
-      qk = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
-      if plan.softcap is None:
-        s = qk * (plan.scale * common.LOG2E)
-      else:
-        s = jnp.tanh(qk * (plan.scale / plan.softcap)) * (
-            plan.softcap * common.LOG2E)
-      if needs_mask:
-        # Index tiles in the accumulator's own register layout.
-        iota = functools.partial(plgpu.broadcasted_iota, jnp.int32,
-                                 (BLOCK_Q, block_kv), layout=plgpu.Layout.WGMMA)
-        s = jnp.where(plan.mask.predicate(q_start + iota(0),
-                                          j * block_kv + iota(1)), s, -jnp.inf)
-      # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
-      p, m, l, alpha = common.online_softmax_step(s, m, l)
-      # acc = alpha · acc + P V   (P through shared memory: an SS wgmma)
-      p_tile[...] = p.astype(dtype)
-      plgpu.commit_smem()
-      plgpu.barrier_wait(v_full.at[slot])
-
-      def pv(acc_ref):
-        plgpu.wgmma(acc_ref, p_tile, v_smem.at[slot])
-        return acc_ref[...]
-      pv = pl.run_scoped(pv, plgpu.ACC((BLOCK_Q, head_dim), jnp.float32))
-      plgpu.barrier_arrive(kv_free.at[slot])
-      return acc * lax.broadcast_in_dim(alpha, acc.shape, [0]) + pv, m, l
-
-    acc, m, l = lax.fori_loop(lo, hi, step, (
-        jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
-        jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
-        jnp.zeros((BLOCK_Q,), jnp.float32)))
+  def finish(carry):
     # O = acc / l, L = m + log l; O goes out through Q's shared memory.
-    o, lse = common.finalize(acc, m, l)
+    o, lse = common.finalize(*carry)
     q_tile[...] = o.astype(dtype)
     lse_smem.at[wg][...] = lse
     plgpu.commit_smem()
@@ -130,6 +89,17 @@ def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
     plgpu.copy_smem_to_gmem(lse_smem.at[wg],
                             lse_ref.at[b, h, pl.ds(q_start, BLOCK_Q)])
     plgpu.wait_smem_to_gmem(0)
+
+  # Only the K/V tiles some row of this CTA can see are streamed.
+  lo, hi = plan.mask.kv_block_range(cta_start, COMPUTE_WGS * BLOCK_Q, block_kv,
+                                    num_kv_blocks)
+  rows = lambda j: pl.ds(j * block_kv, block_kv)
+  pipeline.streamed_loop(
+      wg=wg, lo=lo, hi=hi, free=kv_free, init=init, step=step, finish=finish,
+      streams=[pipeline.Stream(lambda j: k_ref.at[b, rows(j), kv_head],
+                               k_smem, k_full),
+               pipeline.Stream(lambda j: v_ref.at[b, rows(j), kv_head],
+                               v_smem, v_full)])
 
 
 def forward(plan: Plan, q, k, v):
@@ -166,9 +136,7 @@ def forward(plan: Plan, q, k, v):
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), q.dtype),
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
-          plgpu.Barrier(num_barriers=STAGES),
-          plgpu.Barrier(num_barriers=STAGES),
-          plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=STAGES)),
+          *pipeline.barriers(num_streams=2)),
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,
   )(q, k, v)

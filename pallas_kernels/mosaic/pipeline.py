@@ -1,0 +1,101 @@
+"""The warp-specialised tile loop shared by the Hopper kernels.
+
+A CTA has ``COMPUTE_WGS`` compute warpgroups and one producer warpgroup. Each
+compute warpgroup owns one tile of rows (Q in the forward and dQ kernels, K/V
+in dK/dV) and all of them walk the same range ``[lo, hi)`` of streamed tiles
+(K/V, or Q/dO/L/D). The producer streams those into ``STAGES`` shared-memory
+slots with TMA: ``full[slot]`` completes when a tile has landed, ``free[slot]``
+(``COMPUTE_WGS`` arrivals) when every compute warpgroup is done with it. Each
+waiter observes every phase of the barriers it waits on (the producer drains
+``free`` at the end), as the Mosaic GPU interpreter checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
+
+STAGES = 2          # streamed tiles in flight
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+  """One streamed operand: ``src(j)`` is the GMEM view of tile j; ``smem`` has
+  ``STAGES`` slots; ``full`` is a ``STAGES``-barrier array."""
+
+  src: Callable
+  smem: object
+  full: object
+
+
+def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish):
+  """Run the producer and the compute warpgroups over tiles ``[lo, hi)``.
+
+  ``init()`` (compute warpgroups, before the loop) returns the carry;
+  ``step(j, slot, ready, carry)`` returns the next carry, calling ``ready(i)``
+  before it reads ``streams[i].smem.at[slot]``; ``finish(carry)`` writes the
+  results.
+  """
+
+  @pl.when(wg == COMPUTE_WGS)
+  def _producer():
+    plgpu.set_max_registers(40, action="decrease")
+
+    def load(j, _):
+      slot = lax.rem(j - lo, STAGES)
+
+      # Reuse a slot only after every compute warpgroup released it.
+      @pl.when(j - lo >= STAGES)
+      def _():
+        plgpu.barrier_wait(free.at[slot])
+      for stream in streams:
+        plgpu.copy_gmem_to_smem(stream.src(j), stream.smem.at[slot],
+                                stream.full.at[slot])
+    lax.fori_loop(lo, hi, load, None)
+
+    # Observe the releases not yet waited for, so every phase is consumed.
+    def drain(j, _):
+      plgpu.barrier_wait(free.at[lax.rem(j - lo, STAGES)])
+    lax.fori_loop(jnp.maximum(lo, hi - STAGES), hi, drain, None)
+
+  @pl.when(wg < COMPUTE_WGS)
+  def _compute():
+    plgpu.set_max_registers(232, action="increase")
+
+    def body(j, carry):
+      slot = lax.rem(j - lo, STAGES)
+      carry = step(j, slot,
+                   lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
+                   carry)
+      plgpu.barrier_arrive(free.at[slot])
+      return carry
+    finish(lax.fori_loop(lo, hi, body, init()))
+
+
+def barriers(num_streams: int):
+  """Scratch types of the loop's barriers: ``full`` per stream, then ``free``."""
+  return (*(plgpu.Barrier(num_barriers=STAGES) for _ in range(num_streams)),
+          plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=STAGES))
+
+
+def wgmma_ss(a, b, shape):
+  """``a @ b`` on the tensor cores, both operands in shared memory -> f32 regs."""
+  def run(acc_ref):
+    plgpu.wgmma(acc_ref, a, b)
+    return acc_ref[...]
+  return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
+def index_tiles(row_start, col_start, shape):
+  """int32 row and column index tiles in the wgmma accumulator layout."""
+  def iota(dim, start):
+    return start + plgpu.broadcasted_iota(jnp.int32, shape, dim,
+                                          layout=plgpu.Layout.WGMMA)
+  return iota(0, row_start), iota(1, col_start)
