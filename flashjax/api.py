@@ -44,9 +44,9 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       float32 ``[batch, num_q_heads, seq_q]`` (differentiable).
     config: :class:`flashjax.Config` block sizes; default per head dim.
     backend: ``"auto"`` or ``"triton"``: the Pallas kernel, compiled on a GPU
-      and in interpret mode on the CPU; ``"mosaic"``: the Hopper forward
+      and in interpret mode on the CPU; ``"mosaic"``: the Hopper kernels
       (Mosaic GPU; bf16/f16, head_dim 64/128, no segment ids; not yet
-      validated on a GPU, so never chosen by "auto"), backward as "triton";
+      validated on a GPU, so never chosen by "auto");
       ``"reference"``: dense jnp, O(N^2) memory, identical semantics.
     interpret: run the Pallas kernels in the interpreter (None: only when
       JAX has no GPU). False on a CPU-only host is for lowering (tests).
@@ -74,11 +74,11 @@ def explain(q, k, v, **kwargs) -> str:
   if plan.backend == "reference":
     return "reference: dense jnp attention (O(N^2) memory)"
   mode = "interpret mode (CPU)" if plan.interpret else "compiled"
-  fwd = (f"fwd Mosaic GPU (2+1 warpgroups, tiles {2 * MOSAIC_BLOCK_Q}x"
-         f"{mosaic_block_kv(plan.head_dim_padded)})"
-         if plan.backend == "mosaic" else f"fwd {plan.fwd_blocks}")
-  return (f"{plan.backend}: Pallas kernels, {mode}; {fwd}, "
-          f"bwd Triton-lowered {plan.bwd_blocks}; "
+  tiles = (f"Mosaic GPU, 2+1 warpgroups, CTA tiles {2 * MOSAIC_BLOCK_Q} rows, "
+           f"streamed K/V tiles {mosaic_block_kv(plan.head_dim_padded)} rows"
+           if plan.backend == "mosaic" else
+           f"Triton-lowered, fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}")
+  return (f"{plan.backend}: Pallas kernels, {mode}; {tiles}; "
           f"seq_q {plan.mask.seq_q}->{plan.seq_q_padded}, "
           f"seq_kv {plan.mask.seq_kv}->{plan.seq_kv_padded}, "
           f"head_dim {plan.head_dim}->{plan.head_dim_padded}; group "
@@ -125,8 +125,14 @@ def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg):
   return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg)
 
 
+def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta):
+  if plan.backend == "mosaic":
+    return mosaic_kernels.backward(plan, q, k, v, do, lse, delta)
+  return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta)
+
+
 _forward = _first_order_only(_forward_kernel)
-_backward = _first_order_only(triton_kernels.backward)
+_backward = _first_order_only(_backward_kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

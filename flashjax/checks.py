@@ -71,7 +71,8 @@ class Plan:
   def seq_kv_padded(self) -> int:
     tile = max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv)
     if self.backend == "mosaic":
-      tile = max(tile, mosaic_block_kv(self.head_dim_padded))
+      tile = max(tile, mosaic_block_kv(self.head_dim_padded),
+                 MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
     return _round_up(self.mask.seq_kv, tile)
 
 

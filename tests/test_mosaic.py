@@ -1,4 +1,4 @@
-"""backend="mosaic": the Hopper forward (Pallas Mosaic GPU), with the Triton backward.
+"""backend="mosaic": the Hopper kernels (Pallas Mosaic GPU), forward and backward.
 
 On the CPU the kernel runs in Mosaic GPU's interpreter (TMA, barriers,
 warpgroups; race detector on) and is lowered for CUDA against an abstract H100.
@@ -51,10 +51,17 @@ def test_unsupported_raises(dtype, head_dim, segments, match):
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_forward_lowers_for_cuda(head_dim, dtype, causal):
+def test_fwd_and_bwd_lower_for_cuda(head_dim, dtype, causal):
   q = jax.ShapeDtypeStruct((2, 1000, 4, head_dim), jnp.dtype(dtype))
   kv = jax.ShapeDtypeStruct((2, 1000, 2, head_dim), jnp.dtype(dtype))
-  text = lower_for_h100(lambda q, k, v: flashjax.attention(
-      q, k, v, causal=causal, backend="mosaic", interpret=False),
-                        q, kv, kv).as_text()
-  assert "mosaic_gpu" in text
+
+  def loss(q, k, v):
+    o = flashjax.attention(q, k, v, causal=causal, backend="mosaic",
+                           interpret=False)
+    return jnp.sum(o.astype(jnp.float32))
+
+  text = lower_for_h100(jax.grad(loss, argnums=(0, 1, 2)), q, kv,
+                        kv).as_text()
+  # forward, dQ and dK/dV: three Mosaic GPU kernels, no Triton one.
+  assert text.count("custom_call @mosaic_gpu") == 3
+  assert "triton" not in text

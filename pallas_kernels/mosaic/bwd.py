@@ -1,0 +1,252 @@
+"""Hopper flash-attention backward (FlashAttention 2/3, Algorithm 2), Mosaic GPU.
+
+Two kernels on :func:`pipeline.streamed_loop`, each compute warpgroup owning
+``BLOCK_Q`` rows of what it writes:
+
+* dQ: owns Q, dO, L, D rows; streams the K/V tiles those rows can see.
+  S = Q Kᵀ, P = exp2(S - L), dP = dO Vᵀ, dS = P ∘ (dP - D), dQ += dS K.
+* dK/dV: owns K, V rows; streams Q, dO, L, D tiles of every query head of its
+  GQA group that can see them. Sᵀ = K Qᵀ, Pᵀ = exp2(Sᵀ - L), dV += Pᵀ dO,
+  dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D), dK += dSᵀ Q.
+
+P and dS go through shared memory to an SS wgmma, as in the forward, so the
+same source runs in the CPU interpreter. Status as the forward's: interpreter
+and abstract-H100 lowering only, **not yet run on a GPU**.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from flashjax.checks import Plan
+from flashjax.config import MOSAIC_BLOCK_Q as BLOCK_Q
+from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
+from flashjax.config import mosaic_block_kv
+from pallas_kernels import common
+from pallas_kernels.mosaic import pipeline
+from pallas_kernels.mosaic.pipeline import STAGES
+
+ROW = plgpu.Layout.WGMMA.reduce(1)      # a value per accumulator row
+COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
+
+
+def _scores(plan: Plan, qk):
+  """(S in log2 units, t = tanh(...) or None) from the raw Q·Kᵀ tile."""
+  if plan.softcap is None:
+    return qk * (plan.scale * common.LOG2E), None
+  t = jnp.tanh(qk * (plan.scale / plan.softcap))
+  return t * (plan.softcap * common.LOG2E), t
+
+
+def _load_owned(barrier, copies):
+  """TMA ``copies`` ([(gmem, smem)]) on one barrier and wait for all of them."""
+  for src, dst in copies:
+    plgpu.copy_gmem_to_smem(src, dst, barrier)
+  plgpu.barrier_wait(barrier)
+
+
+def _store(copies):
+  """Registers -> SMEM -> GMEM for ``copies`` ([(value, smem, gmem)])."""
+  for value, smem, _ in copies:
+    smem[...] = value.astype(smem.dtype)
+  plgpu.commit_smem()
+  for _, smem, dst in copies:
+    plgpu.copy_smem_to_gmem(smem, dst)
+  plgpu.wait_smem_to_gmem(0)
+
+
+def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
+              do_smem, lse_smem, delta_smem, ds_smem, k_smem, v_smem,
+              owned_barrier, k_full, v_full, kv_free, *, plan: Plan,
+              block_kv: int, num_kv_blocks: int, needs_mask: bool):
+  b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
+  cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
+  q_start = cta_start + wg * BLOCK_Q
+  kv_head = lax.div(h, jnp.int32(plan.group))
+  head_dim = q_ref.shape[-1]
+  rows = pl.ds(q_start, BLOCK_Q)
+  q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
+
+  def init():
+    _load_owned(owned_barrier.at[wg], [
+        (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
+        (lse_ref.at[b, h, rows], lse_smem.at[wg]),
+        (delta_ref.at[b, h, rows], delta_smem.at[wg])])
+    return jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
+
+  def step(j, slot, ready, dq):
+    shape = (BLOCK_Q, block_kv)
+    lse2 = common.lse_log2_for_recompute(
+        plgpu.load(lse_smem.at[wg], layout=ROW))
+    delta = plgpu.load(delta_smem.at[wg], layout=ROW)
+    ready(0)
+    # S = scale · Q Kᵀ (log2 units), invisible entries -inf
+    s, t = _scores(plan, pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, shape))
+    if needs_mask:
+      s = jnp.where(plan.mask.predicate(*pipeline.index_tiles(
+          q_start, j * block_kv, shape)), s, -jnp.inf)
+    # P = exp2(S - L)
+    p = jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0]))
+    ready(1)
+    # dP = dO Vᵀ, dS = P ∘ (dP - D)
+    dp = pipeline.wgmma_ss(do_tile, v_smem.at[slot].T, shape)
+    ds = common.softcap_grad(p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
+                             t)
+    # dQ += dS K
+    ds_tile[...] = ds.astype(ds_tile.dtype)
+    plgpu.commit_smem()
+    return dq + pipeline.wgmma_ss(ds_tile, k_smem.at[slot],
+                                  (BLOCK_Q, head_dim))
+
+  def finish(dq):
+    _store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
+
+  lo, hi = plan.mask.kv_block_range(cta_start, COMPUTE_WGS * BLOCK_Q, block_kv,
+                                    num_kv_blocks)
+  kv_rows = lambda j: pl.ds(j * block_kv, block_kv)
+  pipeline.streamed_loop(
+      wg=wg, lo=lo, hi=hi, free=kv_free, init=init, step=step, finish=finish,
+      streams=[pipeline.Stream(lambda j: k_ref.at[b, kv_rows(j), kv_head],
+                               k_smem, k_full),
+               pipeline.Stream(lambda j: v_ref.at[b, kv_rows(j), kv_head],
+                               v_smem, v_full)])
+
+
+def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
+                dv_ref, k_smem, v_smem, pt_smem, q_smem, do_smem, lse_smem,
+                delta_smem, owned_barrier, q_full, do_full, lse_full,
+                delta_full, q_free, *, plan: Plan, num_q_blocks: int,
+                needs_mask: bool):
+  b, kv_head, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
+  cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
+  kv_start = cta_start + wg * BLOCK_Q
+  head_dim = k_ref.shape[-1]
+  rows = pl.ds(kv_start, BLOCK_Q)
+  k_tile, v_tile, pt_tile = k_smem.at[wg], v_smem.at[wg], pt_smem.at[wg]
+  # Query tiles [q_lo, q_hi) of each of the group's heads can see this CTA's
+  # keys; the loop runs over (head in group, query tile) pairs.
+  q_lo, q_hi = plan.mask.q_block_range(cta_start, COMPUTE_WGS * BLOCK_Q,
+                                       BLOCK_Q, num_q_blocks)
+  per_head = q_hi - q_lo
+
+  def head_and_tile(j):
+    g = lax.div(j, per_head)
+    return kv_head * plan.group + g, q_lo + j - g * per_head
+
+  def init():
+    _load_owned(owned_barrier.at[wg], [(k_ref.at[b, rows, kv_head], k_tile),
+                                       (v_ref.at[b, rows, kv_head], v_tile)])
+    zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
+    return zeros, zeros
+
+  def step(j, slot, ready, carry):
+    dk, dv = carry
+    shape = (BLOCK_Q, BLOCK_Q)              # [keys, queries]
+    _, i = head_and_tile(j)
+    for stream in range(4):
+      ready(stream)
+    lse2 = common.lse_log2_for_recompute(
+        plgpu.load(lse_smem.at[slot], layout=COL))
+    delta = plgpu.load(delta_smem.at[slot], layout=COL)
+    q_slot, do_slot = q_smem.at[slot], do_smem.at[slot]
+    # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf
+    st, t = _scores(plan, pipeline.wgmma_ss(k_tile, q_slot.T, shape))
+    if needs_mask:
+      k_idx, q_idx = pipeline.index_tiles(kv_start, i * BLOCK_Q, shape)
+      st = jnp.where(plan.mask.predicate(q_idx, k_idx), st, -jnp.inf)
+    # Pᵀ = exp2(Sᵀ - L)
+    pt = jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1]))
+    # dV += Pᵀ dO
+    pt_tile[...] = pt.astype(pt_tile.dtype)
+    plgpu.commit_smem()
+    dv = dv + pipeline.wgmma_ss(pt_tile, do_slot, (BLOCK_Q, head_dim))
+    # dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D)
+    dpt = pipeline.wgmma_ss(v_tile, do_slot.T, shape)
+    dst = common.softcap_grad(
+        pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
+    # dK += dSᵀ Q   (dSᵀ reuses Pᵀ's buffer: its wgmma has completed)
+    pt_tile[...] = dst.astype(pt_tile.dtype)
+    plgpu.commit_smem()
+    dk = dk + pipeline.wgmma_ss(pt_tile, q_slot, (BLOCK_Q, head_dim))
+    return dk, dv
+
+  def finish(carry):
+    dk, dv = carry
+    _store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
+            (dv, v_tile, dv_ref.at[b, rows, kv_head])])
+
+  def tile_of(j):
+    head, i = head_and_tile(j)
+    return head, pl.ds(i * BLOCK_Q, BLOCK_Q)
+
+  pipeline.streamed_loop(
+      wg=wg, lo=0, hi=plan.group * per_head, free=q_free, init=init, step=step,
+      finish=finish,
+      streams=[
+          pipeline.Stream(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
+                          q_smem, q_full),
+          pipeline.Stream(lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
+                          do_smem, do_full),
+          pipeline.Stream(lambda j: lse_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
+                          lse_smem, lse_full),
+          pipeline.Stream(
+              lambda j: delta_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
+              delta_smem, delta_full)])
+
+
+def backward(plan: Plan, q, k, v, do, lse, delta):
+  """dQ, dK, dV on padded inputs (layouts as the forward's; lse and delta
+  float32 ``[batch, num_q_heads, seq_q]``, delta = rowsum(dO ∘ O) - dL)."""
+  batch, seq_q, num_heads, head_dim = q.shape
+  _, seq_kv, num_kv_heads, _ = k.shape
+  bkv = mosaic_block_kv(head_dim)
+  needs_mask = not plan.mask.is_trivial(seq_kv)
+  params = plgpu.CompilerParams(approx_math=True)
+  interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
+      else None
+  owned = lambda *shape_dtypes: [plgpu.SMEM((COMPUTE_WGS, *shape), dtype)
+                                 for shape, dtype in shape_dtypes]
+  streamed = lambda *shape_dtypes: [plgpu.SMEM((STAGES, *shape), dtype)
+                                    for shape, dtype in shape_dtypes]
+  cta = COMPUTE_WGS * BLOCK_Q
+  dq = plgpu.kernel(
+      functools.partial(dq_kernel, plan=plan, block_kv=bkv,
+                        num_kv_blocks=seq_kv // bkv, needs_mask=needs_mask),
+      grid=(num_heads, seq_q // cta, batch),
+      grid_names=("heads", "tile", "batch"),
+      num_threads=COMPUTE_WGS + 1, thread_name="wg",
+      out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      scratch_types=(
+          *owned(((BLOCK_Q, head_dim), q.dtype), ((BLOCK_Q, head_dim), q.dtype),
+                 ((BLOCK_Q,), jnp.float32), ((BLOCK_Q,), jnp.float32),
+                 ((BLOCK_Q, bkv), q.dtype)),
+          *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
+          plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
+          *pipeline.barriers(num_streams=2)),
+      compiler_params=params, interpret=interpret,
+  )(q, k, v, do, lse, delta)
+  dk, dv = plgpu.kernel(
+      functools.partial(dkdv_kernel, plan=plan, num_q_blocks=seq_q // BLOCK_Q,
+                        needs_mask=needs_mask),
+      grid=(num_kv_heads, seq_kv // cta, batch),
+      grid_names=("heads", "tile", "batch"),
+      num_threads=COMPUTE_WGS + 1, thread_name="wg",
+      out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
+                jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      scratch_types=(
+          *owned(((BLOCK_Q, head_dim), k.dtype), ((BLOCK_Q, head_dim), v.dtype),
+                 ((BLOCK_Q, BLOCK_Q), q.dtype)),
+          *streamed(((BLOCK_Q, head_dim), q.dtype),
+                    ((BLOCK_Q, head_dim), q.dtype), ((BLOCK_Q,), jnp.float32),
+                    ((BLOCK_Q,), jnp.float32)),
+          plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
+          *pipeline.barriers(num_streams=4)),
+      compiler_params=params, interpret=interpret,
+  )(q, k, v, do, lse, delta)
+  return dq, dk, dv
