@@ -15,6 +15,12 @@ and a markdown table with the ratio to cuDNN from the same run.
   temporaries), i.e. what the call needs on the device.
 * relerr: ||O - O_ref|| / ||O_ref|| on the first two heads, O_ref the float32
   dense reference at highest matmul precision.
+
+Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
+flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
+``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
+tokamax_mosaic (needs tokamax installed). A peer that cannot run a case records
+its error in the row.
 """
 
 from __future__ import annotations
@@ -48,6 +54,23 @@ def impls(causal: bool):
   def flash(q, k, v):
     return flashjax.attention(q, k, v, causal=causal)
 
+  def flash_mosaic(q, k, v):
+    return flashjax.attention(q, k, v, causal=causal, backend="mosaic")
+
+  def jax_mgpu(q, k, v):
+    # JAX's FA3-style Mosaic kernel: float16 only, no softmax scale (pre-scale
+    # q), no causal backward in jax 0.11.2.
+    from jax.experimental.pallas.ops.gpu import attention_mgpu
+    config = attention_mgpu.TuningConfig(
+        block_q=64, block_kv=64, max_concurrent_steps=2, causal=causal,
+        block_q_dkv=64, block_kv_dkv=64, block_q_dq=64, block_kv_dq=64)
+    return attention_mgpu.attention(q * q.shape[-1] ** -0.5, k, v, config)
+
+  def tokamax_mosaic(q, k, v):
+    import tokamax    # benchmark peer only: PyPI tokamax 0.0.17, from wheels
+    return tokamax.dot_product_attention(q, k, v, is_causal=causal,
+                                         implementation="mosaic")
+
   def pallas_mha(q, k, v):
     import warnings
     with warnings.catch_warnings():
@@ -56,8 +79,14 @@ def impls(causal: bool):
     return jax_attention.mha(q, k, v, segment_ids=None, causal=causal,
                              sm_scale=q.shape[-1] ** -0.5)
 
-  return {"flashjax": flash, "cudnn": cudnn, "xla": xla,
-          "jax_pallas_mha": pallas_mha}
+  return {"flashjax": flash, "flashjax_mosaic": flash_mosaic, "cudnn": cudnn,
+          "xla": xla, "jax_pallas_mha": pallas_mha,
+          "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic}
+
+
+def describe(e: Exception, limit: int = 200) -> str:
+  """One line naming an exception (some, like a bare assert, have no message)."""
+  return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:limit]}"
 
 
 def flops(b, s, h, d, causal, mode):
@@ -120,8 +149,7 @@ def bench(args):
               err = relerr(fn, *sets[0][:3], causal)
             except Exception as e:  # noqa: BLE001 - record, keep going
               err = None
-              print(f"  {name} relerr failed: {type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:120]}", flush=True)
+              print(f"  {name} relerr failed: {describe(e, 120)}", flush=True)
             for mode in args.modes:
               row = dict(impl=name, dtype=dtype, b=b, s=s, h=h, kv_h=h, d=d,
                          causal=causal, mode=mode, relerr=err)
@@ -132,7 +160,7 @@ def bench(args):
                 row["ms"] = time_call(call, inputs, args.iters, args.repeats)
                 row["tflops"] = flops(b, s, h, d, causal, mode) / row["ms"] / 1e9
               except Exception as e:  # noqa: BLE001 - OOM / unsupported: record
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                row["error"] = describe(e)
               print(json.dumps(row), flush=True)
               yield row
 

@@ -29,6 +29,7 @@ def run_case(args) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
+  from benchmarks.bench_attention import describe
   from examples import train
   from models.transformer import ModelConfig
 
@@ -65,7 +66,7 @@ def run_case(args) -> dict:
     row["steps_per_s"] = 1e3 / row["step_ms"]
     row["loss"] = float(metrics["loss"])
   except Exception as e:  # noqa: BLE001 - OOM is a result here
-    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    row["error"] = describe(e)
   return row
 
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flashjax  # noqa: E402
-from benchmarks.bench_attention import flops, make_call, time_call  # noqa: E402
+from benchmarks.bench_attention import (describe, flops, make_call,  # noqa: E402
+                                        time_call)
 from flashjax import Blocks, Config, default_config  # noqa: E402
 
 FWD = [Blocks(128, 64, 4, 3), Blocks(128, 64, 8, 3), Blocks(128, 128, 8, 3),
@@ -58,7 +59,7 @@ def run(args):
             if mode not in best or row["ms"] < best[mode][0]:
               best[mode] = (row["ms"], blocks)
           except Exception as e:  # noqa: BLE001 - e.g. out of shared memory
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            row["error"] = describe(e)
           print(json.dumps(row), flush=True)
           rows.append(row)
       print(f"BEST d={d} causal={causal}: fwd {best['fwd']} bwd {best['fwd_bwd']}",
