@@ -15,13 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pytest
+
 import flashjax
 from flashjax import reference
 from flashjax.checks import make_plan
+from flashjax.config import MOSAIC_HEAD_DIMS, padded_head_dim
 
 # Relative floors per dtype (times max(1, max|ref|)). float32 has no low-precision
 # slack, so its floor is the whole tolerance: accumulation order only.
 FLOOR = {"float32": 2e-5, "bfloat16": 2e-3, "float16": 5e-4}
+
+# Kernel backends every parity case runs on.
+BACKENDS = ("triton", "mosaic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,3 +142,18 @@ def check_attention(case: Case, fn=flashjax.attention, seed: int = 0, **extra):
     report[name] = (err, tol)
     assert err <= tol, f"{case.id}: {name} max err {err:.3g} > tol {tol:.3g} ({report})"
   return got, report
+
+
+def mosaic_supports(case: Case) -> bool:
+  """What backend="mosaic" takes (flashjax.checks._check_mosaic)."""
+  return (case.dtype in ("bfloat16", "float16") and case.segments is None
+          and padded_head_dim(case.head_dim) in MOSAIC_HEAD_DIMS)
+
+
+def check_backend(case: Case, backend: str):
+  """check_attention on a backend; a case it does not support must raise."""
+  if backend == "mosaic" and not mosaic_supports(case):
+    with pytest.raises(NotImplementedError, match="backend='mosaic'"):
+      check_attention(case, backend=backend)
+  else:
+    check_attention(case, backend=backend)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashjax
-from harness import Case, check_attention, inputs
+from harness import BACKENDS, Case, check_attention, check_backend, inputs
 
 # The full grid is dtype × causal × (seq_q, seq_kv) × head_dim × heads × extras:
 # 3·2·7·3·3·5 = 1890 cases. CI runs a fixed random sample of it plus the
@@ -66,9 +66,10 @@ EDGE = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", SAMPLED + EDGE, ids=lambda c: c.id)
-def test_parity(case):
-  check_attention(case)
+def test_parity(case, backend):
+  check_backend(case, backend)
 
 
 def test_grid_sample_covers_every_value():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from harness import Case, check_attention
+from harness import BACKENDS, Case, check_backend
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
                                 reason="long sequences run on the GPU only")
@@ -27,5 +27,6 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
     Case(dtype="float16", batch=1, seq_q=12000, seq_kv=12000, num_q_heads=2,
          num_kv_heads=2, head_dim=128, causal=True, softcap=30.0),
 ], ids=lambda c: c.id)
-def test_long_sequences(case):
-  check_attention(case)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_sequences(case, backend):
+  check_backend(case, backend)

@@ -15,23 +15,25 @@ import flashjax
 from harness import Case, check_attention
 from test_lowering import lower_for_h100
 
+# test_attention.py runs the whole parity grid on backend="mosaic" too; these
+# add the race detector's verdict on cases that reuse pipeline slots (more
+# streamed tiles than STAGES) in every kernel.
 CASES = [
-    Case(dtype="float16", seq_q=256, seq_kv=256, head_dim=64),
     Case(dtype="bfloat16", seq_q=200, seq_kv=300, num_q_heads=4,
          num_kv_heads=2, head_dim=128, causal=True, window=(50, None)),
-    Case(dtype="float16", seq_q=130, seq_kv=77, head_dim=96, causal=True,
-         softcap=20.0),
     # MQA; causal with seq_q > seq_kv leaves leading rows fully masked.
-    Case(dtype="bfloat16", seq_q=300, seq_kv=140, num_q_heads=4,
+    Case(dtype="float16", seq_q=390, seq_kv=140, num_q_heads=4,
          num_kv_heads=1, head_dim=64, causal=True),
 ]
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu",
+                    reason="the race detector is part of the CPU interpreter")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_parity(case):
+def test_no_races_in_the_interpreter(case):
+  interpret_pallas_call.reset_gpu_interpret_mode_state()
   check_attention(case, backend="mosaic")
-  if jax.default_backend() != "gpu":
-    assert not interpret_pallas_call.get_races().races_found
+  assert not interpret_pallas_call.get_races().races_found
 
 
 @pytest.mark.parametrize("dtype,head_dim,segments,match", [
