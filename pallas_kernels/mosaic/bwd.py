@@ -44,23 +44,6 @@ def _scores(plan: Plan, qk):
   return t * (plan.softcap * common.LOG2E), t
 
 
-def _load_owned(barrier, copies):
-  """TMA ``copies`` ([(gmem, smem)]) on one barrier and wait for all of them."""
-  for src, dst in copies:
-    plgpu.copy_gmem_to_smem(src, dst, barrier)
-  plgpu.barrier_wait(barrier)
-
-
-def _store(copies):
-  """Registers -> SMEM -> GMEM for ``copies`` ([(value, smem, gmem)])."""
-  for value, smem, _ in copies:
-    smem[...] = value.astype(smem.dtype)
-  plgpu.commit_smem()
-  for _, smem, dst in copies:
-    plgpu.copy_smem_to_gmem(smem, dst)
-  plgpu.wait_smem_to_gmem(0)
-
-
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
               do_smem, lse_smem, delta_smem, ds_smem, k_smem, v_smem,
               owned_barrier, k_full, v_full, kv_free, *, plan: Plan,
@@ -74,7 +57,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
   q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
 
   def init():
-    _load_owned(owned_barrier.at[wg], [
+    pipeline.load_owned(owned_barrier.at[wg], [
         (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
         (lse_ref.at[b, h, rows], lse_smem.at[wg]),
         (delta_ref.at[b, h, rows], delta_smem.at[wg])])
@@ -105,17 +88,14 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
                                   (BLOCK_Q, head_dim))
 
   def finish(dq):
-    _store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
+    pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
 
   lo, hi = plan.mask.kv_block_range(cta_start, COMPUTE_WGS * BLOCK_Q, block_kv,
                                     num_kv_blocks)
-  kv_rows = lambda j: pl.ds(j * block_kv, block_kv)
   pipeline.streamed_loop(
       wg=wg, lo=lo, hi=hi, free=kv_free, init=init, step=step, finish=finish,
-      streams=[pipeline.Stream(lambda j: k_ref.at[b, kv_rows(j), kv_head],
-                               k_smem, k_full),
-               pipeline.Stream(lambda j: v_ref.at[b, kv_rows(j), kv_head],
-                               v_smem, v_full)])
+      streams=pipeline.kv_streams(k_ref, v_ref, k_smem, v_smem, k_full, v_full,
+                                  batch=b, kv_head=kv_head, block_kv=block_kv))
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
@@ -140,7 +120,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
     return kv_head * plan.group + g, q_lo + j - g * per_head
 
   def init():
-    _load_owned(owned_barrier.at[wg], [(k_ref.at[b, rows, kv_head], k_tile),
+    pipeline.load_owned(owned_barrier.at[wg], [(k_ref.at[b, rows, kv_head], k_tile),
                                        (v_ref.at[b, rows, kv_head], v_tile)])
     zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
     return zeros, zeros
@@ -178,7 +158,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
 
   def finish(carry):
     dk, dv = carry
-    _store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
+    pipeline.store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
             (dv, v_tile, dv_ref.at[b, rows, kv_head])])
 
   def tile_of(j):

@@ -49,10 +49,10 @@ def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
   head_dim = q_ref.shape[-1]
   q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
 
+  rows = pl.ds(q_start, BLOCK_Q)
+
   def init():
-    plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_start, BLOCK_Q), h], q_tile,
-                            q_barrier.at[wg])
-    plgpu.barrier_wait(q_barrier.at[wg])
+    pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
     return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
             jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
             jnp.zeros((BLOCK_Q,), jnp.float32))
@@ -82,24 +82,16 @@ def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
   def finish(carry):
     # O = acc / l, L = m + log l; O goes out through Q's shared memory.
     o, lse = common.finalize(*carry)
-    q_tile[...] = o.astype(dtype)
-    lse_smem.at[wg][...] = lse
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(q_tile, o_ref.at[b, pl.ds(q_start, BLOCK_Q), h])
-    plgpu.copy_smem_to_gmem(lse_smem.at[wg],
-                            lse_ref.at[b, h, pl.ds(q_start, BLOCK_Q)])
-    plgpu.wait_smem_to_gmem(0)
+    pipeline.store([(o, q_tile, o_ref.at[b, rows, h]),
+                    (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])])
 
   # Only the K/V tiles some row of this CTA can see are streamed.
   lo, hi = plan.mask.kv_block_range(cta_start, COMPUTE_WGS * BLOCK_Q, block_kv,
                                     num_kv_blocks)
-  rows = lambda j: pl.ds(j * block_kv, block_kv)
   pipeline.streamed_loop(
       wg=wg, lo=lo, hi=hi, free=kv_free, init=init, step=step, finish=finish,
-      streams=[pipeline.Stream(lambda j: k_ref.at[b, rows(j), kv_head],
-                               k_smem, k_full),
-               pipeline.Stream(lambda j: v_ref.at[b, rows(j), kv_head],
-                               v_smem, v_full)])
+      streams=pipeline.kv_streams(k_ref, v_ref, k_smem, v_smem, k_full, v_full,
+                                  batch=b, kv_head=kv_head, block_kv=block_kv))
 
 
 def forward(plan: Plan, q, k, v):

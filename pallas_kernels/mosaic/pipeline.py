@@ -79,6 +79,32 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish):
     finish(lax.fori_loop(lo, hi, body, init()))
 
 
+def kv_streams(k_ref, v_ref, k_smem, v_smem, k_full, v_full, *, batch,
+               kv_head, block_kv: int):
+  """The K and V streams of the forward and dQ kernels: tile j is rows
+  ``[j·block_kv, (j+1)·block_kv)`` of one (batch, K/V head)."""
+  rows = lambda j: pl.ds(j * block_kv, block_kv)
+  return [Stream(lambda j: k_ref.at[batch, rows(j), kv_head], k_smem, k_full),
+          Stream(lambda j: v_ref.at[batch, rows(j), kv_head], v_smem, v_full)]
+
+
+def load_owned(barrier, copies):
+  """TMA ``copies`` ([(gmem, smem)]) on one barrier and wait for all of them."""
+  for src, dst in copies:
+    plgpu.copy_gmem_to_smem(src, dst, barrier)
+  plgpu.barrier_wait(barrier)
+
+
+def store(copies):
+  """Registers -> SMEM -> GMEM for ``copies`` ([(value, smem, gmem)])."""
+  for value, smem, _ in copies:
+    smem[...] = value.astype(smem.dtype)
+  plgpu.commit_smem()
+  for _, smem, dst in copies:
+    plgpu.copy_smem_to_gmem(smem, dst)
+  plgpu.wait_smem_to_gmem(0)
+
+
 def barriers(num_streams: int):
   """Scratch types of the loop's barriers: ``full`` per stream, then ``free``."""
   return (*(plgpu.Barrier(num_barriers=STAGES) for _ in range(num_streams)),
