@@ -1,11 +1,14 @@
-"""Time flashjax's portable kernels over a set of block configs on the GPU.
+"""Time flashjax's kernels over a set of tilings on the GPU.
 
     python benchmarks/tune_blocks.py --out benchmarks/results/tune-h100.json
+    python benchmarks/tune_blocks.py --backend mosaic --out benchmarks/results/tune-mosaic-h100.json
 
 For each (head_dim, causal) at batch 4 × seq 4096 × (2048 / head_dim) heads,
-bf16, times the forward alone over FWD candidates (with the default backward),
-then forward+backward over BWD candidates (with the best forward), and prints
-the best of each. The defaults in flashjax/config.py cite this file's output.
+bf16. Triton: times the forward alone over FWD candidates (with the default
+backward), then forward+backward over BWD candidates (with the best forward).
+Mosaic: times forward and forward+backward over MOSAIC candidates that fit in
+shared memory. Prints the best of each; the defaults in flashjax/config.py cite
+these files.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import flashjax  # noqa: E402
 from benchmarks.bench_attention import (describe, flops, make_call,  # noqa: E402
                                         time_call)
-from flashjax import Blocks, Config, default_config  # noqa: E402
+from flashjax import Blocks, Config, MosaicBlocks, default_config  # noqa: E402
+from flashjax.config import SMEM_BYTES  # noqa: E402
 
 FWD = [Blocks(128, 64, 4, 3), Blocks(128, 64, 8, 3), Blocks(128, 128, 8, 3),
        Blocks(64, 64, 4, 3), Blocks(128, 32, 4, 4), Blocks(64, 128, 4, 3),
@@ -31,6 +35,19 @@ FWD = [Blocks(128, 64, 4, 3), Blocks(128, 64, 8, 3), Blocks(128, 128, 8, 3),
 BWD = [Blocks(64, 64, 4, 2), Blocks(64, 64, 8, 2), Blocks(128, 64, 8, 2),
        Blocks(64, 128, 8, 2), Blocks(32, 64, 4, 3), Blocks(64, 32, 4, 3),
        Blocks(128, 128, 8, 1), Blocks(32, 128, 8, 2)]
+MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
+          MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(256, 2)]
+
+
+def candidates(backend, mode, d, best):
+  """The Configs to time for one mode (best: the fastest so far, by mode)."""
+  base = default_config(d)
+  if backend == "mosaic":
+    return [Config(fwd=base.fwd, bwd=base.bwd, mosaic=m) for m in MOSAIC
+            if m.smem_bytes(d, 2) <= SMEM_BYTES]
+  if mode == "fwd":
+    return [Config(fwd=b, bwd=base.bwd) for b in FWD]
+  return [Config(fwd=best["fwd"][1].fwd, bwd=b) for b in BWD]
 
 
 def run(args):
@@ -43,27 +60,28 @@ def run(args):
                                       jnp.bfloat16) for j in range(4))
               for i in range(2)]
       best = {}
-      for mode, cands in (("fwd", FWD), ("fwd_bwd", BWD)):
-        for blocks in cands:
-          base = default_config(d)
-          cfg = (Config(fwd=blocks, bwd=base.bwd) if mode == "fwd" else
-                 Config(fwd=best["fwd"][1], bwd=blocks))
+      for mode in ("fwd", "fwd_bwd"):
+        for cfg in candidates(args.backend, mode, d, best):
           fn = lambda q, k, v, cfg=cfg: flashjax.attention(
-              q, k, v, causal=causal, config=cfg)
+              q, k, v, causal=causal, config=cfg, backend=args.backend)
           inputs = [s if mode == "fwd_bwd" else s[:3] for s in sets]
-          row = dict(d=d, h=h, causal=causal, mode=mode, blocks=str(blocks))
+          tiling = (cfg.mosaic if args.backend == "mosaic" else
+                    cfg.fwd if mode == "fwd" else cfg.bwd)
+          row = dict(backend=args.backend, d=d, h=h, causal=causal, mode=mode,
+                     blocks=str(tiling))
           try:
             call = make_call(fn, mode).lower(*inputs[0]).compile()
             row["ms"] = time_call(call, inputs, 10, 3)
             row["tflops"] = flops(4, 4096, h, d, causal, mode) / row["ms"] / 1e9
             if mode not in best or row["ms"] < best[mode][0]:
-              best[mode] = (row["ms"], blocks)
+              best[mode] = (row["ms"], cfg)
           except Exception as e:  # noqa: BLE001 - e.g. out of shared memory
             row["error"] = describe(e)
           print(json.dumps(row), flush=True)
           rows.append(row)
-      print(f"BEST d={d} causal={causal}: fwd {best['fwd']} bwd {best['fwd_bwd']}",
-            flush=True)
+      for mode, (ms, cfg) in best.items():
+        print(f"BEST {args.backend} d={d} causal={causal} {mode}: {ms:.3f} ms "
+              f"{cfg}", flush=True)
   return rows
 
 
@@ -72,6 +90,7 @@ def main(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", default="benchmarks/results/tune.json")
   p.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
+  p.add_argument("--backend", choices=["triton", "mosaic"], default="triton")
   args = p.parse_args(argv)
   rows = run(args)
   Path(args.out).write_text(json.dumps(dict(

@@ -6,7 +6,8 @@ over ``[batch, seq, heads, head_dim]``, the layout of
 """
 
 from flashjax.api import attention, explain
-from flashjax.config import Blocks, Config, default_config
+from flashjax.config import Blocks, Config, MosaicBlocks, default_config
 
-__all__ = ["Blocks", "Config", "attention", "default_config", "explain"]
+__all__ = ["Blocks", "Config", "MosaicBlocks", "attention", "default_config",
+           "explain"]
 __version__ = "0.1.0"

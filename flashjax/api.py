@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from flashjax import reference
 from flashjax.checks import Plan, make_plan
-from flashjax.config import MOSAIC_BLOCK_Q, mosaic_block_kv
+from flashjax.config import MOSAIC_BLOCK_Q
 from pallas_kernels import mosaic as mosaic_kernels
 from pallas_kernels import triton as triton_kernels
 
@@ -75,7 +75,7 @@ def explain(q, k, v, **kwargs) -> str:
     return "reference: dense jnp attention (O(N^2) memory)"
   mode = "interpret mode (CPU)" if plan.interpret else "compiled"
   tiles = (f"Mosaic GPU, 2+1 warpgroups, CTA tiles {2 * MOSAIC_BLOCK_Q} rows, "
-           f"streamed K/V tiles {mosaic_block_kv(plan.head_dim_padded)} rows"
+           f"{plan.config.mosaic}"
            if plan.backend == "mosaic" else
            f"Triton-lowered, fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}")
   return (f"{plan.backend}: Pallas kernels, {mode}; {tiles}; "

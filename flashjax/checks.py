@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from flashjax.config import (MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS,
                              MOSAIC_HEAD_DIMS, SMEM_BYTES, Blocks, Config,
-                             default_config, mosaic_block_kv, padded_head_dim)
+                             default_config, padded_head_dim)
 from flashjax.masks import MaskSpec
 
 log = logging.getLogger("flashjax")
@@ -71,7 +71,7 @@ class Plan:
   def seq_kv_padded(self) -> int:
     tile = max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv)
     if self.backend == "mosaic":
-      tile = max(tile, mosaic_block_kv(self.head_dim_padded),
+      tile = max(tile, self.config.mosaic.block_kv,
                  MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
     return _round_up(self.mask.seq_kv, tile)
 
@@ -149,13 +149,18 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
   head_dim_padded = padded_head_dim(head_dim)
+  if backend == "mosaic":
+    _check_mosaic(dtype, head_dim, head_dim_padded, q_segment_ids)
   itemsize = jnp.dtype(dtype).itemsize
   if config is None:
     config = default_config(head_dim_padded, itemsize)
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
-  for name, blocks in (("fwd", config.fwd), ("bwd", config.bwd)):
+  tilings = [("fwd", config.fwd), ("bwd", config.bwd)]
+  if backend == "mosaic":
+    tilings.append(("mosaic", config.mosaic))
+  for name, blocks in tilings:
     need = blocks.smem_bytes(head_dim_padded, itemsize)
     if need > SMEM_BYTES:
       raise ValueError(
@@ -164,8 +169,6 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
           f"{dtype}; at most {SMEM_BYTES // 1024} KiB fit. Use smaller blocks "
           f"or fewer stages (Blocks.shrink_to_fit).")
 
-  if backend == "mosaic":
-    _check_mosaic(dtype, head_dim, head_dim_padded, q_segment_ids)
   on_gpu = jax.default_backend() == "gpu"
   resolved = "triton" if backend == "auto" else backend
   if backend == "auto":

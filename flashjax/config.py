@@ -67,25 +67,47 @@ class Blocks:
         block_kv=min(self.block_kv, max(16, next_pow2(seq_kv))))
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Tiling of the forward kernel and of the two backward kernels (dQ, dK/dV)."""
-
-  fwd: Blocks
-  bwd: Blocks
-
-
-# Mosaic GPU (Hopper) forward tiles: 64 query rows per compute warpgroup (the
-# wgmma M), two compute warpgroups per CTA; K/V tiles of mosaic_block_kv rows.
+# Mosaic GPU (Hopper) kernels: each compute warpgroup owns 64 rows (the wgmma
+# M), two compute warpgroups per CTA, plus one producer warpgroup.
 MOSAIC_BLOCK_Q = 64
 MOSAIC_COMPUTE_WGS = 2
 MOSAIC_HEAD_DIMS = (64, 128)
 
 
-def mosaic_block_kv(head_dim: int) -> int:
-  """K/V tile rows of the Mosaic forward: 128 for head_dim 64, 64 for 128,
-  keeping Q, P and two K/V stages within shared memory (not yet tuned)."""
-  return 128 if head_dim <= 64 else 64
+@dataclasses.dataclass(frozen=True)
+class MosaicBlocks:
+  """Tiling of the Hopper kernels: rows of each streamed K/V tile (forward and
+  dQ; dK/dV streams 64-row query tiles) and the pipeline's stages."""
+
+  block_kv: int = 64
+  stages: int = 2
+
+  def __post_init__(self):
+    if self.block_kv not in (64, 128, 256):
+      raise ValueError(f"MosaicBlocks.block_kv must be 64, 128 or 256 (a wgmma "
+                       f"N), got {self.block_kv}.")
+    if self.stages < 2:
+      raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
+
+  def smem_bytes(self, head_dim: int, itemsize: int) -> int:
+    """The largest shared-memory footprint of the three kernels: owned tiles
+    (Q and O/dO, or K and V), the P/dS tile, and the streamed stages."""
+    rows, wgs = MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS
+    fwd_dq = (2 * wgs * rows * head_dim + wgs * rows * self.block_kv
+              + self.stages * 2 * self.block_kv * head_dim)
+    dkdv = 2 * wgs * rows * head_dim + wgs * rows * rows + (
+        self.stages * 2 * rows * head_dim)
+    return max(fwd_dq, dkdv) * itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Tiling of the portable forward kernel and of its two backward kernels
+  (dQ, dK/dV), and of the Hopper kernels (``backend="mosaic"``)."""
+
+  fwd: Blocks
+  bwd: Blocks
+  mosaic: MosaicBlocks = MosaicBlocks()
 
 
 def next_pow2(n: int) -> int:
@@ -119,5 +141,8 @@ def default_config(head_dim: int, itemsize: int = 2) -> Config:
     # d = 256 (not tuned): smaller tiles keep the accumulators in registers.
     config = Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
                     bwd=Blocks(32, 32, num_warps=8, num_stages=1))
+  # Mosaic (not yet tuned): the widest K/V tile whose two stages fit beside
+  # the owned tiles.
+  mosaic = MosaicBlocks(block_kv=128 if head_dim <= 64 else 64, stages=2)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
-                bwd=config.bwd.shrink_to_fit(head_dim, itemsize))
+                bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic)

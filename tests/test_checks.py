@@ -105,5 +105,8 @@ def test_config_that_overflows_shared_memory_is_refused():
 @pytest.mark.parametrize("itemsize", [2, 4])
 def test_default_configs_fit_shared_memory(head_dim, itemsize):
   config = flashjax.default_config(head_dim, itemsize)
-  for blocks in (config.fwd, config.bwd):
+  tilings = [config.fwd, config.bwd]
+  if itemsize == 2 and head_dim in flashjax.config.MOSAIC_HEAD_DIMS:
+    tilings.append(config.mosaic)       # the shapes backend="mosaic" takes
+  for blocks in tilings:
     assert blocks.smem_bytes(head_dim, itemsize) <= flashjax.config.SMEM_BYTES

@@ -17,7 +17,7 @@ from test_lowering import lower_for_h100
 
 # test_attention.py runs the whole parity grid on backend="mosaic" too; these
 # add the race detector's verdict on cases that reuse pipeline slots (more
-# streamed tiles than STAGES) in every kernel.
+# streamed tiles than pipeline stages) in every kernel.
 CASES = [
     Case(dtype="bfloat16", seq_q=200, seq_kv=300, num_q_heads=4,
          num_kv_heads=2, head_dim=128, causal=True, window=(50, None)),
@@ -34,6 +34,35 @@ def test_no_races_in_the_interpreter(case):
   interpret_pallas_call.reset_gpu_interpret_mode_state()
   check_attention(case, backend="mosaic")
   assert not interpret_pallas_call.get_races().races_found
+
+
+def test_three_stages_and_narrow_tiles():
+  """A non-default tiling: 3 pipeline stages, 64-row K/V tiles at d 64."""
+  config = flashjax.default_config(64)
+  config = flashjax.Config(fwd=config.fwd, bwd=config.bwd,
+                           mosaic=flashjax.MosaicBlocks(block_kv=64, stages=3))
+  check_attention(Case(dtype="float16", seq_q=250, seq_kv=330, num_q_heads=2,
+                       num_kv_heads=1, causal=True), backend="mosaic",
+                  config=config)
+
+
+def test_tiling_over_shared_memory_is_refused():
+  config = flashjax.default_config(128)
+  config = flashjax.Config(fwd=config.fwd, bwd=config.bwd,
+                           mosaic=flashjax.MosaicBlocks(block_kv=256, stages=3))
+  q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"config.mosaic = .* needs about 512 KiB"):
+    jax.eval_shape(lambda q: flashjax.attention(
+        q, q, q, backend="mosaic", config=config), q)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_kv=96), "block_kv must be 64, 128 or 256"),
+    (dict(stages=1), "stages must be >= 2"),
+])
+def test_bad_mosaic_blocks(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    flashjax.MosaicBlocks(**kwargs)
 
 
 @pytest.mark.parametrize("dtype,head_dim,segments,match", [

@@ -27,10 +27,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from flashjax.checks import Plan
 from flashjax.config import MOSAIC_BLOCK_Q as BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
-from flashjax.config import mosaic_block_kv
 from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
-from pallas_kernels.mosaic.pipeline import STAGES
 
 ROW = plgpu.Layout.WGMMA.reduce(1)      # a value per accumulator row
 COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
@@ -185,14 +183,14 @@ def backward(plan: Plan, q, k, v, do, lse, delta):
   float32 ``[batch, num_q_heads, seq_q]``, delta = rowsum(dO ∘ O) - dL)."""
   batch, seq_q, num_heads, head_dim = q.shape
   _, seq_kv, num_kv_heads, _ = k.shape
-  bkv = mosaic_block_kv(head_dim)
+  bkv, stages = plan.config.mosaic.block_kv, plan.config.mosaic.stages
   needs_mask = not plan.mask.is_trivial(seq_kv)
   params = plgpu.CompilerParams(approx_math=True)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   owned = lambda *shape_dtypes: [plgpu.SMEM((COMPUTE_WGS, *shape), dtype)
                                  for shape, dtype in shape_dtypes]
-  streamed = lambda *shape_dtypes: [plgpu.SMEM((STAGES, *shape), dtype)
+  streamed = lambda *shape_dtypes: [plgpu.SMEM((stages, *shape), dtype)
                                     for shape, dtype in shape_dtypes]
   cta = COMPUTE_WGS * BLOCK_Q
   dq = plgpu.kernel(
@@ -208,7 +206,7 @@ def backward(plan: Plan, q, k, v, do, lse, delta):
                  ((BLOCK_Q, bkv), q.dtype)),
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
           plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=2)),
+          *pipeline.barriers(num_streams=2, stages=stages)),
       compiler_params=params, interpret=interpret,
   )(q, k, v, do, lse, delta)
   dk, dv = plgpu.kernel(
@@ -226,7 +224,7 @@ def backward(plan: Plan, q, k, v, do, lse, delta):
                     ((BLOCK_Q, head_dim), q.dtype), ((BLOCK_Q,), jnp.float32),
                     ((BLOCK_Q,), jnp.float32)),
           plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=4)),
+          *pipeline.barriers(num_streams=4, stages=stages)),
       compiler_params=params, interpret=interpret,
   )(q, k, v, do, lse, delta)
   return dq, dk, dv

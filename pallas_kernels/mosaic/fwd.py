@@ -28,10 +28,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from flashjax.checks import Plan
 from flashjax.config import MOSAIC_BLOCK_Q as BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
-from flashjax.config import mosaic_block_kv
 from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
-from pallas_kernels.mosaic.pipeline import STAGES
 
 
 def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
@@ -101,14 +99,14 @@ def forward(plan: Plan, q, k, v):
     q: ``[batch, seq_q, num_q_heads, head_dim]``, bf16/f16, seq_q a multiple of
       ``2 · BLOCK_Q``, head_dim 64 or 128.
     k, v: ``[batch, seq_kv, num_kv_heads, head_dim]``, seq_kv a multiple of
-      :func:`flashjax.config.mosaic_block_kv`.
+      ``plan.config.mosaic.block_kv``.
 
   Returns:
     O like q, and L (natural log, float32) ``[batch, num_q_heads, seq_q]``.
   """
   batch, seq_q, num_heads, head_dim = q.shape
   seq_kv = k.shape[1]
-  bkv = mosaic_block_kv(head_dim)
+  bkv, stages = plan.config.mosaic.block_kv, plan.config.mosaic.stages
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv,
                              needs_mask=not plan.mask.is_trivial(seq_kv))
@@ -123,12 +121,12 @@ def forward(plan: Plan, q, k, v):
                 jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],
       scratch_types=(
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), q.dtype),
-          plgpu.SMEM((STAGES, bkv, head_dim), q.dtype),
-          plgpu.SMEM((STAGES, bkv, head_dim), q.dtype),
+          plgpu.SMEM((stages, bkv, head_dim), q.dtype),
+          plgpu.SMEM((stages, bkv, head_dim), q.dtype),
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), q.dtype),
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=2)),
+          *pipeline.barriers(num_streams=2, stages=stages)),
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,
   )(q, k, v)

@@ -3,7 +3,7 @@
 A CTA has ``COMPUTE_WGS`` compute warpgroups and one producer warpgroup. Each
 compute warpgroup owns one tile of rows (Q in the forward and dQ kernels, K/V
 in dK/dV) and all of them walk the same range ``[lo, hi)`` of streamed tiles
-(K/V, or Q/dO/L/D). The producer streams those into ``STAGES`` shared-memory
+(K/V, or Q/dO/L/D). The producer streams those into ``stages`` shared-memory
 slots with TMA: ``full[slot]`` completes when a tile has landed, ``free[slot]``
 (``COMPUTE_WGS`` arrivals) when every compute warpgroup is done with it. Each
 waiter observes every phase of the barriers it waits on (the producer drains
@@ -22,13 +22,11 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
 
-STAGES = 2          # streamed tiles in flight
-
 
 @dataclasses.dataclass(frozen=True)
 class Stream:
   """One streamed operand: ``src(j)`` is the GMEM view of tile j; ``smem`` has
-  ``STAGES`` slots; ``full`` is a ``STAGES``-barrier array."""
+  one slot per stage (its leading axis); ``full`` one barrier per stage."""
 
   src: Callable
   smem: object
@@ -43,16 +41,17 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish):
   before it reads ``streams[i].smem.at[slot]``; ``finish(carry)`` writes the
   results.
   """
+  stages = streams[0].smem.shape[0]
 
   @pl.when(wg == COMPUTE_WGS)
   def _producer():
     plgpu.set_max_registers(40, action="decrease")
 
     def load(j, _):
-      slot = lax.rem(j - lo, STAGES)
+      slot = lax.rem(j - lo, stages)
 
       # Reuse a slot only after every compute warpgroup released it.
-      @pl.when(j - lo >= STAGES)
+      @pl.when(j - lo >= stages)
       def _():
         plgpu.barrier_wait(free.at[slot])
       for stream in streams:
@@ -62,15 +61,15 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish):
 
     # Observe the releases not yet waited for, so every phase is consumed.
     def drain(j, _):
-      plgpu.barrier_wait(free.at[lax.rem(j - lo, STAGES)])
-    lax.fori_loop(jnp.maximum(lo, hi - STAGES), hi, drain, None)
+      plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
+    lax.fori_loop(jnp.maximum(lo, hi - stages), hi, drain, None)
 
   @pl.when(wg < COMPUTE_WGS)
   def _compute():
     plgpu.set_max_registers(232, action="increase")
 
     def body(j, carry):
-      slot = lax.rem(j - lo, STAGES)
+      slot = lax.rem(j - lo, stages)
       carry = step(j, slot,
                    lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
                    carry)
@@ -105,10 +104,10 @@ def store(copies):
   plgpu.wait_smem_to_gmem(0)
 
 
-def barriers(num_streams: int):
+def barriers(num_streams: int, stages: int):
   """Scratch types of the loop's barriers: ``full`` per stream, then ``free``."""
-  return (*(plgpu.Barrier(num_barriers=STAGES) for _ in range(num_streams)),
-          plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=STAGES))
+  return (*(plgpu.Barrier(num_barriers=stages) for _ in range(num_streams)),
+          plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages))
 
 
 def wgmma_ss(a, b, shape):
