@@ -88,12 +88,11 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
   def finish(dq):
     pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
 
-  lo, hi = plan.mask.kv_block_range(cta_start, COMPUTE_WGS * BLOCK_Q, block_kv,
-                                    num_kv_blocks)
-  pipeline.streamed_loop(
-      wg=wg, lo=lo, hi=hi, free=kv_free, init=init, step=step, finish=finish,
-      streams=pipeline.kv_streams(k_ref, v_ref, k_smem, v_smem, k_full, v_full,
-                                  batch=b, kv_head=kv_head, block_kv=block_kv))
+  pipeline.kv_loop(
+      plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
+      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full, free=kv_free,
+      batch=b, kv_head=kv_head, block_kv=block_kv, num_kv_blocks=num_kv_blocks,
+      init=init, step=step, finish=finish)
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,

@@ -83,13 +83,11 @@ def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
     pipeline.store([(o, q_tile, o_ref.at[b, rows, h]),
                     (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])])
 
-  # Only the K/V tiles some row of this CTA can see are streamed.
-  lo, hi = plan.mask.kv_block_range(cta_start, COMPUTE_WGS * BLOCK_Q, block_kv,
-                                    num_kv_blocks)
-  pipeline.streamed_loop(
-      wg=wg, lo=lo, hi=hi, free=kv_free, init=init, step=step, finish=finish,
-      streams=pipeline.kv_streams(k_ref, v_ref, k_smem, v_smem, k_full, v_full,
-                                  batch=b, kv_head=kv_head, block_kv=block_kv))
+  pipeline.kv_loop(
+      plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
+      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full, free=kv_free,
+      batch=b, kv_head=kv_head, block_kv=block_kv, num_kv_blocks=num_kv_blocks,
+      init=init, step=step, finish=finish)
 
 
 def forward(plan: Plan, q, k, v):

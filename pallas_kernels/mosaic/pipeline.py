@@ -20,6 +20,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from flashjax.config import MOSAIC_BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
 
 
@@ -78,13 +79,21 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish):
     finish(lax.fori_loop(lo, hi, body, init()))
 
 
-def kv_streams(k_ref, v_ref, k_smem, v_smem, k_full, v_full, *, batch,
-               kv_head, block_kv: int):
-  """The K and V streams of the forward and dQ kernels: tile j is rows
-  ``[j·block_kv, (j+1)·block_kv)`` of one (batch, K/V head)."""
+def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
+            v_full, free, batch, kv_head, block_kv: int, num_kv_blocks: int,
+            init, step, finish):
+  """:func:`streamed_loop` over the K/V tiles (streams 0: K, 1: V) that some
+  row of the CTA's ``COMPUTE_WGS · 64`` query rows from ``cta_start`` can see
+  under ``mask`` (the forward and dQ kernels); the rest are skipped."""
+  lo, hi = mask.kv_block_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
+                               block_kv, num_kv_blocks)
   rows = lambda j: pl.ds(j * block_kv, block_kv)
-  return [Stream(lambda j: k_ref.at[batch, rows(j), kv_head], k_smem, k_full),
-          Stream(lambda j: v_ref.at[batch, rows(j), kv_head], v_smem, v_full)]
+  streamed_loop(
+      wg=wg, lo=lo, hi=hi, free=free, init=init, step=step, finish=finish,
+      streams=[Stream(lambda j: k_ref.at[batch, rows(j), kv_head], k_smem,
+                      k_full),
+               Stream(lambda j: v_ref.at[batch, rows(j), kv_head], v_smem,
+                      v_full)])
 
 
 def load_owned(barrier, copies):
