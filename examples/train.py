@@ -429,11 +429,13 @@ def sample(params, model: ModelConfig, prompt: str, max_new_tokens: int, *,
   return prompt + data.decode(new[0])
 
 
-def compare(model: ModelConfig, cfg: TrainConfig, train_data,
-            out: pathlib.Path, against=("dense",)) -> list[dict]:
+def compare(model: ModelConfig, cfg: TrainConfig, train_data, eval_data,
+            out: pathlib.Path, against=("dense",),
+            sample_tokens: int = 200) -> list[dict]:
   """Flash vs each attention in ``against`` ("dense", "cudnn") from the same
   init on the same batches, in lockstep; returns rows with each kind's loss and
-  step time and the relative loss difference of flash to each."""
+  step time and the relative loss difference of flash to each. Ends with each
+  kind's held-out loss and (``sample_tokens`` > 0) a sample from each."""
   tx, schedule = make_optimizer(cfg)
   names = ("flash",) + tuple(against)
   kinds = {k: dataclasses.replace(model, attention=k) for k in names}
@@ -470,6 +472,11 @@ def compare(model: ModelConfig, cfg: TrainConfig, train_data,
   print("median step time (steps/s): " + ", ".join(
       f"{k} {np.median([r[f'ms_{k}'] for r in timed]):.1f} ms "
       f"({1e3 / np.median([r[f'ms_{k}'] for r in timed]):.2f})" for k in kinds))
+  for k, m in kinds.items():
+    print(f"eval loss {k}: {make_eval(m, cfg, eval_data)(states[k]['params']):.4f}")
+    if sample_tokens:
+      print(f"sample ({k}):\n" + sample(states[k]["params"], m, "def ",
+                                         sample_tokens))
   print(f"wrote {out / 'compare.csv'}, {out / 'compare.png'}")
   return rows
 
@@ -485,7 +492,8 @@ def run(argv=None) -> list[dict]:
   print(f"preset {name}: {model}\n{cfg}\ncorpus {len(corpus):,} bytes, "
         f"backend {jax.default_backend()}, out {out}")
   if args.compare:
-    return compare(model, cfg, train_data, out, tuple(args.compare))
+    return compare(model, cfg, train_data, eval_data, out,
+                   tuple(args.compare), args.sample_tokens)
   return train(model, cfg, train_data, eval_data, out, args.sample_tokens)
 
 
