@@ -36,7 +36,8 @@ BWD = [Blocks(64, 64, 4, 2), Blocks(64, 64, 8, 2), Blocks(128, 64, 8, 2),
        Blocks(64, 128, 8, 2), Blocks(32, 64, 4, 3), Blocks(64, 32, 4, 3),
        Blocks(128, 128, 8, 1), Blocks(32, 128, 8, 2)]
 MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
-          MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(256, 2)]
+          MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(128, 4),
+          MosaicBlocks(256, 2), MosaicBlocks(256, 3)]
 
 
 def candidates(backend, mode, d, best):

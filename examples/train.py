@@ -457,6 +457,8 @@ def compare(model: ModelConfig, cfg: TrainConfig, train_data, eval_data,
                               / abs(row[f"loss_{k}"]))
     row["rel_diff"] = max(row[f"rel_diff_{k}"] for k in against)
     rows.append(row)
+    if (step + 1) % 100 == 0:    # a run stopped early keeps what it measured
+      write_csv(out / "compare.csv", rows)
   write_csv(out / "compare.csv", rows)
   steps_axis = [r["step"] for r in rows]
   plot(out / "compare.png", f"{' vs '.join(names)} attention ({model.dtype})",

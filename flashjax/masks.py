@@ -15,6 +15,7 @@ Three views of the same rule:
   (kernels build the iotas, the reference passes ``arange``);
 * :meth:`MaskSpec.kv_block_range` / :meth:`MaskSpec.q_block_range` -- the range of
   tiles that can hold a visible entry, so fully masked tiles are skipped, not computed;
+  :meth:`MaskSpec.kv_full_range` -- the tiles with no masked entry, which need no mask;
 * :func:`dense` -- the full ``[batch, seq_q, seq_kv]`` boolean mask for the reference.
 """
 
@@ -95,6 +96,26 @@ class MaskSpec:
       # first visible key of the first row: q_start + offset - left
       first = q_start + (self.offset - self.left)
       lo = _div_nonneg(first, block_kv)
+    return lo, hi
+
+  def kv_full_range(self, q_start, block_q: int, block_kv: int):
+    """KV tiles ``[lo, hi)`` every key of which rows ``q_start ..
+    q_start+block_q-1`` all see (no entry masked), so a kernel can skip the
+    mask there; ``hi <= lo`` when there is none. Segment ids can mask any
+    entry: then the range is empty."""
+    if self.has_segments:
+      return 0, 0
+    # every key of the tile is a real key (below the true length)
+    hi = self.seq_kv // block_kv
+    if self.right is not None:
+      # the tile's last key is visible to the first row
+      hi = jnp.minimum(hi, _div_nonneg(q_start + (self.offset + self.right + 1),
+                                       block_kv))
+    lo = 0
+    if self.left is not None:
+      # the tile's first key is visible to the last row
+      lo = _cdiv_nonneg(q_start + (block_q - 1 + self.offset - self.left),
+                        block_kv)
     return lo, hi
 
   def q_block_range(self, kv_start, block_kv: int, block_q: int,

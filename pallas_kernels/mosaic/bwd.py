@@ -45,7 +45,7 @@ def _scores(plan: Plan, qk):
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
               do_smem, lse_smem, delta_smem, ds_smem, k_smem, v_smem,
               owned_barrier, k_full, v_full, kv_free, *, plan: Plan,
-              block_kv: int, num_kv_blocks: int, needs_mask: bool):
+              block_kv: int, num_kv_blocks: int):
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
   cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
   q_start = cta_start + wg * BLOCK_Q
@@ -61,7 +61,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
         (delta_ref.at[b, h, rows], delta_smem.at[wg])])
     return jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
 
-  def step(j, slot, ready, dq):
+  def step(j, slot, ready, dq, masked):
     shape = (BLOCK_Q, block_kv)
     lse2 = common.lse_log2_for_recompute(
         plgpu.load(lse_smem.at[wg], layout=ROW))
@@ -69,7 +69,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
     ready(0)
     # S = scale · Q Kᵀ (log2 units), invisible entries -inf
     s, t = _scores(plan, pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, shape))
-    if needs_mask:
+    if masked:
       s = jnp.where(plan.mask.predicate(*pipeline.index_tiles(
           q_start, j * block_kv, shape)), s, -jnp.inf)
     # P = exp2(S - L)
@@ -122,7 +122,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
     zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
     return zeros, zeros
 
-  def step(j, slot, ready, carry):
+  def step(j, slot, ready, carry, masked):
     dk, dv = carry
     shape = (BLOCK_Q, BLOCK_Q)              # [keys, queries]
     _, i = head_and_tile(j)
@@ -134,7 +134,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
     q_slot, do_slot = q_smem.at[slot], do_smem.at[slot]
     # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf
     st, t = _scores(plan, pipeline.wgmma_ss(k_tile, q_slot.T, shape))
-    if needs_mask:
+    if masked:
       k_idx, q_idx = pipeline.index_tiles(kv_start, i * BLOCK_Q, shape)
       st = jnp.where(plan.mask.predicate(q_idx, k_idx), st, -jnp.inf)
     # Pᵀ = exp2(Sᵀ - L)
@@ -165,6 +165,9 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
   pipeline.streamed_loop(
       wg=wg, lo=0, hi=plan.group * per_head, free=q_free, init=init, step=step,
       finish=finish,
+      # every tile masked: the loop interleaves the group's heads, so the
+      # fully visible Q tiles are not one range of j.
+      full=None if not needs_mask else (0, 0),
       streams=[
           pipeline.Stream(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
                           q_smem, q_full),
@@ -194,7 +197,7 @@ def backward(plan: Plan, q, k, v, do, lse, delta):
   cta = COMPUTE_WGS * BLOCK_Q
   dq = plgpu.kernel(
       functools.partial(dq_kernel, plan=plan, block_kv=bkv,
-                        num_kv_blocks=seq_kv // bkv, needs_mask=needs_mask),
+                        num_kv_blocks=seq_kv // bkv),
       grid=(num_heads, seq_q // cta, batch),
       grid_names=("heads", "tile", "batch"),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",

@@ -34,8 +34,7 @@ from pallas_kernels.mosaic import pipeline
 
 def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
                p_smem, lse_smem, q_barrier, k_full, v_full, kv_free, *,
-               plan: Plan, block_kv: int, num_kv_blocks: int,
-               needs_mask: bool):
+               plan: Plan, block_kv: int, num_kv_blocks: int):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref/v_ref: [batch, seq_kv, kv_heads,
   # d]; lse_ref: [batch, heads, seq_q]. q_smem holds Q, then O, per compute
   # warpgroup; k_smem/v_smem are the streamed K/V slots.
@@ -55,7 +54,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
             jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
             jnp.zeros((BLOCK_Q,), jnp.float32))
 
-  def step(j, slot, ready, carry):
+  def step(j, slot, ready, carry, masked):
     acc, m, l = carry
     ready(0)
     # S = scale · Q Kᵀ (log2 units; softcap: c · tanh(scale · Q Kᵀ / c))
@@ -65,7 +64,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem,
     else:
       s = jnp.tanh(qk * (plan.scale / plan.softcap)) * (
           plan.softcap * common.LOG2E)
-    if needs_mask:
+    if masked:
       s = jnp.where(plan.mask.predicate(*pipeline.index_tiles(
           q_start, j * block_kv, s.shape)), s, -jnp.inf)
     # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
@@ -106,8 +105,7 @@ def forward(plan: Plan, q, k, v):
   seq_kv = k.shape[1]
   bkv, stages = plan.config.mosaic.block_kv, plan.config.mosaic.stages
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
-                             num_kv_blocks=seq_kv // bkv,
-                             needs_mask=not plan.mask.is_trivial(seq_kv))
+                             num_kv_blocks=seq_kv // bkv)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   return plgpu.kernel(

@@ -34,13 +34,16 @@ class Stream:
   full: object
 
 
-def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish):
+def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish,
+                  full=None):
   """Run the producer and the compute warpgroups over tiles ``[lo, hi)``.
 
   ``init()`` (compute warpgroups, before the loop) returns the carry;
-  ``step(j, slot, ready, carry)`` returns the next carry, calling ``ready(i)``
-  before it reads ``streams[i].smem.at[slot]``; ``finish(carry)`` writes the
-  results.
+  ``step(j, slot, ready, carry, masked)`` returns the next carry, calling
+  ``ready(i)`` before it reads ``streams[i].smem.at[slot]``; ``finish(carry)``
+  writes the results. ``full = (a, b)``: the calling warpgroup's tiles in
+  ``[a, b)`` have no masked entry and are stepped with ``masked=False``, the
+  others with ``masked=True``; ``full=None``: no tile needs the mask.
   """
   stages = streams[0].smem.shape[0]
 
@@ -69,14 +72,27 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish):
   def _compute():
     plgpu.set_max_registers(232, action="increase")
 
-    def body(j, carry):
-      slot = lax.rem(j - lo, stages)
-      carry = step(j, slot,
-                   lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
-                   carry)
-      plgpu.barrier_arrive(free.at[slot])
-      return carry
-    finish(lax.fori_loop(lo, hi, body, init()))
+    def loop(start, stop, carry, masked):
+      def body(j, carry):
+        slot = lax.rem(j - lo, stages)
+        carry = step(j, slot,
+                     lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
+                     carry, masked)
+        plgpu.barrier_arrive(free.at[slot])
+        return carry
+      return lax.fori_loop(start, stop, body, carry)
+
+    carry = init()
+    if full is None:
+      carry = loop(lo, hi, carry, masked=False)
+    else:
+      # masked tiles before [a, b), the unmasked ones, masked tiles after
+      a = jnp.clip(full[0], lo, hi)
+      b = jnp.clip(full[1], a, hi)
+      carry = loop(lo, a, carry, masked=True)
+      carry = loop(a, b, carry, masked=False)
+      carry = loop(b, hi, carry, masked=True)
+    finish(carry)
 
 
 def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
@@ -84,12 +100,17 @@ def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
             init, step, finish):
   """:func:`streamed_loop` over the K/V tiles (streams 0: K, 1: V) that some
   row of the CTA's ``COMPUTE_WGS · 64`` query rows from ``cta_start`` can see
-  under ``mask`` (the forward and dQ kernels); the rest are skipped."""
+  under ``mask`` (the forward and dQ kernels); the rest are skipped. Each
+  compute warpgroup masks only the tiles its own 64 rows do not fully see."""
   lo, hi = mask.kv_block_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
                                block_kv, num_kv_blocks)
+  full = (None if mask.is_trivial(num_kv_blocks * block_kv) else
+          mask.kv_full_range(cta_start + wg * MOSAIC_BLOCK_Q, MOSAIC_BLOCK_Q,
+                             block_kv))
   rows = lambda j: pl.ds(j * block_kv, block_kv)
   streamed_loop(
       wg=wg, lo=lo, hi=hi, free=free, init=init, step=step, finish=finish,
+      full=full,
       streams=[Stream(lambda j: k_ref.at[batch, rows(j), kv_head], k_smem,
                       k_full),
                Stream(lambda j: v_ref.at[batch, rows(j), kv_head], v_smem,
