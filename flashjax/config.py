@@ -141,8 +141,11 @@ def default_config(head_dim: int, itemsize: int = 2) -> Config:
     # d = 256 (not tuned): smaller tiles keep the accumulators in registers.
     config = Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
                     bwd=Blocks(32, 32, num_warps=8, num_stages=1))
-  # Mosaic (not yet tuned): the widest K/V tile whose two stages fit beside
-  # the owned tiles.
-  mosaic = MosaicBlocks(block_kv=128 if head_dim <= 64 else 64, stages=2)
+  # Mosaic: the H100 tuning of benchmarks/results/tune-mosaic-h100.json (bf16,
+  # batch 4 × seq 4096): d 64, 128-row K/V tiles in 4 stages were fastest
+  # causal (fwd and fwd+bwd) and within 2% of the best fwd+bwd non-causal
+  # (256 rows won the non-causal forward alone by 10%); d 128, 128 rows in 2
+  # stages were fastest in all four.
+  mosaic = MosaicBlocks(block_kv=128, stages=4 if head_dim <= 64 else 2)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic)
