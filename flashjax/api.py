@@ -43,10 +43,11 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
     return_lse: also return L, the natural-log logsumexp of each row,
       float32 ``[batch, num_q_heads, seq_q]`` (differentiable).
     config: :class:`flashjax.Config` block sizes; default per head dim.
-    backend: ``"auto"`` or ``"triton"``: the Pallas kernel, compiled on a GPU
-      and in interpret mode on the CPU; ``"mosaic"``: the Hopper kernels
-      (Mosaic GPU; bf16/f16, head_dim 64/128, no segment ids; not yet
-      validated on a GPU, so never chosen by "auto");
+    backend: ``"mosaic"``: the Hopper kernels (Mosaic GPU: TMA, wgmma,
+      warp specialisation; bf16/f16, head_dim 64/128 (96 padded), no segment
+      ids); ``"triton"``: the portable Pallas kernels (Triton-lowered), any
+      case; ``"auto"``: mosaic on an sm_90 GPU when it takes the case, else
+      triton (also on the CPU, in interpret mode; :func:`explain` says which);
       ``"reference"``: dense jnp, O(N^2) memory, identical semantics.
     interpret: run the Pallas kernels in the interpreter (None: only when
       JAX has no GPU). False on a CPU-only host is for lowering (tests).

@@ -149,8 +149,21 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
   head_dim_padded = padded_head_dim(head_dim)
-  if backend == "mosaic":
-    _check_mosaic(dtype, head_dim, head_dim_padded, q_segment_ids)
+  on_gpu = jax.default_backend() == "gpu"
+  unsupported = _mosaic_unsupported(dtype, head_dim, head_dim_padded,
+                                    q_segment_ids)
+  if backend == "mosaic" and unsupported:
+    raise NotImplementedError(f"backend='mosaic' {unsupported}; use "
+                              f"backend='triton'.")
+  if backend == "auto":
+    # The Hopper kernels on an sm_90 GPU when they take the case; the portable
+    # kernels otherwise (and always on the CPU, where they are interpreted).
+    hopper = on_gpu and _is_sm90(jax.devices()[0])
+    backend = "mosaic" if hopper and not unsupported else "triton"
+    log.debug("flashjax: backend auto -> %s (%s)", backend,
+              "sm_90" if hopper and not unsupported else
+              unsupported if hopper else
+              "compiled, not sm_90" if on_gpu else "interpret mode, no GPU")
   itemsize = jnp.dtype(dtype).itemsize
   if config is None:
     config = default_config(head_dim_padded, itemsize)
@@ -169,35 +182,33 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
           f"{dtype}; at most {SMEM_BYTES // 1024} KiB fit. Use smaller blocks "
           f"or fewer stages (Blocks.shrink_to_fit).")
 
-  on_gpu = jax.default_backend() == "gpu"
-  resolved = "triton" if backend == "auto" else backend
-  if backend == "auto":
-    log.debug("flashjax: backend auto -> triton (%s)",
-              "compiled" if on_gpu else "interpret mode, no GPU")
   plan = Plan(
       batch=batch, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
       head_dim=head_dim, dtype=dtype,
       mask=MaskSpec(seq_q=seq_q, seq_kv=seq_kv, causal=bool(causal),
                     window=window, has_segments=q_segment_ids is not None),
       scale=float(scale), softcap=None if softcap is None else float(softcap),
-      backend=resolved,
+      backend=backend,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
       config=config)
   return plan, q_segment_ids, kv_segment_ids
 
 
-def _check_mosaic(dtype, head_dim, head_dim_padded, q_segment_ids):
-  """What backend="mosaic" (the Hopper forward) supports so far."""
+def _mosaic_unsupported(dtype, head_dim, head_dim_padded, q_segment_ids):
+  """Why backend="mosaic" (the Hopper kernels) cannot run a case, or None."""
   if dtype not in ("bfloat16", "float16"):
-    raise NotImplementedError(f"backend='mosaic' takes bfloat16 or float16, "
-                              f"got {dtype}; use backend='triton'.")
+    return f"takes bfloat16 or float16, got {dtype}"
   if head_dim_padded not in MOSAIC_HEAD_DIMS:
-    raise NotImplementedError(
-        f"backend='mosaic' supports head_dim padded to {MOSAIC_HEAD_DIMS}, got "
-        f"head_dim {head_dim} (padded {head_dim_padded}); use backend='triton'.")
+    return (f"supports head_dim padded to {MOSAIC_HEAD_DIMS}, got head_dim "
+            f"{head_dim} (padded {head_dim_padded})")
   if q_segment_ids is not None:
-    raise NotImplementedError("backend='mosaic' does not take segment ids yet; "
-                              "use backend='triton'.")
+    return "does not take segment ids yet"
+  return None
+
+
+def _is_sm90(device) -> bool:
+  """True for a Hopper GPU (compute capability 9.x: H100, H200)."""
+  return str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
 def _check_segments(q_seg, kv_seg, batch, seq_q, seq_kv):

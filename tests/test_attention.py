@@ -214,3 +214,23 @@ class TestComposition:
     assert flashjax.explain(q, k, v).startswith("triton: Pallas kernels")
     assert flashjax.explain(q, k, v, backend="reference").startswith(
         "reference:")
+
+
+@pytest.mark.parametrize("capability,dtype,segments,want", [
+    ("9.0", "bfloat16", False, "mosaic"),
+    ("9.0", "float16", False, "mosaic"),
+    ("9.0", "float32", False, "triton"),     # mosaic takes 16-bit only
+    ("9.0", "bfloat16", True, "triton"),     # no segment ids on mosaic yet
+    ("8.0", "bfloat16", False, "triton"),    # not Hopper
+])
+def test_auto_picks_the_hopper_kernel_on_sm90(monkeypatch, capability, dtype,
+                                              segments, want):
+  class FakeGpu:
+    compute_capability = capability
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *a: [FakeGpu()])
+  q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.dtype(dtype))
+  ids = jnp.zeros((1, 256), jnp.int32) if segments else None
+  explained = flashjax.explain(q, q, q, q_segment_ids=ids)
+  assert explained.startswith(f"{want}: "), explained
+  assert "compiled" in explained

@@ -10,8 +10,8 @@ Two kernels on :func:`pipeline.streamed_loop`, each compute warpgroup owning
   dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D), dK += dSᵀ Q.
 
 P and dS go through shared memory to an SS wgmma, as in the forward, so the
-same source runs in the CPU interpreter. Status as the forward's: interpreter
-and abstract-H100 lowering only, **not yet run on a GPU**.
+same source runs in the CPU interpreter. Status as the forward's: the core test
+suite passes compiled on the H100 and in the interpreter.
 """
 
 from __future__ import annotations
