@@ -7,7 +7,8 @@ each attention, a fresh process builds the model, compiles the jitted train
 step, runs ``--warmup`` steps, then times ``--steps`` steps enqueued back to back
 (one block at the end). Peak memory is XLA's memory analysis of the compiled
 step (arguments + outputs + temporaries). A case that does not fit records its
-error (e.g. dense attention's out-of-memory point). Writes PREFIX.json, PREFIX.md.
+error (e.g. dense attention's out-of-memory point). Writes PREFIX.json, PREFIX.md
+and PREFIX.png (steps/s and peak memory against seq).
 """
 
 from __future__ import annotations
@@ -92,6 +93,37 @@ def table(rows) -> str:
   return "\n".join(lines)
 
 
+def plot(rows, path) -> None:
+  """PNG: steps/s and peak memory against seq, one line per attention; a
+  case that failed (out of memory) is drawn as an x on the axis."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (speed, memory) = plt.subplots(1, 2, figsize=(10, 3.6))
+  for i, kind in enumerate(dict.fromkeys(r["attention"] for r in rows)):
+    ok = sorted((r["seq"], r) for r in rows
+                if r["attention"] == kind and "steps_per_s" in r)
+    failed = [r["seq"] for r in rows if r["attention"] == kind and "error" in r]
+    color = f"C{i}"
+    if ok:
+      seqs = [s for s, _ in ok]
+      speed.plot(seqs, [r["steps_per_s"] for _, r in ok], "o-", color=color,
+                 label=kind)
+      memory.plot(seqs, [r["peak_bytes"] / 2**30 for _, r in ok], "o-",
+                  color=color, label=kind)
+    if failed:
+      speed.plot(failed, [0] * len(failed), "x", color=color, ms=10,
+                 label=f"{kind}: out of memory")
+  for ax, label in ((speed, "train steps/s"), (memory, "peak memory (GiB)")):
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="seq len (tokens per step fixed)", ylabel=label)
+  speed.legend(fontsize=8)
+  speed.set_title(f"{rows[0].get('device', '')}: training throughput")
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,11 +143,23 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--timeout", type=int, default=300,
                  help="seconds per case before it is recorded as a timeout")
+  p.add_argument("--merge", nargs="+", metavar="JSON",
+                 help="benchmark nothing: concatenate the rows of these result "
+                      "files (runs split to fit a time limit) into --out, with "
+                      "a plot")
   p.add_argument("--attention", help=argparse.SUPPRESS)   # internal: one case
   p.add_argument("--seq", type=int, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.attention:
     print(json.dumps(run_case(args)))
+    return
+  if args.merge:
+    parts = [json.loads(Path(f).read_text()) for f in args.merge]
+    command = " ; ".join(part["command"] for part in parts)
+    rows = [r for part in parts for r in part["rows"]]
+    write(Path(args.out), command, rows)
+    plot(rows, Path(args.out).with_suffix(".png"))
+    print(table(rows))
     return
   rows = []
   shared = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
@@ -139,13 +183,18 @@ def main(argv=None):
                    error=f"timeout after {args.timeout} s")
       rows.append(row)
       print(json.dumps(row), flush=True)
-      out = Path(args.out)
-      out.parent.mkdir(parents=True, exist_ok=True)
-      out.with_suffix(".json").write_text(json.dumps(
-          dict(command=" ".join(sys.argv), rows=rows), indent=1))
-      out.with_suffix(".md").write_text(
-          f"# Training throughput\n\n`{' '.join(sys.argv)}`\n\n{table(rows)}\n")
+      write(Path(args.out), " ".join(sys.argv), rows)   # after every case
+  plot(rows, Path(args.out).with_suffix(".png"))
   print(table(rows))
+
+
+def write(out: Path, command: str, rows) -> None:
+  """PREFIX.json (command + rows) and PREFIX.md (the table)."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(
+      dict(command=command, rows=rows), indent=1))
+  out.with_suffix(".md").write_text(
+      f"# Training throughput\n\n`{command}`\n\n{table(rows)}\n")
 
 
 if __name__ == "__main__":

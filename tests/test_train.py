@@ -73,6 +73,10 @@ def test_loss_parity_flash_vs_dense(tmp_path, text_file, capsys):
   assert "max relative loss difference" in capsys.readouterr().out
   assert (tmp_path / "compare.png").stat().st_size > 0
   assert len(train.read_csv(tmp_path / "compare.csv")) == 20
+  from benchmarks import summarize_parity
+  summarize_parity.main([str(tmp_path)])
+  summary = (tmp_path / "summary.md").read_text()
+  assert "| flash vs dense |" in summary and "20 steps." in summary
 
 
 def _error_of(main, argv, capsys) -> str:
@@ -137,3 +141,26 @@ def test_batches_are_deterministic_and_split_is_disjoint():
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   assert data.decode(data.encode("héllo")) == "héllo"
+
+
+def test_bench_train_runs_a_case_and_merges(tmp_path):
+  """benchmarks/bench_train.py: one (attention, seq) case in this process,
+  then the merge of two result files into a table and a plot."""
+  import json
+  from benchmarks import bench_train
+  parts = []
+  for attention in ("flash", "dense"):
+    ns = type("Args", (), dict(attention=attention, seq=32, tokens=64,
+                               layers=1, d_model=32, heads=4, kv_heads=2,
+                               dtype="float32", remat=False, warmup=1,
+                               steps=1))()
+    row = bench_train.run_case(ns)
+    assert row["steps_per_s"] > 0 and np.isfinite(row["loss"]), row
+    path = tmp_path / f"{attention}.json"
+    path.write_text(json.dumps(dict(command=attention, rows=[row])))
+    parts.append(str(path))
+  bench_train.main(["--merge", *parts, "--out", str(tmp_path / "merged")])
+  merged = json.loads((tmp_path / "merged.json").read_text())
+  assert [r["attention"] for r in merged["rows"]] == ["flash", "dense"]
+  assert "| 32 × 2 |" in (tmp_path / "merged.md").read_text()
+  assert (tmp_path / "merged.png").stat().st_size > 0
