@@ -201,9 +201,9 @@ def memory_table(rows):
     cases.setdefault((r["dtype"], r["d"], r["causal"], r["mode"], r["s"]),
                      {})[r["impl"]] = r
   for key, case in cases.items():
-    cells = [f"{case[n]['peak_bytes'] / 2**30:.2f}" if n in case
-             and "peak_bytes" in case[n] else "OOM/error"
-             for n in names]
+    cells = ["—" if n not in case else  # not run (a run cut short)
+             f"{case[n]['peak_bytes'] / 2**30:.2f}" if "peak_bytes" in case[n]
+             else "error" for n in names]
     lines.append("| " + " | ".join(str(x) for x in key) + " | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
