@@ -57,7 +57,7 @@ def load(ckpt: str, attention: str = "flash") -> tuple[ModelConfig, dict]:
     path = path / "checkpoints"
   checkpoints = Checkpoints(path)
   model = ModelConfig(**checkpoints.load_meta()["model"])
-  model = dataclasses.replace(model, attention=attention)
+  model = dataclasses.replace(model, attention=attention, attn_dtype="compute")
   template = jax.eval_shape(lambda: transformer.init_params(model))
   _, items = checkpoints.restore({"params": template})
   return model, items["params"]

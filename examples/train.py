@@ -86,6 +86,8 @@ MODEL_FLAGS = {
     "tie_embeddings": "share the input embedding with the output projection",
     "attention": "flash (flashjax kernel), dense (XLA dense attention) or cudnn "
                  "(jax.nn.dot_product_attention, GPU only)",
+    "attn_dtype": "flash attention's forward: compute (the compute dtype) or "
+                  "fp8 (FP8 forward, bf16 backward; needs --dtype bfloat16)",
     "dtype": "compute dtype: float32 or bfloat16 (parameters stay float32)",
     "remat": "recompute each block's activations in the backward pass",
 }
@@ -110,7 +112,12 @@ def default_preset() -> str:
 
 
 CHOICES = {"attention": transformer.ATTENTIONS, "mlp": ("swiglu", "gelu"),
-           "dtype": ("float32", "bfloat16")}
+           "dtype": ("float32", "bfloat16"), "attn_dtype": ("compute", "fp8")}
+# --compare kinds: name -> ModelConfig fields; "flash" is the run's own model.
+COMPARE_KINDS = {"dense": dict(attention="dense", attn_dtype="compute"),
+                 "cudnn": dict(attention="cudnn", attn_dtype="compute"),
+                 "flash-fp8": dict(attention="flash", attn_dtype="fp8"),
+                 "flash-bf16": dict(attention="flash", attn_dtype="compute")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,10 +138,11 @@ def parse_args(argv=None) -> argparse.Namespace:
       help="output folder for metrics.csv, loss.png and checkpoints/ "
            "(default: runs/<preset>); rerunning with the same --out resumes")
   parser.add_argument(
-      "--compare", nargs="+", choices=["dense", "cudnn"], default=None,
+      "--compare", nargs="+", choices=list(COMPARE_KINDS), default=None,
       help="instead of a normal run, train flash and these attentions (dense: "
-           "XLA dense; cudnn: GPU only) from the same init on the same batches "
-           "in lockstep; write compare.csv/.png and print the max relative loss "
+           "XLA dense; cudnn: GPU only; flash-fp8 / flash-bf16: flash with "
+           "that --attn-dtype) from the same init on the same batches in "
+           "lockstep; write compare.csv/.png and print the max relative loss "
            "difference and each one's median step time")
   parser.add_argument(
       "--sample-tokens", type=int, default=200,
@@ -243,7 +251,7 @@ class Checkpoints:
   and raises :class:`data.UserError` on a mismatch.
   """
 
-  RUNTIME_FIELDS = ("attention", "dtype", "remat")
+  RUNTIME_FIELDS = ("attention", "attn_dtype", "dtype", "remat")
 
   def __init__(self, directory, meta: dict | None = None):
     self.directory = pathlib.Path(directory).absolute()
@@ -438,7 +446,8 @@ def compare(model: ModelConfig, cfg: TrainConfig, train_data, eval_data,
   kind's held-out loss and (``sample_tokens`` > 0) a sample from each."""
   tx, schedule = make_optimizer(cfg)
   names = ("flash",) + tuple(against)
-  kinds = {k: dataclasses.replace(model, attention=k) for k in names}
+  kinds = {k: model if k == "flash" else
+           dataclasses.replace(model, **COMPARE_KINDS[k]) for k in names}
   steps = {k: make_train_step(m, tx, schedule) for k, m in kinds.items()}
   states = {k: init_state(model, tx, cfg.seed) for k in kinds}
   rows = []

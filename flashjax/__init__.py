@@ -5,9 +5,10 @@ over ``[batch, seq, heads, head_dim]``, the layout of
 ``jax.nn.dot_product_attention``.
 """
 
+from flashjax import fp8
 from flashjax.api import attention, explain
 from flashjax.config import Blocks, Config, MosaicBlocks, default_config
 
 __all__ = ["Blocks", "Config", "MosaicBlocks", "attention", "default_config",
-           "explain"]
+           "explain", "fp8"]
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 
 The forward saves only (Q, K, V, O, L) and the segment ids; the backward
 computes D = rowsum(dO ∘ O) - dL and recomputes P tile by tile in its kernels.
+With ``fp8=True`` the forward quantises Q, K, V to FP8 itself and the backward
+runs on the saved 16-bit Q, K, V (FP8 forward, bf16/fp16 backward).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from flashjax import fp8 as fp8_lib
 from flashjax import reference
-from flashjax.checks import Plan, make_plan
+from flashjax.checks import Plan, check_descales, make_plan
 from flashjax.config import MOSAIC_BLOCK_Q
 from pallas_kernels import mosaic as mosaic_kernels
 from pallas_kernels import triton as triton_kernels
@@ -21,7 +24,8 @@ from pallas_kernels import triton as triton_kernels
 def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
               kv_segment_ids=None, window=None, softcap=None, scale=None,
               return_lse: bool = False, config=None, backend: str = "auto",
-              interpret: bool | None = None):
+              interpret: bool | None = None, fp8=None, q_descale=None,
+              k_descale=None, v_descale=None, out_dtype=None):
   """Exact softmax attention, fused and tiled (FlashAttention 2).
 
   Args:
@@ -51,6 +55,16 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       ``"reference"``: dense jnp, O(N^2) memory, identical semantics.
     interpret: run the Pallas kernels in the interpreter (None: only when
       JAX has no GPU). False on a CPU-only host is for lowering (tests).
+    fp8: with bfloat16/float16 inputs, ``True`` (e4m3) or ``"float8_e5m2"``
+      runs the forward in FP8: Q, K, V quantised per tensor (amax scaling),
+      P rounded to FP8 with its own scale, softmax statistics and accumulation
+      in float32, O in the input dtype; the backward recomputes in the input
+      dtype (training). Portable kernels only (no Hopper FP8 kernel yet).
+    q_descale, k_descale, v_descale: with FP8 inputs (``float8_e4m3fn`` or
+      ``float8_e5m2``, pre-quantised, e.g. by :func:`flashjax.fp8.quantize`):
+      real value = fp8 value × descale; a scalar or one per head. Required;
+      positive. Such a call is forward only (not differentiable).
+    out_dtype: O's dtype for FP8 inputs: bfloat16 (default) or float16.
 
   Returns:
     O ``[batch, seq_q, num_q_heads, head_dim]`` in q's dtype (and L if
@@ -60,17 +74,23 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
   plan, q_seg, kv_seg = make_plan(
       q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
       causal=causal, window=window, softcap=softcap, scale=scale,
-      config=config, backend=backend, interpret=interpret)
+      config=config, backend=backend, interpret=interpret, fp8=fp8,
+      out_dtype=out_dtype)
+  descale = check_descales(plan, q_descale, k_descale, v_descale)
   if plan.backend == "reference":
+    if plan.fp8_inputs:      # the reference sees the dequantised values
+      q, k, v = (fp8_lib.dequantize(x, d) for x, d in
+                 ((q, q_descale), (k, k_descale), (v, v_descale)))
     o, lse = reference.attend(plan, q, k, v, q_seg, kv_seg)
   else:
-    o, lse = _flash(plan, q, k, v, q_seg, kv_seg)
+    o, lse = _flash(plan, q, k, v, q_seg, kv_seg, descale)
   return (o, lse) if return_lse else o
 
 
 def explain(q, k, v, **kwargs) -> str:
   """Which kernel ``attention(q, k, v, **kwargs)`` runs, with its tiling."""
-  kwargs.pop("return_lse", None)
+  for unused in ("return_lse", "q_descale", "k_descale", "v_descale"):
+    kwargs.pop(unused, None)
   plan, _, _ = make_plan(q, k, v, **kwargs)
   if plan.backend == "reference":
     return "reference: dense jnp attention (O(N^2) memory)"
@@ -83,7 +103,8 @@ def explain(q, k, v, **kwargs) -> str:
           f"seq_q {plan.mask.seq_q}->{plan.seq_q_padded}, "
           f"seq_kv {plan.mask.seq_kv}->{plan.seq_kv_padded}, "
           f"head_dim {plan.head_dim}->{plan.head_dim_padded}; group "
-          f"{plan.group}; {plan.mask}")
+          f"{plan.group}; {plan.mask}"
+          + (f"; FP8 forward in {plan.fp8}" if plan.fp8 else ""))
 
 
 def _pad(x, axis_sizes):
@@ -92,7 +113,7 @@ def _pad(x, axis_sizes):
   return x if not any(hi for _, hi in pads) else jnp.pad(x, pads)
 
 
-def _flash(plan: Plan, q, k, v, q_seg, kv_seg):
+def _flash(plan: Plan, q, k, v, q_seg, kv_seg, descale):
   """Pad to whole tiles and a power-of-2 head dim, run the kernels, slice back."""
   seq_q, seq_kv, d = plan.mask.seq_q, plan.mask.seq_kv, plan.head_dim
   q = _pad(q, {1: plan.seq_q_padded, 3: plan.head_dim_padded})
@@ -101,7 +122,7 @@ def _flash(plan: Plan, q, k, v, q_seg, kv_seg):
   if q_seg is not None:
     q_seg = _pad(q_seg, {1: plan.seq_q_padded})
     kv_seg = _pad(kv_seg, {1: plan.seq_kv_padded})
-  o, lse = _flash_core(plan, q, k, v, q_seg, kv_seg)
+  o, lse = _flash_core(plan, q, k, v, q_seg, kv_seg, descale)
   return o[:, :seq_q, :, :d], lse[:, :, :seq_q]
 
 
@@ -120,10 +141,10 @@ def _first_order_only(kernel):
   return launch
 
 
-def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg):
+def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, descale):
   if plan.backend == "mosaic":
     return mosaic_kernels.forward(plan, q, k, v)
-  return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg)
+  return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale)
 
 
 def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta):
@@ -136,17 +157,32 @@ _forward = _first_order_only(_forward_kernel)
 _backward = _first_order_only(_backward_kernel)
 
 
+def _quantized_forward(plan: Plan, q, k, v, q_seg, kv_seg, descale):
+  """The forward kernel; under the fp8 policy, on Q, K, V quantised here."""
+  if plan.fp8 and not plan.fp8_inputs:
+    (q, qd), (k, kd), (v, vd) = (fp8_lib.quantize(x, plan.fp8)
+                                 for x in (q, k, v))
+    descale = jnp.broadcast_to(jnp.stack([qd, kd, vd, jnp.float32(0)]),
+                               (plan.num_q_heads, 4))
+  return _forward(plan, q, k, v, q_seg, kv_seg, descale)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash_core(plan: Plan, q, k, v, q_seg, kv_seg):
-  return _forward(plan, q, k, v, q_seg, kv_seg)
+def _flash_core(plan: Plan, q, k, v, q_seg, kv_seg, descale):
+  return _quantized_forward(plan, q, k, v, q_seg, kv_seg, descale)
 
 
-def _flash_core_fwd(plan: Plan, q, k, v, q_seg, kv_seg):
-  o, lse = _forward(plan, q, k, v, q_seg, kv_seg)
+def _flash_core_fwd(plan: Plan, q, k, v, q_seg, kv_seg, descale):
+  o, lse = _quantized_forward(plan, q, k, v, q_seg, kv_seg, descale)
   return (o, lse), (q, k, v, q_seg, kv_seg, o, lse)
 
 
 def _flash_core_bwd(plan: Plan, residuals, cotangents):
+  if plan.fp8_inputs:
+    raise NotImplementedError(
+        "flashjax.attention on pre-quantised FP8 inputs is forward only; to "
+        "train with an FP8 forward pass bfloat16/float16 inputs with fp8=True "
+        "(the backward then runs in that dtype).")
   q, k, v, q_seg, kv_seg, o, lse = residuals
   do, dlse = cotangents
   # D = rowsum(dO ∘ O) - dL   [batch, heads, seq_q]; a dL term arises only when
@@ -155,7 +191,7 @@ def _flash_core_bwd(plan: Plan, residuals, cotangents):
                      o.astype(jnp.float32)) - dlse
   dq, dk, dv = _backward(plan, q, k, v, q_seg, kv_seg, do.astype(q.dtype),
                          lse, delta)
-  return dq, dk, dv, None, None
+  return dq, dk, dv, None, None, None
 
 
 _flash_core.defvjp(_flash_core_fwd, _flash_core_bwd)

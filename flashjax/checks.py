@@ -21,6 +21,8 @@ from flashjax.masks import MaskSpec
 log = logging.getLogger("flashjax")
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+FP8_OUT_DTYPES = ("bfloat16", "float16")
 MAX_HEAD_DIM = 256
 BACKENDS = ("auto", "triton", "mosaic", "reference")
 
@@ -33,13 +35,18 @@ class Plan:
   num_q_heads: int
   num_kv_heads: int
   head_dim: int
-  dtype: str
+  dtype: str          # of O, and of the backward (never fp8)
   mask: MaskSpec
   scale: float
   softcap: float | None
   backend: str        # "triton", "mosaic" or "reference" ("auto" resolved)
   interpret: bool     # run the Pallas kernel in the interpreter (CPU)
   config: Config
+  # FP8 forward: the format Q, K, V and P are multiplied in (None: dtype).
+  fp8: str | None = None
+  # FP8 given pre-quantised by the caller (descales passed in); else the
+  # forward quantises the 16-bit inputs itself (training policy).
+  fp8_inputs: bool = False
 
   @property
   def group(self) -> int:
@@ -88,11 +95,13 @@ def _shape_of(name, x):
 
 def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
               causal=False, window=None, softcap=None, scale=None,
-              config=None, backend="auto", interpret=None):
+              config=None, backend="auto", interpret=None, fp8=None,
+              out_dtype=None):
   """Validate the arguments of :func:`flashjax.attention` and resolve them.
 
   Returns ``(plan, q_segment_ids, kv_segment_ids)``, the ids as int32 (kv ids
-  default to the q ids for self-attention) or both None.
+  default to the q ids for self-attention) or both None. The FP8 descales are
+  checked by :func:`check_descales`.
   """
   q_shape, k_shape, v_shape = (_shape_of(n, x) for n, x in
                                (("q", q), ("k", k), ("v", v)))
@@ -130,9 +139,10 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     raise TypeError("q, k and v must have the same dtype, got " + ", ".join(
         f"{n} {d.name}" for n, d in dtypes.items()) + ".")
   dtype = dtypes["q"].name
-  if dtype not in SUPPORTED_DTYPES:
-    raise TypeError(f"q/k/v dtype must be one of {SUPPORTED_DTYPES}, got "
-                    f"{dtype}.")
+  if dtype not in SUPPORTED_DTYPES + FP8_DTYPES:
+    raise TypeError(f"q/k/v dtype must be one of "
+                    f"{SUPPORTED_DTYPES + FP8_DTYPES}, got {dtype}.")
+  dtype, fp8, fp8_inputs = _check_fp8(dtype, fp8, out_dtype)
 
   q_segment_ids, kv_segment_ids = _check_segments(
       q_segment_ids, kv_segment_ids, batch, seq_q, seq_kv)
@@ -151,7 +161,11 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   head_dim_padded = padded_head_dim(head_dim)
   on_gpu = jax.default_backend() == "gpu"
   unsupported = _mosaic_unsupported(dtype, head_dim, head_dim_padded,
-                                    q_segment_ids)
+                                    q_segment_ids, fp8)
+  if fp8 and on_gpu and not _has_fp8(jax.devices()[0]):
+    raise TypeError(f"FP8 attention needs a GPU with FP8 tensor cores "
+                    f"(compute capability >= 8.9: Ada, Hopper), got "
+                    f"{getattr(jax.devices()[0], 'compute_capability', '?')}.")
   if backend == "mosaic" and unsupported:
     raise NotImplementedError(f"backend='mosaic' {unsupported}; use "
                               f"backend='triton'.")
@@ -190,12 +204,15 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
       scale=float(scale), softcap=None if softcap is None else float(softcap),
       backend=backend,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
-      config=config)
+      config=config, fp8=fp8, fp8_inputs=fp8_inputs)
   return plan, q_segment_ids, kv_segment_ids
 
 
-def _mosaic_unsupported(dtype, head_dim, head_dim_padded, q_segment_ids):
+def _mosaic_unsupported(dtype, head_dim, head_dim_padded, q_segment_ids,
+                        fp8=None):
   """Why backend="mosaic" (the Hopper kernels) cannot run a case, or None."""
+  if fp8:
+    return "has no FP8 kernel yet"
   if dtype not in ("bfloat16", "float16"):
     return f"takes bfloat16 or float16, got {dtype}"
   if head_dim_padded not in MOSAIC_HEAD_DIMS:
@@ -204,6 +221,83 @@ def _mosaic_unsupported(dtype, head_dim, head_dim_padded, q_segment_ids):
   if q_segment_ids is not None:
     return "does not take segment ids yet"
   return None
+
+
+def _check_fp8(dtype, fp8, out_dtype):
+  """Resolve the FP8 policy: ``(dtype of O and the backward, fp8 format or
+  None, whether the inputs came pre-quantised)``."""
+  if dtype in FP8_DTYPES:
+    # pre-quantised inputs: the forward multiplies in their format
+    if fp8 not in (None, True, dtype):
+      raise TypeError(f"fp8={fp8!r} contradicts the inputs' dtype {dtype}.")
+    out = jnp.dtype(out_dtype or "bfloat16").name
+    if out not in FP8_OUT_DTYPES:
+      raise TypeError(f"out_dtype for FP8 inputs must be one of "
+                      f"{FP8_OUT_DTYPES}, got {out}.")
+    return out, dtype, True
+  if out_dtype is not None and jnp.dtype(out_dtype).name != dtype:
+    raise TypeError(f"out_dtype is for FP8 inputs (O is in q's dtype "
+                    f"{dtype} otherwise), got out_dtype "
+                    f"{jnp.dtype(out_dtype).name}.")
+  if fp8 in (None, False):
+    return dtype, None, False
+  fmt = "float8_e4m3fn" if fp8 is True else str(fp8)
+  if fmt not in FP8_DTYPES:
+    raise ValueError(f"fp8 must be True, False, or one of {FP8_DTYPES}, got "
+                     f"{fp8!r}.")
+  if dtype not in FP8_OUT_DTYPES:
+    raise TypeError(f"fp8={fp8!r} quantises bfloat16 or float16 inputs, got "
+                    f"{dtype}.")
+  return dtype, fmt, False
+
+
+def check_descales(plan: Plan, q_descale, k_descale, v_descale):
+  """The per-tensor or per-head FP8 descales as one float32 ``[num_q_heads,
+  4]`` array (columns: q, k, v descale, unused), or None without FP8 inputs.
+
+  Each descale is a scalar or a vector over its tensor's heads (q:
+  num_q_heads; k, v: num_kv_heads); real value = fp8 value × descale. Concrete
+  values must be positive and finite (traced ones are checked in the forward,
+  which then returns NaN rather than silent garbage).
+  """
+  given = {"q_descale": q_descale, "k_descale": k_descale,
+           "v_descale": v_descale}
+  if not plan.fp8_inputs:
+    passed = [n for n, x in given.items() if x is not None]
+    if passed:
+      raise TypeError(f"{', '.join(passed)} given, but q/k/v are not FP8 "
+                      f"({plan.dtype}); descales go with float8 inputs.")
+    return None
+  heads = {"q_descale": plan.num_q_heads, "k_descale": plan.num_kv_heads,
+           "v_descale": plan.num_kv_heads}
+  columns = []
+  for name, x in given.items():
+    if x is None:
+      raise ValueError(f"{name} is required with FP8 inputs ({plan.fp8}): "
+                       f"the scalar or per-head factor that maps the FP8 "
+                       f"values back (flashjax.fp8.quantize returns it).")
+    x = jnp.asarray(x)
+    if x.shape not in ((), (1,), (heads[name],)):
+      raise ValueError(f"{name} must be a scalar or have shape "
+                       f"({heads[name]},) (one per head), got shape {x.shape}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"{name} must be a float, got {x.dtype}.")
+    if not isinstance(x, jax.core.Tracer):
+      bad = ~(jnp.isfinite(x) & (x > 0))
+      if bool(jnp.any(bad)):
+        raise ValueError(f"{name} must be positive and finite, got {x}.")
+    x = jnp.broadcast_to(x.astype(jnp.float32).reshape(-1), (heads[name],))
+    if heads[name] != plan.num_q_heads:      # one K/V head per GQA group
+      x = jnp.repeat(x, plan.group)
+    columns.append(x)
+  columns.append(jnp.zeros((plan.num_q_heads,), jnp.float32))
+  return jnp.stack(columns, axis=1)
+
+
+def _has_fp8(device) -> bool:
+  """FP8 tensor cores: compute capability 8.9 (Ada) or newer."""
+  cc = str(getattr(device, "compute_capability", "0.0")).split(".")
+  return (int(cc[0]), int(cc[1] or 0)) >= (8, 9)
 
 
 def _is_sm90(device) -> bool:

@@ -12,6 +12,9 @@ Attention (``ModelConfig.attention``):
   dense attention in the compute dtype (O(N^2) memory): the usual baseline;
 * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")``, GPU only.
 
+``attn_dtype="fp8"`` (flash only, bfloat16 compute) runs flashjax's forward in
+FP8 (Q, K, V quantised per tensor on the fly) and its backward in bfloat16.
+
 Generation uses a KV cache (:class:`KVCache`): :func:`prefill` runs the prompt
 through the configured causal attention and fills the cache; :func:`decode_step`
 feeds one token whose single query attends to the filled part of the cache.
@@ -49,6 +52,7 @@ class ModelConfig:
   mlp_ratio: float = 4.0         # hidden width / d_model (swiglu: times 2/3)
   tie_embeddings: bool = True
   attention: str = "flash"       # one of ATTENTIONS
+  attn_dtype: str = "compute"    # "compute" (= dtype) or "fp8" (flash forward)
   dtype: str = "bfloat16"        # compute dtype
   param_dtype: str = "float32"
   remat: bool = False            # recompute each block's activations in bwd
@@ -71,6 +75,14 @@ class ModelConfig:
     if self.attention not in ATTENTIONS:
       problems.append(f"attention must be one of {ATTENTIONS}, got "
                       f"{self.attention!r}")
+    if self.attn_dtype not in ("compute", "fp8"):
+      problems.append(f"attn_dtype must be 'compute' or 'fp8', got "
+                      f"{self.attn_dtype!r}")
+    elif self.attn_dtype == "fp8" and (self.attention != "flash"
+                                       or self.dtype != "bfloat16"):
+      problems.append(f"attn_dtype='fp8' needs attention='flash' and dtype="
+                      f"'bfloat16', got attention={self.attention!r}, "
+                      f"dtype={self.dtype!r}")
     if problems:
       raise ValueError("ModelConfig: " + "; ".join(problems) + ".")
 
@@ -132,8 +144,9 @@ class RMSNorm(nn.Module):
     return (x32 * scale).astype(self.config.dtype)
 
 
-def causal_attention(q, k, v, kind: str):
-  """Causal self-attention ``[batch, seq, heads, head_dim]`` by ``kind``."""
+def causal_attention(q, k, v, kind: str, fp8: bool = False):
+  """Causal self-attention ``[batch, seq, heads, head_dim]`` by ``kind``
+  (``fp8``: flashjax's FP8 forward)."""
   if kind == "cudnn":
     if jax.default_backend() != "gpu":
       raise ValueError("attention='cudnn' needs an NVIDIA GPU; use 'flash' "
@@ -143,7 +156,7 @@ def causal_attention(q, k, v, kind: str):
   if kind == "dense":
     return jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                         implementation="xla")
-  return flashjax.attention(q, k, v, causal=True)
+  return flashjax.attention(q, k, v, causal=True, fp8=fp8 or None)
 
 
 def cached_attention(q, k_cache, v_cache, length):
@@ -179,7 +192,7 @@ class Attention(nn.Module):
     v = dense(c.num_kv_heads, "value")(x)
     new_cache = None
     if cache is None or x.shape[1] > 1:
-      o = causal_attention(q, k, v, c.attention)
+      o = causal_attention(q, k, v, c.attention, fp8=c.attn_dtype == "fp8")
     if cache is not None:
       k_cache, v_cache, length = cache
       start = (0, length, 0, 0)

@@ -27,15 +27,19 @@ def dot(a, b, *, trans_a: bool = False, trans_b: bool = False,
                          preferred_element_type=jnp.float32)
 
 
-def scores(q, k, *, scale: float, softcap: float | None, precision):
+def scores(q, k, *, scale: float, softcap: float | None, precision,
+           descale=None):
   """Logits of one tile in log2 units.
 
   q ``[block_q, d]``, k ``[block_kv, d]`` (input dtype) -> ``(S2, t)`` with S2
   float32 ``[block_q, block_kv]`` and ``t = tanh(scale·QKᵀ / softcap)`` (None
   without softcap), which the backward needs for the soft-cap derivative.
+  ``descale``: FP8 inputs' ``q_descale · k_descale`` (a traced scalar).
   """
   # S = scale · Q Kᵀ  (softcap: S = c · tanh(scale · Q Kᵀ / c))
   qk = dot(q, k, trans_b=True, precision=precision)
+  if descale is not None:
+    qk = qk * descale
   if softcap is None:
     return qk * (scale * LOG2E), None
   t = jnp.tanh(qk * (scale / softcap))

@@ -164,3 +164,19 @@ def test_bench_train_runs_a_case_and_merges(tmp_path):
   assert [r["attention"] for r in merged["rows"]] == ["flash", "dense"]
   assert "| 32 × 2 |" in (tmp_path / "merged.md").read_text()
   assert (tmp_path / "merged.png").stat().st_size > 0
+
+
+def test_fp8_attention_trains_beside_bf16_and_dense(tmp_path, text_file):
+  """--compare dense flash-fp8 on bf16: the FP8-forward model learns and its
+  loss stays within the 1% the H100 parity run asks of the final losses."""
+  rows = _train(tmp_path, text_file, "--dtype", "bfloat16", "--compare",
+                "dense", "flash-fp8", "--steps", "10", "--lr", "3e-3",
+                "--warmup-steps", "3")
+  assert rows[-1]["loss_flash-fp8"] < rows[0]["loss_flash-fp8"] - 0.3
+  assert max(r["rel_diff_flash-fp8"] for r in rows) < 0.01
+
+
+def test_fp8_attention_needs_flash_and_bf16(capsys):
+  msg = _error_of(train.main, [*SMALL, "--attn-dtype", "fp8", "--steps", "1"],
+                  capsys)       # SMALL is float32
+  assert "attn_dtype='fp8' needs attention='flash' and dtype='bfloat16'" in msg

@@ -15,10 +15,11 @@ from pallas_kernels import common
 from pallas_kernels.triton import specs
 
 
-def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, *,
-               mask: MaskSpec, scale: float, softcap: float | None,
+def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
+               lse_ref, *, mask: MaskSpec, scale: float, softcap: float | None,
                block_q: int, block_kv: int, num_q_blocks: int,
-               num_kv_blocks: int, needs_mask: bool, reverse: bool, precision):
+               num_kv_blocks: int, needs_mask: bool, reverse: bool, precision,
+               fp8: str | None):
   # The grid runs over (query tile, batch, head); this loop runs over K/V tiles.
   # Causal grids go heaviest-tile-first (reverse) to balance the last wave.
   i = pl.program_id(0)
@@ -27,6 +28,10 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, *,
   q_start = i * block_q
   q = q_ref[...]
   q_seg = None if q_seg_ref is None else q_seg_ref[...]
+  # FP8: this head's descales (q, k, v); P is scaled by the format's largest
+  # value before it is rounded to FP8, and that scale divided out at the end.
+  qk_descale = None if fp8 is None else descale_ref[0] * descale_ref[1]
+  p_scale = None if fp8 is None else float(jnp.finfo(fp8).max)
 
   def body(j, carry):
     acc, m, l = carry
@@ -35,7 +40,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, *,
     v = v_ref[pl.ds(kv_start, block_kv), :]
     # S = scale · Q Kᵀ (log2 units), invisible entries -inf
     s, _ = common.scores(q, k, scale=scale, softcap=softcap,
-                         precision=precision)
+                         precision=precision, descale=qk_descale)
     if needs_mask:
       kv_seg = (None if kv_seg_ref is None
                 else kv_seg_ref[pl.ds(kv_start, block_kv)])
@@ -43,9 +48,10 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, *,
                            q_seg, kv_seg)
     # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
     p, m, l, alpha = common.online_softmax_step(s, m, l)
-    # acc = alpha · acc + P V
+    # acc = alpha · acc + P V   (FP8: P rounded as P · p_scale)
+    p = p if fp8 is None else p * p_scale
     acc = acc * alpha[:, None] + common.dot(p.astype(v.dtype), v,
-                                        precision=precision)
+                                            precision=precision)
     return acc, m, l
 
   head_dim = q.shape[-1]
@@ -57,20 +63,25 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, *,
   acc, m, l = lax.fori_loop(lo, hi, body, init)
   # O = acc / l, L = m + log l
   o, lse = common.finalize(acc, m, l)
+  if fp8 is not None:
+    o = o * (descale_ref[2] / p_scale)
   o_ref[...] = o.astype(o_ref.dtype)
   lse_ref[...] = lse
 
 
-def forward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids):
+def forward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, descale=None):
   """Run the forward kernel on padded inputs.
 
   Args:
     q: ``[batch, seq_q_padded, num_q_heads, head_dim_padded]``.
     k, v: ``[batch, seq_kv_padded, num_kv_heads, head_dim_padded]``.
     q_segment_ids / kv_segment_ids: int32 ``[batch, seq_*_padded]`` or None.
+    descale: FP8 (``plan.fp8``) only: float32 ``[num_q_heads, 4]``, the q, k
+      and v descales of each query head's tensors.
 
   Returns:
-    O like q, and L (natural log, float32) ``[batch, num_q_heads, seq_q_padded]``.
+    O (``plan.dtype``) ``[batch, seq_q_padded, num_q_heads, head_dim_padded]``,
+    and L (natural log, float32) ``[batch, num_q_heads, seq_q_padded]``.
   """
   batch, seq_q, num_heads, head_dim = q.shape
   seq_kv = k.shape[1]
@@ -88,7 +99,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids):
       block_q=block_q, block_kv=block_kv, num_q_blocks=num_q_blocks,
       num_kv_blocks=seq_kv // block_kv,
       needs_mask=not plan.mask.is_trivial(seq_kv), reverse=reverse,
-      precision=specs.precision(plan))
+      precision=specs.precision(plan), fp8=plan.fp8)
   q_spec = pl.BlockSpec((None, block_q, None, head_dim),
                         lambda i, b, h: (b, q_block(i), h, 0))
   kv_spec = pl.BlockSpec((None, seq_kv, None, head_dim),
@@ -98,16 +109,19 @@ def forward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids):
                 if has_seg else None)
   kv_seg_spec = (pl.BlockSpec((None, seq_kv), lambda i, b, h: (b, 0))
                  if has_seg else None)
+  descale_spec = (pl.BlockSpec((None, 4), lambda i, b, h: (h, 0))
+                  if descale is not None else None)
   return pl.pallas_call(
       kernel,
       grid=(num_q_blocks, batch, num_heads),
-      in_specs=[q_spec, kv_spec, kv_spec, q_seg_spec, kv_seg_spec],
+      in_specs=[q_spec, kv_spec, kv_spec, q_seg_spec, kv_seg_spec,
+                descale_spec],
       out_specs=[q_spec,
                  pl.BlockSpec((None, None, block_q),
                               lambda i, b, h: (b, h, q_block(i)))],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+      out_shape=[jax.ShapeDtypeStruct(q.shape, plan.dtype),
                  jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],
       compiler_params=specs.compiler_params(blocks),
       interpret=plan.interpret,
       name="flashjax_fwd",
-  )(q, k, v, q_segment_ids, kv_segment_ids)
+  )(q, k, v, q_segment_ids, kv_segment_ids, descale)

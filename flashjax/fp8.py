@@ -1,0 +1,74 @@
+"""FP8 helpers: amax quantisation with descales, and the random rotation that
+spreads outliers before quantising (FlashAttention 3's incoherent processing).
+
+Layout as :func:`flashjax.attention`: ``[batch, seq, heads, head_dim]``. A
+quantised tensor comes with its *descale*: real value ≈ fp8 value × descale,
+per tensor (a scalar) or per head (``[heads]``).
+
+    q8, qd = flashjax.fp8.quantize(q)             # e4m3, per-tensor descale
+    o = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMATS = ("float8_e4m3fn", "float8_e5m2")
+
+
+def quantize(x, fmt: str = "float8_e4m3fn", *, per_head: bool = False):
+  """``x`` (float) -> ``(x_fp8, descale)`` with ``x ≈ x_fp8 · descale``.
+
+  The scale maps ``amax(|x|)`` (over the tensor, or over each head with
+  ``per_head``) to the format's largest value, so nothing saturates. An
+  all-zero tensor (or head) gets descale 1. ``descale`` is float32, a scalar
+  or ``[heads]``; no gradient flows through it.
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}.")
+  if x.ndim != 4 and per_head:
+    raise ValueError(f"per_head quantisation needs [batch, seq, heads, "
+                     f"head_dim], got shape {x.shape}.")
+  x32 = x.astype(jnp.float32)
+  axes = (0, 1, 3) if per_head else None
+  amax = jax.lax.stop_gradient(jnp.max(jnp.abs(x32), axis=axes))
+  fmax = float(jnp.finfo(fmt).max)
+  descale = jnp.where(amax > 0, amax / fmax, 1.0).astype(jnp.float32)
+  scale = (1.0 / descale) if not per_head else (1.0 / descale)[:, None]
+  x8 = (x32 * scale).astype(fmt)
+  return x8, descale
+
+
+def dequantize(x8, descale):
+  """``x8 · descale`` in float32 (descale a scalar or ``[heads]``)."""
+  d = jnp.asarray(descale, jnp.float32)
+  return x8.astype(jnp.float32) * (d if d.ndim == 0 else d[:, None])
+
+
+def random_rotation(head_dim: int, key) -> jax.Array:
+  """A random orthogonal ``[head_dim, head_dim]`` float32 matrix: a Hadamard
+  matrix with random column signs (head_dim a power of 2), else the Q factor
+  of a Gaussian matrix. Since ``(Q R)(K R)ᵀ = Q Kᵀ``, rotating Q and K leaves
+  attention unchanged in exact arithmetic while spreading a few large
+  coordinates over all of them, which FP8 quantises more accurately."""
+  if head_dim & (head_dim - 1) == 0:
+    h = np.ones((1, 1), np.float32)
+    while h.shape[0] < head_dim:
+      h = np.block([[h, h], [h, -h]])
+    signs = jax.random.rademacher(key, (head_dim,), jnp.float32)
+    return jnp.asarray(h / np.sqrt(head_dim)) * signs[None, :]
+  r, _ = jnp.linalg.qr(jax.random.normal(key, (head_dim, head_dim)))
+  return r
+
+
+def rotate(q, k, rotation):
+  """``(q R, k R)`` in the inputs' dtype: the same attention logits, outliers
+  spread (quantise afterwards). V and O are untouched."""
+  hi = jax.lax.Precision.HIGHEST
+  qr = jnp.einsum("bshd,de->bshe", q.astype(jnp.float32), rotation,
+                  precision=hi)
+  kr = jnp.einsum("bshd,de->bshe", k.astype(jnp.float32), rotation,
+                  precision=hi)
+  return qr.astype(q.dtype), kr.astype(k.dtype)

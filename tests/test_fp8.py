@@ -1,0 +1,231 @@
+"""FP8 attention: pre-quantised inputs with descales, the fp8=True training
+policy, the quantisation and rotation helpers, and bad input.
+
+Pass rule, as the harness's for 16-bit dtypes: the kernel's max error against
+the float32 reference (of the dequantised inputs) may be at most twice that of
+an emulation of the same FP8 math (P rounded to FP8 with the same scale), plus
+a small floor.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flashjax
+from flashjax import fp8
+from flashjax.masks import MaskSpec, dense
+from test_lowering import lower_for_h100
+
+FLOOR = 2e-3
+
+
+def _inputs(key, b, sq, skv, hq, hkv, d, dtype=jnp.bfloat16, outliers=False):
+  kq, kk, kv, ko = jax.random.split(key, 4)
+  q = jax.random.normal(kq, (b, sq, hq, d), jnp.float32)
+  k = jax.random.normal(kk, (b, skv, hkv, d), jnp.float32)
+  v = jax.random.normal(kv, (b, skv, hkv, d), jnp.float32)
+  if outliers:
+    # FlashAttention 3's test: N(0,1) + N(0,100) · Bernoulli(0.001)
+    def spike(x, key):
+      big = jax.random.bernoulli(key, 1e-3, x.shape)
+      return x + 10.0 * jax.random.normal(jax.random.fold_in(key, 1),
+                                          x.shape) * big
+    q, k = spike(q, ko), spike(k, jax.random.fold_in(ko, 2))
+  return q.astype(dtype), k.astype(dtype), v.astype(dtype)
+
+
+def _emulated(q, k, v, *, causal, fmt, p_rounding=True):
+  """The kernel's FP8 math in float32 on dequantised inputs: S exact, P
+  rounded to ``fmt`` after scaling by its largest value (p_rounding)."""
+  group = q.shape[2] // k.shape[2]
+  k, v = (jnp.repeat(x, group, axis=2) for x in (k, v))
+  hi = jax.lax.Precision.HIGHEST
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=hi) / np.sqrt(q.shape[-1])
+  mask = dense(MaskSpec(q.shape[1], k.shape[1], causal=causal))[:, None]
+  s = jnp.where(mask, s, -jnp.inf)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+  l = jnp.sum(p, axis=-1, keepdims=True)
+  if p_rounding:
+    top = float(jnp.finfo(fmt).max)
+    p = (p * top).astype(fmt).astype(jnp.float32) / top
+  o = jnp.einsum("bhqk,bkhd->bqhd", p / jnp.where(l == 0, 1.0, l), v,
+                 precision=hi)
+  return o
+
+
+@pytest.mark.parametrize("fmt", fp8.FORMATS)
+@pytest.mark.parametrize("causal,shape,per_head", [
+    (False, (2, 128, 128, 4, 4, 64), False),
+    (True, (1, 200, 333, 8, 2, 128), True),       # GQA, odd lengths, per head
+    (True, (2, 77, 77, 4, 1, 64), False),         # MQA
+])
+def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head):
+  b, sq, skv, hq, hkv, d = shape
+  q, k, v = _inputs(jax.random.key(sq), b, sq, skv, hq, hkv, d)
+  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, fmt, per_head=per_head)
+                                  for x in (q, k, v))
+  o = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
+                         v_descale=vd, causal=causal)
+  assert o.dtype == jnp.bfloat16 and o.shape == q.shape
+  deq = [fp8.dequantize(x, s) for x, s in ((q8, qd), (k8, kd), (v8, vd))]
+  ref = _emulated(*deq, causal=causal, fmt=fmt, p_rounding=False)
+  emu = _emulated(*deq, causal=causal, fmt=fmt)
+  err = float(jnp.max(jnp.abs(o.astype(jnp.float32) - ref)))
+  slack = float(jnp.max(jnp.abs(emu - ref)))
+  assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
+
+
+def test_policy_forward_is_the_prequantised_forward():
+  q, k, v = _inputs(jax.random.key(0), 1, 130, 130, 4, 2, 64)
+  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x) for x in (q, k, v))
+  want = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
+                            v_descale=vd, causal=True)
+  got = flashjax.attention(q, k, v, causal=True, fp8=True)
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(want, np.float32))
+
+
+def test_policy_gradients_run_in_bf16():
+  """fp8=True: FP8 forward, bf16 backward. The gradients differ from the
+  bf16 kernel's only through O and L of the FP8 forward, so they must be no
+  further from the float32 gradient than that forward's O is from its
+  reference (normwise)."""
+  q, k, v = _inputs(jax.random.key(1), 2, 256, 256, 4, 2, 64)
+  do = jax.random.normal(jax.random.key(2), q.shape, jnp.float32)
+  rel = lambda a, b: float(jnp.linalg.norm(a.astype(jnp.float32) - b)
+                           / jnp.linalg.norm(b))
+  ref, ref_vjp = jax.vjp(lambda *x: flashjax.attention(
+      *x, causal=True, backend="reference"),
+      *(x.astype(jnp.float32) for x in (q, k, v)))
+  o, vjp = jax.vjp(lambda *x: flashjax.attention(*x, causal=True, fp8=True),
+                   q, k, v)
+  grads, ref_grads = vjp(do.astype(q.dtype)), ref_vjp(do)
+  o_err = rel(o, ref)
+  assert 0 < o_err < 0.1, o_err                 # FP8's ~2^-4 rounding
+  for g, r in zip(grads, ref_grads):
+    assert g.dtype == jnp.bfloat16
+    assert rel(g, r) <= o_err, (rel(g, r), o_err)
+
+
+def test_quantize_round_trip_and_scales():
+  x = jax.random.normal(jax.random.key(3), (2, 64, 4, 32)) * jnp.array(
+      [1.0, 10.0, 0.1, 0.0])[None, None, :, None]
+  for fmt, mantissa_bits in (("float8_e4m3fn", 3), ("float8_e5m2", 2)):
+    x8, d = fp8.quantize(x, fmt, per_head=True)
+    assert x8.dtype == jnp.dtype(fmt) and d.shape == (4,)
+    np.testing.assert_allclose(d[:3] * float(jnp.finfo(fmt).max),
+                               jnp.max(jnp.abs(x[:, :, :3]), axis=(0, 1, 3)),
+                               rtol=1e-6)
+    assert d[3] == 1.0                            # an all-zero head
+    back = fp8.dequantize(x8, d)
+    # round to nearest: half an ulp of relative error, above the subnormals
+    tiny = float(jnp.finfo(fmt).smallest_normal) * d[None, None, :, None]
+    bound = 2.0 ** -(mantissa_bits + 1) * jnp.abs(x) + tiny
+    assert bool(jnp.all(jnp.abs(back - x) <= bound))
+
+
+def test_rotation_is_orthogonal_and_keeps_attention():
+  for d in (64, 96):
+    r = fp8.random_rotation(d, jax.random.key(d))
+    np.testing.assert_allclose(r @ r.T, np.eye(d), atol=1e-5)
+  q, k, v = _inputs(jax.random.key(4), 1, 100, 100, 2, 2, 64, jnp.float32)
+  qr, kr = fp8.rotate(q, k, fp8.random_rotation(64, jax.random.key(5)))
+  np.testing.assert_allclose(
+      flashjax.attention(qr, kr, v, backend="reference"),
+      flashjax.attention(q, k, v, backend="reference"), atol=2e-5)
+
+
+def test_rotation_cuts_fp8_error_on_outliers():
+  """FlashAttention 3's incoherent processing: with a few large outliers in
+  Q and K, rotating before quantising lowers the FP8 output's error."""
+  q, k, v = _inputs(jax.random.key(6), 1, 256, 256, 4, 4, 128, jnp.float32,
+                    outliers=True)
+  ref = flashjax.attention(q, k, v, backend="reference")
+  rmse = lambda o: float(jnp.sqrt(jnp.mean((o.astype(jnp.float32) - ref) ** 2)))
+
+  def run(q, k):
+    (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x) for x in (q, k, v))
+    return flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
+                              v_descale=vd)
+  plain = rmse(run(q, k))
+  rotated = rmse(run(*fp8.rotate(q, k, fp8.random_rotation(
+      128, jax.random.key(7)))))
+  assert rotated < plain, (rotated, plain)
+
+
+# ------------------------------------------------------------------ bad input
+
+Q8 = jax.ShapeDtypeStruct((1, 64, 4, 64), jnp.float8_e4m3fn)
+KV8 = jax.ShapeDtypeStruct((1, 64, 2, 64), jnp.float8_e4m3fn)
+ONE = jnp.float32(1.0)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(q_descale=ONE, k_descale=ONE), ValueError,
+     "v_descale is required with FP8 inputs"),
+    (dict(q_descale=ONE, k_descale=ONE, v_descale=jnp.float32(0.0)),
+     ValueError, "v_descale must be positive and finite"),
+    (dict(q_descale=ONE, k_descale=jnp.ones((4,)), v_descale=ONE), ValueError,
+     r"k_descale must be a scalar or have shape \(2,\)"),
+    (dict(q_descale=ONE, k_descale=ONE, v_descale=ONE, out_dtype=jnp.float32),
+     TypeError, "out_dtype for FP8 inputs must be one of"),
+    (dict(q_descale=ONE, k_descale=ONE, v_descale=ONE, backend="mosaic"),
+     NotImplementedError, "backend='mosaic' has no FP8 kernel yet"),
+])
+def test_bad_fp8_input(kwargs, error, match):
+  q = jnp.zeros(Q8.shape, Q8.dtype)
+  kv = jnp.zeros(KV8.shape, KV8.dtype)
+  with pytest.raises(error, match=match):
+    flashjax.attention(q, kv, kv, **kwargs)
+
+
+def test_mixed_fp8_formats_are_refused():
+  q = jnp.zeros(Q8.shape, jnp.float8_e4m3fn)
+  kv = jnp.zeros(KV8.shape, jnp.float8_e5m2)
+  with pytest.raises(TypeError, match="q, k and v must have the same dtype"):
+    flashjax.attention(q, kv, kv, q_descale=ONE, k_descale=ONE, v_descale=ONE)
+
+
+def test_descales_without_fp8_and_fp8_policy_on_float32_are_refused():
+  x = jnp.zeros((1, 64, 2, 64), jnp.bfloat16)
+  with pytest.raises(TypeError, match="q_descale given, but q/k/v are not FP8"):
+    flashjax.attention(x, x, x, q_descale=ONE)
+  with pytest.raises(TypeError, match="quantises bfloat16 or float16 inputs"):
+    flashjax.attention(x.astype(jnp.float32), x.astype(jnp.float32),
+                       x.astype(jnp.float32), fp8=True)
+  with pytest.raises(ValueError, match="fp8 must be True, False, or one of"):
+    flashjax.attention(x, x, x, fp8="int8")
+
+
+def test_prequantised_inputs_are_forward_only():
+  q8, qd = fp8.quantize(jnp.ones((1, 64, 2, 64), jnp.bfloat16))
+  with pytest.raises(NotImplementedError, match="forward only"):
+    jax.grad(lambda q: jnp.sum(flashjax.attention(
+        q, q8, q8, q_descale=qd, k_descale=qd, v_descale=qd).astype(
+            jnp.float32)))(q8)
+
+
+def test_fp8_needs_fp8_tensor_cores(monkeypatch):
+  class Ampere:
+    compute_capability = "8.0"
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *a: [Ampere()])
+  x = jax.ShapeDtypeStruct((1, 64, 2, 64), jnp.bfloat16)
+  with pytest.raises(TypeError, match="needs a GPU with FP8 tensor cores"):
+    flashjax.explain(x, x, x, fp8=True)
+
+
+def test_fp8_forward_lowers_for_cuda():
+  def f(q8, k8, v8, d):
+    return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
+                              v_descale=d, causal=True, interpret=False)
+  text = lower_for_h100(f, jax.ShapeDtypeStruct((1, 300, 4, 128),
+                                                jnp.float8_e4m3fn),
+                        KV8.update(shape=(1, 300, 2, 128)),
+                        KV8.update(shape=(1, 300, 2, 128)),
+                        jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+  assert "triton" in text
