@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import flashjax
 from flashjax.flax import (FlashMultiHeadAttention, NnxFlashMultiHeadAttention,
                            attention_fn, make_attention_fn)
 
@@ -154,3 +155,29 @@ def test_flash_modules_linen_and_nnx_agree_with_dense():
   out = flash_nnx(x, q_segment_ids=seg)
   assert out.shape == x.shape
   _assert_close(out, dense_nnx(x, q_segment_ids=seg))
+
+
+def test_fp8_reaches_the_kernel_from_flax():
+  """fp8=True on the module and on make_attention_fn: an FP8 forward (close
+  to, but not equal to, the bf16 one) with bf16 gradients."""
+  x, _ = _inputs()
+  x = x.astype(jnp.bfloat16)
+  kwargs = dict(num_heads=HEADS, num_kv_heads=2, causal=True,
+                dtype=jnp.bfloat16)
+  bf16 = FlashMultiHeadAttention(**kwargs)
+  params = bf16.init(jax.random.key(0), x)
+  want = bf16.apply(params, x).astype(jnp.float32)
+  got = FlashMultiHeadAttention(**kwargs, fp8=True).apply(params, x)
+  rel = float(jnp.linalg.norm(got.astype(jnp.float32) - want)
+              / jnp.linalg.norm(want))
+  assert 0 < rel < 0.1, rel          # FP8 rounding (~2^-4), and it did run
+  grads = jax.grad(lambda p: jnp.sum(FlashMultiHeadAttention(
+      **kwargs, fp8=True).apply(p, x).astype(jnp.float32)))(params)
+  assert all(bool(jnp.all(jnp.isfinite(g)))
+             for g in jax.tree.leaves(grads))
+  fn = make_attention_fn(causal=True, fp8=True)
+  q = x.reshape(x.shape[0], x.shape[1], HEADS, -1)
+  np.testing.assert_array_equal(
+      np.asarray(fn(q, q, q), np.float32),
+      np.asarray(flashjax.attention(q, q, q, causal=True, fp8=True),
+                 np.float32))
