@@ -31,9 +31,13 @@ import flashjax  # noqa: E402
 from flashjax import fp8  # noqa: E402
 
 
-def make_inputs(key, shape, outliers: bool):
+def make_inputs(key, q_shape, kv_shape=None, outliers: bool = False):
+  """float32 Q ``q_shape``, K and V ``kv_shape`` (default: q_shape) ~ N(0, 1);
+  ``outliers``: Q and K plus N(0, 100) on 0.1% of their entries."""
   kq, kk, kv, ko = jax.random.split(key, 4)
-  q, k, v = (jax.random.normal(x, shape, jnp.float32) for x in (kq, kk, kv))
+  kv_shape = kv_shape or q_shape
+  q = jax.random.normal(kq, q_shape, jnp.float32)
+  k, v = (jax.random.normal(x, kv_shape, jnp.float32) for x in (kk, kv))
   if outliers:
     def spike(x, key):
       big = jax.random.bernoulli(key, 1e-3, x.shape)
@@ -90,7 +94,7 @@ def run(args):
   for inputs in ("normal", "outliers"):
     for causal in args.causal:
       q, k, v = make_inputs(jax.random.key(args.seed), shape,
-                            inputs == "outliers")
+                            outliers=inputs == "outliers")
       ref = flashjax.attention(q, k, v, causal=causal, backend="reference")
       for name, f in variants(causal, jax.random.key(args.seed + 1)).items():
         row = dict(inputs=inputs, causal=causal, variant=name, shape=shape)

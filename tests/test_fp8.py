@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import flashjax
+from benchmarks.fp8_accuracy import make_inputs
 from flashjax import fp8
 from flashjax.masks import MaskSpec, dense
 from test_lowering import lower_for_h100
@@ -23,17 +24,7 @@ FLOOR = 2e-3
 
 
 def _inputs(key, b, sq, skv, hq, hkv, d, dtype=jnp.bfloat16, outliers=False):
-  kq, kk, kv, ko = jax.random.split(key, 4)
-  q = jax.random.normal(kq, (b, sq, hq, d), jnp.float32)
-  k = jax.random.normal(kk, (b, skv, hkv, d), jnp.float32)
-  v = jax.random.normal(kv, (b, skv, hkv, d), jnp.float32)
-  if outliers:
-    # FlashAttention 3's test: N(0,1) + N(0,100) · Bernoulli(0.001)
-    def spike(x, key):
-      big = jax.random.bernoulli(key, 1e-3, x.shape)
-      return x + 10.0 * jax.random.normal(jax.random.fold_in(key, 1),
-                                          x.shape) * big
-    q, k = spike(q, ko), spike(k, jax.random.fold_in(ko, 2))
+  q, k, v = make_inputs(key, (b, sq, hq, d), (b, skv, hkv, d), outliers)
   return q.astype(dtype), k.astype(dtype), v.astype(dtype)
 
 
@@ -229,3 +220,12 @@ def test_fp8_forward_lowers_for_cuda():
                         KV8.update(shape=(1, 300, 2, 128)),
                         jax.ShapeDtypeStruct((), jnp.float32)).as_text()
   assert "triton" in text
+
+
+def test_accuracy_benchmark_writes_its_table(tmp_path):
+  from benchmarks import fp8_accuracy
+  fp8_accuracy.main(["--seq", "64", "--heads", "1", "--head-dim", "64",
+                     "--causal", "false", "--out", str(tmp_path / "acc")])
+  md = (tmp_path / "acc.md").read_text()
+  assert "| normal | False |" in md and "| outliers | False |" in md
+  assert "fp8_e4m3_rotated" in md and "error" not in md.split("|---")[1]
