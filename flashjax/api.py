@@ -48,10 +48,12 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       float32 ``[batch, num_q_heads, seq_q]`` (differentiable).
     config: :class:`flashjax.Config` block sizes; default per head dim.
     backend: ``"mosaic"``: the Hopper kernels (Mosaic GPU: TMA, wgmma,
-      warp specialisation; bf16/f16, head_dim 64/128 (96 padded), no segment
-      ids); ``"triton"``: the portable Pallas kernels (Triton-lowered), any
-      case; ``"auto"``: mosaic on an sm_90 GPU when it takes the case, else
-      triton (also on the CPU, in interpret mode; :func:`explain` says which);
+      warp specialisation; bf16/f16, head_dim 64/128 (96 padded));
+      ``"triton"``: the portable Pallas kernels (Triton-lowered), any
+      case; ``"auto"``: mosaic on an sm_90 GPU when it takes the case and no
+      segment ids are given (mosaic's segment ids are not yet checked compiled
+      on a GPU), else triton (also on the CPU, in interpret mode;
+      :func:`explain` says which);
       ``"reference"``: dense jnp, O(N^2) memory, identical semantics.
     interpret: run the Pallas kernels in the interpreter (None: only when
       JAX has no GPU). False on a CPU-only host is for lowering (tests).
@@ -143,13 +145,14 @@ def _first_order_only(kernel):
 
 def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, descale):
   if plan.backend == "mosaic":
-    return mosaic_kernels.forward(plan, q, k, v)
+    return mosaic_kernels.forward(plan, q, k, v, q_seg, kv_seg)
   return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale)
 
 
 def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta):
   if plan.backend == "mosaic":
-    return mosaic_kernels.backward(plan, q, k, v, do, lse, delta)
+    return mosaic_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse,
+                                   delta)
   return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta)
 
 

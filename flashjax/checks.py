@@ -160,8 +160,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
   head_dim_padded = padded_head_dim(head_dim)
   on_gpu = jax.default_backend() == "gpu"
-  unsupported = _mosaic_unsupported(dtype, head_dim, head_dim_padded,
-                                    q_segment_ids, fp8)
+  unsupported = _mosaic_unsupported(dtype, head_dim, head_dim_padded, fp8)
   if fp8 and on_gpu and not _has_fp8(jax.devices()[0]):
     raise TypeError(f"FP8 attention needs a GPU with FP8 tensor cores "
                     f"(compute capability >= 8.9: Ada, Hopper), got "
@@ -173,10 +172,15 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     # The Hopper kernels on an sm_90 GPU when they take the case; the portable
     # kernels otherwise (and always on the CPU, where they are interpreted).
     hopper = on_gpu and _is_sm90(jax.devices()[0])
-    backend = "mosaic" if hopper and not unsupported else "triton"
+    # Not with segment ids yet: backend="mosaic" takes them, but they have
+    # been checked only in the interpreter and lowered, not run compiled on a
+    # GPU.
+    why_not = unsupported or (q_segment_ids is not None and
+                              "segment ids not yet checked compiled")
+    backend = "mosaic" if hopper and not why_not else "triton"
     log.debug("flashjax: backend auto -> %s (%s)", backend,
-              "sm_90" if hopper and not unsupported else
-              unsupported if hopper else
+              "sm_90" if hopper and not why_not else
+              why_not if hopper else
               "compiled, not sm_90" if on_gpu else "interpret mode, no GPU")
   itemsize = jnp.dtype(dtype).itemsize
   if config is None:
@@ -208,8 +212,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   return plan, q_segment_ids, kv_segment_ids
 
 
-def _mosaic_unsupported(dtype, head_dim, head_dim_padded, q_segment_ids,
-                        fp8=None):
+def _mosaic_unsupported(dtype, head_dim, head_dim_padded, fp8=None):
   """Why backend="mosaic" (the Hopper kernels) cannot run a case, or None."""
   if fp8:
     return "has no FP8 kernel yet"
@@ -218,8 +221,6 @@ def _mosaic_unsupported(dtype, head_dim, head_dim_padded, q_segment_ids,
   if head_dim_padded not in MOSAIC_HEAD_DIMS:
     return (f"supports head_dim padded to {MOSAIC_HEAD_DIMS}, got head_dim "
             f"{head_dim} (padded {head_dim_padded})")
-  if q_segment_ids is not None:
-    return "does not take segment ids yet"
   return None
 
 

@@ -64,13 +64,15 @@ class MaskSpec:
   def predicate(self, q_idx, k_idx, q_seg=None, kv_seg=None):
     """Visible-entry tile: ``q_idx [n]`` and ``k_idx [m]`` int32 -> bool ``[n, m]``.
 
-    The indices may also come as full ``[n, m]`` tiles (Mosaic GPU kernels build
-    them in the matmul accumulator's register layout). ``q_seg [n]`` /
-    ``kv_seg [m]`` are the segment ids of those rows and keys (required iff
-    ``has_segments``).
+    ``q_seg [n]`` / ``kv_seg [m]`` are the segment ids of those rows and keys
+    (required iff ``has_segments``). All four may also come as full ``[n, m]``
+    tiles (Mosaic GPU kernels build them in the matmul accumulator's register
+    layout).
     """
     if q_idx.ndim == 1:
       q_idx, k_idx = q_idx[:, None], k_idx[None, :]
+      if self.has_segments:
+        q_seg, kv_seg = q_seg[:, None], kv_seg[None, :]
     visible = k_idx < self.seq_kv
     diag = q_idx + self.offset
     if self.right is not None:
@@ -78,7 +80,7 @@ class MaskSpec:
     if self.left is not None:
       visible = visible & (k_idx >= diag - self.left)
     if self.has_segments:
-      visible = visible & (q_seg[:, None] == kv_seg[None, :])
+      visible = visible & (q_seg == kv_seg)
     return visible
 
   def kv_block_range(self, q_start, block_q: int, block_kv: int,

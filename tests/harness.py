@@ -146,7 +146,7 @@ def check_attention(case: Case, fn=flashjax.attention, seed: int = 0, **extra):
 
 def mosaic_supports(case: Case) -> bool:
   """What backend="mosaic" takes (flashjax.checks._mosaic_unsupported)."""
-  return (case.dtype in ("bfloat16", "float16") and case.segments is None
+  return (case.dtype in ("bfloat16", "float16")
           and padded_head_dim(case.head_dim) in MOSAIC_HEAD_DIMS)
 
 

@@ -6,12 +6,16 @@ warpgroups; race detector on) and is lowered for CUDA against an abstract H100.
 
 from __future__ import annotations
 
+import glob
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
 import flashjax
+from flashjax.config import MOSAIC_COMPUTE_WGS
 from harness import Case, check_attention
 from test_lowering import lower_for_h100
 
@@ -24,6 +28,11 @@ CASES = [
     # MQA; causal with seq_q > seq_kv leaves leading rows fully masked.
     Case(dtype="float16", seq_q=390, seq_kv=140, num_q_heads=4,
          num_kv_heads=1, head_dim=64, causal=True),
+    # packed segment ids, GQA, causal and a window: the case that hung the
+    # interpreter on a 2-core host (tests/conftest.py).
+    Case(dtype="bfloat16", seq_q=333, seq_kv=333, num_q_heads=6,
+         num_kv_heads=2, head_dim=128, causal=True, window=(40, 0),
+         segments="packed"),
 ]
 
 
@@ -34,6 +43,16 @@ def test_no_races_in_the_interpreter(case):
   interpret_pallas_call.reset_gpu_interpret_mode_state()
   check_attention(case, backend="mosaic")
   assert not interpret_pallas_call.get_races().races_found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
+                    reason="counts the host threads through Linux's /proc")
+def test_interpreter_has_a_host_thread_per_warpgroup():
+  """tests/conftest.py sized XLA's CPU thread pool before JAX created it."""
+  jax.block_until_ready(jnp.ones(2) + 1)
+  pool = [t for t in glob.glob("/proc/self/task/*/comm")
+          if open(t).read().startswith("tf_XLAEigen")]
+  assert len(pool) >= MOSAIC_COMPUTE_WGS + 2
 
 
 def test_three_stages_and_narrow_tiles():
@@ -65,34 +84,34 @@ def test_bad_mosaic_blocks(kwargs, match):
     flashjax.MosaicBlocks(**kwargs)
 
 
-@pytest.mark.parametrize("dtype,head_dim,segments,match", [
-    ("float32", 64, False, "takes bfloat16 or float16, got float32"),
-    ("bfloat16", 32, False, r"head_dim padded to \(64, 128\), got head_dim 32"),
-    ("bfloat16", 256, False, "got head_dim 256"),
-    ("float16", 64, True, "does not take segment ids"),
+@pytest.mark.parametrize("dtype,head_dim,match", [
+    ("float32", 64, "takes bfloat16 or float16, got float32"),
+    ("bfloat16", 32, r"head_dim padded to \(64, 128\), got head_dim 32"),
+    ("bfloat16", 256, "got head_dim 256"),
 ])
-def test_unsupported_raises(dtype, head_dim, segments, match):
+def test_unsupported_raises(dtype, head_dim, match):
   q = jax.ShapeDtypeStruct((1, 128, 2, head_dim), jnp.dtype(dtype))
-  ids = jax.ShapeDtypeStruct((1, 128), jnp.int32) if segments else None
   with pytest.raises(NotImplementedError, match=match):
-    jax.eval_shape(lambda q, ids: flashjax.attention(
-        q, q, q, q_segment_ids=ids, backend="mosaic"), q, ids)
+    jax.eval_shape(lambda q: flashjax.attention(q, q, q, backend="mosaic"), q)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("causal", [False, True])
-def test_fwd_and_bwd_lower_for_cuda(head_dim, dtype, causal):
+@pytest.mark.parametrize("masking", ["none", "causal", "causal+segments"])
+def test_fwd_and_bwd_lower_for_cuda(head_dim, dtype, masking):
   q = jax.ShapeDtypeStruct((2, 1000, 4, head_dim), jnp.dtype(dtype))
   kv = jax.ShapeDtypeStruct((2, 1000, 2, head_dim), jnp.dtype(dtype))
+  ids = (jax.ShapeDtypeStruct((2, 1000), jnp.int32)
+         if "segments" in masking else None)
 
-  def loss(q, k, v):
-    o = flashjax.attention(q, k, v, causal=causal, backend="mosaic",
+  def loss(q, k, v, ids):
+    o = flashjax.attention(q, k, v, causal="causal" in masking,
+                           q_segment_ids=ids, backend="mosaic",
                            interpret=False)
     return jnp.sum(o.astype(jnp.float32))
 
-  text = lower_for_h100(jax.grad(loss, argnums=(0, 1, 2)), q, kv,
-                        kv).as_text()
+  text = lower_for_h100(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv,
+                        ids).as_text()
   # forward, dQ and dK/dV: three Mosaic GPU kernels, no Triton one.
   assert text.count("custom_call @mosaic_gpu") == 3
   assert "triton" not in text

@@ -11,7 +11,8 @@ Two kernels on :func:`pipeline.streamed_loop`, each compute warpgroup owning
 
 P and dS go through shared memory to an SS wgmma, as in the forward, so the
 same source runs in the CPU interpreter. Status as the forward's: the core test
-suite passes compiled on the H100 and in the interpreter.
+suite passes compiled on the H100 and in the interpreter; segment ids only in
+the interpreter so far.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
 from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
 
-ROW = plgpu.Layout.WGMMA.reduce(1)      # a value per accumulator row
-COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
+ROW, COL = pipeline.ROW, pipeline.COL
 
 
 def _scores(plan: Plan, qk):
@@ -42,9 +42,9 @@ def _scores(plan: Plan, qk):
   return t * (plan.softcap * common.LOG2E), t
 
 
-def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
-              do_smem, lse_smem, delta_smem, ds_smem, k_smem, v_smem,
-              owned_barrier, k_full, v_full, kv_free, *, plan: Plan,
+def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
+              dq_ref, q_smem, do_smem, lse_smem, delta_smem, ds_smem, k_smem,
+              v_smem, owned_barrier, k_full, v_full, kv_free, *, plan: Plan,
               block_kv: int, num_kv_blocks: int):
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
   cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
@@ -63,6 +63,10 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
 
   def step(j, slot, ready, dq, masked):
     shape = (BLOCK_Q, block_kv)
+    # segment ids of the rows and of tile j (first: latency behind the K wait)
+    ids = None if not masked or seg_refs is None else pipeline.load_ids(
+        seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
+                                                          block_kv)])
     lse2 = common.lse_log2_for_recompute(
         plgpu.load(lse_smem.at[wg], layout=ROW))
     delta = plgpu.load(delta_smem.at[wg], layout=ROW)
@@ -70,8 +74,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
     # S = scale · Q Kᵀ (log2 units), invisible entries -inf
     s, t = _scores(plan, pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, shape))
     if masked:
-      s = jnp.where(plan.mask.predicate(*pipeline.index_tiles(
-          q_start, j * block_kv, shape)), s, -jnp.inf)
+      s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
     # P = exp2(S - L)
     p = jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0]))
     ready(1)
@@ -95,9 +98,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, q_smem,
       init=init, step=step, finish=finish)
 
 
-def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
-                dv_ref, k_smem, v_smem, pt_smem, q_smem, do_smem, lse_smem,
-                delta_smem, owned_barrier, q_full, do_full, lse_full,
+def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
+                dk_ref, dv_ref, k_smem, v_smem, pt_smem, q_smem, do_smem,
+                lse_smem, delta_smem, owned_barrier, q_full, do_full, lse_full,
                 delta_full, q_free, *, plan: Plan, num_q_blocks: int,
                 needs_mask: bool):
   b, kv_head, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
@@ -126,6 +129,11 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
     dk, dv = carry
     shape = (BLOCK_Q, BLOCK_Q)              # [keys, queries]
     _, i = head_and_tile(j)
+    # segment ids of the rows (keys) and of query tile i (first: latency
+    # behind the waits)
+    ids = None if not masked or seg_refs is None else pipeline.load_ids(
+        seg_refs[1].at[b, rows], seg_refs[0].at[b, pl.ds(i * BLOCK_Q,
+                                                          BLOCK_Q)])
     for stream in range(4):
       ready(stream)
     lse2 = common.lse_log2_for_recompute(
@@ -135,8 +143,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
     # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf
     st, t = _scores(plan, pipeline.wgmma_ss(k_tile, q_slot.T, shape))
     if masked:
-      k_idx, q_idx = pipeline.index_tiles(kv_start, i * BLOCK_Q, shape)
-      st = jnp.where(plan.mask.predicate(q_idx, k_idx), st, -jnp.inf)
+      st = pipeline.mask_scores(plan.mask, st, kv_start, i * BLOCK_Q, ids,
+                                rows_are_keys=True)
     # Pᵀ = exp2(Sᵀ - L)
     pt = jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1]))
     # dV += Pᵀ dO
@@ -180,13 +188,17 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
               delta_smem, delta_full)])
 
 
-def backward(plan: Plan, q, k, v, do, lse, delta):
+def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
+             delta):
   """dQ, dK, dV on padded inputs (layouts as the forward's; lse and delta
-  float32 ``[batch, num_q_heads, seq_q]``, delta = rowsum(dO ∘ O) - dL)."""
+  float32 ``[batch, num_q_heads, seq_q]``, delta = rowsum(dO ∘ O) - dL;
+  segment ids int32 ``[batch, seq_q]`` / ``[batch, seq_kv]`` or None)."""
   batch, seq_q, num_heads, head_dim = q.shape
   _, seq_kv, num_kv_heads, _ = k.shape
   bkv, stages = plan.config.mosaic.block_kv, plan.config.mosaic.stages
   needs_mask = not plan.mask.is_trivial(seq_kv)
+  seg_refs = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments
+              else None)
   params = plgpu.CompilerParams(approx_math=True)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
@@ -210,7 +222,7 @@ def backward(plan: Plan, q, k, v, do, lse, delta):
           plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages)),
       compiler_params=params, interpret=interpret,
-  )(q, k, v, do, lse, delta)
+  )(q, k, v, do, lse, delta, seg_refs)
   dk, dv = plgpu.kernel(
       functools.partial(dkdv_kernel, plan=plan, num_q_blocks=seq_q // BLOCK_Q,
                         needs_mask=needs_mask),
@@ -228,5 +240,5 @@ def backward(plan: Plan, q, k, v, do, lse, delta):
           plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=4, stages=stages)),
       compiler_params=params, interpret=interpret,
-  )(q, k, v, do, lse, delta)
+  )(q, k, v, do, lse, delta, seg_refs)
   return dq, dk, dv

@@ -23,6 +23,9 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from flashjax.config import MOSAIC_BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
 
+ROW = plgpu.Layout.WGMMA.reduce(1)      # a value per accumulator row
+COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
+
 
 @dataclasses.dataclass(frozen=True)
 class Stream:
@@ -154,3 +157,28 @@ def index_tiles(row_start, col_start, shape):
     return start + plgpu.broadcasted_iota(jnp.int32, shape, dim,
                                           layout=plgpu.Layout.WGMMA)
   return iota(0, row_start), iota(1, col_start)
+
+
+def load_ids(row_ids, col_ids):
+  """Segment ids of a tile's rows and columns (int32 GMEM refs) -> vectors in
+  the accumulator's row and column layouts. Plain loads from global memory
+  (Mosaic GPU optimises only shared-memory transfers), not TMA: the ids are
+  small, and the dQ kernel has no shared memory left for them at head_dim 128
+  (block_kv 128, 2 stages: 1 KiB to spare)."""
+  return (plgpu.load(row_ids, layout=ROW, optimized=False),
+          plgpu.load(col_ids, layout=COL, optimized=False))
+
+
+def mask_scores(mask, s, row_start, col_start, ids=None, *,
+                rows_are_keys=False):
+  """``s`` with the entries ``mask`` hides set to -inf. The tile's rows start
+  at index ``row_start``, its columns at ``col_start``; ``ids``: the rows' and
+  the columns' segment ids (:func:`load_ids`), or None.
+  ``rows_are_keys``: a ``[keys, queries]`` tile (dK/dV)."""
+  rows, cols = index_tiles(row_start, col_start, s.shape)
+  seg = () if ids is None else (
+      lax.broadcast_in_dim(ids[0], s.shape, [0]),
+      lax.broadcast_in_dim(ids[1], s.shape, [1]))
+  if rows_are_keys:
+    rows, cols, seg = cols, rows, seg[::-1]
+  return jnp.where(mask.predicate(rows, cols, *seg), s, -jnp.inf)
