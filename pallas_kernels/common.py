@@ -36,10 +36,16 @@ def scores(q, k, *, scale: float, softcap: float | None, precision,
   without softcap), which the backward needs for the soft-cap derivative.
   ``descale``: FP8 inputs' ``q_descale · k_descale`` (a traced scalar).
   """
-  # S = scale · Q Kᵀ  (softcap: S = c · tanh(scale · Q Kᵀ / c))
   qk = dot(q, k, trans_b=True, precision=precision)
   if descale is not None:
     qk = qk * descale
+  return logits(qk, scale=scale, softcap=softcap)
+
+
+def logits(qk, *, scale: float, softcap: float | None):
+  """``(S2, t)`` of :func:`scores` from the raw ``Q Kᵀ`` tile (float32), for
+  kernels that compute the product themselves (Mosaic GPU's wgmma)."""
+  # S = scale · Q Kᵀ  (softcap: S = c · tanh(scale · Q Kᵀ / c))
   if softcap is None:
     return qk * (scale * LOG2E), None
   t = jnp.tanh(qk * (scale / softcap))

@@ -36,10 +36,7 @@ ROW, COL = pipeline.ROW, pipeline.COL
 
 def _scores(plan: Plan, qk):
   """(S in log2 units, t = tanh(...) or None) from the raw Q·Kᵀ tile."""
-  if plan.softcap is None:
-    return qk * (plan.scale * common.LOG2E), None
-  t = jnp.tanh(qk * (plan.scale / plan.softcap))
-  return t * (plan.softcap * common.LOG2E), t
+  return common.logits(qk, scale=plan.scale, softcap=plan.softcap)
 
 
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,

@@ -64,12 +64,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, o_ref, lse_ref, q_smem, k_smem,
                                                           block_kv)])
     ready(0)
     # S = scale · Q Kᵀ (log2 units; softcap: c · tanh(scale · Q Kᵀ / c))
-    qk = pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_kv))
-    if plan.softcap is None:
-      s = qk * (plan.scale * common.LOG2E)
-    else:
-      s = jnp.tanh(qk * (plan.scale / plan.softcap)) * (
-          plan.softcap * common.LOG2E)
+    s, _ = common.logits(
+        pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_kv)),
+        scale=plan.scale, softcap=plan.softcap)
     if masked:
       s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
     # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
