@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flashjax.config import (MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS,
                              MOSAIC_HEAD_DIMS, SMEM_BYTES, Blocks, Config,
@@ -258,8 +259,9 @@ def check_descales(plan: Plan, q_descale, k_descale, v_descale):
 
   Each descale is a scalar or a vector over its tensor's heads (q:
   num_q_heads; k, v: num_kv_heads); real value = fp8 value × descale. Concrete
-  values must be positive and finite (traced ones are checked in the forward,
-  which then returns NaN rather than silent garbage).
+  values must be positive and finite (ValueError); traced ones cannot be
+  checked at trace time, so a non-positive one becomes NaN and the output NaN
+  rather than silent garbage.
   """
   given = {"q_descale": q_descale, "k_descale": k_descale,
            "v_descale": v_descale}
@@ -283,14 +285,16 @@ def check_descales(plan: Plan, q_descale, k_descale, v_descale):
                        f"({heads[name]},) (one per head), got shape {x.shape}.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise TypeError(f"{name} must be a float, got {x.dtype}.")
-    if not isinstance(x, jax.core.Tracer):
-      bad = ~(jnp.isfinite(x) & (x > 0))
-      if bool(jnp.any(bad)):
-        raise ValueError(f"{name} must be positive and finite, got {x}.")
+    if not isinstance(x, jax.core.Tracer):   # numpy: also inside a jit trace
+      concrete = np.asarray(x, np.float32)
+      if not np.all(np.isfinite(concrete) & (concrete > 0)):
+        raise ValueError(f"{name} must be positive and finite, got "
+                         f"{concrete}.")
     x = jnp.broadcast_to(x.astype(jnp.float32).reshape(-1), (heads[name],))
     if heads[name] != plan.num_q_heads:      # one K/V head per GQA group
       x = jnp.repeat(x, plan.group)
-    columns.append(x)
+    # a traced non-positive descale poisons the output with NaN
+    columns.append(jnp.where(jnp.isfinite(x) & (x > 0), x, jnp.nan))
   columns.append(jnp.zeros((plan.num_q_heads,), jnp.float32))
   return jnp.stack(columns, axis=1)
 

@@ -229,3 +229,14 @@ def test_accuracy_benchmark_writes_its_table(tmp_path):
   md = (tmp_path / "acc.md").read_text()
   assert "| normal | False |" in md and "| outliers | False |" in md
   assert "fp8_e4m3_rotated" in md and "error" not in md.split("|---")[1]
+
+
+def test_traced_nonpositive_descale_gives_nan_not_garbage():
+  """Under jit a descale is a tracer and cannot be checked at trace time: a
+  non-positive one turns the output into NaN."""
+  q8, qd = fp8.quantize(jax.random.normal(jax.random.key(8), (1, 64, 2, 64)))
+  f = jax.jit(lambda d: flashjax.attention(q8, q8, q8, q_descale=qd,
+                                           k_descale=qd, v_descale=d))
+  assert bool(jnp.all(jnp.isfinite(f(qd).astype(jnp.float32))))
+  for bad in (0.0, -1.0):
+    assert bool(jnp.all(jnp.isnan(f(jnp.float32(bad)).astype(jnp.float32))))
