@@ -19,7 +19,10 @@ and a markdown table with the ratio to cuDNN from the same run.
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
 flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
 ``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
-tokamax_mosaic (needs tokamax installed). A peer that cannot run a case records
+tokamax_mosaic (needs tokamax installed); FP8 forward: flashjax_fp8 and
+cudnn_fp8 (cuDNN through JAX's internal API), both on e4m3 inputs quantised
+per tensor by ``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
+names the source dtype of the inputs). A peer that cannot run a case records
 its error in the row.
 """
 
@@ -79,9 +82,44 @@ def impls(causal: bool):
     return jax_attention.mha(q, k, v, segment_ids=None, causal=causal,
                              sm_scale=q.shape[-1] ** -0.5)
 
+  def flash_fp8(q8, k8, v8, qd, kd, vd):
+    return flashjax.attention(q8, k8, v8, causal=causal, q_descale=qd,
+                              k_descale=kd, v_descale=vd)
+
+  def cudnn_fp8(q8, k8, v8, qd, kd, vd):
+    # cuDNN's FP8 attention through JAX's internal API (the public one refuses
+    # FP8 in jax 0.11.2), with the same descales; the output scale stays 1.
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attn
+    one = jnp.ones((1, 1, 1, 1), jnp.float32)
+    params = {n: one for n in (
+        "amax_dQ", "amax_dK", "amax_dV", "amax_dP", "descale_s", "scale_s",
+        "scale_o", "descale_o", "descale_dO", "descale_dP", "scale_dQ",
+        "scale_dK", "scale_dV", "scale_dP")}
+    params.update(descale_q=qd.reshape(1, 1, 1, 1),
+                  descale_k=kd.reshape(1, 1, 1, 1),
+                  descale_v=vd.reshape(1, 1, 1, 1))
+    o = cudnn_attn.dot_product_attention(
+        q8, k8, v8, scale=q8.shape[-1] ** -0.5, use_fp8=True,
+        fp8_params=params, mask_type=(cudnn_attn.MaskType.CAUSAL if causal
+                                      else cudnn_attn.MaskType.NO_MASK))
+    return o[0] if isinstance(o, (tuple, list)) else o
+
   return {"flashjax": flash, "flashjax_mosaic": flash_mosaic, "cudnn": cudnn,
           "xla": xla, "jax_pallas_mha": pallas_mha,
-          "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic}
+          "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic,
+          "flashjax_fp8": flash_fp8, "cudnn_fp8": cudnn_fp8}
+
+
+FP8_IMPLS = ("flashjax_fp8", "cudnn_fp8")
+
+
+def fp8_inputs(q, k, v):
+  """(q8, k8, v8, q_descale, k_descale, v_descale): e4m3, per-tensor amax
+  scales (what the FP8 impls take; quantised once, outside the timed call)."""
+  from flashjax import fp8
+  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, "float8_e4m3fn")
+                                  for x in (q, k, v))
+  return q8, k8, v8, qd, kd, vd
 
 
 def describe(e: Exception, limit: int = 200) -> str:
@@ -119,13 +157,14 @@ def peak_bytes(compiled):
              + mem.temp_size_in_bytes)
 
 
-def relerr(fn, q, k, v, causal):
+def relerr(fn, q, k, v, causal, fp8_impl=False):
   q, k, v = (x[:, :, :2] for x in (q, k, v))
   with jax.default_matmul_precision("highest"):
     ref = jax.jit(lambda q, k, v: flashjax.attention(
         q, k, v, causal=causal, backend="reference"))(
             *(x.astype(jnp.float32) for x in (q, k, v)))
-  out = jax.jit(fn)(q, k, v).astype(jnp.float32)
+  args = fp8_inputs(q, k, v) if fp8_impl else (q, k, v)
+  out = jax.jit(fn)(*args).astype(jnp.float32)
   return float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
 
 
@@ -145,15 +184,19 @@ def bench(args):
           for name, fn in impls(causal).items():
             if name not in args.impls:
               continue
+            fp8_impl = name in FP8_IMPLS
             try:
-              err = relerr(fn, *sets[0][:3], causal)
+              err = relerr(fn, *sets[0][:3], causal, fp8_impl)
             except Exception as e:  # noqa: BLE001 - record, keep going
               err = None
               print(f"  {name} relerr failed: {describe(e, 120)}", flush=True)
             for mode in args.modes:
+              if fp8_impl and mode != "fwd":
+                continue        # FP8 attention is forward only
               row = dict(impl=name, dtype=dtype, b=b, s=s, h=h, kv_h=h, d=d,
                          causal=causal, mode=mode, relerr=err)
-              inputs = [x if mode == "fwd_bwd" else x[:3] for x in sets]
+              inputs = [fp8_inputs(*x[:3]) if fp8_impl else
+                        x if mode == "fwd_bwd" else x[:3] for x in sets]
               try:
                 call = make_call(fn, mode).lower(*inputs[0]).compile()
                 row["peak_bytes"] = peak_bytes(call)
@@ -176,9 +219,10 @@ def table(rows):
       f"{n} ms (TFLOP/s, ×cuDNN)" for n in names) + " |",
            "|" + "---|" * (5 + len(names))]
   for (dtype, d, causal, mode, s), case in by_case.items():
-    ref = case.get("cudnn", {}).get("ms")
     cells = []
     for n in names:
+      # FP8 impls are compared with cuDNN's FP8 attention
+      ref = case.get("cudnn_fp8" if n in FP8_IMPLS else "cudnn", {}).get("ms")
       r = case.get(n)
       if r is None or "ms" not in r:
         cells.append("—" if r is None else "error")
@@ -247,7 +291,7 @@ def write_results(rows, meta, out: Path, with_plot: bool):
   md = (f"# Attention benchmark ({meta['device']}, jax {meta['jax']}, "
         f"{meta['date']})\n\n`{meta['command']}`\n\nEach line's impls ran one "
         f"after another in one process on the same inputs; ×cuDNN = cuDNN ms / "
-        f"impl ms.\n\n## Time: ms (TFLOP/s, ×cuDNN)\n\n{table(rows)}\n\n"
+        f"impl ms (cuDNN FP8 ms for the FP8 impls).\n\n## Time: ms (TFLOP/s, ×cuDNN)\n\n{table(rows)}\n\n"
         f"## Peak device memory of the call\n\n{memory_table(rows)}\n")
   out.with_suffix(".md").write_text(md)
   if with_plot:

@@ -39,7 +39,8 @@ def test_fwd_and_bwd_lower_for_cuda(head_dim, dtype):
 
   def loss(q, k, v, q_seg, kv_seg):
     o = flashjax.attention(q, k, v, causal=masked, q_segment_ids=q_seg,
-                           kv_segment_ids=kv_seg, interpret=False)
+                           kv_segment_ids=kv_seg, interpret=False,
+                           backend="triton")
     return jnp.sum(o.astype(jnp.float32))
 
   text = lower_for_h100(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv,
