@@ -50,10 +50,9 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
     backend: ``"mosaic"``: the Hopper kernels (Mosaic GPU: TMA, wgmma,
       warp specialisation; bf16/f16, head_dim 64/128 (96 padded));
       ``"triton"``: the portable Pallas kernels (Triton-lowered), any
-      case; ``"auto"``: mosaic on an sm_90 GPU when it takes the case and no
-      segment ids are given (mosaic's segment ids are not yet checked compiled
-      on a GPU), else triton (also on the CPU, in interpret mode;
-      :func:`explain` says which);
+      case; ``"auto"``: mosaic on an sm_90 GPU when it takes the case, else
+      triton (also on the CPU, in interpret mode; :func:`explain` says
+      which);
       ``"reference"``: dense jnp, O(N^2) memory, identical semantics.
     interpret: run the Pallas kernels in the interpreter (None: only when
       JAX has no GPU). False on a CPU-only host is for lowering (tests).

@@ -173,11 +173,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     # The Hopper kernels on an sm_90 GPU when they take the case; the portable
     # kernels otherwise (and always on the CPU, where they are interpreted).
     hopper = on_gpu and _is_sm90(jax.devices()[0])
-    # Not with segment ids yet: backend="mosaic" takes them, but they have
-    # been checked only in the interpreter and lowered, not run compiled on a
-    # GPU.
-    why_not = unsupported or (q_segment_ids is not None and
-                              "segment ids not yet checked compiled")
+    why_not = unsupported
     backend = "mosaic" if hopper and not why_not else "triton"
     log.debug("flashjax: backend auto -> %s (%s)", backend,
               "sm_90" if hopper and not why_not else

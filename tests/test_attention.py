@@ -220,8 +220,7 @@ class TestComposition:
     ("9.0", "bfloat16", False, "mosaic"),
     ("9.0", "float16", False, "mosaic"),
     ("9.0", "float32", False, "triton"),     # mosaic takes 16-bit only
-    ("9.0", "bfloat16", True, "triton"),     # mosaic's segment ids: not yet
-                                             # checked compiled on a GPU
+    ("9.0", "bfloat16", True, "mosaic"),     # packed sequences too
     ("8.0", "bfloat16", False, "triton"),    # not Hopper
 ])
 def test_auto_picks_the_hopper_kernel_on_sm90(monkeypatch, capability, dtype,

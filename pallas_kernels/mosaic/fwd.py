@@ -11,8 +11,7 @@ same source is tested on the CPU and compiled on the GPU
 (shared/mosaic-gpu-primer.md §4).
 
 Status: the core test suite passes compiled on the H100 and in the interpreter
-(race detector on); ``backend="auto"`` picks it on sm_90 (not yet with segment
-ids: those are checked in the interpreter and lowered, not yet run compiled).
+(race detector on); ``backend="auto"`` picks it on sm_90.
 """
 
 from __future__ import annotations
