@@ -37,7 +37,10 @@ BWD = [Blocks(64, 64, 4, 2), Blocks(64, 64, 8, 2), Blocks(128, 64, 8, 2),
        Blocks(128, 128, 8, 1), Blocks(32, 128, 8, 2)]
 MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
           MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(128, 4),
-          MosaicBlocks(256, 2), MosaicBlocks(256, 3)]
+          MosaicBlocks(256, 2), MosaicBlocks(256, 3),
+          # 128-row query tiles in dK/dV (the forward is the same as above)
+          MosaicBlocks(128, 2, 128), MosaicBlocks(64, 4, 128),
+          MosaicBlocks(128, 3, 128), MosaicBlocks(128, 4, 128)]
 
 
 def candidates(backend, mode, d, best):
@@ -45,7 +48,8 @@ def candidates(backend, mode, d, best):
   base = default_config(d)
   if backend == "mosaic":
     return [Config(fwd=base.fwd, bwd=base.bwd, mosaic=m) for m in MOSAIC
-            if m.smem_bytes(d, 2) <= SMEM_BYTES]
+            if m.smem_bytes(d, 2) <= SMEM_BYTES
+            and (mode == "fwd_bwd" or m.block_q_dkv == 64)]
   if mode == "fwd":
     return [Config(fwd=b, bwd=base.bwd) for b in FWD]
   return [Config(fwd=best["fwd"][1].fwd, bwd=b) for b in BWD]

@@ -77,26 +77,30 @@ MOSAIC_HEAD_DIMS = (64, 128)
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
   """Tiling of the Hopper kernels: rows of each streamed K/V tile (forward and
-  dQ; dK/dV streams 64-row query tiles) and the pipeline's stages."""
+  dQ), of each streamed query tile (dK/dV), and the pipelines' stages."""
 
   block_kv: int = 64
   stages: int = 2
+  block_q_dkv: int = 64
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
       raise ValueError(f"MosaicBlocks.block_kv must be 64, 128 or 256 (a wgmma "
                        f"N), got {self.block_kv}.")
+    if self.block_q_dkv not in (64, 128):
+      raise ValueError(f"MosaicBlocks.block_q_dkv must be 64 or 128, got "
+                       f"{self.block_q_dkv}.")
     if self.stages < 2:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
 
   def smem_bytes(self, head_dim: int, itemsize: int) -> int:
-    """The largest shared-memory footprint of the three kernels: owned tiles
-    (Q and O/dO, or K and V), the P/dS tile, and the streamed stages."""
+    """The largest shared-memory footprint of the three kernels compiled:
+    owned tiles (Q and O/dO, or K and V) and the streamed stages (P and dS
+    stay in registers; the 1-D L/D tiles and barriers fit in the slack)."""
     rows, wgs = MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS
-    fwd_dq = (2 * wgs * rows * head_dim + wgs * rows * self.block_kv
-              + self.stages * 2 * self.block_kv * head_dim)
-    dkdv = 2 * wgs * rows * head_dim + wgs * rows * rows + (
-        self.stages * 2 * rows * head_dim)
+    fwd_dq = 2 * wgs * rows * head_dim + self.stages * 2 * self.block_kv * head_dim
+    dkdv = (2 * wgs * rows * head_dim
+            + self.stages * 2 * self.block_q_dkv * head_dim)
     return max(fwd_dq, dkdv) * itemsize
 
 

@@ -15,7 +15,8 @@ Three views of the same rule:
   (kernels build the iotas, the reference passes ``arange``);
 * :meth:`MaskSpec.kv_block_range` / :meth:`MaskSpec.q_block_range` -- the range of
   tiles that can hold a visible entry, so fully masked tiles are skipped, not computed;
-  :meth:`MaskSpec.kv_full_range` -- the tiles with no masked entry, which need no mask;
+  :meth:`MaskSpec.kv_full_range` / :meth:`MaskSpec.q_full_range` -- the tiles with
+  no masked entry, which need no mask;
 * :func:`dense` -- the full ``[batch, seq_q, seq_kv]`` boolean mask for the reference.
 """
 
@@ -118,6 +119,27 @@ class MaskSpec:
       # the tile's first key is visible to the last row
       lo = _cdiv_nonneg(q_start + (block_q - 1 + self.offset - self.left),
                         block_kv)
+    return lo, hi
+
+  def q_full_range(self, kv_start, block_kv: int, block_q: int):
+    """Query tiles ``[lo, hi)`` every row of which sees every key ``kv_start ..
+    kv_start+block_kv-1`` (the dK/dV kernels' view of :meth:`kv_full_range`);
+    ``hi <= lo`` when there is none."""
+    if self.has_segments:
+      return 0, 0
+    # row i sees key j iff j - offset - right <= i <= j - offset + left
+    lo = 0
+    if self.right is not None:
+      # the tile's last key is visible to the first row
+      lo = _cdiv_nonneg(kv_start + (block_kv - 1 - self.offset - self.right),
+                        block_q)
+    # no padded key in the tile (kv_start may be traced)
+    hi = jnp.where(kv_start + block_kv <= self.seq_kv, jnp.iinfo(jnp.int32).max,
+                   0)
+    if self.left is not None:
+      # the tile's first key is visible to the last row
+      hi = jnp.minimum(hi, _div_nonneg(kv_start + (1 - self.offset + self.left),
+                                       block_q))
     return lo, hi
 
   def q_block_range(self, kv_start, block_kv: int, block_q: int,

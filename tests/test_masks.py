@@ -40,9 +40,14 @@ def test_ranges_match_the_predicate(seq_q, seq_kv, causal, window, block_q,
     lo, hi = (int(x) for x in spec.q_block_range(j * block_kv, block_kv,
                                                  block_q, num_q))
     assert set(np.flatnonzero(any_visible[:, j])) <= set(range(lo, hi))
+    a, b = (int(x) for x in spec.q_full_range(j * block_kv, block_kv, block_q))
+    assert set(range(max(a, 0), min(b, num_q))) == set(
+        np.flatnonzero(all_visible[:, j]))
 
 
 def test_segments_have_no_full_tiles():
   spec = MaskSpec(128, 128, has_segments=True)
   a, b = spec.kv_full_range(0, 64, 64)
+  assert b <= a
+  a, b = spec.q_full_range(0, 64, 64)
   assert b <= a

@@ -55,14 +55,18 @@ def test_interpreter_has_a_host_thread_per_warpgroup():
   assert len(pool) >= MOSAIC_COMPUTE_WGS + 2
 
 
-def test_three_stages_and_narrow_tiles():
-  """A non-default tiling: 3 pipeline stages, 64-row K/V tiles at d 64."""
+@pytest.mark.parametrize("blocks,window", [
+    (flashjax.MosaicBlocks(block_kv=64, stages=3), None),
+    (flashjax.MosaicBlocks(block_kv=128, stages=2, block_q_dkv=128), (70, 0)),
+], ids=["3-stages-64", "dkdv-128"])
+def test_other_tilings(blocks, window):
+  """Non-default tilings at d 64: 3 pipeline stages with 64-row K/V tiles;
+  128-row query tiles in dK/dV (GQA, with a window)."""
   config = flashjax.default_config(64)
-  config = flashjax.Config(fwd=config.fwd, bwd=config.bwd,
-                           mosaic=flashjax.MosaicBlocks(block_kv=64, stages=3))
-  check_attention(Case(dtype="float16", seq_q=250, seq_kv=330, num_q_heads=2,
-                       num_kv_heads=1, causal=True), backend="mosaic",
-                  config=config)
+  config = flashjax.Config(fwd=config.fwd, bwd=config.bwd, mosaic=blocks)
+  check_attention(Case(dtype="float16", seq_q=250, seq_kv=330, num_q_heads=4,
+                       num_kv_heads=2, causal=True, window=window),
+                  backend="mosaic", config=config)
 
 
 def test_tiling_over_shared_memory_is_refused():
@@ -70,7 +74,7 @@ def test_tiling_over_shared_memory_is_refused():
   config = flashjax.Config(fwd=config.fwd, bwd=config.bwd,
                            mosaic=flashjax.MosaicBlocks(block_kv=256, stages=3))
   q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
-  with pytest.raises(ValueError, match=r"config.mosaic = .* needs about 512 KiB"):
+  with pytest.raises(ValueError, match=r"config.mosaic = .* needs about 448 KiB"):
     jax.eval_shape(lambda q: flashjax.attention(
         q, q, q, backend="mosaic", config=config), q)
 
@@ -78,6 +82,7 @@ def test_tiling_over_shared_memory_is_refused():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(block_kv=96), "block_kv must be 64, 128 or 256"),
     (dict(stages=1), "stages must be >= 2"),
+    (dict(block_q_dkv=256), "block_q_dkv must be 64 or 128"),
 ])
 def test_bad_mosaic_blocks(kwargs, match):
   with pytest.raises(ValueError, match=match):

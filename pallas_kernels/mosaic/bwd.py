@@ -9,10 +9,10 @@ Two kernels on :func:`pipeline.streamed_loop`, each compute warpgroup owning
   GQA group that can see them. Sᵀ = K Qᵀ, Pᵀ = exp2(Sᵀ - L), dV += Pᵀ dO,
   dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D), dK += dSᵀ Q.
 
-P and dS go through shared memory to an SS wgmma, as in the forward, so the
-same source runs in the CPU interpreter. Status as the forward's: the core test
-suite passes compiled on the H100 and in the interpreter; segment ids only in
-the interpreter so far.
+P and dS are the register operands of the wgmmas that consume them (RS), with
+the forward's interpreter fallback (:func:`pipeline.mma_acc`). Status as the
+forward's: the core test suite passes compiled on the H100 and in the
+interpreter.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   kv_head = lax.div(h, jnp.int32(plan.group))
   head_dim = q_ref.shape[-1]
   rows = pl.ds(q_start, BLOCK_Q)
-  q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
+  q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
+  ds_tile = None if ds_smem is None else ds_smem.at[wg]
 
   def init():
     pipeline.load_owned(owned_barrier.at[wg], [
@@ -80,10 +81,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     ds = common.softcap_grad(p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
                              t)
     # dQ += dS K
-    ds_tile[...] = ds.astype(ds_tile.dtype)
-    plgpu.commit_smem()
-    return dq + pipeline.wgmma_ss(ds_tile, k_smem.at[slot],
-                                  (BLOCK_Q, head_dim))
+    return pipeline.mma_acc(dq, ds.astype(q_ref.dtype), k_smem.at[slot],
+                            ds_tile)
 
   def finish(dq):
     pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
@@ -98,23 +97,32 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                 dk_ref, dv_ref, k_smem, v_smem, pt_smem, q_smem, do_smem,
                 lse_smem, delta_smem, owned_barrier, q_full, do_full, lse_full,
-                delta_full, q_free, *, plan: Plan, num_q_blocks: int,
-                needs_mask: bool):
+                delta_full, q_free, *, plan: Plan, block_q: int,
+                num_q_blocks: int, needs_mask: bool):
+  # k_ref/v_ref/dk_ref/dv_ref: [batch, seq_kv, kv_heads, d]; q_ref/do_ref:
+  # [batch, seq_q, heads, d]; lse_ref/delta_ref: [batch, heads, seq_q]. Each
+  # compute warpgroup owns BLOCK_Q keys; the streamed query tiles have block_q
+  # rows.
   b, kv_head, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
   cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
   kv_start = cta_start + wg * BLOCK_Q
   head_dim = k_ref.shape[-1]
   rows = pl.ds(kv_start, BLOCK_Q)
-  k_tile, v_tile, pt_tile = k_smem.at[wg], v_smem.at[wg], pt_smem.at[wg]
+  k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
+  pt_tile = None if pt_smem is None else pt_smem.at[wg]
   # Query tiles [q_lo, q_hi) of each of the group's heads can see this CTA's
-  # keys; the loop runs over (head in group, query tile) pairs.
+  # keys; the loop runs over (query tile, head in group) pairs, heads fastest,
+  # so the tiles this warpgroup's keys fully see are one range of j.
   q_lo, q_hi = plan.mask.q_block_range(cta_start, COMPUTE_WGS * BLOCK_Q,
-                                       BLOCK_Q, num_q_blocks)
-  per_head = q_hi - q_lo
+                                       block_q, num_q_blocks)
 
   def head_and_tile(j):
-    g = lax.div(j, per_head)
-    return kv_head * plan.group + g, q_lo + j - g * per_head
+    t = lax.div(j, jnp.int32(plan.group))
+    return kv_head * plan.group + (j - t * plan.group), q_lo + t
+
+  def full_range():
+    a, b = plan.mask.q_full_range(kv_start, BLOCK_Q, block_q)
+    return tuple((jnp.clip(x, q_lo, q_hi) - q_lo) * plan.group for x in (a, b))
 
   def init():
     pipeline.load_owned(owned_barrier.at[wg], [(k_ref.at[b, rows, kv_head], k_tile),
@@ -124,13 +132,13 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
   def step(j, slot, ready, carry, masked):
     dk, dv = carry
-    shape = (BLOCK_Q, BLOCK_Q)              # [keys, queries]
+    shape = (BLOCK_Q, block_q)              # [keys, queries]
     _, i = head_and_tile(j)
     # segment ids of the rows (keys) and of query tile i (first: latency
     # behind the waits)
     ids = None if not masked or seg_refs is None else pipeline.load_ids(
-        seg_refs[1].at[b, rows], seg_refs[0].at[b, pl.ds(i * BLOCK_Q,
-                                                          BLOCK_Q)])
+        seg_refs[1].at[b, rows], seg_refs[0].at[b, pl.ds(i * block_q,
+                                                          block_q)])
     for stream in range(4):
       ready(stream)
     lse2 = common.lse_log2_for_recompute(
@@ -140,22 +148,18 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf
     st, t = _scores(plan, pipeline.wgmma_ss(k_tile, q_slot.T, shape))
     if masked:
-      st = pipeline.mask_scores(plan.mask, st, kv_start, i * BLOCK_Q, ids,
+      st = pipeline.mask_scores(plan.mask, st, kv_start, i * block_q, ids,
                                 rows_are_keys=True)
     # Pᵀ = exp2(Sᵀ - L)
     pt = jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1]))
     # dV += Pᵀ dO
-    pt_tile[...] = pt.astype(pt_tile.dtype)
-    plgpu.commit_smem()
-    dv = dv + pipeline.wgmma_ss(pt_tile, do_slot, (BLOCK_Q, head_dim))
+    dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile)
     # dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D)
     dpt = pipeline.wgmma_ss(v_tile, do_slot.T, shape)
     dst = common.softcap_grad(
         pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
-    # dK += dSᵀ Q   (dSᵀ reuses Pᵀ's buffer: its wgmma has completed)
-    pt_tile[...] = dst.astype(pt_tile.dtype)
-    plgpu.commit_smem()
-    dk = dk + pipeline.wgmma_ss(pt_tile, q_slot, (BLOCK_Q, head_dim))
+    # dK += dSᵀ Q   (SS form: dSᵀ reuses Pᵀ's buffer, its wgmma has completed)
+    dk = pipeline.mma_acc(dk, dst.astype(q_ref.dtype), q_slot, pt_tile)
     return dk, dv
 
   def finish(carry):
@@ -165,14 +169,11 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
   def tile_of(j):
     head, i = head_and_tile(j)
-    return head, pl.ds(i * BLOCK_Q, BLOCK_Q)
+    return head, pl.ds(i * block_q, block_q)
 
   pipeline.streamed_loop(
-      wg=wg, lo=0, hi=plan.group * per_head, free=q_free, init=init, step=step,
-      finish=finish,
-      # every tile masked: the loop interleaves the group's heads, so the
-      # fully visible Q tiles are not one range of j.
-      full=None if not needs_mask else (0, 0),
+      wg=wg, lo=0, hi=plan.group * (q_hi - q_lo), free=q_free, init=init,
+      step=step, finish=finish, full=full_range() if needs_mask else None,
       streams=[
           pipeline.Stream(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
                           q_smem, q_full),
@@ -193,6 +194,7 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   batch, seq_q, num_heads, head_dim = q.shape
   _, seq_kv, num_kv_heads, _ = k.shape
   bkv, stages = plan.config.mosaic.block_kv, plan.config.mosaic.stages
+  bq = plan.config.mosaic.block_q_dkv
   needs_mask = not plan.mask.is_trivial(seq_kv)
   seg_refs = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments
               else None)
@@ -203,6 +205,10 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
                                  for shape, dtype in shape_dtypes]
   streamed = lambda *shape_dtypes: [plgpu.SMEM((stages, *shape), dtype)
                                     for shape, dtype in shape_dtypes]
+  # P/dS tiles in shared memory: the interpreter's SS form only (compiled, they
+  # are the wgmmas' register operands)
+  ds_or_pt = lambda shape: (plgpu.SMEM((COMPUTE_WGS, *shape), q.dtype)
+                            if plan.interpret else None)
   cta = COMPUTE_WGS * BLOCK_Q
   dq = plgpu.kernel(
       functools.partial(dq_kernel, plan=plan, block_kv=bkv,
@@ -213,27 +219,26 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
       out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
       scratch_types=(
           *owned(((BLOCK_Q, head_dim), q.dtype), ((BLOCK_Q, head_dim), q.dtype),
-                 ((BLOCK_Q,), jnp.float32), ((BLOCK_Q,), jnp.float32),
-                 ((BLOCK_Q, bkv), q.dtype)),
+                 ((BLOCK_Q,), jnp.float32), ((BLOCK_Q,), jnp.float32)),
+          ds_or_pt((BLOCK_Q, bkv)),
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
           plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages)),
       compiler_params=params, interpret=interpret,
   )(q, k, v, do, lse, delta, seg_refs)
   dk, dv = plgpu.kernel(
-      functools.partial(dkdv_kernel, plan=plan, num_q_blocks=seq_q // BLOCK_Q,
-                        needs_mask=needs_mask),
+      functools.partial(dkdv_kernel, plan=plan, block_q=bq,
+                        num_q_blocks=seq_q // bq, needs_mask=needs_mask),
       grid=(num_kv_heads, seq_kv // cta, batch),
       grid_names=("heads", "tile", "batch"),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
       scratch_types=(
-          *owned(((BLOCK_Q, head_dim), k.dtype), ((BLOCK_Q, head_dim), v.dtype),
-                 ((BLOCK_Q, BLOCK_Q), q.dtype)),
-          *streamed(((BLOCK_Q, head_dim), q.dtype),
-                    ((BLOCK_Q, head_dim), q.dtype), ((BLOCK_Q,), jnp.float32),
-                    ((BLOCK_Q,), jnp.float32)),
+          *owned(((BLOCK_Q, head_dim), k.dtype), ((BLOCK_Q, head_dim), v.dtype)),
+          ds_or_pt((BLOCK_Q, bq)),
+          *streamed(((bq, head_dim), q.dtype), ((bq, head_dim), q.dtype),
+                    ((bq,), jnp.float32), ((bq,), jnp.float32)),
           plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=4, stages=stages)),
       compiler_params=params, interpret=interpret,

@@ -3,12 +3,16 @@
 Each CTA owns ``2 · BLOCK_Q`` query rows: two compute warpgroups of
 ``BLOCK_Q`` rows each, plus one producer warpgroup that streams the K/V tiles
 the CTA can see (causal/window tiles outside are skipped) through
-:func:`pipeline.streamed_loop`. Both matmuls are wgmma:
-S = Q Kᵀ from shared memory, and O += P V with P written to shared memory
-first (SS form). That form, and accumulating O as ``acc + (P V)`` rather than
-in place, is what Mosaic GPU's CPU interpreter can run in jax 0.11.2, so the
-same source is tested on the CPU and compiled on the GPU
-(shared/mosaic-gpu-primer.md §4).
+:func:`pipeline.streamed_loop`. Both matmuls are wgmma: S = Q Kᵀ from shared
+memory, and O += P V with P as the register operand, accumulated in place
+(RS form). The two compute warpgroups ping-pong on a schedule barrier, so one
+warpgroup's softmax overlaps the other's matmuls (FlashAttention 3).
+
+Mosaic GPU's CPU interpreter (jax 0.11.2) cannot run an RS wgmma or an
+in-place accumulator; in interpret mode P goes through shared memory to an SS
+wgmma instead (:func:`pipeline.mma_acc`), the one place the two forms differ
+(shared/mosaic-gpu-primer.md §4). The RS form is lowered for CUDA in the tests
+and run compiled on the H100.
 
 Status: the core test suite passes compiled on the H100 and in the interpreter
 (race detector on); ``backend="auto"`` picks it on sm_90.
@@ -32,24 +36,34 @@ from pallas_kernels.mosaic import pipeline
 
 
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, o_ref, lse_ref, q_smem, k_smem,
-               v_smem, p_smem, lse_smem, q_barrier, k_full, v_full, kv_free, *,
-               plan: Plan, block_kv: int, num_kv_blocks: int):
+               v_smem, p_smem, lse_smem, q_barrier, schedule, k_full, v_full,
+               kv_free, *, plan: Plan, block_kv: int, num_kv_blocks: int):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref/v_ref: [batch, seq_kv, kv_heads,
   # d]; lse_ref: [batch, heads, seq_q]; seg_refs: None or the int32 segment ids
   # ([batch, seq_q], [batch, seq_kv]). q_smem holds Q, then O, per compute
-  # warpgroup; k_smem/v_smem are the streamed K/V slots.
+  # warpgroup; k_smem/v_smem are the streamed K/V slots; p_smem: P's tile per
+  # warpgroup in the interpreter's SS form, None when compiled (RS form).
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
   cta_start = lax.axis_index("q_tile") * (COMPUTE_WGS * BLOCK_Q)
   q_start = cta_start + wg * BLOCK_Q
   kv_head = lax.div(h, jnp.int32(plan.group))
   dtype = q_ref.dtype
   head_dim = q_ref.shape[-1]
-  q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
+  q_tile = q_smem.at[wg]
+  p_tile = None if p_smem is None else p_smem.at[wg]
 
   rows = pl.ds(q_start, BLOCK_Q)
 
+  def sync():
+    # Ping-pong (FlashAttention 3): the two compute warpgroups meet here twice
+    # a step, half a step apart, so one's softmax runs while the other's
+    # wgmmas hold the tensor cores.
+    plgpu.barrier_arrive(schedule)
+    plgpu.barrier_wait(schedule)
+
   def init():
     pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
+    pl.when(wg == 1)(sync)             # warpgroup 1 starts half a step behind
     return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
             jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
             jnp.zeros((BLOCK_Q,), jnp.float32))
@@ -62,22 +76,32 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, o_ref, lse_ref, q_smem, k_smem,
         seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                           block_kv)])
     ready(0)
-    # S = scale · Q Kᵀ (log2 units; softcap: c · tanh(scale · Q Kᵀ / c))
-    s, _ = common.logits(
-        pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_kv)),
-        scale=plan.scale, softcap=plan.softcap)
+
+    # S = Q Kᵀ; while it runs, hand over to the other warpgroup
+    def qk(acc_ref):
+      plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
+      sync()
+      return acc_ref[...]
+    s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
+    # scaled logits in log2 units (softcap: c · tanh(scale · Q Kᵀ / c))
+    s, _ = common.logits(s, scale=plan.scale, softcap=plan.softcap)
     if masked:
       s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-    # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
+    # P = exp2(S - m_new), l_new = alpha · l + rowsum(P), acc = alpha · acc
     p, m, l, alpha = common.online_softmax_step(s, m, l)
-    # acc = alpha · acc + P V   (P through shared memory: an SS wgmma)
-    p_tile[...] = p.astype(dtype)
-    plgpu.commit_smem()
+    acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+    p = p.astype(dtype)
+    # the softmax is done before the hand-over (the order matters for speed,
+    # as in JAX's attention_mgpu)
+    acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
+    plgpu.barrier_arrive(schedule)
     ready(1)
-    pv = pipeline.wgmma_ss(p_tile, v_smem.at[slot], (BLOCK_Q, head_dim))
-    return acc * lax.broadcast_in_dim(alpha, acc.shape, [0]) + pv, m, l
+    plgpu.barrier_wait(schedule)
+    # acc += P V
+    return pipeline.mma_acc(acc, p, v_smem.at[slot], p_tile), m, l
 
   def finish(carry):
+    pl.when(wg == 0)(sync)             # ... and warpgroup 0 ends half a step on
     # O = acc / l, L = m + log l; O goes out through Q's shared memory.
     o, lse = common.finalize(*carry)
     pipeline.store([(o, q_tile, o_ref.at[b, rows, h]),
@@ -122,9 +146,11 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None):
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), q.dtype),
           plgpu.SMEM((stages, bkv, head_dim), q.dtype),
           plgpu.SMEM((stages, bkv, head_dim), q.dtype),
-          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), q.dtype),
+          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), q.dtype) if plan.interpret
+          else None,
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
+          plgpu.Barrier(num_arrivals=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages)),
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,

@@ -151,6 +151,24 @@ def wgmma_ss(a, b, shape):
   return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
 
+def mma_acc(acc, a, b, a_smem=None):
+  """``acc + a @ b`` on the tensor cores: ``a`` a 16-bit register array in the
+  accumulator's layout (P or dS), ``b`` in shared memory, ``acc`` float32.
+
+  ``a_smem=None``: ``a`` is the wgmma's register operand and the product
+  accumulates into ``acc`` in place (FlashAttention 3's RS form; compiled
+  only). Otherwise ``a`` goes through ``a_smem`` to an SS wgmma added to
+  ``acc``: what Mosaic GPU's CPU interpreter can run in jax 0.11.2, used there.
+  """
+  if a_smem is None:
+    def run(acc_ref):
+      plgpu.wgmma(acc_ref, a, b)
+    return pl.run_state(run)(plgpu.ACC.init(acc))
+  a_smem[...] = a
+  plgpu.commit_smem()
+  return acc + wgmma_ss(a_smem, b, acc.shape)
+
+
 def index_tiles(row_start, col_start, shape):
   """int32 row and column index tiles in the wgmma accumulator layout."""
   def iota(dim, start):
