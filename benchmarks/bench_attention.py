@@ -19,9 +19,10 @@ and a markdown table with the ratio to cuDNN from the same run.
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
 flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
 ``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
-tokamax_mosaic (needs tokamax installed); FP8 forward: flashjax_fp8 and
-cudnn_fp8 (cuDNN through JAX's internal API), both on e4m3 inputs quantised
-per tensor by ``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
+tokamax_mosaic (needs tokamax installed); FP8 forward: flashjax_fp8
+(portable), flashjax_fp8_mosaic (Hopper) and cudnn_fp8 (cuDNN through JAX's
+internal API), all on e4m3 inputs quantised per tensor by
+``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
 names the source dtype of the inputs). A peer that cannot run a case records
 its error in the row.
 """
@@ -86,6 +87,10 @@ def impls(causal: bool):
     return flashjax.attention(q8, k8, v8, causal=causal, q_descale=qd,
                               k_descale=kd, v_descale=vd)
 
+  def flash_fp8_mosaic(q8, k8, v8, qd, kd, vd):
+    return flashjax.attention(q8, k8, v8, causal=causal, q_descale=qd,
+                              k_descale=kd, v_descale=vd, backend="mosaic")
+
   def cudnn_fp8(q8, k8, v8, qd, kd, vd):
     # cuDNN's FP8 attention through JAX's internal API (the public one refuses
     # FP8 in jax 0.11.2), with the same descales; the output scale stays 1.
@@ -107,10 +112,11 @@ def impls(causal: bool):
   return {"flashjax": flash, "flashjax_mosaic": flash_mosaic, "cudnn": cudnn,
           "xla": xla, "jax_pallas_mha": pallas_mha,
           "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic,
-          "flashjax_fp8": flash_fp8, "cudnn_fp8": cudnn_fp8}
+          "flashjax_fp8": flash_fp8, "flashjax_fp8_mosaic": flash_fp8_mosaic,
+          "cudnn_fp8": cudnn_fp8}
 
 
-FP8_IMPLS = ("flashjax_fp8", "cudnn_fp8")
+FP8_IMPLS = ("flashjax_fp8", "flashjax_fp8_mosaic", "cudnn_fp8")
 
 
 def fp8_inputs(q, k, v):
@@ -208,9 +214,15 @@ def bench(args):
               yield row
 
 
+def case_key(r):
+  """Table order: dtype, head dim, causal, mode, then seq."""
+  return r["dtype"], r["d"], r["causal"], r["mode"], r["s"]
+
+
 def table(rows):
   """Markdown: one line per case, ms / TFLOP/s and ratio to cuDNN per impl."""
   names = list(dict.fromkeys(r["impl"] for r in rows))
+  rows = sorted(rows, key=case_key)
   by_case = {}
   for r in rows:
     by_case.setdefault((r["dtype"], r["d"], r["causal"], r["mode"], r["s"]),
@@ -241,7 +253,7 @@ def memory_table(rows):
   lines = ["| dtype | d | causal | mode | seq | " + " | ".join(
       f"{n} peak GiB" for n in names) + " |", "|" + "---|" * (5 + len(names))]
   cases = {}
-  for r in rows:
+  for r in sorted(rows, key=case_key):
     cases.setdefault((r["dtype"], r["d"], r["causal"], r["mode"], r["s"]),
                      {})[r["impl"]] = r
   for key, case in cases.items():

@@ -60,7 +60,9 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       runs the forward in FP8: Q, K, V quantised per tensor (amax scaling),
       P rounded to FP8 with its own scale, softmax statistics and accumulation
       in float32, O in the input dtype; the backward recomputes in the input
-      dtype (training). Portable kernels only (no Hopper FP8 kernel yet).
+      dtype (training). ``backend="mosaic"`` runs the Hopper FP8 forward
+      (checked in the interpreter and lowered, not yet run compiled, so
+      ``"auto"`` still picks the portable kernel for FP8).
     q_descale, k_descale, v_descale: with FP8 inputs (``float8_e4m3fn`` or
       ``float8_e5m2``, pre-quantised, e.g. by :func:`flashjax.fp8.quantize`):
       real value = fp8 value × descale; a scalar or one per head. Required;
@@ -144,7 +146,7 @@ def _first_order_only(kernel):
 
 def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, descale):
   if plan.backend == "mosaic":
-    return mosaic_kernels.forward(plan, q, k, v, q_seg, kv_seg)
+    return mosaic_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale)
   return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale)
 
 

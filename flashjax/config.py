@@ -145,11 +145,15 @@ def default_config(head_dim: int, itemsize: int = 2) -> Config:
     # d = 256 (not tuned): smaller tiles keep the accumulators in registers.
     config = Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
                     bwd=Blocks(32, 32, num_warps=8, num_stages=1))
-  # Mosaic: the H100 tuning of benchmarks/results/tune-mosaic-h100.json (bf16,
-  # batch 4 × seq 4096): d 64, 128-row K/V tiles in 4 stages were fastest
-  # causal (fwd and fwd+bwd) and within 2% of the best fwd+bwd non-causal
-  # (256 rows won the non-causal forward alone by 10%); d 128, 128 rows in 2
-  # stages were fastest in all four.
-  mosaic = MosaicBlocks(block_kv=128, stages=4 if head_dim <= 64 else 2)
+  # Mosaic: the H100 tuning of `benchmarks/tune_blocks.py --backend mosaic`
+  # (bf16, batch 4 × seq 4096) with the RS/ping-pong kernels. d 64
+  # (results/tune-mosaic-v2-d64-h100.json): 128-row K/V tiles in 2 stages and
+  # 128-row query tiles in dK/dV were fastest fwd+bwd, causal and not, with the
+  # forward within 1% of the best 128-row setting (256-row K/V tiles would
+  # speed the forward alone up by 6-12% but slow dQ down: one block size
+  # serves both). d 128 (results/raw/tune-mosaic-v2-d128-best-only.log): 128
+  # rows in 2 stages, 64-row dK/dV query tiles, fastest in all four.
+  mosaic = (MosaicBlocks(block_kv=128, stages=2, block_q_dkv=128)
+            if head_dim <= 64 else MosaicBlocks(block_kv=128, stages=2))
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic)

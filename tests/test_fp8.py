@@ -48,19 +48,23 @@ def _emulated(q, k, v, *, causal, fmt, p_rounding=True):
   return o
 
 
+BACKENDS = ["triton", "mosaic"]     # portable and Hopper FP8 forwards
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", fp8.FORMATS)
 @pytest.mark.parametrize("causal,shape,per_head", [
     (False, (2, 128, 128, 4, 4, 64), False),
     (True, (1, 200, 333, 8, 2, 128), True),       # GQA, odd lengths, per head
     (True, (2, 77, 77, 4, 1, 64), False),         # MQA
 ])
-def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head):
+def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
   b, sq, skv, hq, hkv, d = shape
   q, k, v = _inputs(jax.random.key(sq), b, sq, skv, hq, hkv, d)
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, fmt, per_head=per_head)
                                   for x in (q, k, v))
   o = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
-                         v_descale=vd, causal=causal)
+                         v_descale=vd, causal=causal, backend=backend)
   assert o.dtype == jnp.bfloat16 and o.shape == q.shape
   deq = [fp8.dequantize(x, s) for x, s in ((q8, qd), (k8, kd), (v8, vd))]
   ref = _emulated(*deq, causal=causal, fmt=fmt, p_rounding=False)
@@ -70,17 +74,19 @@ def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head):
   assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
 
 
-def test_policy_forward_is_the_prequantised_forward():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_policy_forward_is_the_prequantised_forward(backend):
   q, k, v = _inputs(jax.random.key(0), 1, 130, 130, 4, 2, 64)
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x) for x in (q, k, v))
   want = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
-                            v_descale=vd, causal=True)
-  got = flashjax.attention(q, k, v, causal=True, fp8=True)
+                            v_descale=vd, causal=True, backend=backend)
+  got = flashjax.attention(q, k, v, causal=True, fp8=True, backend=backend)
   np.testing.assert_array_equal(np.asarray(got, np.float32),
                                 np.asarray(want, np.float32))
 
 
-def test_policy_gradients_run_in_bf16():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_policy_gradients_run_in_bf16(backend):
   """fp8=True: FP8 forward, bf16 backward. The gradients differ from the
   bf16 kernel's only through O and L of the FP8 forward, so they must be no
   further from the float32 gradient than that forward's O is from its
@@ -92,14 +98,37 @@ def test_policy_gradients_run_in_bf16():
   ref, ref_vjp = jax.vjp(lambda *x: flashjax.attention(
       *x, causal=True, backend="reference"),
       *(x.astype(jnp.float32) for x in (q, k, v)))
-  o, vjp = jax.vjp(lambda *x: flashjax.attention(*x, causal=True, fp8=True),
-                   q, k, v)
+  o, vjp = jax.vjp(lambda *x: flashjax.attention(*x, causal=True, fp8=True,
+                                                backend=backend), q, k, v)
   grads, ref_grads = vjp(do.astype(q.dtype)), ref_vjp(do)
   o_err = rel(o, ref)
   assert 0 < o_err < 0.1, o_err                 # FP8's ~2^-4 rounding
   for g, r in zip(grads, ref_grads):
     assert g.dtype == jnp.bfloat16
     assert rel(g, r) <= o_err, (rel(g, r), o_err)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu",
+                    reason="the race detector is part of the CPU interpreter")
+def test_hopper_fp8_forward_has_no_races():
+  """The Hopper FP8 forward in Mosaic GPU's interpreter with its race
+  detector: more K/V tiles than pipeline stages, GQA, causal with packed
+  segment ids, per-head descales; it must agree with the portable FP8
+  kernel (the same math and, at 128-row K/V tiles, the same P rounding:
+  in the interpreter they agree to the bit; 1e-3 is far below FP8's
+  rounding, ~6e-2 here)."""
+  from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+  q, k, v = _inputs(jax.random.key(9), 1, 333, 333, 4, 2, 128)
+  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, per_head=True)
+                                  for x in (q, k, v))
+  seg = jnp.repeat(jnp.arange(3, dtype=jnp.int32), 111)[None]
+  run = lambda backend: flashjax.attention(
+      q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
+      q_segment_ids=seg, backend=backend).astype(jnp.float32)
+  interpret_pallas_call.reset_gpu_interpret_mode_state()
+  hopper = run("mosaic")
+  assert not interpret_pallas_call.get_races().races_found
+  np.testing.assert_allclose(hopper, run("triton"), atol=1e-3, rtol=0)
 
 
 def test_quantize_round_trip_and_scales():
@@ -165,8 +194,6 @@ ONE = jnp.float32(1.0)
      r"k_descale must be a scalar or have shape \(2,\)"),
     (dict(q_descale=ONE, k_descale=ONE, v_descale=ONE, out_dtype=jnp.float32),
      TypeError, "out_dtype for FP8 inputs must be one of"),
-    (dict(q_descale=ONE, k_descale=ONE, v_descale=ONE, backend="mosaic"),
-     NotImplementedError, "backend='mosaic' has no FP8 kernel yet"),
 ])
 def test_bad_fp8_input(kwargs, error, match):
   q = jnp.zeros(Q8.shape, Q8.dtype)
@@ -211,16 +238,35 @@ def test_fp8_needs_fp8_tensor_cores(monkeypatch):
     flashjax.explain(x, x, x, fp8=True)
 
 
-def test_fp8_forward_lowers_for_cuda():
+def test_auto_keeps_fp8_on_the_portable_kernel(monkeypatch):
+  """Until the Hopper FP8 forward has run compiled on a GPU, backend="auto"
+  picks the portable kernel for FP8 on sm_90; backend="mosaic" asks for it."""
+  class Hopper:
+    compute_capability = "9.0"
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *a: [Hopper()])
+  x = jax.ShapeDtypeStruct((1, 64, 2, 64), jnp.bfloat16)
+  assert flashjax.explain(x, x, x, fp8=True).startswith("triton: ")
+  assert flashjax.explain(x, x, x, fp8=True, backend="mosaic").startswith(
+      "mosaic: ")
+
+
+@pytest.mark.parametrize("backend,head_dim,fmt", [
+    ("triton", 128, "float8_e4m3fn"),
+    ("mosaic", 128, "float8_e4m3fn"),
+    ("mosaic", 64, "float8_e5m2"),
+])
+def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt):
+  """Compiled-mode lowering of both FP8 forwards against an abstract H100
+  (for Mosaic GPU: 8-bit wgmma operand layouts, V's K-major tile, SMEM)."""
   def f(q8, k8, v8, d):
     return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
-                              v_descale=d, causal=True, interpret=False)
-  text = lower_for_h100(f, jax.ShapeDtypeStruct((1, 300, 4, 128),
-                                                jnp.float8_e4m3fn),
-                        KV8.update(shape=(1, 300, 2, 128)),
-                        KV8.update(shape=(1, 300, 2, 128)),
+                              v_descale=d, causal=True, interpret=False,
+                              backend=backend)
+  kv = jax.ShapeDtypeStruct((1, 300, 2, head_dim), jnp.dtype(fmt))
+  text = lower_for_h100(f, kv.update(shape=(1, 300, 4, head_dim)), kv, kv,
                         jax.ShapeDtypeStruct((), jnp.float32)).as_text()
-  assert "triton" in text
+  assert ("triton" if backend == "triton" else "mosaic_gpu") in text
 
 
 def test_accuracy_benchmark_writes_its_table(tmp_path):

@@ -82,7 +82,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                              t)
     # dQ += dS K
     return pipeline.mma_acc(dq, ds.astype(q_ref.dtype), k_smem.at[slot],
-                            ds_tile)
+                            ds_tile, in_place=not plan.interpret)
 
   def finish(dq):
     pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
@@ -153,13 +153,15 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     # Pᵀ = exp2(Sᵀ - L)
     pt = jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1]))
     # dV += Pᵀ dO
-    dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile)
+    dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile,
+                          in_place=not plan.interpret)
     # dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D)
     dpt = pipeline.wgmma_ss(v_tile, do_slot.T, shape)
     dst = common.softcap_grad(
         pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
     # dK += dSᵀ Q   (SS form: dSᵀ reuses Pᵀ's buffer, its wgmma has completed)
-    dk = pipeline.mma_acc(dk, dst.astype(q_ref.dtype), q_slot, pt_tile)
+    dk = pipeline.mma_acc(dk, dst.astype(q_ref.dtype), q_slot, pt_tile,
+                          in_place=not plan.interpret)
     return dk, dv
 
   def finish(carry):

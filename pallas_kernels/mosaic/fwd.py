@@ -14,6 +14,13 @@ wgmma instead (:func:`pipeline.mma_acc`), the one place the two forms differ
 (shared/mosaic-gpu-primer.md §4). The RS form is lowered for CUDA in the tests
 and run compiled on the H100.
 
+FP8 (Q, K, V pre-quantised, or quantised by the ``fp8=True`` policy): the same
+loop with S rescaled by the q·k descale, P scaled by the format's largest value
+and rounded to FP8 into shared memory for an SS wgmma (jax 0.11.2 cannot turn
+an accumulator into an 8-bit register operand), and V transposed by XLA to
+``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must
+be K-major). Checked in the interpreter and lowered; not yet run on a GPU.
+
 Status: the core test suite passes compiled on the H100 and in the interpreter
 (race detector on); ``backend="auto"`` picks it on sm_90.
 """
@@ -35,24 +42,38 @@ from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
 
 
-def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, o_ref, lse_ref, q_smem, k_smem,
-               v_smem, p_smem, lse_smem, q_barrier, schedule, k_full, v_full,
-               kv_free, *, plan: Plan, block_kv: int, num_kv_blocks: int):
-  # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref/v_ref: [batch, seq_kv, kv_heads,
-  # d]; lse_ref: [batch, heads, seq_q]; seg_refs: None or the int32 segment ids
-  # ([batch, seq_q], [batch, seq_kv]). q_smem holds Q, then O, per compute
-  # warpgroup; k_smem/v_smem are the streamed K/V slots; p_smem: P's tile per
-  # warpgroup in the interpreter's SS form, None when compiled (RS form).
+def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
+               q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
+               schedule, k_full, v_full, kv_free, *, plan: Plan, block_kv: int,
+               num_kv_blocks: int):
+  # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
+  # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
+  # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
+  # [batch, seq_kv]); descale_ref: None or (FP8) float32 [heads, 2, BLOCK_Q],
+  # each head's q·k descale and v descale / P's scale, repeated per row.
+  # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
+  # (FP8: O is not in Q's dtype); k_smem/v_smem are the streamed K/V slots;
+  # p_smem: P's tile per warpgroup for an SS wgmma (FP8, or the interpreter),
+  # None when P is the register operand.
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
   cta_start = lax.axis_index("q_tile") * (COMPUTE_WGS * BLOCK_Q)
   q_start = cta_start + wg * BLOCK_Q
   kv_head = lax.div(h, jnp.int32(plan.group))
-  dtype = q_ref.dtype
+  fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
   q_tile = q_smem.at[wg]
+  o_tile = (q_smem if o_smem is None else o_smem).at[wg]
   p_tile = None if p_smem is None else p_smem.at[wg]
+  # FP8: P is scaled by the format's largest value before it is rounded
+  p_dtype, p_scale = ((fp8, float(jnp.finfo(fp8).max)) if fp8 else
+                      (q_ref.dtype, None))
 
   rows = pl.ds(q_start, BLOCK_Q)
+
+  def descale(i):
+    # FP8: row i of this head's descales, in the accumulator's row layout
+    return plgpu.load(descale_ref.at[h, i], layout=pipeline.ROW,
+                      optimized=False)
 
   def sync():
     # Ping-pong (FlashAttention 3): the two compute warpgroups meet here twice
@@ -70,11 +91,12 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, o_ref, lse_ref, q_smem, k_smem,
 
   def step(j, slot, ready, carry, masked):
     acc, m, l = carry
-    # segment ids of the rows and of tile j, read first so that their latency
-    # hides behind the wait for K and the Q Kᵀ wgmma
+    # segment ids of the rows and of tile j, and FP8's descales, read first so
+    # that their latency hides behind the wait for K and the Q Kᵀ wgmma
     ids = None if not masked or seg_refs is None else pipeline.load_ids(
         seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                           block_kv)])
+    qk_descale = descale(0) if fp8 else None
     ready(0)
 
     # S = Q Kᵀ; while it runs, hand over to the other warpgroup
@@ -83,6 +105,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, o_ref, lse_ref, q_smem, k_smem,
       sync()
       return acc_ref[...]
     s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
+    if fp8:
+      s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
     # scaled logits in log2 units (softcap: c · tanh(scale · Q Kᵀ / c))
     s, _ = common.logits(s, scale=plan.scale, softcap=plan.softcap)
     if masked:
@@ -90,43 +114,59 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, o_ref, lse_ref, q_smem, k_smem,
     # P = exp2(S - m_new), l_new = alpha · l + rowsum(P), acc = alpha · acc
     p, m, l, alpha = common.online_softmax_step(s, m, l)
     acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-    p = p.astype(dtype)
     # the softmax is done before the hand-over (the order matters for speed,
-    # as in JAX's attention_mgpu)
+    # as in JAX's attention_mgpu); FP8 rounds P after it (Mosaic GPU has no
+    # optimisation barrier over 8-bit registers)
+    p = p * p_scale if fp8 else p.astype(p_dtype)
     acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
     plgpu.barrier_arrive(schedule)
     ready(1)
     plgpu.barrier_wait(schedule)
-    # acc += P V
-    return pipeline.mma_acc(acc, p, v_smem.at[slot], p_tile), m, l
+    # acc += P V   (FP8: V's tile is [d, block_kv], K-major as wgmma needs)
+    v_tile = v_smem.at[slot].T if fp8 else v_smem.at[slot]
+    acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_tile, p_tile,
+                           in_place=not plan.interpret)
+    return acc, m, l
 
   def finish(carry):
     pl.when(wg == 0)(sync)             # ... and warpgroup 0 ends half a step on
-    # O = acc / l, L = m + log l; O goes out through Q's shared memory.
+    # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
+    # through shared memory.
     o, lse = common.finalize(*carry)
-    pipeline.store([(o, q_tile, o_ref.at[b, rows, h]),
+    if fp8:
+      o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
+    pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
                     (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])])
 
   pipeline.kv_loop(
       plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
       k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full, free=kv_free,
       batch=b, kv_head=kv_head, block_kv=block_kv, num_kv_blocks=num_kv_blocks,
-      init=init, step=step, finish=finish)
+      init=init, step=step, finish=finish, v_transposed=bool(fp8))
 
 
-def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None):
+def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
+            descale=None):
   """Run the Hopper forward on padded inputs.
 
   Args:
-    q: ``[batch, seq_q, num_q_heads, head_dim]``, bf16/f16, seq_q a multiple of
-      ``2 · BLOCK_Q``, head_dim 64 or 128.
-    k, v: ``[batch, seq_kv, num_kv_heads, head_dim]``, seq_kv a multiple of
-      ``plan.config.mosaic.block_kv``.
+    q: ``[batch, seq_q, num_q_heads, head_dim]``, bf16/f16 (or FP8 under
+      ``plan.fp8``), seq_q a multiple of ``2 · BLOCK_Q``, head_dim 64 or 128.
+    k, v: ``[batch, seq_kv, num_kv_heads, head_dim]``, q's dtype, seq_kv a
+      multiple of ``plan.config.mosaic.block_kv``.
     q_segment_ids, kv_segment_ids: int32 ``[batch, seq_q]`` /
       ``[batch, seq_kv]``, or None.
+    descale: FP8 only: float32 ``[num_q_heads, 4]``, each query head's q, k
+      and v descales (:func:`flashjax.checks.check_descales`).
+
+  FP8: wgmma takes 8-bit operands only K-major, so V is transposed to
+  ``[batch, kv_heads, d, seq_kv]`` by XLA before the kernel (one pass over V;
+  under the ``fp8=True`` policy it fuses with the quantisation), and P goes
+  through shared memory (SS wgmma).
 
   Returns:
-    O like q, and L (natural log, float32) ``[batch, num_q_heads, seq_q]``.
+    O ``[batch, seq_q, num_q_heads, head_dim]`` in ``plan.dtype``, and L
+    (natural log, float32) ``[batch, num_q_heads, seq_q]``.
   """
   batch, seq_q, num_heads, head_dim = q.shape
   seq_kv = k.shape[1]
@@ -135,19 +175,29 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None):
                              num_kv_blocks=seq_kv // bkv)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
+  fp8 = plan.fp8
+  if fp8:
+    v = jnp.transpose(v, (0, 2, 3, 1))
+    p_scale = float(jnp.finfo(fp8).max)
+    descale = jnp.broadcast_to(
+        jnp.stack([descale[:, 0] * descale[:, 1], descale[:, 2] / p_scale],
+                  axis=1)[:, :, None], (num_heads, 2, BLOCK_Q))
+  v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
   return plgpu.kernel(
       kernel,
       grid=(num_heads, seq_q // (COMPUTE_WGS * BLOCK_Q), batch),
       grid_names=("heads", "q_tile", "batch"),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
-      out_type=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+      out_type=[jax.ShapeDtypeStruct(q.shape, plan.dtype),
                 jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],
       scratch_types=(
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), q.dtype),
-          plgpu.SMEM((stages, bkv, head_dim), q.dtype),
-          plgpu.SMEM((stages, bkv, head_dim), q.dtype),
-          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), q.dtype) if plan.interpret
+          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), plan.dtype) if fp8
           else None,
+          plgpu.SMEM((stages, bkv, head_dim), k.dtype),
+          plgpu.SMEM((stages, *v_tile), v.dtype),
+          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), q.dtype)
+          if plan.interpret or fp8 else None,
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
           plgpu.Barrier(num_arrivals=COMPUTE_WGS),
@@ -155,4 +205,4 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None):
       compiler_params=plgpu.CompilerParams(approx_math=True),
       interpret=interpret,
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
-      else None)
+      else None, descale if fp8 else None)

@@ -100,11 +100,13 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish,
 
 def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
             v_full, free, batch, kv_head, block_kv: int, num_kv_blocks: int,
-            init, step, finish):
+            init, step, finish, v_transposed: bool = False):
   """:func:`streamed_loop` over the K/V tiles (streams 0: K, 1: V) that some
   row of the CTA's ``COMPUTE_WGS · 64`` query rows from ``cta_start`` can see
   under ``mask`` (the forward and dQ kernels); the rest are skipped. Each
-  compute warpgroup masks only the tiles its own 64 rows do not fully see."""
+  compute warpgroup masks only the tiles its own 64 rows do not fully see.
+  ``v_transposed``: V is ``[batch, kv_heads, d, seq_kv]`` (FP8) and its tiles
+  ``[d, block_kv]``."""
   lo, hi = mask.kv_block_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
                                block_kv, num_kv_blocks)
   full = (None if mask.is_trivial(num_kv_blocks * block_kv) else
@@ -116,8 +118,9 @@ def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
       full=full,
       streams=[Stream(lambda j: k_ref.at[batch, rows(j), kv_head], k_smem,
                       k_full),
-               Stream(lambda j: v_ref.at[batch, rows(j), kv_head], v_smem,
-                      v_full)])
+               Stream(lambda j: v_ref.at[batch, kv_head, :, rows(j)]
+                      if v_transposed else v_ref.at[batch, rows(j), kv_head],
+                      v_smem, v_full)])
 
 
 def load_owned(barrier, copies):
@@ -151,22 +154,28 @@ def wgmma_ss(a, b, shape):
   return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
 
-def mma_acc(acc, a, b, a_smem=None):
-  """``acc + a @ b`` on the tensor cores: ``a`` a 16-bit register array in the
-  accumulator's layout (P or dS), ``b`` in shared memory, ``acc`` float32.
+def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True):
+  """``acc + a @ b`` on the tensor cores: ``a`` a register array in the
+  accumulator's layout (P or dS, 16-bit or FP8), ``b`` in shared memory,
+  ``acc`` float32.
 
-  ``a_smem=None``: ``a`` is the wgmma's register operand and the product
-  accumulates into ``acc`` in place (FlashAttention 3's RS form; compiled
-  only). Otherwise ``a`` goes through ``a_smem`` to an SS wgmma added to
-  ``acc``: what Mosaic GPU's CPU interpreter can run in jax 0.11.2, used there.
+  ``a_smem=None``: ``a`` is the wgmma's register operand (FlashAttention 3's
+  RS form; 16-bit, compiled only). Otherwise ``a`` goes through ``a_smem`` to
+  an SS wgmma: what FP8 needs (jax 0.11.2 cannot relayout an accumulator into
+  an 8-bit register operand) and what Mosaic GPU's CPU interpreter can run.
+  ``in_place``: accumulate into ``acc`` (compiled); else add a fresh product
+  to it (the interpreter cannot run an in-place accumulator).
   """
-  if a_smem is None:
-    def run(acc_ref):
-      plgpu.wgmma(acc_ref, a, b)
-    return pl.run_state(run)(plgpu.ACC.init(acc))
-  a_smem[...] = a
-  plgpu.commit_smem()
-  return acc + wgmma_ss(a_smem, b, acc.shape)
+  if a_smem is not None:
+    a_smem[...] = a
+    plgpu.commit_smem()
+    a = a_smem
+  if not in_place:
+    return acc + wgmma_ss(a, b, acc.shape)
+
+  def run(acc_ref):
+    plgpu.wgmma(acc_ref, a, b)
+  return pl.run_state(run)(plgpu.ACC.init(acc))
 
 
 def index_tiles(row_start, col_start, shape):
