@@ -87,8 +87,10 @@ MODEL_FLAGS = {
     "attention": "flash (flashjax kernel), dense (XLA dense attention) or cudnn "
                  "(jax.nn.dot_product_attention, GPU only)",
     "attn_dtype": "flash attention's forward: compute (the compute dtype) or "
-                  "fp8 (FP8 forward, bf16 backward; needs --dtype bfloat16)",
-    "dtype": "compute dtype: float32 or bfloat16 (parameters stay float32)",
+                  "fp8 (FP8 forward, backward in the compute dtype; needs "
+                  "--dtype bfloat16 or float16)",
+    "dtype": "compute dtype: float32, bfloat16 or float16 (parameters stay "
+             "float32; float16 trains with dynamic loss scaling)",
     "remat": "recompute each block's activations in the backward pass",
 }
 TRAIN_FLAGS = {
@@ -112,7 +114,8 @@ def default_preset() -> str:
 
 
 CHOICES = {"attention": transformer.ATTENTIONS, "mlp": ("swiglu", "gelu"),
-           "dtype": ("float32", "bfloat16"), "attn_dtype": ("compute", "fp8")}
+           "dtype": ("float32", "bfloat16", "float16"),
+           "attn_dtype": ("compute", "fp8")}
 # --compare kinds: name -> ModelConfig fields; "flash" is the run's own model.
 COMPARE_KINDS = {"dense": dict(attention="dense", attn_dtype="compute"),
                  "cudnn": dict(attention="cudnn", attn_dtype="compute"),
@@ -206,26 +209,70 @@ def make_optimizer(train: TrainConfig):
   return tx, schedule
 
 
+@dataclasses.dataclass(frozen=True)
+class LossScale:
+  """Dynamic loss scaling for float16 compute (as NVIDIA's AMP and jmp): the
+  loss is multiplied by ``scale`` so that small float16 gradients do not
+  flush to zero; a step whose gradients overflow is skipped and halves the
+  scale, ``period`` good steps in a row double it."""
+
+  init: float = 2.0 ** 15
+  period: int = 2000
+  factor: float = 2.0
+
+
 def init_state(model: ModelConfig, tx, seed: int) -> dict:
-  """The train state pytree: ``{"step": int32 [], "params", "opt_state"}``."""
+  """The train state pytree: ``{"step": int32 [], "params", "opt_state"}``,
+  plus ``loss_scale`` (float32) and ``good_steps`` (int32) with float16
+  compute. Checkpoints keep params and opt_state; a resumed float16 run
+  starts again from the initial loss scale."""
   params = transformer.init_params(model, seed)
-  return {"step": jnp.zeros((), jnp.int32), "params": params,
-          "opt_state": tx.init(params)}
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "opt_state": tx.init(params)}
+  if model.dtype == "float16":
+    state["loss_scale"] = jnp.float32(LossScale.init)
+    state["good_steps"] = jnp.zeros((), jnp.int32)
+  return state
 
 
-def make_train_step(model: ModelConfig, tx, schedule):
+def make_train_step(model: ModelConfig, tx, schedule,
+                    loss_scale: LossScale = LossScale()):
   """jit ``(state, tokens int32 [batch, seq+1]) -> (state, metrics)``."""
 
   @jax.jit
   def train_step(state, tokens):
-    loss, grads = jax.value_and_grad(transformer.loss_fn)(
-        state["params"], model, tokens)
+    scaled = "loss_scale" in state
+    scale = state["loss_scale"] if scaled else 1.0
+
+    def loss_fn(params):
+      loss = transformer.loss_fn(params, model, tokens)
+      return loss * scale, loss
+    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    grads = jax.tree.map(lambda g: g / scale, grads) if scaled else grads
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1,
                  "params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                       "lr": schedule(state["step"])}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "lr": schedule(state["step"])}
+    if scaled:
+      # overflow: keep params and optimizer state, halve the scale; else
+      # count the good step and double the scale after `period` of them
+      finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g))
+                                  for g in jax.tree.leaves(grads)]))
+      for key in ("params", "opt_state"):
+        new_state[key] = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_state[key],
+            state[key])
+      good = jnp.where(finite, state["good_steps"] + 1, 0)
+      grow = good >= loss_scale.period
+      new_state["loss_scale"] = jnp.where(
+          finite, jnp.where(grow, scale * loss_scale.factor, scale),
+          jnp.maximum(scale / loss_scale.factor, 1.0))
+      new_state["good_steps"] = jnp.where(grow, 0, good)
+      metrics["loss_scale"] = scale
+    return new_state, metrics
 
   return train_step
 
@@ -375,7 +422,7 @@ def train(model: ModelConfig, cfg: TrainConfig, train_data, eval_data,
     # compiles once (Orbax returns them committed to a device, which costs a
     # second compilation).
     state = jax.tree.map(jnp.asarray, jax.device_get(
-        {"step": np.int32(step), **items}))
+        {**state, "step": np.int32(step), **items}))
     if (out / "metrics.csv").exists():
       history = [{**r, "step": int(r["step"])}
                  for r in read_csv(out / "metrics.csv") if int(r["step"]) < step]

@@ -12,8 +12,9 @@ Attention (``ModelConfig.attention``):
   dense attention in the compute dtype (O(N^2) memory): the usual baseline;
 * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")``, GPU only.
 
-``attn_dtype="fp8"`` (flash only, bfloat16 compute) runs flashjax's forward in
-FP8 (Q, K, V quantised per tensor on the fly) and its backward in bfloat16.
+``attn_dtype="fp8"`` (flash only, bfloat16 or float16 compute) runs flashjax's
+forward in FP8 (Q, K, V quantised per tensor on the fly) and its backward in the
+compute dtype.
 
 Generation uses a KV cache (:class:`KVCache`): :func:`prefill` runs the prompt
 through the configured causal attention and fills the cache; :func:`decode_step`
@@ -78,10 +79,12 @@ class ModelConfig:
     if self.attn_dtype not in ("compute", "fp8"):
       problems.append(f"attn_dtype must be 'compute' or 'fp8', got "
                       f"{self.attn_dtype!r}")
-    elif self.attn_dtype == "fp8" and (self.attention != "flash"
-                                       or self.dtype != "bfloat16"):
-      problems.append(f"attn_dtype='fp8' needs attention='flash' and dtype="
-                      f"'bfloat16', got attention={self.attention!r}, "
+    elif self.attn_dtype == "fp8" and (self.attention != "flash" or
+                                       self.dtype not in ("bfloat16",
+                                                          "float16")):
+      problems.append(f"attn_dtype='fp8' needs attention='flash' and dtype "
+                      f"'bfloat16' or 'float16', got attention="
+                      f"{self.attention!r}, "
                       f"dtype={self.dtype!r}")
     if problems:
       raise ValueError("ModelConfig: " + "; ".join(problems) + ".")
