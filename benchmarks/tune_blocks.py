@@ -6,14 +6,17 @@
 For each (head_dim, causal) at batch 4 × seq 4096 × (2048 / head_dim) heads,
 bf16. Triton: times the forward alone over FWD candidates (with the default
 backward), then forward+backward over BWD candidates (with the best forward).
-Mosaic: times forward and forward+backward over MOSAIC candidates that fit in
-shared memory. Prints the best of each; the defaults in flashjax/config.py cite
-these files.
+Mosaic: the forward's tiling over MOSAIC candidates, then the backward's over
+MOSAIC_BWD (forward+backward timed with the best forward); only tilings that fit
+in shared memory. Prints the best of each; the defaults in flashjax/config.py
+cite these files. The JSON is rewritten after every row, so a run cut short
+keeps what it timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -37,22 +40,31 @@ BWD = [Blocks(64, 64, 4, 2), Blocks(64, 64, 8, 2), Blocks(128, 64, 8, 2),
        Blocks(128, 128, 8, 1), Blocks(32, 128, 8, 2)]
 MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
           MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(128, 4),
-          MosaicBlocks(256, 2), MosaicBlocks(256, 3),
-          # 128-row query tiles in dK/dV (the forward is the same as above)
-          MosaicBlocks(128, 2, 128), MosaicBlocks(64, 4, 128),
-          MosaicBlocks(128, 3, 128), MosaicBlocks(128, 4, 128)]
+          MosaicBlocks(256, 2), MosaicBlocks(256, 3)]
+# the backward's own: the above with 128-row query tiles in dK/dV too
+MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC]
 
 
 def candidates(backend, mode, d, best):
   """The Configs to time for one mode (best: the fastest so far, by mode)."""
   base = default_config(d)
   if backend == "mosaic":
-    return [Config(fwd=base.fwd, bwd=base.bwd, mosaic=m) for m in MOSAIC
-            if m.smem_bytes(d, 2) <= SMEM_BYTES
-            and (mode == "fwd_bwd" or m.block_q_dkv == 64)]
+    # the forward's tiling first, then the backward's with that forward
+    if mode == "fwd":
+      return [dataclasses.replace(base, mosaic=m) for m in MOSAIC
+              if m.smem_bytes(d, 2) <= SMEM_BYTES]
+    return [dataclasses.replace(best["fwd"][1], mosaic_bwd=m)
+            for m in MOSAIC_BWD if m.smem_bytes(d, 2, backward=True)
+            <= SMEM_BYTES]
   if mode == "fwd":
     return [Config(fwd=b, bwd=base.bwd) for b in FWD]
   return [Config(fwd=best["fwd"][1].fwd, bwd=b) for b in BWD]
+
+
+def save(path, rows):
+  Path(path).write_text(json.dumps(dict(
+      device=jax.devices()[0].device_kind, jax=jax.__version__, rows=rows),
+      indent=1))
 
 
 def run(args):
@@ -70,7 +82,8 @@ def run(args):
           fn = lambda q, k, v, cfg=cfg: flashjax.attention(
               q, k, v, causal=causal, config=cfg, backend=args.backend)
           inputs = [s if mode == "fwd_bwd" else s[:3] for s in sets]
-          tiling = (cfg.mosaic if args.backend == "mosaic" else
+          tiling = ((cfg.mosaic if mode == "fwd" else cfg.mosaic_bwd)
+                    if args.backend == "mosaic" else
                     cfg.fwd if mode == "fwd" else cfg.bwd)
           row = dict(backend=args.backend, d=d, h=h, causal=causal, mode=mode,
                      blocks=str(tiling))
@@ -84,6 +97,7 @@ def run(args):
             row["error"] = describe(e)
           print(json.dumps(row), flush=True)
           rows.append(row)
+          save(args.out, rows)
       for mode, (ms, cfg) in best.items():
         print(f"BEST {args.backend} d={d} causal={causal} {mode}: {ms:.3f} ms "
               f"{cfg}", flush=True)
@@ -97,10 +111,7 @@ def main(argv=None):
   p.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
   p.add_argument("--backend", choices=["triton", "mosaic"], default="triton")
   args = p.parse_args(argv)
-  rows = run(args)
-  Path(args.out).write_text(json.dumps(dict(
-      device=jax.devices()[0].device_kind, jax=jax.__version__, rows=rows),
-      indent=1))
+  run(args)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def explain(q, k, v, **kwargs) -> str:
     return "reference: dense jnp attention (O(N^2) memory)"
   mode = "interpret mode (CPU)" if plan.interpret else "compiled"
   tiles = (f"Mosaic GPU, 2+1 warpgroups, CTA tiles {2 * MOSAIC_BLOCK_Q} rows, "
-           f"{plan.config.mosaic}"
+           f"forward {plan.config.mosaic}, backward {plan.config.mosaic_bwd}"
            if plan.backend == "mosaic" else
            f"Triton-lowered, fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}")
   return (f"{plan.backend}: Pallas kernels, {mode}; {tiles}; "

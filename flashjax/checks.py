@@ -72,7 +72,8 @@ class Plan:
     """seq_q rounded up to whole tiles of every kernel (blocks are powers of 2)."""
     tile = max(self.fwd_blocks.block_q, self.bwd_blocks.block_q)
     if self.backend == "mosaic":
-      tile = max(tile, MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
+      tile = max(tile, MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q,
+                 self.config.mosaic_bwd.block_q_dkv)
     return _round_up(self.mask.seq_q, tile)
 
   @property
@@ -80,6 +81,7 @@ class Plan:
     tile = max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv)
     if self.backend == "mosaic":
       tile = max(tile, self.config.mosaic.block_kv,
+                 self.config.mosaic_bwd.block_kv,
                  MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
     return _round_up(self.mask.seq_kv, tile)
 
@@ -188,11 +190,16 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
-  tilings = [("fwd", config.fwd), ("bwd", config.bwd)]
+  tilings = [("fwd", config.fwd, config.fwd.smem_bytes(head_dim_padded,
+                                                       itemsize)),
+             ("bwd", config.bwd, config.bwd.smem_bytes(head_dim_padded,
+                                                       itemsize))]
   if backend == "mosaic":
-    tilings.append(("mosaic", config.mosaic))
-  for name, blocks in tilings:
-    need = blocks.smem_bytes(head_dim_padded, itemsize)
+    tilings += [("mosaic", config.mosaic,
+                 config.mosaic.smem_bytes(head_dim_padded, itemsize)),
+                ("mosaic_bwd", config.mosaic_bwd, config.mosaic_bwd.smem_bytes(
+                    head_dim_padded, itemsize, backward=True))]
+  for name, blocks, need in tilings:
     if need > SMEM_BYTES:
       raise ValueError(
           f"config.{name} = {blocks} needs about {need // 1024} KiB of shared "

@@ -76,8 +76,9 @@ MOSAIC_HEAD_DIMS = (64, 128)
 
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
-  """Tiling of the Hopper kernels: rows of each streamed K/V tile (forward and
-  dQ), of each streamed query tile (dK/dV), and the pipelines' stages."""
+  """Tiling of one pass of the Hopper kernels: rows of each streamed K/V tile
+  (forward, dQ), of each streamed query tile (dK/dV; the forward ignores it),
+  and the pipeline's stages."""
 
   block_kv: int = 64
   stages: int = 2
@@ -93,25 +94,32 @@ class MosaicBlocks:
     if self.stages < 2:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
 
-  def smem_bytes(self, head_dim: int, itemsize: int) -> int:
-    """The largest shared-memory footprint of the three kernels compiled:
-    owned tiles (Q and O/dO, or K and V) and the streamed stages (P and dS
-    stay in registers; the 1-D L/D tiles and barriers fit in the slack)."""
+  def smem_bytes(self, head_dim: int, itemsize: int,
+                 backward: bool = False) -> int:
+    """Shared memory of the forward kernel, or (``backward``) the larger of the
+    dQ and dK/dV kernels, compiled: owned tiles (Q, with O written over it; Q
+    and dO; K and V) and the streamed stages (P and dS stay in registers; the
+    1-D L/D tiles and barriers fit in the slack). For FP8 inputs, ``itemsize``
+    2 (the output's) bounds the FP8 forward's footprint from above."""
     rows, wgs = MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS
-    fwd_dq = 2 * wgs * rows * head_dim + self.stages * 2 * self.block_kv * head_dim
-    dkdv = (2 * wgs * rows * head_dim
-            + self.stages * 2 * self.block_q_dkv * head_dim)
-    return max(fwd_dq, dkdv) * itemsize
+    if not backward:
+      return (wgs * rows * head_dim
+              + self.stages * 2 * self.block_kv * head_dim) * itemsize
+    streamed = max(self.block_kv, self.block_q_dkv)
+    return (2 * wgs * rows * head_dim
+            + self.stages * 2 * streamed * head_dim) * itemsize
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Tiling of the portable forward kernel and of its two backward kernels
-  (dQ, dK/dV), and of the Hopper kernels (``backend="mosaic"``)."""
+  (dQ, dK/dV), and of the Hopper kernels (``backend="mosaic"``): ``mosaic``
+  for the forward, ``mosaic_bwd`` for dQ and dK/dV."""
 
   fwd: Blocks
   bwd: Blocks
   mosaic: MosaicBlocks = MosaicBlocks()
+  mosaic_bwd: MosaicBlocks = MosaicBlocks()
 
 
 def next_pow2(n: int) -> int:
@@ -146,14 +154,17 @@ def default_config(head_dim: int, itemsize: int = 2) -> Config:
     config = Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
                     bwd=Blocks(32, 32, num_warps=8, num_stages=1))
   # Mosaic: the H100 tuning of `benchmarks/tune_blocks.py --backend mosaic`
-  # (bf16, batch 4 × seq 4096) with the RS/ping-pong kernels. d 64
+  # (bf16, batch 4 × seq 4096) with the RS/ping-pong kernels, when the forward
+  # and the backward still shared one tiling. d 64
   # (results/tune-mosaic-v2-d64-h100.json): 128-row K/V tiles in 2 stages and
-  # 128-row query tiles in dK/dV were fastest fwd+bwd, causal and not, with the
-  # forward within 1% of the best 128-row setting (256-row K/V tiles would
-  # speed the forward alone up by 6-12% but slow dQ down: one block size
-  # serves both). d 128 (results/raw/tune-mosaic-v2-d128-best-only.log): 128
-  # rows in 2 stages, 64-row dK/dV query tiles, fastest in all four.
-  mosaic = (MosaicBlocks(block_kv=128, stages=2, block_q_dkv=128)
-            if head_dim <= 64 else MosaicBlocks(block_kv=128, stages=2))
+  # 128-row query tiles in dK/dV were fastest fwd+bwd, causal and not, the
+  # forward within 1% of the best 128-row setting (256-row K/V tiles were
+  # 6-12% faster in the forward alone: not yet tried as the forward's own
+  # tiling). d 128 (results/raw/tune-mosaic-v2-d128-best-only.log): 128 rows
+  # in 2 stages, 64-row dK/dV query tiles, fastest in all four.
+  mosaic = MosaicBlocks(block_kv=128, stages=2)
+  mosaic_bwd = (MosaicBlocks(block_kv=128, stages=2, block_q_dkv=128)
+                if head_dim <= 64 else mosaic)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
-                bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic)
+                bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
+                mosaic_bwd=mosaic_bwd)

@@ -6,6 +6,7 @@ warpgroups; race detector on) and is lowered for CUDA against an abstract H100.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 
@@ -63,20 +64,40 @@ def test_other_tilings(blocks, window):
   """Non-default tilings at d 64: 3 pipeline stages with 64-row K/V tiles;
   128-row query tiles in dK/dV (GQA, with a window)."""
   config = flashjax.default_config(64)
-  config = flashjax.Config(fwd=config.fwd, bwd=config.bwd, mosaic=blocks)
+  config = flashjax.Config(fwd=config.fwd, bwd=config.bwd, mosaic=blocks,
+                           mosaic_bwd=blocks)
   check_attention(Case(dtype="float16", seq_q=250, seq_kv=330, num_q_heads=4,
                        num_kv_heads=2, causal=True, window=window),
                   backend="mosaic", config=config)
 
 
-def test_tiling_over_shared_memory_is_refused():
-  config = flashjax.default_config(128)
-  config = flashjax.Config(fwd=config.fwd, bwd=config.bwd,
-                           mosaic=flashjax.MosaicBlocks(block_kv=256, stages=3))
+@pytest.mark.parametrize("field,blocks,kib", [
+    ("mosaic", flashjax.MosaicBlocks(block_kv=256, stages=3), 416),
+    # 3 stages of 128-row K/V tiles fit the forward (224 KiB), not dQ
+    ("mosaic_bwd", flashjax.MosaicBlocks(block_kv=128, stages=3), 256),
+])
+def test_tiling_over_shared_memory_is_refused(field, blocks, kib):
+  config = dataclasses.replace(flashjax.default_config(128), **{field: blocks})
   q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
-  with pytest.raises(ValueError, match=r"config.mosaic = .* needs about 448 KiB"):
+  with pytest.raises(ValueError,
+                     match=rf"config.{field} = .* needs about {kib} KiB"):
     jax.eval_shape(lambda q: flashjax.attention(
         q, q, q, backend="mosaic", config=config), q)
+
+
+def test_forward_takes_three_stages_of_128_rows_at_d128():
+  config = dataclasses.replace(
+      flashjax.default_config(128),
+      mosaic=flashjax.MosaicBlocks(block_kv=128, stages=3))
+  check_attention(Case(dtype="bfloat16", seq_q=300, seq_kv=520, num_q_heads=2,
+                       num_kv_heads=1, head_dim=128, causal=True),
+                  backend="mosaic", config=config)
+  # compiled form: its shared memory (224 KiB of 227) passes Mosaic GPU's check
+  q = jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.bfloat16)
+  text = lower_for_h100(lambda q: flashjax.attention(
+      q, q, q, causal=True, backend="mosaic", config=config,
+      interpret=False), q).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1
 
 
 @pytest.mark.parametrize("kwargs,match", [

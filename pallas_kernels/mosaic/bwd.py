@@ -195,8 +195,8 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   segment ids int32 ``[batch, seq_q]`` / ``[batch, seq_kv]`` or None)."""
   batch, seq_q, num_heads, head_dim = q.shape
   _, seq_kv, num_kv_heads, _ = k.shape
-  bkv, stages = plan.config.mosaic.block_kv, plan.config.mosaic.stages
-  bq = plan.config.mosaic.block_q_dkv
+  blocks = plan.config.mosaic_bwd
+  bkv, stages, bq = blocks.block_kv, blocks.stages, blocks.block_q_dkv
   needs_mask = not plan.mask.is_trivial(seq_kv)
   seg_refs = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments
               else None)

@@ -202,7 +202,11 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
           plgpu.Barrier(num_arrivals=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages)),
-      compiler_params=plgpu.CompilerParams(approx_math=True),
+      # no reduction scratch: the row max/sum of the accumulator layout stay
+      # within a warp, and the 2 KiB keep 3 stages of 128-row K/V tiles in
+      # shared memory at head_dim 128 (as tokamax's kernel does)
+      compiler_params=plgpu.CompilerParams(approx_math=True,
+                                           reduction_scratch_bytes=0),
       interpret=interpret,
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)
