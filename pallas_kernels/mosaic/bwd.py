@@ -41,8 +41,8 @@ def _scores(plan: Plan, qk):
 
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               dq_ref, q_smem, do_smem, lse_smem, delta_smem, ds_smem, k_smem,
-              v_smem, owned_barrier, k_full, v_full, kv_free, *, plan: Plan,
-              block_kv: int, num_kv_blocks: int):
+              v_smem, owned_barrier, k_full, v_full, k_free, v_free, *,
+              plan: Plan, block_kv: int, num_kv_blocks: int):
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
   cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
   q_start = cta_start + wg * BLOCK_Q
@@ -59,7 +59,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         (delta_ref.at[b, h, rows], delta_smem.at[wg])])
     return jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
 
-  def step(j, slot, ready, dq, masked):
+  def step(j, slot, sync, dq, masked):
     shape = (BLOCK_Q, block_kv)
     # segment ids of the rows and of tile j (first: latency behind the K wait)
     ids = None if not masked or seg_refs is None else pipeline.load_ids(
@@ -68,16 +68,17 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     lse2 = common.lse_log2_for_recompute(
         plgpu.load(lse_smem.at[wg], layout=ROW))
     delta = plgpu.load(delta_smem.at[wg], layout=ROW)
-    ready(0)
+    sync.wait(0)
     # S = scale · Q Kᵀ (log2 units), invisible entries -inf
     s, t = _scores(plan, pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, shape))
     if masked:
       s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
     # P = exp2(S - L)
     p = jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0]))
-    ready(1)
+    sync.wait(1)
     # dP = dO Vᵀ, dS = P ∘ (dP - D)
     dp = pipeline.wgmma_ss(do_tile, v_smem.at[slot].T, shape)
+    sync.release(1)                    # V's slot can be refilled
     ds = common.softcap_grad(p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
                              t)
     # dQ += dS K
@@ -89,9 +90,10 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
   pipeline.kv_loop(
       plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
-      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full, free=kv_free,
-      batch=b, kv_head=kv_head, block_kv=block_kv, num_kv_blocks=num_kv_blocks,
-      init=init, step=step, finish=finish)
+      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full,
+      k_free=k_free, v_free=v_free, batch=b, kv_head=kv_head,
+      block_kv=block_kv, num_kv_blocks=num_kv_blocks, init=init, step=step,
+      finish=finish)
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
@@ -130,7 +132,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
     return zeros, zeros
 
-  def step(j, slot, ready, carry, masked):
+  def step(j, slot, sync, carry, masked):
     dk, dv = carry
     shape = (BLOCK_Q, block_q)              # [keys, queries]
     _, i = head_and_tile(j)
@@ -140,7 +142,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         seg_refs[1].at[b, rows], seg_refs[0].at[b, pl.ds(i * block_q,
                                                           block_q)])
     for stream in range(4):
-      ready(stream)
+      sync.wait(stream)
     lse2 = common.lse_log2_for_recompute(
         plgpu.load(lse_smem.at[slot], layout=COL))
     delta = plgpu.load(delta_smem.at[slot], layout=COL)
@@ -167,25 +169,26 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   def finish(carry):
     dk, dv = carry
     pipeline.store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
-            (dv, v_tile, dv_ref.at[b, rows, kv_head])])
+                    (dv, v_tile, dv_ref.at[b, rows, kv_head])])
 
   def tile_of(j):
     head, i = head_and_tile(j)
     return head, pl.ds(i * block_q, block_q)
 
   pipeline.streamed_loop(
-      wg=wg, lo=0, hi=plan.group * (q_hi - q_lo), free=q_free, init=init,
+      wg=wg, lo=0, hi=plan.group * (q_hi - q_lo), init=init,
       step=step, finish=finish, full=full_range() if needs_mask else None,
+      # one release for all four: Q and dO are read until the step's end
       streams=[
           pipeline.Stream(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
-                          q_smem, q_full),
+                          q_smem, q_full, q_free),
           pipeline.Stream(lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
-                          do_smem, do_full),
+                          do_smem, do_full, q_free),
           pipeline.Stream(lambda j: lse_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
-                          lse_smem, lse_full),
+                          lse_smem, lse_full, q_free),
           pipeline.Stream(
               lambda j: delta_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
-              delta_smem, delta_full)])
+              delta_smem, delta_full, q_free)])
 
 
 def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
@@ -225,7 +228,7 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
           ds_or_pt((BLOCK_Q, bkv)),
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
           plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=2, stages=stages)),
+          *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
       compiler_params=params, interpret=interpret,
   )(q, k, v, do, lse, delta, seg_refs)
   dk, dv = plgpu.kernel(

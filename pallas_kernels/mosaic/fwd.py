@@ -44,7 +44,8 @@ from pallas_kernels.mosaic import pipeline
 
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
-               schedule, k_full, v_full, kv_free, *, plan: Plan, block_kv: int,
+               schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
+               block_kv: int,
                num_kv_blocks: int):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
@@ -75,7 +76,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     return plgpu.load(descale_ref.at[h, i], layout=pipeline.ROW,
                       optimized=False)
 
-  def sync():
+  def pingpong():
     # Ping-pong (FlashAttention 3): the two compute warpgroups meet here twice
     # a step, half a step apart, so one's softmax runs while the other's
     # wgmmas hold the tensor cores.
@@ -84,12 +85,12 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
 
   def init():
     pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
-    pl.when(wg == 1)(sync)             # warpgroup 1 starts half a step behind
+    pl.when(wg == 1)(pingpong)         # warpgroup 1 starts half a step behind
     return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
             jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
             jnp.zeros((BLOCK_Q,), jnp.float32))
 
-  def step(j, slot, ready, carry, masked):
+  def step(j, slot, sync, carry, masked):
     acc, m, l = carry
     # segment ids of the rows and of tile j, and FP8's descales, read first so
     # that their latency hides behind the wait for K and the Q Kᵀ wgmma
@@ -97,14 +98,15 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
         seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                           block_kv)])
     qk_descale = descale(0) if fp8 else None
-    ready(0)
+    sync.wait(0)
 
     # S = Q Kᵀ; while it runs, hand over to the other warpgroup
     def qk(acc_ref):
       plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
-      sync()
+      pingpong()
       return acc_ref[...]
     s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
+    sync.release(0)                    # K's slot can be refilled
     if fp8:
       s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
     # scaled logits in log2 units (softcap: c · tanh(scale · Q Kᵀ / c))
@@ -120,7 +122,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     p = p * p_scale if fp8 else p.astype(p_dtype)
     acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
     plgpu.barrier_arrive(schedule)
-    ready(1)
+    sync.wait(1)
     plgpu.barrier_wait(schedule)
     # acc += P V   (FP8: V's tile is [d, block_kv], K-major as wgmma needs)
     v_tile = v_smem.at[slot].T if fp8 else v_smem.at[slot]
@@ -129,7 +131,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     return acc, m, l
 
   def finish(carry):
-    pl.when(wg == 0)(sync)             # ... and warpgroup 0 ends half a step on
+    pl.when(wg == 0)(pingpong)         # ... and warpgroup 0 ends half a step on
     # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
     # through shared memory.
     o, lse = common.finalize(*carry)
@@ -140,7 +142,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
 
   pipeline.kv_loop(
       plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
-      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full, free=kv_free,
+      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full,
+      k_free=k_free, v_free=v_free,
       batch=b, kv_head=kv_head, block_kv=block_kv, num_kv_blocks=num_kv_blocks,
       init=init, step=step, finish=finish, v_transposed=bool(fp8))
 
@@ -201,7 +204,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
           plgpu.Barrier(num_arrivals=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=2, stages=stages)),
+          *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
       # no reduction scratch: the row max/sum of the accumulator layout stay
       # within a warp, and the 2 KiB keep 3 stages of 128-row K/V tiles in
       # shared memory at head_dim 128 (as tokamax's kernel does)

@@ -4,10 +4,13 @@ A CTA has ``COMPUTE_WGS`` compute warpgroups and one producer warpgroup. Each
 compute warpgroup owns one tile of rows (Q in the forward and dQ kernels, K/V
 in dK/dV) and all of them walk the same range ``[lo, hi)`` of streamed tiles
 (K/V, or Q/dO/L/D). The producer streams those into ``stages`` shared-memory
-slots with TMA: ``full[slot]`` completes when a tile has landed, ``free[slot]``
-(``COMPUTE_WGS`` arrivals) when every compute warpgroup is done with it. Each
-waiter observes every phase of the barriers it waits on (the producer drains
-``free`` at the end), as the Mosaic GPU interpreter checks.
+slots with TMA: ``full[slot]`` completes when a stream's tile has landed,
+``free[slot]`` (``COMPUTE_WGS`` arrivals) when every compute warpgroup is done
+with it. Streams may share a ``free`` barrier or have their own (the forward
+frees K's slot as soon as S = Q Kᵀ is read, so the producer refills it while
+P V still reads V). Each waiter observes every phase of the barriers it waits
+on (the producer drains each ``free`` at the end), as the Mosaic GPU
+interpreter checks.
 """
 
 from __future__ import annotations
@@ -30,25 +33,45 @@ COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
 @dataclasses.dataclass(frozen=True)
 class Stream:
   """One streamed operand: ``src(j)`` is the GMEM view of tile j; ``smem`` has
-  one slot per stage (its leading axis); ``full`` one barrier per stage."""
+  one slot per stage (its leading axis); ``full`` and ``free`` one barrier per
+  stage (``free`` may be shared with other streams)."""
 
   src: Callable
   smem: object
   full: object
+  free: object
 
 
-def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish,
-                  full=None):
+@dataclasses.dataclass(frozen=True)
+class Sync:
+  """What a step does with its slot: ``wait(i)`` before it reads stream i's
+  tile, ``release(i)`` (optional, at the step's top level) once it no longer
+  reads it; the loop releases what the step did not."""
+
+  wait: Callable
+  release: Callable
+
+
+def _distinct(barriers):
+  out = []
+  for b in barriers:
+    if not any(b is o for o in out):
+      out.append(b)
+  return out
+
+
+def streamed_loop(*, wg, lo, hi, streams, init, step, finish, full=None):
   """Run the producer and the compute warpgroups over tiles ``[lo, hi)``.
 
   ``init()`` (compute warpgroups, before the loop) returns the carry;
-  ``step(j, slot, ready, carry, masked)`` returns the next carry, calling
-  ``ready(i)`` before it reads ``streams[i].smem.at[slot]``; ``finish(carry)``
-  writes the results. ``full = (a, b)``: the calling warpgroup's tiles in
-  ``[a, b)`` have no masked entry and are stepped with ``masked=False``, the
-  others with ``masked=True``; ``full=None``: no tile needs the mask.
+  ``step(j, slot, sync, carry, masked)`` returns the next carry (``sync``: a
+  :class:`Sync` for the slot); ``finish(carry)`` writes the results.
+  ``full = (a, b)``: the calling warpgroup's tiles in ``[a, b)`` have no
+  masked entry and are stepped with ``masked=False``, the others with
+  ``masked=True``; ``full=None``: no tile needs the mask.
   """
   stages = streams[0].smem.shape[0]
+  frees = _distinct([stream.free for stream in streams])
 
   @pl.when(wg == COMPUTE_WGS)
   def _producer():
@@ -56,20 +79,22 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish,
 
     def load(j, _):
       slot = lax.rem(j - lo, stages)
-
-      # Reuse a slot only after every compute warpgroup released it.
-      @pl.when(j - lo >= stages)
-      def _():
-        plgpu.barrier_wait(free.at[slot])
-      for stream in streams:
-        plgpu.copy_gmem_to_smem(stream.src(j), stream.smem.at[slot],
-                                stream.full.at[slot])
+      for free in frees:
+        # Reuse a slot only after every compute warpgroup released it.
+        @pl.when(j - lo >= stages)
+        def _():
+          plgpu.barrier_wait(free.at[slot])
+        for stream in streams:
+          if stream.free is free:
+            plgpu.copy_gmem_to_smem(stream.src(j), stream.smem.at[slot],
+                                    stream.full.at[slot])
     lax.fori_loop(lo, hi, load, None)
 
     # Observe the releases not yet waited for, so every phase is consumed.
-    def drain(j, _):
-      plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
-    lax.fori_loop(jnp.maximum(lo, hi - stages), hi, drain, None)
+    for free in frees:
+      def drain(j, _, free=free):
+        plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
+      lax.fori_loop(jnp.maximum(lo, hi - stages), hi, drain, None)
 
   @pl.when(wg < COMPUTE_WGS)
   def _compute():
@@ -78,10 +103,19 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish,
     def loop(start, stop, carry, masked):
       def body(j, carry):
         slot = lax.rem(j - lo, stages)
-        carry = step(j, slot,
-                     lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
-                     carry, masked)
-        plgpu.barrier_arrive(free.at[slot])
+        released = []
+
+        def release(i):
+          free = streams[i].free
+          if not any(free is r for r in released):
+            plgpu.barrier_arrive(free.at[slot])
+            released.append(free)
+        sync = Sync(
+            wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
+            release=release)
+        carry = step(j, slot, sync, carry, masked)
+        for i in range(len(streams)):
+          release(i)
         return carry
       return lax.fori_loop(start, stop, body, carry)
 
@@ -99,8 +133,9 @@ def streamed_loop(*, wg, lo, hi, streams, free, init, step, finish,
 
 
 def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
-            v_full, free, batch, kv_head, block_kv: int, num_kv_blocks: int,
-            init, step, finish, v_transposed: bool = False):
+            v_full, k_free, v_free, batch, kv_head, block_kv: int,
+            num_kv_blocks: int, init, step, finish,
+            v_transposed: bool = False):
   """:func:`streamed_loop` over the K/V tiles (streams 0: K, 1: V) that some
   row of the CTA's ``COMPUTE_WGS · 64`` query rows from ``cta_start`` can see
   under ``mask`` (the forward and dQ kernels); the rest are skipped. Each
@@ -114,13 +149,12 @@ def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
                              block_kv))
   rows = lambda j: pl.ds(j * block_kv, block_kv)
   streamed_loop(
-      wg=wg, lo=lo, hi=hi, free=free, init=init, step=step, finish=finish,
-      full=full,
+      wg=wg, lo=lo, hi=hi, init=init, step=step, finish=finish, full=full,
       streams=[Stream(lambda j: k_ref.at[batch, rows(j), kv_head], k_smem,
-                      k_full),
+                      k_full, k_free),
                Stream(lambda j: v_ref.at[batch, kv_head, :, rows(j)]
                       if v_transposed else v_ref.at[batch, rows(j), kv_head],
-                      v_smem, v_full)])
+                      v_smem, v_full, v_free)])
 
 
 def load_owned(barrier, copies):
@@ -140,10 +174,12 @@ def store(copies):
   plgpu.wait_smem_to_gmem(0)
 
 
-def barriers(num_streams: int, stages: int):
-  """Scratch types of the loop's barriers: ``full`` per stream, then ``free``."""
+def barriers(num_streams: int, stages: int, num_free: int = 1):
+  """Scratch types of the loop's barriers: ``full`` per stream, then
+  ``num_free`` ``free`` barriers."""
   return (*(plgpu.Barrier(num_barriers=stages) for _ in range(num_streams)),
-          plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages))
+          *(plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages)
+            for _ in range(num_free)))
 
 
 def wgmma_ss(a, b, shape):
