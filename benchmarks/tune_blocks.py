@@ -8,7 +8,8 @@ bf16. Triton: times the forward alone over FWD candidates (with the default
 backward), then forward+backward over BWD candidates (with the best forward).
 Mosaic: the forward's tiling over MOSAIC candidates, then the backward's over
 MOSAIC_BWD (forward+backward timed with the best forward); only tilings that fit
-in shared memory. Prints the best of each; the defaults in flashjax/config.py
+in shared memory; with ``--fp8``, the FP8 forward (e4m3 inputs) over
+MOSAIC_FP8. Prints the best of each; the defaults in flashjax/config.py
 cite these files. The JSON is rewritten after every row, so a run cut short
 keeps what it timed.
 """
@@ -27,8 +28,8 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flashjax  # noqa: E402
-from benchmarks.bench_attention import (describe, flops, make_call,  # noqa: E402
-                                        time_call)
+from benchmarks.bench_attention import (describe, flops,  # noqa: E402
+                                        fp8_inputs, make_call, time_call)
 from flashjax import Blocks, Config, MosaicBlocks, default_config  # noqa: E402
 from flashjax.config import SMEM_BYTES  # noqa: E402
 
@@ -45,14 +46,20 @@ MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
 MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC]
 
 
-def candidates(backend, mode, d, best):
+# the FP8 forward: half the bytes per K/V tile, so deeper pipelines fit
+MOSAIC_FP8 = MOSAIC + [MosaicBlocks(128, 5), MosaicBlocks(128, 6),
+                       MosaicBlocks(256, 4)]
+
+
+def candidates(backend, mode, d, best, fp8=False):
   """The Configs to time for one mode (best: the fastest so far, by mode)."""
   base = default_config(d)
   if backend == "mosaic":
     # the forward's tiling first, then the backward's with that forward
     if mode == "fwd":
-      return [dataclasses.replace(base, mosaic=m) for m in MOSAIC
-              if m.smem_bytes(d, 2) <= SMEM_BYTES]
+      return [dataclasses.replace(base, mosaic=m)
+              for m in (MOSAIC_FP8 if fp8 else MOSAIC)
+              if m.smem_bytes(d, 2, fp8=fp8) <= SMEM_BYTES]
     return [dataclasses.replace(best["fwd"][1], mosaic_bwd=m)
             for m in MOSAIC_BWD if m.smem_bytes(d, 2, backward=True)
             <= SMEM_BYTES]
@@ -70,27 +77,34 @@ def save(path, rows):
 def run(args):
   rows = []
   for d in args.head_dims:
-    h = 2048 // d
+    h = args.hidden // d
     for causal in (False, True):
       keys = jax.random.split(jax.random.PRNGKey(d + causal), 8)
-      sets = [tuple(jax.random.normal(keys[4 * i + j], (4, 4096, h, d),
+      sets = [tuple(jax.random.normal(keys[4 * i + j],
+                                      (args.batch, args.seq, h, d),
                                       jnp.bfloat16) for j in range(4))
               for i in range(2)]
+      if args.fp8:     # e4m3 inputs quantised per tensor, outside the timing
+        sets = [fp8_inputs(*s[:3]) for s in sets]
       best = {}
-      for mode in ("fwd", "fwd_bwd"):
-        for cfg in candidates(args.backend, mode, d, best):
-          fn = lambda q, k, v, cfg=cfg: flashjax.attention(
-              q, k, v, causal=causal, config=cfg, backend=args.backend)
-          inputs = [s if mode == "fwd_bwd" else s[:3] for s in sets]
+      for mode in ("fwd",) if args.fp8 else ("fwd", "fwd_bwd"):
+        for cfg in candidates(args.backend, mode, d, best, args.fp8):
+          def fn(q, k, v, *descales, cfg=cfg):
+            kw = dict(zip(("q_descale", "k_descale", "v_descale"), descales))
+            return flashjax.attention(q, k, v, causal=causal, config=cfg,
+                                      backend=args.backend, **kw)
+          inputs = [s if mode == "fwd_bwd" or args.fp8 else s[:3]
+                    for s in sets]
           tiling = ((cfg.mosaic if mode == "fwd" else cfg.mosaic_bwd)
                     if args.backend == "mosaic" else
                     cfg.fwd if mode == "fwd" else cfg.bwd)
           row = dict(backend=args.backend, d=d, h=h, causal=causal, mode=mode,
-                     blocks=str(tiling))
+                     blocks=str(tiling), fp8=args.fp8)
           try:
             call = make_call(fn, mode).lower(*inputs[0]).compile()
             row["ms"] = time_call(call, inputs, 10, 3)
-            row["tflops"] = flops(4, 4096, h, d, causal, mode) / row["ms"] / 1e9
+            row["tflops"] = flops(args.batch, args.seq, h, d, causal,
+                                  mode) / row["ms"] / 1e9
             if mode not in best or row["ms"] < best[mode][0]:
               best[mode] = (row["ms"], cfg)
           except Exception as e:  # noqa: BLE001 - e.g. out of shared memory
@@ -110,6 +124,12 @@ def main(argv=None):
   p.add_argument("--out", default="benchmarks/results/tune.json")
   p.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
   p.add_argument("--backend", choices=["triton", "mosaic"], default="triton")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--seq", type=int, default=4096)
+  p.add_argument("--hidden", type=int, default=2048,
+                 help="heads = hidden // head_dim")
+  p.add_argument("--fp8", action="store_true",
+                 help="tune the FP8 forward (e4m3 inputs) instead")
   args = p.parse_args(argv)
   run(args)
 

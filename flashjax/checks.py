@@ -196,7 +196,8 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
                                                        itemsize))]
   if backend == "mosaic":
     tilings += [("mosaic", config.mosaic,
-                 config.mosaic.smem_bytes(head_dim_padded, itemsize)),
+                 config.mosaic.smem_bytes(head_dim_padded, itemsize,
+                                          fp8=fp8 is not None)),
                 ("mosaic_bwd", config.mosaic_bwd, config.mosaic_bwd.smem_bytes(
                     head_dim_padded, itemsize, backward=True))]
   for name, blocks, need in tilings:

@@ -94,14 +94,18 @@ class MosaicBlocks:
     if self.stages < 2:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
 
-  def smem_bytes(self, head_dim: int, itemsize: int,
-                 backward: bool = False) -> int:
+  def smem_bytes(self, head_dim: int, itemsize: int, backward: bool = False,
+                 fp8: bool = False) -> int:
     """Shared memory of the forward kernel, or (``backward``) the larger of the
     dQ and dK/dV kernels, compiled: owned tiles (Q, with O written over it; Q
     and dO; K and V) and the streamed stages (P and dS stay in registers; the
-    1-D L/D tiles and barriers fit in the slack). For FP8 inputs, ``itemsize``
-    2 (the output's) bounds the FP8 forward's footprint from above."""
+    1-D L/D tiles and barriers fit in the slack). ``itemsize``: the inputs'
+    bytes; ``fp8``: the FP8 forward (1-byte Q, K, V and P, which goes through
+    shared memory, and an O tile of ``itemsize`` bytes of its own)."""
     rows, wgs = MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS
+    if fp8:
+      return (wgs * rows * head_dim * (1 + itemsize) + wgs * rows * self.block_kv
+              + self.stages * 2 * self.block_kv * head_dim)
     if not backward:
       return (wgs * rows * head_dim
               + self.stages * 2 * self.block_kv * head_dim) * itemsize
