@@ -52,6 +52,12 @@ def logits(qk, *, scale: float, softcap: float | None):
   return t * (softcap * LOG2E), t
 
 
+def fp8_p_scale(fmt: str) -> float:
+  """FP8 kernels round ``P · fp8_p_scale`` (P ≤ 1) to ``fmt`` for the P V
+  product, using the format's whole range, and divide it out of O."""
+  return float(jnp.finfo(fmt).max)
+
+
 def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
               block_kv: int, q_seg=None, kv_seg=None):
   """Set the invisible entries of tile ``s [block_q, block_kv]`` to -inf."""

@@ -66,7 +66,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   o_tile = (q_smem if o_smem is None else o_smem).at[wg]
   p_tile = None if p_smem is None else p_smem.at[wg]
   # FP8: P is scaled by the format's largest value before it is rounded
-  p_dtype, p_scale = ((fp8, float(jnp.finfo(fp8).max)) if fp8 else
+  p_dtype, p_scale = ((fp8, common.fp8_p_scale(fp8)) if fp8 else
                       (q_ref.dtype, None))
 
   rows = pl.ds(q_start, BLOCK_Q)
@@ -86,18 +86,19 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   def init():
     pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
     pl.when(wg == 1)(pingpong)         # warpgroup 1 starts half a step behind
+    # carry: acc, m, l, and FP8's q·k descale per row (loaded once)
     return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
             jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
-            jnp.zeros((BLOCK_Q,), jnp.float32))
+            jnp.zeros((BLOCK_Q,), jnp.float32),
+            descale(0) if fp8 else None)
 
   def step(j, slot, sync, carry, masked):
-    acc, m, l = carry
-    # segment ids of the rows and of tile j, and FP8's descales, read first so
-    # that their latency hides behind the wait for K and the Q Kᵀ wgmma
+    acc, m, l, qk_descale = carry
+    # segment ids of the rows and of tile j, read first so that their latency
+    # hides behind the wait for K and the Q Kᵀ wgmma
     ids = None if not masked or seg_refs is None else pipeline.load_ids(
         seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                           block_kv)])
-    qk_descale = descale(0) if fp8 else None
     sync.wait(0)
 
     # S = Q Kᵀ; while it runs, hand over to the other warpgroup
@@ -128,13 +129,13 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     v_tile = v_smem.at[slot].T if fp8 else v_smem.at[slot]
     acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_tile, p_tile,
                            in_place=not plan.interpret)
-    return acc, m, l
+    return acc, m, l, qk_descale
 
   def finish(carry):
     pl.when(wg == 0)(pingpong)         # ... and warpgroup 0 ends half a step on
     # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
     # through shared memory.
-    o, lse = common.finalize(*carry)
+    o, lse = common.finalize(*carry[:3])
     if fp8:
       o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
     pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
@@ -181,9 +182,9 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   fp8 = plan.fp8
   if fp8:
     v = jnp.transpose(v, (0, 2, 3, 1))
-    p_scale = float(jnp.finfo(fp8).max)
     descale = jnp.broadcast_to(
-        jnp.stack([descale[:, 0] * descale[:, 1], descale[:, 2] / p_scale],
+        jnp.stack([descale[:, 0] * descale[:, 1],
+                   descale[:, 2] / common.fp8_p_scale(fp8)],
                   axis=1)[:, :, None], (num_heads, 2, BLOCK_Q))
   v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
   return plgpu.kernel(

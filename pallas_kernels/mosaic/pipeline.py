@@ -226,8 +226,7 @@ def load_ids(row_ids, col_ids):
   """Segment ids of a tile's rows and columns (int32 GMEM refs) -> vectors in
   the accumulator's row and column layouts. Plain loads from global memory
   (Mosaic GPU optimises only shared-memory transfers), not TMA: the ids are
-  small, and the dQ kernel has no shared memory left for them at head_dim 128
-  (block_kv 128, 2 stages: 1 KiB to spare)."""
+  small, and only masked steps read them."""
   return (plgpu.load(row_ids, layout=ROW, optimized=False),
           plgpu.load(col_ids, layout=COL, optimized=False))
 

@@ -31,7 +31,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
   # FP8: this head's descales (q, k, v); P is scaled by the format's largest
   # value before it is rounded to FP8, and that scale divided out at the end.
   qk_descale = None if fp8 is None else descale_ref[0] * descale_ref[1]
-  p_scale = None if fp8 is None else float(jnp.finfo(fp8).max)
+  p_scale = None if fp8 is None else common.fp8_p_scale(fp8)
 
   def body(j, carry):
     acc, m, l = carry
