@@ -221,7 +221,8 @@ class LossScale:
   factor: float = 2.0
 
 
-def init_state(model: ModelConfig, tx, seed: int) -> dict:
+def init_state(model: ModelConfig, tx, seed: int,
+               loss_scale: LossScale = LossScale()) -> dict:
   """The train state pytree: ``{"step": int32 [], "params", "opt_state"}``,
   plus ``loss_scale`` (float32) and ``good_steps`` (int32) with float16
   compute. Checkpoints keep params and opt_state; a resumed float16 run
@@ -230,7 +231,7 @@ def init_state(model: ModelConfig, tx, seed: int) -> dict:
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": tx.init(params)}
   if model.dtype == "float16":
-    state["loss_scale"] = jnp.float32(LossScale.init)
+    state["loss_scale"] = jnp.float32(loss_scale.init)
     state["good_steps"] = jnp.zeros((), jnp.int32)
   return state
 

@@ -204,9 +204,9 @@ def test_loss_scale_skips_an_overflowing_step_and_halves():
                             num_heads=4, num_kv_heads=2, dtype="float16")
   tx, schedule = train.make_optimizer(train.TrainConfig(steps=10, lr=1e-2,
                                                         warmup_steps=1))
-  state = train.init_state(model, tx, seed=0)
-  step = train.make_train_step(model, tx, schedule,
-                               train.LossScale(init=2.0 ** 15, period=2))
+  scaling = train.LossScale(init=2.0 ** 15, period=2)
+  state = train.init_state(model, tx, seed=0, loss_scale=scaling)
+  step = train.make_train_step(model, tx, schedule, scaling)
   tokens = jax.numpy.asarray(
       np.random.default_rng(0).integers(0, 256, (2, 17)), jax.numpy.int32)
   leaves = lambda s: jax.tree.leaves((s["params"], s["opt_state"]))
