@@ -175,10 +175,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     # The Hopper kernels on an sm_90 GPU when they take the case; the portable
     # kernels otherwise (and always on the CPU, where they are interpreted).
     hopper = on_gpu and _is_sm90(jax.devices()[0])
-    # Not FP8 yet: the Hopper FP8 forward is checked in the interpreter and
-    # lowered for CUDA, not yet run compiled on a GPU.
-    why_not = unsupported or (fp8 and "FP8 Hopper kernel not yet checked "
-                                      "compiled")
+    why_not = unsupported
     backend = "mosaic" if hopper and not why_not else "triton"
     log.debug("flashjax: backend auto -> %s (%s)", backend,
               "sm_90" if hopper and not why_not else
@@ -186,7 +183,8 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
               "compiled, not sm_90" if on_gpu else "interpret mode, no GPU")
   itemsize = jnp.dtype(dtype).itemsize
   if config is None:
-    config = default_config(head_dim_padded, itemsize)
+    config = default_config(head_dim_padded, itemsize, causal=bool(causal),
+                            fp8=fp8 is not None)
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")

@@ -135,18 +135,20 @@ def padded_head_dim(head_dim: int) -> int:
   return max(16, next_pow2(head_dim))
 
 
-def default_config(head_dim: int, itemsize: int = 2) -> Config:
-  """Per-head-dim defaults for the portable (Triton-lowered) kernels.
+def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
+                   fp8: bool = False) -> Config:
+  """Per-head-dim defaults.
 
   ``head_dim`` is the padded (power of 2) head dim the kernels see, ``itemsize``
-  the input dtype's bytes. The 16-bit choices for 64 and 128 are the fastest of
-  benchmarks/tune_blocks.py on the H100 (benchmarks/results/tune-h100.json:
-  bf16, batch 4 × seq 4096, causal and not); wider dtypes shrink them until the
-  pipeline's shared memory fits.
+  the input dtype's bytes (of the 16-bit inputs under an FP8 policy); ``causal``
+  and ``fp8`` (an FP8 forward) pick the Hopper forward's tiling. The 16-bit
+  choices for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the
+  H100 (bf16, batch 4 × seq 4096, causal and not); wider dtypes shrink the
+  portable kernels' tiles until their pipeline's shared memory fits.
   """
   if head_dim <= 64:
     # fwd 64×64 was fastest non-causal (1.51 ms) and within 3% causal; bwd 64×64
-    # with 4 warps beat every 8-warp config by ≥1.2×.
+    # with 4 warps beat every 8-warp config by ≥1.2× (results/tune-h100.json).
     config = Config(fwd=Blocks(64, 64, num_warps=4, num_stages=3),
                     bwd=Blocks(64, 64, num_warps=4, num_stages=2))
   elif head_dim <= 128:
@@ -157,18 +159,23 @@ def default_config(head_dim: int, itemsize: int = 2) -> Config:
     # d = 256 (not tuned): smaller tiles keep the accumulators in registers.
     config = Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
                     bwd=Blocks(32, 32, num_warps=8, num_stages=1))
-  # Mosaic: the H100 tuning of `benchmarks/tune_blocks.py --backend mosaic`
-  # (bf16, batch 4 × seq 4096) with the RS/ping-pong kernels, when the forward
-  # and the backward still shared one tiling. d 64
-  # (results/tune-mosaic-v2-d64-h100.json): 128-row K/V tiles in 2 stages and
-  # 128-row query tiles in dK/dV were fastest fwd+bwd, causal and not, the
-  # forward within 1% of the best 128-row setting (256-row K/V tiles were
-  # 6-12% faster in the forward alone: not yet tried as the forward's own
-  # tiling). d 128 (results/raw/tune-mosaic-v2-d128-best-only.log): 128 rows
-  # in 2 stages, 64-row dK/dV query tiles, fastest in all four.
-  mosaic = MosaicBlocks(block_kv=128, stages=2)
-  mosaic_bwd = (MosaicBlocks(block_kv=128, stages=2, block_q_dkv=128)
-                if head_dim <= 64 else mosaic)
+  # Mosaic (`tune_blocks.py --backend mosaic`, the RS/ping-pong kernels).
+  # Forward, d 64 (results/tune-mosaic-v2-d64-h100.json): 256-row K/V tiles in
+  # 2 stages, 1.32 ms vs 1.48 for 128 rows non-causal, 0.78 vs 0.83 causal
+  # (3 stages of 128: 0.78). Forward, d 128
+  # (results/raw/tune-mosaic-v2-d128-best-only.log): 128 rows in 2 stages,
+  # causal and not. FP8 forward, d 128 (results/tune-mosaic-fp8-d128-h100.json):
+  # 256 rows in 2 stages non-causal (0.79 ms vs 0.88 for 128 rows), 128 rows
+  # causal (0.54 ms; 256 rows: 0.67, as the diagonal tile masks more); d 64 not
+  # tuned, the same choice. Backward: 128-row K/V tiles in 2 stages, with
+  # 128-row dK/dV query tiles at d 64 (4-8% faster than 64) and 64 at d 128.
+  if fp8:
+    fwd_kv = 128 if causal else 256
+  else:
+    fwd_kv = 256 if head_dim <= 64 else 128
+  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2)
+  mosaic_bwd = MosaicBlocks(block_kv=128, stages=2,
+                            block_q_dkv=128 if head_dim <= 64 else 64)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

@@ -104,10 +104,16 @@ def test_config_that_overflows_shared_memory_is_refused():
 
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128, 256])
 @pytest.mark.parametrize("itemsize", [2, 4])
-def test_default_configs_fit_shared_memory(head_dim, itemsize):
-  config = flashjax.default_config(head_dim, itemsize)
-  tilings = [config.fwd, config.bwd]
+@pytest.mark.parametrize("causal", [False, True])
+def test_default_configs_fit_shared_memory(head_dim, itemsize, causal):
+  config = flashjax.default_config(head_dim, itemsize, causal=causal)
+  needs = [config.fwd.smem_bytes(head_dim, itemsize),
+           config.bwd.smem_bytes(head_dim, itemsize)]
   if itemsize == 2 and head_dim in flashjax.config.MOSAIC_HEAD_DIMS:
-    tilings.append(config.mosaic)       # the shapes backend="mosaic" takes
-  for blocks in tilings:
-    assert blocks.smem_bytes(head_dim, itemsize) <= flashjax.config.SMEM_BYTES
+    # the shapes backend="mosaic" takes, 16-bit and FP8
+    fp8 = flashjax.default_config(head_dim, causal=causal, fp8=True)
+    needs += [config.mosaic.smem_bytes(head_dim, 2),
+              config.mosaic_bwd.smem_bytes(head_dim, 2, backward=True),
+              fp8.mosaic.smem_bytes(head_dim, 2, fp8=True)]
+  for need in needs:
+    assert need <= flashjax.config.SMEM_BYTES

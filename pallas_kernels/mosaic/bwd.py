@@ -44,7 +44,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               v_smem, owned_barrier, k_full, v_full, k_free, v_free, *,
               plan: Plan, block_kv: int, num_kv_blocks: int):
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
-  cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
+  cta_start = pipeline.query_tile_index(
+      plan.mask, q_ref.shape[1] // (COMPUTE_WGS * BLOCK_Q), "tile") * (
+          COMPUTE_WGS * BLOCK_Q)
   q_start = cta_start + wg * BLOCK_Q
   kv_head = lax.div(h, jnp.int32(plan.group))
   head_dim = q_ref.shape[-1]
@@ -57,17 +59,19 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
         (lse_ref.at[b, h, rows], lse_smem.at[wg]),
         (delta_ref.at[b, h, rows], delta_smem.at[wg])])
-    return jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
+    # carry: dQ, and the rows' L (log2 units) and D, read once
+    return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
+            common.lse_log2_for_recompute(
+                plgpu.load(lse_smem.at[wg], layout=ROW)),
+            plgpu.load(delta_smem.at[wg], layout=ROW))
 
-  def step(j, slot, sync, dq, masked):
+  def step(j, slot, sync, carry, masked):
+    dq, lse2, delta = carry
     shape = (BLOCK_Q, block_kv)
     # segment ids of the rows and of tile j (first: latency behind the K wait)
     ids = None if not masked or seg_refs is None else pipeline.load_ids(
         seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                           block_kv)])
-    lse2 = common.lse_log2_for_recompute(
-        plgpu.load(lse_smem.at[wg], layout=ROW))
-    delta = plgpu.load(delta_smem.at[wg], layout=ROW)
     sync.wait(0)
     # S = scale · Q Kᵀ (log2 units), invisible entries -inf
     s, t = _scores(plan, pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, shape))
@@ -82,10 +86,12 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     ds = common.softcap_grad(p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
                              t)
     # dQ += dS K
-    return pipeline.mma_acc(dq, ds.astype(q_ref.dtype), k_smem.at[slot],
-                            ds_tile, in_place=not plan.interpret)
+    dq = pipeline.mma_acc(dq, ds.astype(q_ref.dtype), k_smem.at[slot],
+                          ds_tile, in_place=not plan.interpret)
+    return dq, lse2, delta
 
-  def finish(dq):
+  def finish(carry):
+    dq = carry[0]
     pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
 
   pipeline.kv_loop(
@@ -203,7 +209,7 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   needs_mask = not plan.mask.is_trivial(seq_kv)
   seg_refs = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments
               else None)
-  params = plgpu.CompilerParams(approx_math=True)
+  params = pipeline.compiler_params(plan)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   owned = lambda *shape_dtypes: [plgpu.SMEM((COMPUTE_WGS, *shape), dtype)

@@ -57,7 +57,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # p_smem: P's tile per warpgroup for an SS wgmma (FP8, or the interpreter),
   # None when P is the register operand.
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
-  cta_start = lax.axis_index("q_tile") * (COMPUTE_WGS * BLOCK_Q)
+  cta_start = pipeline.query_tile_index(
+      plan.mask, q_ref.shape[1] // (COMPUTE_WGS * BLOCK_Q)) * (COMPUTE_WGS *
+                                                             BLOCK_Q)
   q_start = cta_start + wg * BLOCK_Q
   kv_head = lax.div(h, jnp.int32(plan.group))
   fp8 = plan.fp8
@@ -76,16 +78,12 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     return plgpu.load(descale_ref.at[h, i], layout=pipeline.ROW,
                       optimized=False)
 
-  def pingpong():
-    # Ping-pong (FlashAttention 3): the two compute warpgroups meet here twice
-    # a step, half a step apart, so one's softmax runs while the other's
-    # wgmmas hold the tensor cores.
-    plgpu.barrier_arrive(schedule)
-    plgpu.barrier_wait(schedule)
+  # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
+  pingpong = pipeline.PingPong(wg, schedule)
 
   def init():
     pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
-    pl.when(wg == 1)(pingpong)         # warpgroup 1 starts half a step behind
+    pl.when(wg == 1)(pingpong.wait)    # warpgroup 1 starts half a step behind
     # carry: acc, m, l, and FP8's q·k descale per row (loaded once)
     return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
             jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
@@ -101,10 +99,10 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                                                           block_kv)])
     sync.wait(0)
 
-    # S = Q Kᵀ; while it runs, hand over to the other warpgroup
+    # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
     def qk(acc_ref):
       plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
-      pingpong()
+      pingpong.signal()
       return acc_ref[...]
     s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
     sync.release(0)                    # K's slot can be refilled
@@ -122,9 +120,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     # optimisation barrier over 8-bit registers)
     p = p * p_scale if fp8 else p.astype(p_dtype)
     acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
-    plgpu.barrier_arrive(schedule)
     sync.wait(1)
-    plgpu.barrier_wait(schedule)
+    pingpong.wait()                    # the other's Q Kᵀ is issued
     # acc += P V   (FP8: V's tile is [d, block_kv], K-major as wgmma needs)
     v_tile = v_smem.at[slot].T if fp8 else v_smem.at[slot]
     acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_tile, p_tile,
@@ -132,7 +129,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     return acc, m, l, qk_descale
 
   def finish(carry):
-    pl.when(wg == 0)(pingpong)         # ... and warpgroup 0 ends half a step on
+    pl.when(wg == 0)(pingpong.signal)  # ... and warpgroup 0 ends half a step on
     # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
     # through shared memory.
     o, lse = common.finalize(*carry[:3])
@@ -204,13 +201,10 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           if plan.interpret or fp8 else None,
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
-          plgpu.Barrier(num_arrivals=COMPUTE_WGS),
+          # the ping-pong's: named hardware barriers when compiled
+          plgpu.Barrier(num_barriers=2) if plan.interpret else None,
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
-      # no reduction scratch: the row max/sum of the accumulator layout stay
-      # within a warp, and the 2 KiB keep 3 stages of 128-row K/V tiles in
-      # shared memory at head_dim 128 (as tokamax's kernel does)
-      compiler_params=plgpu.CompilerParams(approx_math=True,
-                                           reduction_scratch_bytes=0),
+      compiler_params=pipeline.compiler_params(plan),
       interpret=interpret,
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)

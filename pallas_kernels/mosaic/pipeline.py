@@ -21,6 +21,7 @@ from typing import Callable
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.mosaic.gpu import utils as mgpu_utils
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from flashjax.config import MOSAIC_BLOCK_Q
@@ -155,6 +156,80 @@ def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
                Stream(lambda j: v_ref.at[batch, kv_head, :, rows(j)]
                       if v_transposed else v_ref.at[batch, rows(j), kv_head],
                       v_smem, v_full, v_free)])
+
+
+# The first id of our named hardware barriers: Mosaic GPU itself uses 0 and one
+# per warpgroup (1..3 here).
+_NAMED_BARRIER_BASE = 4
+
+
+def _named_barrier(op: str, barrier_id, num_threads: int):
+  """``bar.{op} barrier_id, num_threads`` (op: "arrive" or "sync") by every
+  thread of the calling warpgroup; ``barrier_id`` an int32 scalar."""
+  @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
+  def run(_, idx):
+    mgpu_utils.inline_ptx(f"bar.{op} $0, {num_threads};",
+                           idx.registers[()], convergent=True)
+  run(barrier_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class PingPong:
+  """FlashAttention 3's ping-pong between the two compute warpgroups: ``wg``
+  calls ``signal()`` once its Q Kᵀ wgmma is issued (the other warpgroup may
+  now issue its P V) and ``wait()`` before its own P V (until the other has
+  issued its next Q Kᵀ), so one warpgroup's softmax runs while the other's
+  matmuls hold the tensor cores. Warpgroup 1 starts with a ``wait()``,
+  warpgroup 0 ends with a ``signal()``; a signal is never two ahead of its
+  wait.
+
+  Compiled (``mbarriers=None``): two named hardware barriers, one per waiting
+  warpgroup (``bar.arrive``/``bar.sync`` over both warpgroups' threads), as
+  FlashAttention 3 and tokamax do. The Mosaic GPU interpreter cannot run
+  inline PTX, so there ``mbarriers`` (``Barrier(num_barriers=2)``) carry the
+  same protocol, which its race and deadlock checks then cover.
+  """
+
+  wg: object
+  mbarriers: object = None
+
+  def signal(self):
+    if self.mbarriers is None:
+      _named_barrier("arrive", _NAMED_BARRIER_BASE + 1 - self.wg,
+                     COMPUTE_WGS * 128)
+    else:
+      plgpu.barrier_arrive(self.mbarriers.at[1 - self.wg])
+
+  def wait(self):
+    if self.mbarriers is None:
+      _named_barrier("sync", _NAMED_BARRIER_BASE + self.wg, COMPUTE_WGS * 128)
+    else:
+      plgpu.barrier_wait(self.mbarriers.at[self.wg])
+
+
+def compiler_params(plan):
+  """The Hopper kernels' compiler parameters.
+
+  ``approx_math``: ``exp2`` as ``ex2.approx``. No reduction scratch: the row
+  max/sum of the accumulator layout stay within a warp, and the 2 KiB keep 3
+  stages of 128-row K/V tiles at head_dim 128 in shared memory (as tokamax's
+  kernel does). No automatic barriers (``bar.sync`` of the warpgroup around
+  every shared-memory store and TMA issue): no thread reads and writes the
+  same shared memory (Q/O, K/V, dQ/dK/dV tiles are written by TMA or read
+  only by wgmma), and a tile a thread stores for a wgmma (FP8's P) is fenced
+  by ``commit_smem``, whose warpgroup barrier orders it; the wgmma that read
+  it before was awaited by every warp of the warpgroup.
+  """
+  return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0,
+                              unsafe_no_auto_barriers=not plan.interpret)
+
+
+def query_tile_index(mask, num_tiles: int, name: str = "q_tile"):
+  """The grid index of a CTA's query tile. Under a causal mask the last query
+  tiles see the most keys: the index runs backwards so that they start first
+  and the short ones fill the last wave."""
+  i = lax.axis_index(name)
+  return num_tiles - 1 - i if mask.causal else i
 
 
 def load_owned(barrier, copies):
