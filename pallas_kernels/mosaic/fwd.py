@@ -5,8 +5,8 @@ Each CTA owns ``2 · BLOCK_Q`` query rows: two compute warpgroups of
 the CTA can see (causal/window tiles outside are skipped) through
 :func:`pipeline.streamed_loop`. Both matmuls are wgmma: S = Q Kᵀ from shared
 memory, and O += P V with P as the register operand, accumulated in place
-(RS form). The two compute warpgroups ping-pong on a schedule barrier, so one
-warpgroup's softmax overlaps the other's matmuls (FlashAttention 3).
+(RS form). The two compute warpgroups ping-pong (:class:`pipeline.PingPong`),
+so one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3).
 
 Mosaic GPU's CPU interpreter (jax 0.11.2) cannot run an RS wgmma or an
 in-place accumulator; in interpret mode P goes through shared memory to an SS
@@ -19,10 +19,10 @@ loop with S rescaled by the q·k descale, P scaled by the format's largest value
 and rounded to FP8 into shared memory for an SS wgmma (jax 0.11.2 cannot turn
 an accumulator into an 8-bit register operand), and V transposed by XLA to
 ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must
-be K-major). Checked in the interpreter and lowered; not yet run on a GPU.
+be K-major).
 
-Status: the core test suite passes compiled on the H100 and in the interpreter
-(race detector on); ``backend="auto"`` picks it on sm_90.
+Status: the core and FP8 test suites pass compiled on the H100 and in the
+interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
 """
 
 from __future__ import annotations
