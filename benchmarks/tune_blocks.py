@@ -44,11 +44,15 @@ MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
           MosaicBlocks(256, 2), MosaicBlocks(256, 3)]
 # the backward's own: the above with 128-row query tiles in dK/dV too
 MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC]
+# the forward's: the above, and the likeliest of them with a persistent grid
+MOSAIC_FWD = MOSAIC + [
+    MosaicBlocks(kv, stages, persistent=True)
+    for kv, stages in ((128, 2), (128, 3), (256, 2))]
 
 
 # the FP8 forward: half the bytes per K/V tile, so deeper pipelines fit
-MOSAIC_FP8 = MOSAIC + [MosaicBlocks(128, 5), MosaicBlocks(128, 6),
-                       MosaicBlocks(256, 4)]
+MOSAIC_FP8 = MOSAIC_FWD + [MosaicBlocks(128, 5), MosaicBlocks(128, 6),
+                           MosaicBlocks(256, 4)]
 
 
 def candidates(backend, mode, d, best, fp8=False):
@@ -58,7 +62,7 @@ def candidates(backend, mode, d, best, fp8=False):
     # the forward's tiling first, then the backward's with that forward
     if mode == "fwd":
       return [dataclasses.replace(base, mosaic=m)
-              for m in (MOSAIC_FP8 if fp8 else MOSAIC)
+              for m in (MOSAIC_FP8 if fp8 else MOSAIC_FWD)
               if m.smem_bytes(d, 2, fp8=fp8) <= SMEM_BYTES]
     return [dataclasses.replace(best["fwd"][1], mosaic_bwd=m)
             for m in MOSAIC_BWD if m.smem_bytes(d, 2, backward=True)

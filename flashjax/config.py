@@ -78,11 +78,14 @@ MOSAIC_HEAD_DIMS = (64, 128)
 class MosaicBlocks:
   """Tiling of one pass of the Hopper kernels: rows of each streamed K/V tile
   (forward, dQ), of each streamed query tile (dK/dV; the forward ignores it),
-  and the pipeline's stages."""
+  the pipeline's stages, and (forward only) ``persistent``: one CTA per SM
+  walking the query tiles, so a tile's epilogue and the next one's first
+  loads overlap compute."""
 
   block_kv: int = 64
   stages: int = 2
   block_q_dkv: int = 64
+  persistent: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

@@ -141,3 +141,24 @@ def test_fwd_and_bwd_lower_for_cuda(head_dim, dtype, masking):
   # forward, dQ and dK/dV: three Mosaic GPU kernels, no Triton one.
   assert text.count("custom_call @mosaic_gpu") == 3
   assert "triton" not in text
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_persistent_forward(case):
+  """One CTA per SM walking the query tiles: the interpreter runs 2 CTAs, so
+  each walks several tiles and the pipeline's slots, barrier phases and the
+  ping-pong carry over from one tile to the next (race detector on); the
+  compiled form lowers for CUDA."""
+  config = flashjax.default_config(case.head_dim, causal=case.causal)
+  config = dataclasses.replace(config, mosaic=dataclasses.replace(
+      config.mosaic, block_kv=64, persistent=True))
+  if jax.default_backend() != "gpu":
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+  check_attention(case, backend="mosaic", config=config)
+  if jax.default_backend() != "gpu":
+    assert not interpret_pallas_call.get_races().races_found
+  q = jax.ShapeDtypeStruct((2, 1000, 4, case.head_dim), jnp.dtype(case.dtype))
+  text = lower_for_h100(lambda q: flashjax.attention(
+      q, q, q, causal=case.causal, backend="mosaic", config=config,
+      interpret=False), q).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1

@@ -44,9 +44,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               v_smem, owned_barrier, k_full, v_full, k_free, v_free, *,
               plan: Plan, block_kv: int, num_kv_blocks: int):
   b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
-  cta_start = pipeline.query_tile_index(
-      plan.mask, q_ref.shape[1] // (COMPUTE_WGS * BLOCK_Q), "tile") * (
-          COMPUTE_WGS * BLOCK_Q)
+  cta_start = pipeline.heavy_first(
+      plan.mask, lax.axis_index("tile"),
+      q_ref.shape[1] // (COMPUTE_WGS * BLOCK_Q)) * (COMPUTE_WGS * BLOCK_Q)
   q_start = cta_start + wg * BLOCK_Q
   kv_head = lax.div(h, jnp.int32(plan.group))
   head_dim = q_ref.shape[-1]
@@ -73,16 +73,21 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                           block_kv)])
     sync.wait(0)
-    # S = scale · Q Kᵀ (log2 units), invisible entries -inf
-    s, t = _scores(plan, pipeline.wgmma_ss(q_tile, k_smem.at[slot].T, shape))
-    if masked:
-      s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-    # P = exp2(S - L)
-    p = jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0]))
     sync.wait(1)
-    # dP = dO Vᵀ, dS = P ∘ (dP - D)
-    dp = pipeline.wgmma_ss(do_tile, v_smem.at[slot].T, shape)
+
+    def probabilities(qk):
+      # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
+      s, t = _scores(plan, qk)
+      if masked:
+        s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
+      return jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0])), t
+
+    # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
+    (p, t), dp = pipeline.wgmma_ss_pair((q_tile, k_smem.at[slot].T, shape),
+                                        (do_tile, v_smem.at[slot].T, shape),
+                                        probabilities)
     sync.release(1)                    # V's slot can be refilled
+    # dS = P ∘ (dP - D)
     ds = common.softcap_grad(p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
                              t)
     # dQ += dS K
@@ -94,12 +99,14 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     dq = carry[0]
     pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
 
-  pipeline.kv_loop(
+  work = pipeline.kv_work(
       plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
-      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full,
-      k_free=k_free, v_free=v_free, batch=b, kv_head=kv_head,
-      block_kv=block_kv, num_kv_blocks=num_kv_blocks, init=init, step=step,
-      finish=finish)
+      batch=b, kv_head=kv_head, block_kv=block_kv,
+      num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish)
+  pipeline.streamed_loop(
+      wg=wg, tiles=pipeline.Tiles.this_cta(), work=lambda _: work,
+      streams=[pipeline.Stream(k_smem, k_full, k_free),
+               pipeline.Stream(v_smem, v_full, v_free)])
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
@@ -153,18 +160,23 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         plgpu.load(lse_smem.at[slot], layout=COL))
     delta = plgpu.load(delta_smem.at[slot], layout=COL)
     q_slot, do_slot = q_smem.at[slot], do_smem.at[slot]
-    # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf
-    st, t = _scores(plan, pipeline.wgmma_ss(k_tile, q_slot.T, shape))
-    if masked:
-      st = pipeline.mask_scores(plan.mask, st, kv_start, i * block_q, ids,
-                                rows_are_keys=True)
-    # Pᵀ = exp2(Sᵀ - L)
-    pt = jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1]))
+
+    def probabilities(kq):
+      # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf; Pᵀ = exp2(Sᵀ - L)
+      st, t = _scores(plan, kq)
+      if masked:
+        st = pipeline.mask_scores(plan.mask, st, kv_start, i * block_q, ids,
+                                  rows_are_keys=True)
+      return jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1])), t
+
+    # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ runs
+    (pt, t), dpt = pipeline.wgmma_ss_pair((k_tile, q_slot.T, shape),
+                                          (v_tile, do_slot.T, shape),
+                                          probabilities)
     # dV += Pᵀ dO
     dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile,
                           in_place=not plan.interpret)
-    # dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D)
-    dpt = pipeline.wgmma_ss(v_tile, do_slot.T, shape)
+    # dSᵀ = Pᵀ ∘ (dPᵀ - D)
     dst = common.softcap_grad(
         pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
     # dK += dSᵀ Q   (SS form: dSᵀ reuses Pᵀ's buffer, its wgmma has completed)
@@ -181,20 +193,20 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     head, i = head_and_tile(j)
     return head, pl.ds(i * block_q, block_q)
 
+  work = pipeline.Work(
+      lo=0, hi=plan.group * (q_hi - q_lo), init=init, step=step,
+      finish=finish, full=full_range() if needs_mask else None,
+      srcs=(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
+            lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
+            lambda j: lse_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
+            lambda j: delta_ref.at[b, tile_of(j)[0], tile_of(j)[1]]))
   pipeline.streamed_loop(
-      wg=wg, lo=0, hi=plan.group * (q_hi - q_lo), init=init,
-      step=step, finish=finish, full=full_range() if needs_mask else None,
+      wg=wg, tiles=pipeline.Tiles.this_cta(), work=lambda _: work,
       # one release for all four: Q and dO are read until the step's end
-      streams=[
-          pipeline.Stream(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
-                          q_smem, q_full, q_free),
-          pipeline.Stream(lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
-                          do_smem, do_full, q_free),
-          pipeline.Stream(lambda j: lse_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
-                          lse_smem, lse_full, q_free),
-          pipeline.Stream(
-              lambda j: delta_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
-              delta_smem, delta_full, q_free)])
+      streams=[pipeline.Stream(q_smem, q_full, q_free),
+               pipeline.Stream(do_smem, do_full, q_free),
+               pipeline.Stream(lse_smem, lse_full, q_free),
+               pipeline.Stream(delta_smem, delta_full, q_free)])
 
 
 def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,

@@ -28,6 +28,7 @@ interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,7 @@ from pallas_kernels.mosaic import pipeline
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
-               block_kv: int,
-               num_kv_blocks: int):
+               block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
@@ -55,13 +55,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
   # (FP8: O is not in Q's dtype); k_smem/v_smem are the streamed K/V slots;
   # p_smem: P's tile per warpgroup for an SS wgmma (FP8, or the interpreter),
-  # None when P is the register operand.
-  b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
-  cta_start = pipeline.query_tile_index(
-      plan.mask, q_ref.shape[1] // (COMPUTE_WGS * BLOCK_Q)) * (COMPUTE_WGS *
-                                                             BLOCK_Q)
-  q_start = cta_start + wg * BLOCK_Q
-  kv_head = lax.div(h, jnp.int32(plan.group))
+  # None when P is the register operand. tiles: the CTA's (head, query tile,
+  # batch) tiles.
+  wg = lax.axis_index("wg")
   fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
   q_tile = q_smem.at[wg]
@@ -70,80 +66,90 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # FP8: P is scaled by the format's largest value before it is rounded
   p_dtype, p_scale = ((fp8, common.fp8_p_scale(fp8)) if fp8 else
                       (q_ref.dtype, None))
-
-  rows = pl.ds(q_start, BLOCK_Q)
-
-  def descale(i):
-    # FP8: row i of this head's descales, in the accumulator's row layout
-    return plgpu.load(descale_ref.at[h, i], layout=pipeline.ROW,
-                      optimized=False)
-
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
   pingpong = pipeline.PingPong(wg, schedule)
 
-  def init():
-    pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
-    pl.when(wg == 1)(pingpong.wait)    # warpgroup 1 starts half a step behind
-    # carry: acc, m, l, and FP8's q·k descale per row (loaded once)
-    return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
-            jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
-            jnp.zeros((BLOCK_Q,), jnp.float32),
-            descale(0) if fp8 else None)
+  def work(index):
+    h, q_tile_index, b = index
+    cta_start = pipeline.heavy_first(plan.mask, q_tile_index,
+                                     tiles.grid[1]) * (COMPUTE_WGS * BLOCK_Q)
+    q_start = cta_start + wg * BLOCK_Q
+    kv_head = lax.div(h, jnp.int32(plan.group))
+    rows = pl.ds(q_start, BLOCK_Q)
 
-  def step(j, slot, sync, carry, masked):
-    acc, m, l, qk_descale = carry
-    # segment ids of the rows and of tile j, read first so that their latency
-    # hides behind the wait for K and the Q Kᵀ wgmma
-    ids = None if not masked or seg_refs is None else pipeline.load_ids(
-        seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
-                                                          block_kv)])
-    sync.wait(0)
+    def descale(i):
+      # FP8: row i of this head's descales, in the accumulator's row layout
+      return plgpu.load(descale_ref.at[h, i], layout=pipeline.ROW,
+                        optimized=False)
 
-    # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
-    def qk(acc_ref):
-      plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
-      pingpong.signal()
-      return acc_ref[...]
-    s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
-    sync.release(0)                    # K's slot can be refilled
-    if fp8:
-      s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
-    # scaled logits in log2 units (softcap: c · tanh(scale · Q Kᵀ / c))
-    s, _ = common.logits(s, scale=plan.scale, softcap=plan.softcap)
-    if masked:
-      s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-    # P = exp2(S - m_new), l_new = alpha · l + rowsum(P), acc = alpha · acc
-    p, m, l, alpha = common.online_softmax_step(s, m, l)
-    acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-    # the softmax is done before the hand-over (the order matters for speed,
-    # as in JAX's attention_mgpu); FP8 rounds P after it (Mosaic GPU has no
-    # optimisation barrier over 8-bit registers)
-    p = p * p_scale if fp8 else p.astype(p_dtype)
-    acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
-    sync.wait(1)
-    pingpong.wait()                    # the other's Q Kᵀ is issued
-    # acc += P V   (FP8: V's tile is [d, block_kv], K-major as wgmma needs)
-    v_tile = v_smem.at[slot].T if fp8 else v_smem.at[slot]
-    acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_tile, p_tile,
-                           in_place=not plan.interpret)
-    return acc, m, l, qk_descale
+    def init():
+      pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
+      # carry: acc, m, l, and FP8's q·k descale per row (loaded once)
+      return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
+              jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
+              jnp.zeros((BLOCK_Q,), jnp.float32),
+              descale(0) if fp8 else None)
 
-  def finish(carry):
-    pl.when(wg == 0)(pingpong.signal)  # ... and warpgroup 0 ends half a step on
-    # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
-    # through shared memory.
-    o, lse = common.finalize(*carry[:3])
-    if fp8:
-      o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
-    pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
-                    (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])])
+    def step(j, slot, sync, carry, masked):
+      acc, m, l, qk_descale = carry
+      # segment ids of the rows and of tile j, read first so that their latency
+      # hides behind the wait for K and the Q Kᵀ wgmma
+      ids = None if not masked or seg_refs is None else pipeline.load_ids(
+          seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
+                                                            block_kv)])
+      sync.wait(0)
 
-  pipeline.kv_loop(
-      plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
-      k_smem=k_smem, v_smem=v_smem, k_full=k_full, v_full=v_full,
-      k_free=k_free, v_free=v_free,
-      batch=b, kv_head=kv_head, block_kv=block_kv, num_kv_blocks=num_kv_blocks,
-      init=init, step=step, finish=finish, v_transposed=bool(fp8))
+      # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
+      def qk(acc_ref):
+        plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
+        pingpong.signal()
+        return acc_ref[...]
+      s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
+      sync.release(0)                    # K's slot can be refilled
+      if fp8:
+        s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
+      # scaled logits in log2 units (softcap: c · tanh(scale · Q Kᵀ / c))
+      s, _ = common.logits(s, scale=plan.scale, softcap=plan.softcap)
+      if masked:
+        s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
+      # P = exp2(S - m_new), l_new = alpha · l + rowsum(P), acc = alpha · acc
+      p, m, l, alpha = common.online_softmax_step(s, m, l)
+      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+      # the softmax is done before the hand-over (the order matters for speed,
+      # as in JAX's attention_mgpu); FP8 rounds P after it (Mosaic GPU has no
+      # optimisation barrier over 8-bit registers)
+      p = p * p_scale if fp8 else p.astype(p_dtype)
+      acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
+      sync.wait(1)
+      pingpong.wait()                    # the other's Q Kᵀ is issued
+      # acc += P V   (FP8: V's tile is [d, block_kv], K-major as wgmma needs)
+      v_tile = v_smem.at[slot].T if fp8 else v_smem.at[slot]
+      acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_tile, p_tile,
+                             in_place=not plan.interpret)
+      return acc, m, l, qk_descale
+
+    def finish(carry):
+      # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
+      # through shared memory.
+      o, lse = common.finalize(*carry[:3])
+      if fp8:
+        o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
+      pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
+                      (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])])
+
+    return pipeline.kv_work(
+        plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
+        batch=b, kv_head=kv_head, block_kv=block_kv,
+        num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish,
+        v_transposed=bool(fp8))
+
+  pipeline.streamed_loop(
+      wg=wg, tiles=tiles, work=work,
+      streams=[pipeline.Stream(k_smem, k_full, k_free),
+               pipeline.Stream(v_smem, v_full, v_free)],
+      # warpgroup 1 starts half a step behind, warpgroup 0 ends half a step on
+      start=lambda: pl.when(wg == 1)(pingpong.wait),
+      end=lambda: pl.when(wg == 0)(pingpong.signal))
 
 
 def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
@@ -171,9 +177,16 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   """
   batch, seq_q, num_heads, head_dim = q.shape
   seq_kv = k.shape[1]
-  bkv, stages = plan.config.mosaic.block_kv, plan.config.mosaic.stages
+  blocks = plan.config.mosaic
+  bkv, stages = blocks.block_kv, blocks.stages
+  tiles = pipeline.Tiles(
+      grid=(num_heads, seq_q // (COMPUTE_WGS * BLOCK_Q), batch),
+      names=("heads", "q_tile", "batch"), persistent=blocks.persistent)
+  grid, grid_names = (((pipeline.num_ctas(plan, math.prod(tiles.grid)),),
+                       ("sm",)) if tiles.persistent else
+                      (tiles.grid, tiles.names))
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
-                             num_kv_blocks=seq_kv // bkv)
+                             num_kv_blocks=seq_kv // bkv, tiles=tiles)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8
@@ -186,8 +199,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
   return plgpu.kernel(
       kernel,
-      grid=(num_heads, seq_q // (COMPUTE_WGS * BLOCK_Q), batch),
-      grid_names=("heads", "q_tile", "batch"),
+      grid=grid, grid_names=grid_names,
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(q.shape, plan.dtype),
                 jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],

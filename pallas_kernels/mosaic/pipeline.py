@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -33,14 +34,33 @@ COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
 
 @dataclasses.dataclass(frozen=True)
 class Stream:
-  """One streamed operand: ``src(j)`` is the GMEM view of tile j; ``smem`` has
-  one slot per stage (its leading axis); ``full`` and ``free`` one barrier per
-  stage (``free`` may be shared with other streams)."""
+  """One streamed operand: ``smem`` has one slot per stage (its leading axis);
+  ``full`` and ``free`` one barrier per stage (``free`` may be shared with
+  other streams)."""
 
-  src: Callable
   smem: object
   full: object
   free: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+  """What a CTA does for one output tile: walk streamed tiles ``[lo, hi)``,
+  tile j of stream i read from ``srcs[i](j)`` (a GMEM view). ``init()``
+  (compute warpgroups, before the loop) returns the carry; ``step(j, slot,
+  sync, carry, masked)`` the next carry (``sync``: a :class:`Sync` for the
+  slot); ``finish(carry)`` writes the results. ``full = (a, b)``: the calling
+  warpgroup's tiles in ``[a, b)`` have no masked entry and are stepped with
+  ``masked=False``, the others with ``masked=True``; ``full=None``: no tile
+  needs the mask."""
+
+  lo: object
+  hi: object
+  srcs: tuple
+  init: Callable
+  step: Callable
+  finish: Callable
+  full: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,16 +81,40 @@ def _distinct(barriers):
   return out
 
 
-def streamed_loop(*, wg, lo, hi, streams, init, step, finish, full=None):
-  """Run the producer and the compute warpgroups over tiles ``[lo, hi)``.
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+  """The output tiles a CTA computes, as indices into ``grid`` (a tuple of
+  sizes). ``persistent=False``: one tile, the kernel's grid position (the
+  kernel's grid is ``grid``, named ``names``). ``persistent=True``: the
+  kernel's grid is one CTA per SM (axis ``"sm"``) and each walks every
+  ``num_sms``-th tile of ``grid`` (:func:`plgpu.nd_loop`), so one tile's
+  epilogue and the next one's first loads overlap the compute."""
 
-  ``init()`` (compute warpgroups, before the loop) returns the carry;
-  ``step(j, slot, sync, carry, masked)`` returns the next carry (``sync``: a
-  :class:`Sync` for the slot); ``finish(carry)`` writes the results.
-  ``full = (a, b)``: the calling warpgroup's tiles in ``[a, b)`` have no
-  masked entry and are stepped with ``masked=False``, the others with
-  ``masked=True``; ``full=None``: no tile needs the mask.
-  """
+  grid: tuple
+  names: tuple
+  persistent: bool = False
+
+  @staticmethod
+  def this_cta():
+    """One tile, whose indices the kernel reads from its grid itself."""
+    return Tiles(grid=(), names=())
+
+  def run(self, body):
+    """``body(index, done) -> done'`` for each tile, ``done`` the streamed
+    steps this CTA ran before (barrier phases and slots carry on from it);
+    returns the CTA's total."""
+    if not self.persistent:
+      return body(tuple(lax.axis_index(n) for n in self.names), jnp.int32(0))
+    return plgpu.nd_loop(self.grid, collective_axes="sm",
+                         init_carry=jnp.int32(0))(
+                             lambda info, carry: body(info.index, carry))
+
+
+def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
+  """Run the producer and the compute warpgroups over the CTA's tiles:
+  ``work(index)`` gives the :class:`Work` of tile ``index``; ``streams``
+  the :class:`Stream` s it reads. ``start()``/``end()``: run by each compute
+  warpgroup before its first tile and after its last."""
   stages = streams[0].smem.shape[0]
   frees = _distinct([stream.free for stream in streams])
 
@@ -78,84 +122,96 @@ def streamed_loop(*, wg, lo, hi, streams, init, step, finish, full=None):
   def _producer():
     plgpu.set_max_registers(40, action="decrease")
 
-    def load(j, _):
-      slot = lax.rem(j - lo, stages)
-      for free in frees:
-        # Reuse a slot only after every compute warpgroup released it.
-        @pl.when(j - lo >= stages)
-        def _():
-          plgpu.barrier_wait(free.at[slot])
-        for stream in streams:
-          if stream.free is free:
-            plgpu.copy_gmem_to_smem(stream.src(j), stream.smem.at[slot],
-                                    stream.full.at[slot])
-    lax.fori_loop(lo, hi, load, None)
+    def tile(index, done):
+      w = work(index)
+
+      def load(j, _):
+        n = done + j - w.lo              # the CTA's step count
+        slot = lax.rem(n, stages)
+        for free in frees:
+          # Reuse a slot only after every compute warpgroup released it.
+          @pl.when(n >= stages)
+          def _():
+            plgpu.barrier_wait(free.at[slot])
+          for stream, src in zip(streams, w.srcs):
+            if stream.free is free:
+              plgpu.copy_gmem_to_smem(src(j), stream.smem.at[slot],
+                                      stream.full.at[slot])
+      lax.fori_loop(w.lo, w.hi, load, None)
+      return done + jnp.maximum(w.hi - w.lo, 0)
+    total = tiles.run(tile)
 
     # Observe the releases not yet waited for, so every phase is consumed.
     for free in frees:
-      def drain(j, _, free=free):
-        plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
-      lax.fori_loop(jnp.maximum(lo, hi - stages), hi, drain, None)
+      def drain(n, _, free=free):
+        plgpu.barrier_wait(free.at[lax.rem(n, stages)])
+      lax.fori_loop(jnp.maximum(0, total - stages), total, drain, None)
 
   @pl.when(wg < COMPUTE_WGS)
   def _compute():
     plgpu.set_max_registers(232, action="increase")
 
-    def loop(start, stop, carry, masked):
-      def body(j, carry):
-        slot = lax.rem(j - lo, stages)
-        released = []
+    def tile(index, done):
+      w = work(index)
 
-        def release(i):
-          free = streams[i].free
-          if not any(free is r for r in released):
-            plgpu.barrier_arrive(free.at[slot])
-            released.append(free)
-        sync = Sync(
-            wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
-            release=release)
-        carry = step(j, slot, sync, carry, masked)
-        for i in range(len(streams)):
-          release(i)
-        return carry
-      return lax.fori_loop(start, stop, body, carry)
+      def loop(start, stop, carry, masked):
+        def body(j, carry):
+          slot = lax.rem(done + j - w.lo, stages)
+          released = []
 
-    carry = init()
-    if full is None:
-      carry = loop(lo, hi, carry, masked=False)
-    else:
-      # masked tiles before [a, b), the unmasked ones, masked tiles after
-      a = jnp.clip(full[0], lo, hi)
-      b = jnp.clip(full[1], a, hi)
-      carry = loop(lo, a, carry, masked=True)
-      carry = loop(a, b, carry, masked=False)
-      carry = loop(b, hi, carry, masked=True)
-    finish(carry)
+          def release(i):
+            free = streams[i].free
+            if not any(free is r for r in released):
+              plgpu.barrier_arrive(free.at[slot])
+              released.append(free)
+          sync = Sync(
+              wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
+              release=release)
+          carry = w.step(j, slot, sync, carry, masked)
+          for i in range(len(streams)):
+            release(i)
+          return carry
+        return lax.fori_loop(start, stop, body, carry)
+
+      carry = w.init()
+      if w.full is None:
+        carry = loop(w.lo, w.hi, carry, masked=False)
+      else:
+        # masked tiles before [a, b), the unmasked ones, masked tiles after
+        a = jnp.clip(w.full[0], w.lo, w.hi)
+        b = jnp.clip(w.full[1], a, w.hi)
+        carry = loop(w.lo, a, carry, masked=True)
+        carry = loop(a, b, carry, masked=False)
+        carry = loop(b, w.hi, carry, masked=True)
+      w.finish(carry)
+      return done + jnp.maximum(w.hi - w.lo, 0)
+    if start is not None:
+      start()
+    tiles.run(tile)
+    if end is not None:
+      end()
 
 
-def kv_loop(mask, *, wg, cta_start, k_ref, v_ref, k_smem, v_smem, k_full,
-            v_full, k_free, v_free, batch, kv_head, block_kv: int,
-            num_kv_blocks: int, init, step, finish,
-            v_transposed: bool = False):
-  """:func:`streamed_loop` over the K/V tiles (streams 0: K, 1: V) that some
-  row of the CTA's ``COMPUTE_WGS · 64`` query rows from ``cta_start`` can see
-  under ``mask`` (the forward and dQ kernels); the rest are skipped. Each
-  compute warpgroup masks only the tiles its own 64 rows do not fully see.
-  ``v_transposed``: V is ``[batch, kv_heads, d, seq_kv]`` (FP8) and its tiles
-  ``[d, block_kv]``."""
+def kv_work(mask, *, wg, cta_start, k_ref, v_ref, batch, kv_head,
+            block_kv: int, num_kv_blocks: int, init, step, finish,
+            v_transposed: bool = False) -> Work:
+  """The :class:`Work` of a query tile (the forward and dQ kernels; streams
+  0: K, 1: V): the K/V tiles that some row of the CTA's ``COMPUTE_WGS · 64``
+  query rows from ``cta_start`` can see under ``mask``; the rest are
+  skipped. Each compute warpgroup masks only the tiles its own 64 rows do not
+  fully see. ``v_transposed``: V is ``[batch, kv_heads, d, seq_kv]`` (FP8)
+  and its tiles ``[d, block_kv]``."""
   lo, hi = mask.kv_block_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
                                block_kv, num_kv_blocks)
   full = (None if mask.is_trivial(num_kv_blocks * block_kv) else
           mask.kv_full_range(cta_start + wg * MOSAIC_BLOCK_Q, MOSAIC_BLOCK_Q,
                              block_kv))
   rows = lambda j: pl.ds(j * block_kv, block_kv)
-  streamed_loop(
-      wg=wg, lo=lo, hi=hi, init=init, step=step, finish=finish, full=full,
-      streams=[Stream(lambda j: k_ref.at[batch, rows(j), kv_head], k_smem,
-                      k_full, k_free),
-               Stream(lambda j: v_ref.at[batch, kv_head, :, rows(j)]
-                      if v_transposed else v_ref.at[batch, rows(j), kv_head],
-                      v_smem, v_full, v_free)])
+  return Work(
+      lo=lo, hi=hi, init=init, step=step, finish=finish, full=full,
+      srcs=(lambda j: k_ref.at[batch, rows(j), kv_head],
+            lambda j: v_ref.at[batch, kv_head, :, rows(j)] if v_transposed
+            else v_ref.at[batch, rows(j), kv_head]))
 
 
 # The first id of our named hardware barriers: Mosaic GPU itself uses 0 and one
@@ -180,8 +236,9 @@ class PingPong:
   now issue its P V) and ``wait()`` before its own P V (until the other has
   issued its next Q Kᵀ), so one warpgroup's softmax runs while the other's
   matmuls hold the tensor cores. Warpgroup 1 starts with a ``wait()``,
-  warpgroup 0 ends with a ``signal()``; a signal is never two ahead of its
-  wait.
+  warpgroup 0 ends with a ``signal()``, once per CTA: a persistent CTA's
+  steps run on from one tile to the next, so a signal is never two ahead of
+  its wait (both warpgroups walk the same tiles, empty ones included).
 
   Compiled (``mbarriers=None``): two named hardware barriers, one per waiting
   warpgroup (``bar.arrive``/``bar.sync`` over both warpgroups' threads), as
@@ -224,12 +281,22 @@ def compiler_params(plan):
                               unsafe_no_auto_barriers=not plan.interpret)
 
 
-def query_tile_index(mask, num_tiles: int, name: str = "q_tile"):
-  """The grid index of a CTA's query tile. Under a causal mask the last query
-  tiles see the most keys: the index runs backwards so that they start first
-  and the short ones fill the last wave."""
-  i = lax.axis_index(name)
+def heavy_first(mask, i, num_tiles: int):
+  """Query tile ``i`` of ``num_tiles`` in work order: under a causal mask the
+  last query tiles see the most keys, so the order runs backwards and those
+  start first, the short ones filling the last wave."""
   return num_tiles - 1 - i if mask.causal else i
+
+
+def num_ctas(plan, num_tiles: int) -> int:
+  """CTAs of a persistent kernel: one per SM (at most one per tile). The
+  interpreter runs 2, so that CTAs walk several tiles; lowering on a CPU for
+  an abstract H100 takes the H100's 132."""
+  if plan.interpret:
+    return min(2, num_tiles)
+  device = jax.devices()[0]
+  sms = device.core_count if device.platform == "gpu" else 132
+  return min(sms, num_tiles)
 
 
 def load_owned(barrier, copies):
@@ -263,6 +330,21 @@ def wgmma_ss(a, b, shape):
     plgpu.wgmma(acc_ref, a, b)
     return acc_ref[...]
   return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
+def wgmma_ss_pair(first, second, between):
+  """Two products on the tensor cores, both operands in shared memory, issued
+  back to back: ``between(x)`` runs on the first's result while the second is
+  still in flight (FlashAttention 3's intra-warpgroup overlap). ``first``,
+  ``second``: ``(a, b, shape)``. Returns ``(between(a1 @ b1), a2 @ b2)``, the
+  products float32."""
+  def run(x_ref, y_ref):
+    plgpu.wgmma(x_ref, first[0], first[1])
+    plgpu.wgmma(y_ref, second[0], second[1])
+    out = between(plgpu.wgmma_accumulator_load(x_ref, wait_n=1))
+    return out, y_ref[...]
+  return pl.run_scoped(run, plgpu.ACC(first[2], jnp.float32),
+                       plgpu.ACC(second[2], jnp.float32))
 
 
 def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True):
