@@ -110,21 +110,26 @@ def test_policy_gradients_run_in_bf16(backend):
 
 @pytest.mark.skipif(jax.default_backend() == "gpu",
                     reason="the race detector is part of the CPU interpreter")
-def test_hopper_fp8_forward_has_no_races():
+@pytest.mark.parametrize("persistent", [False, True])
+def test_hopper_fp8_forward_has_no_races(persistent):
   """The Hopper FP8 forward in Mosaic GPU's interpreter with its race
   detector: more K/V tiles than pipeline stages, GQA, causal with packed
-  segment ids, per-head descales; it must agree with the portable FP8
-  kernel (the same math and, at 128-row K/V tiles, the same P rounding:
-  in the interpreter they agree to the bit; 1e-3 is far below FP8's
-  rounding, ~6e-2 here)."""
+  segment ids, per-head descales, and a persistent grid; it must agree with
+  the portable FP8 kernel (the same math and, at 128-row K/V tiles, the same
+  P rounding: in the interpreter they agree to the bit; 1e-3 is far below
+  FP8's rounding, ~6e-2 here)."""
+  import dataclasses
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
   q, k, v = _inputs(jax.random.key(9), 1, 333, 333, 4, 2, 128)
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, per_head=True)
                                   for x in (q, k, v))
   seg = jnp.repeat(jnp.arange(3, dtype=jnp.int32), 111)[None]
+  config = flashjax.default_config(128, causal=True, fp8=True)
+  config = dataclasses.replace(config, mosaic=dataclasses.replace(
+      config.mosaic, block_kv=128, persistent=persistent))
   run = lambda backend: flashjax.attention(
       q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
-      q_segment_ids=seg, backend=backend).astype(jnp.float32)
+      q_segment_ids=seg, backend=backend, config=config).astype(jnp.float32)
   interpret_pallas_call.reset_gpu_interpret_mode_state()
   hopper = run("mosaic")
   assert not interpret_pallas_call.get_races().races_found

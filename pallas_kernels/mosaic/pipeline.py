@@ -10,7 +10,10 @@ with it. Streams may share a ``free`` barrier or have their own (the forward
 frees K's slot as soon as S = Q Kᵀ is read, so the producer refills it while
 P V still reads V). Each waiter observes every phase of the barriers it waits
 on (the producer drains each ``free`` at the end), as the Mosaic GPU
-interpreter checks.
+interpreter checks. A CTA computes one output tile, or (persistent, see
+:class:`Tiles`) several in turn: the slots and barrier phases then run on
+from one tile to the next, so the producer fetches the next tile's first K/V
+while the compute warpgroups finish the current one.
 """
 
 from __future__ import annotations
