@@ -27,19 +27,15 @@ def dot(a, b, *, trans_a: bool = False, trans_b: bool = False,
                          preferred_element_type=jnp.float32)
 
 
-def scores(q, k, *, scale: float, softcap: float | None, precision,
-           descale=None):
+def scores(q, k, *, scale: float, softcap: float | None, precision):
   """Logits of one tile in log2 units.
 
   q ``[block_q, d]``, k ``[block_kv, d]`` (input dtype) -> ``(S2, t)`` with S2
   float32 ``[block_q, block_kv]`` and ``t = tanh(scale·QKᵀ / softcap)`` (None
   without softcap), which the backward needs for the soft-cap derivative.
-  ``descale``: FP8 inputs' ``q_descale · k_descale`` (a traced scalar).
   """
-  qk = dot(q, k, trans_b=True, precision=precision)
-  if descale is not None:
-    qk = qk * descale
-  return logits(qk, scale=scale, softcap=softcap)
+  return logits(dot(q, k, trans_b=True, precision=precision), scale=scale,
+                softcap=softcap)
 
 
 def logits(qk, *, scale: float, softcap: float | None):
@@ -50,6 +46,26 @@ def logits(qk, *, scale: float, softcap: float | None):
     return qk * (scale * LOG2E), None
   t = jnp.tanh(qk * (scale / softcap))
   return t * (softcap * LOG2E), t
+
+
+def _folds(scale: float, softcap: float | None) -> bool:
+  return softcap is None and scale > 0
+
+
+def fwd_unit(scale: float, softcap: float | None) -> float:
+  """The unit of the forward's logits x (:func:`fwd_logits`): S2 = x · unit."""
+  return scale * LOG2E if _folds(scale, softcap) else 1.0
+
+
+def fwd_logits(qk, *, scale: float, softcap: float | None):
+  """The forward's logits x of a raw ``Q Kᵀ`` tile (float32), S2 = x ·
+  :func:`fwd_unit`. Without a soft cap (and with a positive scale) x is
+  ``Q Kᵀ`` itself: :func:`online_softmax_step` folds the scale into one FMA
+  per entry, ``exp2(x · unit - m · unit)``, where scaling first costs a
+  multiply and a subtract (FlashAttention 2's trick). Otherwise x = S2."""
+  if _folds(scale, softcap):
+    return qk
+  return logits(qk, scale=scale, softcap=softcap)[0]
 
 
 def fp8_p_scale(fmt: str) -> float:
@@ -66,33 +82,36 @@ def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
   return jnp.where(spec.predicate(q_idx, k_idx, q_seg, kv_seg), s, -jnp.inf)
 
 
-def online_softmax_step(s, m_prev, l_prev):
-  """One step of the online softmax over a tile of log2-unit logits.
+def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0):
+  """One step of the online softmax over a tile of logits S2 = s · unit
+  (log2 units; ``unit > 0``, :func:`fwd_unit`).
 
-  s ``[block_q, block_kv]`` (-inf where masked), m_prev/l_prev ``[block_q]``.
-  Returns ``(P, m_new, l_new, alpha)`` where the caller rescales its O
-  accumulator by ``alpha`` before adding ``P V``. A row that has seen no
-  visible key keeps m = -inf, l = 0 and P = 0 (never NaN).
+  s ``[block_q, block_kv]`` (-inf where masked), m_prev/l_prev ``[block_q]``;
+  m is kept in s's units. Returns ``(P, m_new, l_new, alpha)`` where the
+  caller rescales its O accumulator by ``alpha`` before adding ``P V``. A row
+  that has seen no visible key keeps m = -inf, l = 0 and P = 0 (never NaN).
   """
   # m_new = max(m_prev, rowmax(S))
   m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
   m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-  # P = exp2(S - m_new), alpha = exp2(m_prev - m_new)
-  p = jnp.exp2(s - m_safe[:, None])
-  alpha = jnp.exp2(m_prev - m_safe)
+  # P = exp2(S - m_new) (one FMA and an exp2 per entry), alpha = exp2(m_prev - m_new)
+  p = jnp.exp2(s * unit - (m_safe * unit)[:, None])
+  alpha = jnp.exp2((m_prev - m_safe) * unit)
   # l_new = alpha · l_prev + rowsum(P)
   l_new = alpha * l_prev + jnp.sum(p, axis=1)
   return p, m_new, l_new, alpha
 
 
-def finalize(acc, m, l):
-  """Deferred normalisation: ``O = acc / l`` and ``L = (m + log2 l) · ln 2``.
+def finalize(acc, m, l, unit: float = 1.0):
+  """Deferred normalisation: ``O = acc / l`` and ``L = (m · unit + log2 l) ·
+  ln 2`` (m in the units of :func:`online_softmax_step`).
 
   A fully masked row (l = 0) gives O = 0 and L = -inf.
   """
   empty = l == 0.0
   o = acc / jnp.where(empty, 1.0, l)[:, None]
-  lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * LN2)
+  lse = jnp.where(empty, -jnp.inf,
+                  (m * unit + jnp.log2(jnp.where(empty, 1.0, l))) * LN2)
   return o, lse
 
 

@@ -72,6 +72,17 @@ def test_parity(case, backend):
   check_backend(case, backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [0.3, -0.2])
+def test_custom_scale(scale, backend):
+  """A scale other than 1/sqrt(d): positive (the forward folds it into
+  exp2's FMA, the row max taken on the raw Q Kᵀ) or negative (where that
+  would be wrong: scaled first)."""
+  case = Case(dtype="bfloat16", seq_q=200, seq_kv=260, num_q_heads=4,
+              num_kv_heads=2, causal=True, head_dim=64)
+  check_attention(case, backend=backend, scale=scale)
+
+
 def test_grid_sample_covers_every_value():
   """The CI sample touches every value of every factor of the grid."""
   for i, (name, values) in enumerate(GRID.items()):

@@ -66,6 +66,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # FP8: P is scaled by the format's largest value before it is rounded
   p_dtype, p_scale = ((fp8, common.fp8_p_scale(fp8)) if fp8 else
                       (q_ref.dtype, None))
+  unit = common.fwd_unit(plan.scale, plan.softcap)     # S2 = s · unit
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
   pingpong = pipeline.PingPong(wg, schedule)
 
@@ -108,12 +109,12 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       sync.release(0)                    # K's slot can be refilled
       if fp8:
         s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
-      # scaled logits in log2 units (softcap: c · tanh(scale · Q Kᵀ / c))
-      s, _ = common.logits(s, scale=plan.scale, softcap=plan.softcap)
+      # logits, S2 = s · unit (softcap: c · tanh(scale · Q Kᵀ / c))
+      s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap)
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
       # P = exp2(S - m_new), l_new = alpha · l + rowsum(P), acc = alpha · acc
-      p, m, l, alpha = common.online_softmax_step(s, m, l)
+      p, m, l, alpha = common.online_softmax_step(s, m, l, unit)
       acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
       # the softmax is done before the hand-over (the order matters for speed,
       # as in JAX's attention_mgpu); FP8 rounds P after it (Mosaic GPU has no
@@ -131,7 +132,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def finish(carry):
       # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
       # through shared memory.
-      o, lse = common.finalize(*carry[:3])
+      o, lse = common.finalize(*carry[:3], unit)
       if fp8:
         o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
       pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),

@@ -32,22 +32,25 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
   # value before it is rounded to FP8, and that scale divided out at the end.
   qk_descale = None if fp8 is None else descale_ref[0] * descale_ref[1]
   p_scale = None if fp8 is None else common.fp8_p_scale(fp8)
+  unit = common.fwd_unit(scale, softcap)        # S2 = s · unit
 
   def body(j, carry):
     acc, m, l = carry
     kv_start = pl.multiple_of(j * block_kv, block_kv)
     k = k_ref[pl.ds(kv_start, block_kv), :]
     v = v_ref[pl.ds(kv_start, block_kv), :]
-    # S = scale · Q Kᵀ (log2 units), invisible entries -inf
-    s, _ = common.scores(q, k, scale=scale, softcap=softcap,
-                         precision=precision, descale=qk_descale)
+    # S = scale · Q Kᵀ (log2 units: s · unit), invisible entries -inf
+    qk = common.dot(q, k, trans_b=True, precision=precision)
+    if qk_descale is not None:
+      qk = qk * qk_descale
+    s = common.fwd_logits(qk, scale=scale, softcap=softcap)
     if needs_mask:
       kv_seg = (None if kv_seg_ref is None
                 else kv_seg_ref[pl.ds(kv_start, block_kv)])
       s = common.mask_tile(s, mask, q_start, kv_start, block_q, block_kv,
                            q_seg, kv_seg)
     # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
-    p, m, l, alpha = common.online_softmax_step(s, m, l)
+    p, m, l, alpha = common.online_softmax_step(s, m, l, unit)
     # acc = alpha · acc + P V   (FP8: P rounded as P · p_scale)
     p = p if fp8 is None else p * p_scale
     acc = acc * alpha[:, None] + common.dot(p.astype(v.dtype), v,
@@ -62,7 +65,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
   lo, hi = mask.kv_block_range(q_start, block_q, block_kv, num_kv_blocks)
   acc, m, l = lax.fori_loop(lo, hi, body, init)
   # O = acc / l, L = m + log l
-  o, lse = common.finalize(acc, m, l)
+  o, lse = common.finalize(acc, m, l, unit)
   if fp8 is not None:
     o = o * (descale_ref[2] / p_scale)
   o_ref[...] = o.astype(o_ref.dtype)
