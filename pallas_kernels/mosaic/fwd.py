@@ -21,8 +21,14 @@ an accumulator into an 8-bit register operand), and V transposed by XLA to
 ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must
 be K-major).
 
+``MosaicBlocks(persistent=True)``: one CTA per SM walks the (head, query tile,
+batch) tiles, its K/V pipeline running on from one tile to the next
+(:class:`pipeline.Tiles`).
+
 Status: the core and FP8 test suites pass compiled on the H100 and in the
-interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
+interpreter (race detector on); ``backend="auto"`` picks it on sm_90. The
+persistent grid and the scale folded into exp2 (``common.fwd_logits``) have
+run in the interpreter and been lowered for CUDA, not yet run on a GPU.
 """
 
 from __future__ import annotations
