@@ -60,9 +60,8 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       runs the forward in FP8: Q, K, V quantised per tensor (amax scaling),
       P rounded to FP8 with its own scale, softmax statistics and accumulation
       in float32, O in the input dtype; the backward recomputes in the input
-      dtype (training). ``backend="mosaic"`` runs the Hopper FP8 forward
-      (checked in the interpreter and lowered, not yet run compiled, so
-      ``"auto"`` still picks the portable kernel for FP8).
+      dtype (training). On sm_90 ``"auto"`` runs it on the Hopper FP8
+      forward, elsewhere on the portable kernel.
     q_descale, k_descale, v_descale: with FP8 inputs (``float8_e4m3fn`` or
       ``float8_e5m2``, pre-quantised, e.g. by :func:`flashjax.fp8.quantize`):
       real value = fp8 value × descale; a scalar or one per head. Required;

@@ -163,7 +163,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
   head_dim_padded = padded_head_dim(head_dim)
   on_gpu = jax.default_backend() == "gpu"
-  unsupported = _mosaic_unsupported(dtype, head_dim, head_dim_padded, fp8)
+  unsupported = _mosaic_unsupported(dtype, head_dim, head_dim_padded)
   if fp8 and on_gpu and not _has_fp8(jax.devices()[0]):
     raise TypeError(f"FP8 attention needs a GPU with FP8 tensor cores "
                     f"(compute capability >= 8.9: Ada, Hopper), got "
@@ -218,7 +218,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   return plan, q_segment_ids, kv_segment_ids
 
 
-def _mosaic_unsupported(dtype, head_dim, head_dim_padded, fp8=None):
+def _mosaic_unsupported(dtype, head_dim, head_dim_padded):
   """Why backend="mosaic" (the Hopper kernels) cannot run a case, or None."""
   if dtype not in ("bfloat16", "float16"):
     return f"takes bfloat16 or float16, got {dtype}"

@@ -57,6 +57,13 @@ class MaskSpec:
       right = 0 if right is None else min(right, 0)
     return right
 
+  @property
+  def heavy_last(self) -> bool:
+    """Whether later query tiles see more keys (a bound right of the diagonal,
+    causal included): kernels then run their query tiles last-first, so the
+    long ones start first and the short ones fill the last wave."""
+    return self.right is not None
+
   def is_trivial(self, seq_kv_padded: int) -> bool:
     """True when every (row, key) pair of the padded problem is visible."""
     return (self.left is None and self.right is None and not self.has_segments

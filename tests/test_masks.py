@@ -51,3 +51,14 @@ def test_segments_have_no_full_tiles():
   assert b <= a
   a, b = spec.q_full_range(0, 64, 64)
   assert b <= a
+
+
+def test_heavy_last_when_rows_see_more_keys_further_down():
+  """Kernels run query tiles last-first exactly when a bound right of the
+  diagonal makes the last rows see the most keys (and never fewer than the
+  first row)."""
+  for spec in (MaskSpec(64, 64, causal=True), MaskSpec(64, 96, window=(None, 3))):
+    visible = spec.predicate(np.arange(64), np.arange(spec.seq_kv)).sum(1)
+    assert spec.heavy_last and visible[-1] > visible[0]
+  for spec in (MaskSpec(64, 64), MaskSpec(64, 64, window=(8, None))):
+    assert not spec.heavy_last

@@ -285,10 +285,9 @@ def compiler_params(plan):
 
 
 def heavy_first(mask, i, num_tiles: int):
-  """Query tile ``i`` of ``num_tiles`` in work order: under a causal mask the
-  last query tiles see the most keys, so the order runs backwards and those
-  start first, the short ones filling the last wave."""
-  return num_tiles - 1 - i if mask.causal else i
+  """Query tile ``i`` of ``num_tiles`` in work order: backwards when the last
+  query tiles see the most keys (:attr:`MaskSpec.heavy_last`)."""
+  return num_tiles - 1 - i if mask.heavy_last else i
 
 
 def num_ctas(plan, num_tiles: int) -> int:

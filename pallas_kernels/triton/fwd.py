@@ -21,7 +21,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
                num_kv_blocks: int, needs_mask: bool, reverse: bool, precision,
                fp8: str | None):
   # The grid runs over (query tile, batch, head); this loop runs over K/V tiles.
-  # Causal grids go heaviest-tile-first (reverse) to balance the last wave.
+  # Causal grids go heaviest-tile-first (reverse, MaskSpec.heavy_last).
   i = pl.program_id(0)
   if reverse:
     i = num_q_blocks - 1 - i
@@ -92,7 +92,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, descale=None):
   block_q, block_kv = blocks.block_q, blocks.block_kv
   num_q_blocks = seq_q // block_q
   group = plan.group
-  reverse = plan.mask.right is not None
+  reverse = plan.mask.heavy_last
 
   def q_block(i):
     return num_q_blocks - 1 - i if reverse else i
