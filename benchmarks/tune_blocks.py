@@ -58,18 +58,19 @@ MOSAIC_FP8 = MOSAIC_FWD + [MosaicBlocks(128, 5), MosaicBlocks(128, 6),
 def candidates(backend, mode, d, best, fp8=False):
   """The Configs to time for one mode (best: the fastest so far, by mode)."""
   base = default_config(d)
+  best_fwd = best.get("fwd", (None, base))[1]   # the default if not tuned
   if backend == "mosaic":
     # the forward's tiling first, then the backward's with that forward
     if mode == "fwd":
       return [dataclasses.replace(base, mosaic=m)
               for m in (MOSAIC_FP8 if fp8 else MOSAIC_FWD)
               if m.smem_bytes(d, 2, fp8=fp8) <= SMEM_BYTES]
-    return [dataclasses.replace(best["fwd"][1], mosaic_bwd=m)
+    return [dataclasses.replace(best_fwd, mosaic_bwd=m)
             for m in MOSAIC_BWD if m.smem_bytes(d, 2, backward=True)
             <= SMEM_BYTES]
   if mode == "fwd":
     return [Config(fwd=b, bwd=base.bwd) for b in FWD]
-  return [Config(fwd=best["fwd"][1].fwd, bwd=b) for b in BWD]
+  return [Config(fwd=best_fwd.fwd, bwd=b) for b in BWD]
 
 
 def save(path, rows):
@@ -91,7 +92,7 @@ def run(args):
       if args.fp8:     # e4m3 inputs quantised per tensor, outside the timing
         sets = [fp8_inputs(*s[:3]) for s in sets]
       best = {}
-      for mode in ("fwd",) if args.fp8 else ("fwd", "fwd_bwd"):
+      for mode in ("fwd",) if args.fp8 else args.modes:
         for cfg in candidates(args.backend, mode, d, best, args.fp8):
           def fn(q, k, v, *descales, cfg=cfg):
             kw = dict(zip(("q_descale", "k_descale", "v_descale"), descales))
@@ -132,6 +133,9 @@ def main(argv=None):
   p.add_argument("--seq", type=int, default=4096)
   p.add_argument("--hidden", type=int, default=2048,
                  help="heads = hidden // head_dim")
+  p.add_argument("--modes", nargs="+", choices=["fwd", "fwd_bwd"],
+                 default=["fwd", "fwd_bwd"],
+                 help="fwd alone tunes only the forward's tiling")
   p.add_argument("--fp8", action="store_true",
                  help="tune the FP8 forward (e4m3 inputs) instead")
   args = p.parse_args(argv)
