@@ -170,15 +170,20 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # causal and not. FP8 forward, d 128 (results/tune-mosaic-fp8-d128-h100.json):
   # 256 rows in 2 stages non-causal (0.79 ms vs 0.88 for 128 rows), 128 rows
   # causal (0.54 ms; 256 rows: 0.67, as the diagonal tile masks more); d 64 not
-  # tuned, the same choice. Backward: 128-row K/V tiles in 2 stages, with
-  # 128-row dK/dV query tiles at d 64 (4-8% faster than 64) and 64 at d 128.
+  # tuned, the same choice. Backward: 128-row K/V tiles in 2 stages, 64-row
+  # dK/dV query tiles (d 64, results/tune-mosaic-v5-bwd-d64-h100.json: 4.65 ms
+  # vs 6.76 for 128 rows, which were 4-8% faster before the backward issued
+  # its two products back to back; the paired accumulators need the registers).
+  # Persistent grid, non-causal only (results/tune-mosaic-v5-fwd-h100.json,
+  # tune-mosaic-v5-fp8-h100.json): d 128 0.869 ms vs 0.890, d 64 1.108 vs
+  # 1.169, FP8 0.748 vs 0.752; causal it loses at d 128 (0.717 vs 0.488: the
+  # CTAs' fixed share of triangle tiles is uneven), wins 2% at d 64.
   if fp8:
     fwd_kv = 128 if causal else 256
   else:
     fwd_kv = 256 if head_dim <= 64 else 128
-  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2)
-  mosaic_bwd = MosaicBlocks(block_kv=128, stages=2,
-                            block_q_dkv=128 if head_dim <= 64 else 64)
+  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not causal)
+  mosaic_bwd = MosaicBlocks(block_kv=128, stages=2, block_q_dkv=64)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)
