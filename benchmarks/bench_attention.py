@@ -335,16 +335,19 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=5,
                  help="timed runs; the median is reported")
   p.add_argument("--merge", nargs="+", metavar="JSON",
-                 help="benchmark nothing: concatenate the rows of these result "
-                      "files (runs split to fit a time limit) into --out")
+                 help="benchmark nothing: join the rows of these result files "
+                      "(runs split to fit a time limit) into --out; a row of a "
+                      "later file replaces the same case of an earlier one")
   args = p.parse_args(argv)
   out = Path(args.out)
   if args.merge:
     parts = [json.loads(Path(f).read_text()) for f in args.merge]
     meta = dict(parts[0]["meta"], command=" ; ".join(
         part["meta"]["command"] for part in parts))
-    print(write_results([r for part in parts for r in part["rows"]], meta, out,
-                        with_plot=True))
+    rows = {}   # by case, so a re-run supersedes the row it re-measured
+    for r in (r for part in parts for r in part["rows"]):
+      rows[(r["impl"], *case_key(r), r["b"], r["h"])] = r
+    print(write_results(list(rows.values()), meta, out, with_plot=True))
     return
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
   meta = dict(jax=jax.__version__, device=jax.devices()[0].device_kind,

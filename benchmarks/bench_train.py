@@ -82,7 +82,8 @@ def table(rows) -> str:
     for k in kinds:
       r = case.get(k, {})
       cells.append(f"{r['steps_per_s']:.2f} ({r['peak_bytes'] / 2**30:.1f})"
-                   if "steps_per_s" in r else ("—" if not r else "OOM/error"))
+                   if "steps_per_s" in r else "—" if not r else
+                   "timeout" if r["error"].startswith("timeout") else "OOM/error")
     ratio = lambda other: (
         f"{case['flash']['steps_per_s'] / case[other]['steps_per_s']:.2f}"
         if "steps_per_s" in case.get("flash", {})
