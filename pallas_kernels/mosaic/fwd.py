@@ -21,14 +21,15 @@ an accumulator into an 8-bit register operand), and V transposed by XLA to
 ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must
 be K-major).
 
-``MosaicBlocks(persistent=True)``: one CTA per SM walks the (head, query tile,
-batch) tiles, its K/V pipeline running on from one tile to the next
-(:class:`pipeline.Tiles`).
+``MosaicBlocks(persistent=True)`` (the default when non-causal): one CTA per
+SM walks the (head, query tile, batch) tiles, its K/V pipeline running on
+from one tile to the next (:class:`pipeline.Tiles`); with a causal mask it
+takes query tiles in mirrored pairs, so every CTA gets the same work.
 
 Status: the core and FP8 test suites pass compiled on the H100 and in the
 interpreter (race detector on); ``backend="auto"`` picks it on sm_90. The
-persistent grid and the scale folded into exp2 (``common.fwd_logits``) have
-run in the interpreter and been lowered for CUDA, not yet run on a GPU.
+mirrored pairs have run in the interpreter and been lowered for CUDA, not yet
+run on a GPU.
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   bkv, stages = blocks.block_kv, blocks.stages
   tiles = pipeline.Tiles(
       grid=(num_heads, seq_q // (COMPUTE_WGS * BLOCK_Q), batch),
-      names=("heads", "q_tile", "batch"), persistent=blocks.persistent)
+      names=("heads", "q_tile", "batch"), persistent=blocks.persistent,
+      paired=1 if plan.mask.heavy_last else None)
   grid, grid_names = (((pipeline.num_ctas(plan, math.prod(tiles.grid)),),
                        ("sm",)) if tiles.persistent else
                       (tiles.grid, tiles.names))

@@ -19,6 +19,7 @@ while the compute warpgroups finish the current one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -91,11 +92,17 @@ class Tiles:
   kernel's grid is ``grid``, named ``names``). ``persistent=True``: the
   kernel's grid is one CTA per SM (axis ``"sm"``) and each walks every
   ``num_sms``-th tile of ``grid`` (:func:`plgpu.nd_loop`), so one tile's
-  epilogue and the next one's first loads overlap the compute."""
+  epilogue and the next one's first loads overlap the compute. ``paired``
+  (persistent only): an axis along which a tile's work grows linearly (causal
+  query tiles); the walk then takes its tiles in mirrored pairs (i, n-1-i),
+  each pair the same work, so CTAs with a fixed share of the grid finish
+  together (a fixed stride over unequal tiles leaves some CTAs with far more
+  work than others)."""
 
   grid: tuple
   names: tuple
   persistent: bool = False
+  paired: int | None = None
 
   @staticmethod
   def this_cta():
@@ -108,9 +115,22 @@ class Tiles:
     returns the CTA's total."""
     if not self.persistent:
       return body(tuple(lax.axis_index(n) for n in self.names), jnp.int32(0))
-    return plgpu.nd_loop(self.grid, collective_axes="sm",
-                         init_carry=jnp.int32(0))(
-                             lambda info, carry: body(info.index, carry))
+    walk = functools.partial(plgpu.nd_loop, collective_axes="sm",
+                             init_carry=jnp.int32(0))
+    if self.paired is None:
+      return walk(self.grid)(lambda info, carry: body(info.index, carry))
+    a, n = self.paired, self.grid[self.paired]
+
+    def pair(info, carry):
+      i = info.index
+      mirror = (*i[:a], n - 1 - i[a], *i[a + 1:])
+      done = body(i, carry)
+      if n % 2 == 0:
+        return body(mirror, done)
+      # odd n: the middle tile is its own mirror, run once
+      return lax.cond(mirror[a] != i[a], lambda d: body(mirror, d),
+                      lambda d: d, done)
+    return walk((*self.grid[:a], (n + 1) // 2, *self.grid[a + 1:]))(pair)
 
 
 def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
