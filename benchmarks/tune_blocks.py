@@ -42,8 +42,10 @@ BWD = [Blocks(64, 64, 4, 2), Blocks(64, 64, 8, 2), Blocks(128, 64, 8, 2),
 MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
           MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(128, 4),
           MosaicBlocks(256, 2), MosaicBlocks(256, 3)]
-# the backward's own: the above with 128-row query tiles in dK/dV too
-MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC]
+# the backward's own: the above with 128-row query tiles in dK/dV too, and
+# the likeliest on a persistent grid
+MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC] \
+    + [MosaicBlocks(128, stages, 64, persistent=True) for stages in (2, 3)]
 # the forward's: the above, and the likeliest of them with a persistent grid
 MOSAIC_FWD = MOSAIC + [
     MosaicBlocks(kv, stages, persistent=True)

@@ -78,9 +78,9 @@ MOSAIC_HEAD_DIMS = (64, 128)
 class MosaicBlocks:
   """Tiling of one pass of the Hopper kernels: rows of each streamed K/V tile
   (forward, dQ), of each streamed query tile (dK/dV; the forward ignores it),
-  the pipeline's stages, and (forward only) ``persistent``: one CTA per SM
-  walking the query tiles, so a tile's epilogue and the next one's first
-  loads overlap compute."""
+  the pipeline's stages, and ``persistent``: one CTA per SM walking the
+  output tiles (the forward's and dQ's query tiles, dK/dV's key tiles), so a
+  tile's epilogue and the next one's first loads overlap compute."""
 
   block_kv: int = 64
   stages: int = 2

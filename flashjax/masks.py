@@ -64,6 +64,12 @@ class MaskSpec:
     long ones start first and the short ones fill the last wave."""
     return self.right is not None
 
+  @property
+  def banded(self) -> bool:
+    """Whether a bound left or right of the diagonal (causal included) makes
+    a tile's work vary along the sequence."""
+    return self.left is not None or self.right is not None
+
   def is_trivial(self, seq_kv_padded: int) -> bool:
     """True when every (row, key) pair of the padded problem is visible."""
     return (self.left is None and self.right is None and not self.has_segments

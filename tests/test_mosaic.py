@@ -144,24 +144,31 @@ def test_fwd_and_bwd_lower_for_cuda(head_dim, dtype, masking):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_persistent_forward(case):
-  """One CTA per SM walking the query tiles: the interpreter runs 2 CTAs, so
-  each walks several tiles and the pipeline's slots, barrier phases and the
-  ping-pong carry over from one tile to the next (race detector on); causal
-  query tiles go in mirrored pairs, an odd count leaving a middle tile run
-  once (the cases have 2, 4 and 3 query tiles). The compiled form lowers for
-  CUDA with an even and an odd number of query tiles."""
+def test_persistent_grid(case):
+  """One CTA per SM walking the output tiles, forward, dQ and dK/dV: the
+  interpreter runs 2 CTAs, so each walks several tiles and the pipeline's
+  slots, barrier phases and the ping-pong carry over from one tile to the next
+  (race detector on); banded (here causal) tiles go in mirrored pairs, an odd
+  count leaving a middle tile run once (the cases have 2, 4 and 3 query
+  tiles). The compiled form lowers for CUDA with an even and an odd number of
+  tiles."""
   config = flashjax.default_config(case.head_dim, causal=case.causal)
-  config = dataclasses.replace(config, mosaic=dataclasses.replace(
-      config.mosaic, block_kv=64, persistent=True))
+  config = dataclasses.replace(
+      config,
+      mosaic=dataclasses.replace(config.mosaic, block_kv=64, persistent=True),
+      mosaic_bwd=dataclasses.replace(config.mosaic_bwd, block_kv=64,
+                                     persistent=True))
   if jax.default_backend() != "gpu":
     interpret_pallas_call.reset_gpu_interpret_mode_state()
   check_attention(case, backend="mosaic", config=config)
   if jax.default_backend() != "gpu":
     assert not interpret_pallas_call.get_races().races_found
-  for seq in (1000, 1100):          # 8 and 9 query tiles of 128 rows
-    q = jax.ShapeDtypeStruct((2, seq, 4, case.head_dim), jnp.dtype(case.dtype))
-    text = lower_for_h100(lambda q: flashjax.attention(
+
+  def loss(q):
+    return jnp.sum(flashjax.attention(
         q, q, q, causal=case.causal, backend="mosaic", config=config,
-        interpret=False), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 1
+        interpret=False).astype(jnp.float32))
+  for seq in (1000, 1100):          # 8 and 9 tiles of 128 rows
+    q = jax.ShapeDtypeStruct((2, seq, 4, case.head_dim), jnp.dtype(case.dtype))
+    text = lower_for_h100(jax.grad(loss), q).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 3

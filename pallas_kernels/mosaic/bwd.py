@@ -10,14 +10,18 @@ Two kernels on :func:`pipeline.streamed_loop`, each compute warpgroup owning
   dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D), dK += dSᵀ Q.
 
 P and dS are the register operands of the wgmmas that consume them (RS), with
-the forward's interpreter fallback (:func:`pipeline.mma_acc`). Status as the
-forward's: the core test suite passes compiled on the H100 and in the
-interpreter.
+the forward's interpreter fallback (:func:`pipeline.mma_acc`).
+``MosaicBlocks(persistent=True)`` in ``mosaic_bwd``: as the forward's, one CTA
+per SM walks each kernel's output tiles (:class:`pipeline.Tiles`), banded
+masks' tiles in mirrored pairs. Status: the core test suite passes compiled on
+the H100 and in the interpreter; the persistent grid has run in the
+interpreter (race detector on) and been lowered for CUDA, not yet on a GPU.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -42,69 +46,75 @@ def _scores(plan: Plan, qk):
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               dq_ref, q_smem, do_smem, lse_smem, delta_smem, ds_smem, k_smem,
               v_smem, owned_barrier, k_full, v_full, k_free, v_free, *,
-              plan: Plan, block_kv: int, num_kv_blocks: int):
-  b, h, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
-  cta_start = pipeline.heavy_first(
-      plan.mask, lax.axis_index("tile"),
-      q_ref.shape[1] // (COMPUTE_WGS * BLOCK_Q)) * (COMPUTE_WGS * BLOCK_Q)
-  q_start = cta_start + wg * BLOCK_Q
-  kv_head = lax.div(h, jnp.int32(plan.group))
+              plan: Plan, block_kv: int, num_kv_blocks: int,
+              tiles: pipeline.Tiles):
+  # tiles: the CTA's (head, query tile, batch) tiles
+  wg = lax.axis_index("wg")
   head_dim = q_ref.shape[-1]
-  rows = pl.ds(q_start, BLOCK_Q)
   q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
   ds_tile = None if ds_smem is None else ds_smem.at[wg]
 
-  def init():
-    pipeline.load_owned(owned_barrier.at[wg], [
-        (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
-        (lse_ref.at[b, h, rows], lse_smem.at[wg]),
-        (delta_ref.at[b, h, rows], delta_smem.at[wg])])
-    # carry: dQ, and the rows' L (log2 units) and D, read once
-    return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
-            common.lse_log2_for_recompute(
-                plgpu.load(lse_smem.at[wg], layout=ROW)),
-            plgpu.load(delta_smem.at[wg], layout=ROW))
+  def work(index):
+    h, tile, b = index
+    cta_start = pipeline.heavy_first(plan.mask, tile, tiles.grid[1]) * (
+        COMPUTE_WGS * BLOCK_Q)
+    q_start = cta_start + wg * BLOCK_Q
+    kv_head = lax.div(h, jnp.int32(plan.group))
+    rows = pl.ds(q_start, BLOCK_Q)
 
-  def step(j, slot, sync, carry, masked):
-    dq, lse2, delta = carry
-    shape = (BLOCK_Q, block_kv)
-    # segment ids of the rows and of tile j (first: latency behind the K wait)
-    ids = None if not masked or seg_refs is None else pipeline.load_ids(
-        seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
-                                                          block_kv)])
-    sync.wait(0)
-    sync.wait(1)
+    def init():
+      pipeline.load_owned(owned_barrier.at[wg], [
+          (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
+          (lse_ref.at[b, h, rows], lse_smem.at[wg]),
+          (delta_ref.at[b, h, rows], delta_smem.at[wg])])
+      # carry: dQ, and the rows' L (log2 units) and D, read once
+      return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
+              common.lse_log2_for_recompute(
+                  plgpu.load(lse_smem.at[wg], layout=ROW)),
+              plgpu.load(delta_smem.at[wg], layout=ROW))
 
-    def probabilities(qk):
-      # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
-      s, t = _scores(plan, qk)
-      if masked:
-        s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-      return jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0])), t
+    def step(j, slot, sync, carry, masked):
+      dq, lse2, delta = carry
+      shape = (BLOCK_Q, block_kv)
+      # segment ids of the rows and of tile j (first: latency behind the
+      # K wait)
+      ids = None if not masked or seg_refs is None else pipeline.load_ids(
+          seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
+                                                            block_kv)])
+      sync.wait(0)
+      sync.wait(1)
 
-    # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
-    (p, t), dp = pipeline.wgmma_ss_pair((q_tile, k_smem.at[slot].T, shape),
-                                        (do_tile, v_smem.at[slot].T, shape),
-                                        probabilities)
-    sync.release(1)                    # V's slot can be refilled
-    # dS = P ∘ (dP - D)
-    ds = common.softcap_grad(p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
-                             t)
-    # dQ += dS K
-    dq = pipeline.mma_acc(dq, ds.astype(q_ref.dtype), k_smem.at[slot],
-                          ds_tile, in_place=not plan.interpret)
-    return dq, lse2, delta
+      def probabilities(qk):
+        # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
+        s, t = _scores(plan, qk)
+        if masked:
+          s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
+        return jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0])), t
 
-  def finish(carry):
-    dq = carry[0]
-    pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
+      # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
+      (p, t), dp = pipeline.wgmma_ss_pair((q_tile, k_smem.at[slot].T, shape),
+                                          (do_tile, v_smem.at[slot].T, shape),
+                                          probabilities)
+      sync.release(1)                    # V's slot can be refilled
+      # dS = P ∘ (dP - D)
+      ds = common.softcap_grad(
+          p * (dp - lax.broadcast_in_dim(delta, shape, [0])), t)
+      # dQ += dS K
+      dq = pipeline.mma_acc(dq, ds.astype(q_ref.dtype), k_smem.at[slot],
+                            ds_tile, in_place=not plan.interpret)
+      return dq, lse2, delta
 
-  work = pipeline.kv_work(
-      plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
-      batch=b, kv_head=kv_head, block_kv=block_kv,
-      num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish)
+    def finish(carry):
+      dq = carry[0]
+      pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
+
+    return pipeline.kv_work(
+        plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
+        batch=b, kv_head=kv_head, block_kv=block_kv,
+        num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish)
+
   pipeline.streamed_loop(
-      wg=wg, tiles=pipeline.Tiles.this_cta(), work=lambda _: work,
+      wg=wg, tiles=tiles, work=work,
       streams=[pipeline.Stream(k_smem, k_full, k_free),
                pipeline.Stream(v_smem, v_full, v_free)])
 
@@ -113,95 +123,103 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                 dk_ref, dv_ref, k_smem, v_smem, pt_smem, q_smem, do_smem,
                 lse_smem, delta_smem, owned_barrier, q_full, do_full, lse_full,
                 delta_full, q_free, *, plan: Plan, block_q: int,
-                num_q_blocks: int, needs_mask: bool):
+                num_q_blocks: int, needs_mask: bool, tiles: pipeline.Tiles):
   # k_ref/v_ref/dk_ref/dv_ref: [batch, seq_kv, kv_heads, d]; q_ref/do_ref:
   # [batch, seq_q, heads, d]; lse_ref/delta_ref: [batch, heads, seq_q]. Each
   # compute warpgroup owns BLOCK_Q keys; the streamed query tiles have block_q
-  # rows.
-  b, kv_head, wg = (lax.axis_index(n) for n in ("batch", "heads", "wg"))
-  cta_start = lax.axis_index("tile") * (COMPUTE_WGS * BLOCK_Q)
-  kv_start = cta_start + wg * BLOCK_Q
+  # rows. tiles: the CTA's (kv head, key tile, batch) tiles.
+  wg = lax.axis_index("wg")
   head_dim = k_ref.shape[-1]
-  rows = pl.ds(kv_start, BLOCK_Q)
   k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
   pt_tile = None if pt_smem is None else pt_smem.at[wg]
-  # Query tiles [q_lo, q_hi) of each of the group's heads can see this CTA's
-  # keys; the loop runs over (query tile, head in group) pairs, heads fastest,
-  # so the tiles this warpgroup's keys fully see are one range of j.
-  q_lo, q_hi = plan.mask.q_block_range(cta_start, COMPUTE_WGS * BLOCK_Q,
-                                       block_q, num_q_blocks)
 
-  def head_and_tile(j):
-    t = lax.div(j, jnp.int32(plan.group))
-    return kv_head * plan.group + (j - t * plan.group), q_lo + t
+  def work(index):
+    kv_head, tile, b = index
+    cta_start = tile * (COMPUTE_WGS * BLOCK_Q)
+    kv_start = cta_start + wg * BLOCK_Q
+    rows = pl.ds(kv_start, BLOCK_Q)
+    # Query tiles [q_lo, q_hi) of each of the group's heads can see this CTA's
+    # keys; the loop runs over (query tile, head in group) pairs, heads fastest,
+    # so the tiles this warpgroup's keys fully see are one range of j.
+    q_lo, q_hi = plan.mask.q_block_range(cta_start, COMPUTE_WGS * BLOCK_Q,
+                                         block_q, num_q_blocks)
 
-  def full_range():
-    a, b = plan.mask.q_full_range(kv_start, BLOCK_Q, block_q)
-    return tuple((jnp.clip(x, q_lo, q_hi) - q_lo) * plan.group for x in (a, b))
+    def head_and_tile(j):
+      t = lax.div(j, jnp.int32(plan.group))
+      return kv_head * plan.group + (j - t * plan.group), q_lo + t
 
-  def init():
-    pipeline.load_owned(owned_barrier.at[wg], [(k_ref.at[b, rows, kv_head], k_tile),
-                                       (v_ref.at[b, rows, kv_head], v_tile)])
-    zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
-    return zeros, zeros
+    def full_range():
+      a, b = plan.mask.q_full_range(kv_start, BLOCK_Q, block_q)
+      return tuple((jnp.clip(x, q_lo, q_hi) - q_lo) * plan.group
+                   for x in (a, b))
 
-  def step(j, slot, sync, carry, masked):
-    dk, dv = carry
-    shape = (BLOCK_Q, block_q)              # [keys, queries]
-    _, i = head_and_tile(j)
-    # segment ids of the rows (keys) and of query tile i (first: latency
-    # behind the waits)
-    ids = None if not masked or seg_refs is None else pipeline.load_ids(
-        seg_refs[1].at[b, rows], seg_refs[0].at[b, pl.ds(i * block_q,
-                                                          block_q)])
-    for stream in range(4):
-      sync.wait(stream)
-    lse2 = common.lse_log2_for_recompute(
-        plgpu.load(lse_smem.at[slot], layout=COL))
-    delta = plgpu.load(delta_smem.at[slot], layout=COL)
-    q_slot, do_slot = q_smem.at[slot], do_smem.at[slot]
+    def init():
+      pipeline.load_owned(owned_barrier.at[wg],
+                          [(k_ref.at[b, rows, kv_head], k_tile),
+                           (v_ref.at[b, rows, kv_head], v_tile)])
+      zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
+      return zeros, zeros
 
-    def probabilities(kq):
-      # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf; Pᵀ = exp2(Sᵀ - L)
-      st, t = _scores(plan, kq)
-      if masked:
-        st = pipeline.mask_scores(plan.mask, st, kv_start, i * block_q, ids,
-                                  rows_are_keys=True)
-      return jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1])), t
+    def step(j, slot, sync, carry, masked):
+      dk, dv = carry
+      shape = (BLOCK_Q, block_q)              # [keys, queries]
+      _, i = head_and_tile(j)
+      # segment ids of the rows (keys) and of query tile i (first: latency
+      # behind the waits)
+      ids = None if not masked or seg_refs is None else pipeline.load_ids(
+          seg_refs[1].at[b, rows], seg_refs[0].at[b, pl.ds(i * block_q,
+                                                            block_q)])
+      for stream in range(4):
+        sync.wait(stream)
+      lse2 = common.lse_log2_for_recompute(
+          plgpu.load(lse_smem.at[slot], layout=COL))
+      delta = plgpu.load(delta_smem.at[slot], layout=COL)
+      q_slot, do_slot = q_smem.at[slot], do_smem.at[slot]
 
-    # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ runs
-    (pt, t), dpt = pipeline.wgmma_ss_pair((k_tile, q_slot.T, shape),
-                                          (v_tile, do_slot.T, shape),
-                                          probabilities)
-    # dV += Pᵀ dO
-    dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile,
-                          in_place=not plan.interpret)
-    # dSᵀ = Pᵀ ∘ (dPᵀ - D)
-    dst = common.softcap_grad(
-        pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
-    # dK += dSᵀ Q   (SS form: dSᵀ reuses Pᵀ's buffer, its wgmma has completed)
-    dk = pipeline.mma_acc(dk, dst.astype(q_ref.dtype), q_slot, pt_tile,
-                          in_place=not plan.interpret)
-    return dk, dv
+      def probabilities(kq):
+        # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf;
+        # Pᵀ = exp2(Sᵀ - L)
+        st, t = _scores(plan, kq)
+        if masked:
+          st = pipeline.mask_scores(plan.mask, st, kv_start, i * block_q, ids,
+                                    rows_are_keys=True)
+        return jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1])), t
 
-  def finish(carry):
-    dk, dv = carry
-    pipeline.store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
-                    (dv, v_tile, dv_ref.at[b, rows, kv_head])])
+      # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ runs
+      (pt, t), dpt = pipeline.wgmma_ss_pair((k_tile, q_slot.T, shape),
+                                            (v_tile, do_slot.T, shape),
+                                            probabilities)
+      # dV += Pᵀ dO
+      dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile,
+                            in_place=not plan.interpret)
+      # dSᵀ = Pᵀ ∘ (dPᵀ - D)
+      dst = common.softcap_grad(
+          pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
+      # dK += dSᵀ Q   (SS form: dSᵀ reuses Pᵀ's buffer, its wgmma has
+      # completed)
+      dk = pipeline.mma_acc(dk, dst.astype(q_ref.dtype), q_slot, pt_tile,
+                            in_place=not plan.interpret)
+      return dk, dv
 
-  def tile_of(j):
-    head, i = head_and_tile(j)
-    return head, pl.ds(i * block_q, block_q)
+    def finish(carry):
+      dk, dv = carry
+      pipeline.store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
+                      (dv, v_tile, dv_ref.at[b, rows, kv_head])])
 
-  work = pipeline.Work(
-      lo=0, hi=plan.group * (q_hi - q_lo), init=init, step=step,
-      finish=finish, full=full_range() if needs_mask else None,
-      srcs=(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
-            lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
-            lambda j: lse_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
-            lambda j: delta_ref.at[b, tile_of(j)[0], tile_of(j)[1]]))
+    def tile_of(j):
+      head, i = head_and_tile(j)
+      return head, pl.ds(i * block_q, block_q)
+
+    return pipeline.Work(
+        lo=0, hi=plan.group * (q_hi - q_lo), init=init, step=step,
+        finish=finish, full=full_range() if needs_mask else None,
+        srcs=(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
+              lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
+              lambda j: lse_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
+              lambda j: delta_ref.at[b, tile_of(j)[0], tile_of(j)[1]]))
+
   pipeline.streamed_loop(
-      wg=wg, tiles=pipeline.Tiles.this_cta(), work=lambda _: work,
+      wg=wg, tiles=tiles, work=work,
       # one release for all four: Q and dO are read until the step's end
       streams=[pipeline.Stream(q_smem, q_full, q_free),
                pipeline.Stream(do_smem, do_full, q_free),
@@ -233,11 +251,24 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   ds_or_pt = lambda shape: (plgpu.SMEM((COMPUTE_WGS, *shape), q.dtype)
                             if plan.interpret else None)
   cta = COMPUTE_WGS * BLOCK_Q
+
+  def tiles_and_grid(heads, seq):
+    """The kernel's Tiles, and its grid and grid names (persistent: one CTA
+    per SM, walking banded masks' tiles in mirrored pairs)."""
+    tiles = pipeline.Tiles(grid=(heads, seq // cta, batch),
+                           names=("heads", "tile", "batch"),
+                           persistent=blocks.persistent,
+                           paired=1 if plan.mask.banded else None)
+    if not tiles.persistent:
+      return tiles, dict(grid=tiles.grid, grid_names=tiles.names)
+    return tiles, dict(grid=(pipeline.num_ctas(plan, math.prod(tiles.grid)),),
+                       grid_names=("sm",))
+
+  dq_tiles, dq_grid = tiles_and_grid(num_heads, seq_q)
   dq = plgpu.kernel(
       functools.partial(dq_kernel, plan=plan, block_kv=bkv,
-                        num_kv_blocks=seq_kv // bkv),
-      grid=(num_heads, seq_q // cta, batch),
-      grid_names=("heads", "tile", "batch"),
+                        num_kv_blocks=seq_kv // bkv, tiles=dq_tiles),
+      **dq_grid,
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
       scratch_types=(
@@ -249,11 +280,12 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
       compiler_params=params, interpret=interpret,
   )(q, k, v, do, lse, delta, seg_refs)
+  dkdv_tiles, dkdv_grid = tiles_and_grid(num_kv_heads, seq_kv)
   dk, dv = plgpu.kernel(
       functools.partial(dkdv_kernel, plan=plan, block_q=bq,
-                        num_q_blocks=seq_q // bq, needs_mask=needs_mask),
-      grid=(num_kv_heads, seq_kv // cta, batch),
-      grid_names=("heads", "tile", "batch"),
+                        num_q_blocks=seq_q // bq, needs_mask=needs_mask,
+                        tiles=dkdv_tiles),
+      **dkdv_grid,
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                 jax.ShapeDtypeStruct(v.shape, v.dtype)],

@@ -190,7 +190,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   tiles = pipeline.Tiles(
       grid=(num_heads, seq_q // (COMPUTE_WGS * BLOCK_Q), batch),
       names=("heads", "q_tile", "batch"), persistent=blocks.persistent,
-      paired=1 if plan.mask.heavy_last else None)
+      paired=1 if plan.mask.banded else None)
   grid, grid_names = (((pipeline.num_ctas(plan, math.prod(tiles.grid)),),
                        ("sm",)) if tiles.persistent else
                       (tiles.grid, tiles.names))
