@@ -80,12 +80,16 @@ class MosaicBlocks:
   (forward, dQ), of each streamed query tile (dK/dV; the forward ignores it),
   the pipeline's stages, and ``persistent``: one CTA per SM walking the
   output tiles (the forward's and dQ's query tiles, dK/dV's key tiles), so a
-  tile's epilogue and the next one's first loads overlap compute."""
+  tile's epilogue and the next one's first loads overlap compute.
+  ``fused_dq`` (backward, head dim 128): one kernel for dK, dV and dQ, dQ
+  reduce-added in float32 per step (FlashAttention 3's 5 matmuls per tile
+  pair instead of 7; dQ's sum order then varies from run to run)."""
 
   block_kv: int = 64
   stages: int = 2
   block_q_dkv: int = 64
   persistent: bool = False
+  fused_dq: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -112,9 +116,16 @@ class MosaicBlocks:
     if not backward:
       return (wgs * rows * head_dim
               + self.stages * 2 * self.block_kv * head_dim) * itemsize
-    streamed = max(self.block_kv, self.block_q_dkv)
-    return (2 * wgs * rows * head_dim
-            + self.stages * 2 * streamed * head_dim) * itemsize
+    if not self.fused_dq:      # the larger of the dQ and dK/dV kernels
+      streamed = max(self.block_kv, self.block_q_dkv)
+      return (2 * wgs * rows * head_dim
+              + self.stages * 2 * streamed * head_dim) * itemsize
+    # one kernel: dK/dV's, plus dSᵀ of both warpgroups, double-buffered, and a
+    # float32 half of a dQ tile per warpgroup
+    return ((2 * wgs * rows * head_dim
+             + self.stages * 2 * self.block_q_dkv * head_dim
+             + 2 * wgs * rows * self.block_q_dkv) * itemsize
+            + wgs * self.block_q_dkv * head_dim // 2 * 4)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,20 @@ P and dS are the register operands of the wgmmas that consume them (RS), with
 the forward's interpreter fallback (:func:`pipeline.mma_acc`).
 ``MosaicBlocks(persistent=True)`` in ``mosaic_bwd``: as the forward's, one CTA
 per SM walks each kernel's output tiles (:class:`pipeline.Tiles`), banded
-masks' tiles in mirrored pairs. Status: the core test suite passes compiled on
-the H100 and in the interpreter; the persistent grid has run in the
-interpreter (race detector on) and been lowered for CUDA, not yet on a GPU.
+masks' tiles in mirrored pairs.
+
+``MosaicBlocks(fused_dq=True)`` (head dim 128; FlashAttention 3's backward):
+no dQ kernel. The dK/dV kernel also computes dQ += dS K per step, 5 matmuls
+per tile pair instead of 7: each warpgroup shares its dSᵀ through shared
+memory (double-buffered by step parity, a barrier per buffer), takes half of
+dQ's columns over both warpgroups' keys, and reduce-adds the float32 half-tile
+into a zeroed dQ buffer with a TMA reduction; XLA scales and casts it after.
+Mosaic GPU's interpreter has no TMA reduction, so there each key tile writes
+its own dQ part and XLA sums the parts: the one place the two forms differ.
+
+Status: the core test suite passes compiled on the H100 and in the
+interpreter; the persistent grid and the fused dQ have run in the interpreter
+(race detector on) and been lowered for CUDA, not yet on a GPU.
 """
 
 from __future__ import annotations
@@ -120,14 +131,21 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
-                dk_ref, dv_ref, k_smem, v_smem, pt_smem, q_smem, do_smem,
-                lse_smem, delta_smem, owned_barrier, q_full, do_full, lse_full,
-                delta_full, q_free, *, plan: Plan, block_q: int,
-                num_q_blocks: int, needs_mask: bool, tiles: pipeline.Tiles):
+                dq_ref, dk_ref, dv_ref, k_smem, v_smem, pt_smem, q_smem,
+                do_smem, lse_smem, delta_smem, owned_barrier, q_full, do_full,
+                lse_full, delta_full, q_free, ds_smem, dq_smem, ds_ready, *,
+                plan: Plan, block_q: int, num_q_blocks: int, needs_mask: bool,
+                tiles: pipeline.Tiles):
   # k_ref/v_ref/dk_ref/dv_ref: [batch, seq_kv, kv_heads, d]; q_ref/do_ref:
   # [batch, seq_q, heads, d]; lse_ref/delta_ref: [batch, heads, seq_q]. Each
   # compute warpgroup owns BLOCK_Q keys; the streamed query tiles have block_q
   # rows. tiles: the CTA's (kv head, key tile, batch) tiles.
+  # Fused dQ (dq_ref not None): dq_ref float32 [parts, batch, seq_q, heads, d],
+  # dQ's unscaled sum; compiled, parts = 1 and every CTA reduce-adds into it;
+  # in the interpreter (no TMA reduction) each key tile writes its own part.
+  # ds_smem [2, 2, BLOCK_Q, block_q]: both warpgroups' dSᵀ, by step parity;
+  # dq_smem [2, block_q, d / 2] float32; ds_ready: a barrier per parity, and
+  # one for the end of a tile.
   wg = lax.axis_index("wg")
   head_dim = k_ref.shape[-1]
   k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
@@ -160,10 +178,43 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
       return zeros, zeros
 
+    def share_ds(dst, count):
+      # this warpgroup's dSᵀ for both warpgroups' dQ products
+      ds_smem.at[lax.rem(count, 2), wg][...] = dst.astype(ds_smem.dtype)
+      plgpu.commit_smem()
+      plgpu.barrier_arrive(ds_ready.at[lax.rem(count, 2)])
+
+    def add_dq(head, i, count):
+      # dQ[i] += dS K over the CTA's 2·64 keys, this warpgroup's half of the
+      # columns; then reduce-added (float32) into dq_ref
+      parity, half = lax.rem(count, 2), head_dim // 2
+      cols = pl.ds(wg * half, half)
+      plgpu.barrier_wait(ds_ready.at[parity])     # both dSᵀ are in
+
+      products = [(ds_smem.at[parity, g].T, k_smem.at[g, :, cols])
+                  for g in range(COMPUTE_WGS)]
+      if plan.interpret:     # no accumulating wgmma there: add the products
+        dq = sum(pipeline.wgmma_ss(a, b_, (block_q, half))
+                 for a, b_ in products)
+      else:
+        def product(acc_ref):
+          for a, b_ in products:
+            plgpu.wgmma(acc_ref, a, b_)
+          return acc_ref[...]
+        dq = pl.run_scoped(product, plgpu.ACC((block_q, half), jnp.float32))
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # last step's copy
+      dq_smem.at[wg][...] = dq
+      plgpu.commit_smem()
+      part = tile if plan.interpret else 0
+      plgpu.copy_smem_to_gmem(
+          dq_smem.at[wg],
+          dq_ref.at[part, b, pl.ds(i * block_q, block_q), head, cols],
+          reduction_op=None if plan.interpret else "add")
+
     def step(j, slot, sync, carry, masked):
       dk, dv = carry
       shape = (BLOCK_Q, block_q)              # [keys, queries]
-      _, i = head_and_tile(j)
+      head, i = head_and_tile(j)
       # segment ids of the rows (keys) and of query tile i (first: latency
       # behind the waits)
       ids = None if not masked or seg_refs is None else pipeline.load_ids(
@@ -195,14 +246,24 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       # dSᵀ = Pᵀ ∘ (dPᵀ - D)
       dst = common.softcap_grad(
           pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
+      if dq_ref is not None:
+        share_ds(dst, sync.count)
       # dK += dSᵀ Q   (SS form: dSᵀ reuses Pᵀ's buffer, its wgmma has
       # completed)
       dk = pipeline.mma_acc(dk, dst.astype(q_ref.dtype), q_slot, pt_tile,
                             in_place=not plan.interpret)
+      if dq_ref is not None:
+        # dQ += dS K (FlashAttention 3's fused backward)
+        add_dq(head, i, sync.count)
       return dk, dv
 
     def finish(carry):
       dk, dv = carry
+      if dq_ref is not None:
+        # the other warpgroup's last dQ product reads this one's K: both done
+        # before K's buffer takes dK
+        plgpu.barrier_arrive(ds_ready.at[2])
+        plgpu.barrier_wait(ds_ready.at[2])
       pipeline.store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
                       (dv, v_tile, dv_ref.at[b, rows, kv_head])])
 
@@ -264,6 +325,44 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
     return tiles, dict(grid=(pipeline.num_ctas(plan, math.prod(tiles.grid)),),
                        grid_names=("sm",))
 
+  dkdv_tiles, dkdv_grid = tiles_and_grid(num_kv_heads, seq_kv)
+  fused = blocks.fused_dq
+  dkdv = plgpu.kernel(
+      functools.partial(dkdv_kernel, plan=plan, block_q=bq,
+                        num_q_blocks=seq_q // bq, needs_mask=needs_mask,
+                        tiles=dkdv_tiles),
+      **dkdv_grid,
+      num_threads=COMPUTE_WGS + 1, thread_name="wg",
+      out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
+                jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      scratch_types=(
+          *owned(((BLOCK_Q, head_dim), k.dtype), ((BLOCK_Q, head_dim), v.dtype)),
+          ds_or_pt((BLOCK_Q, bq)),
+          *streamed(((bq, head_dim), q.dtype), ((bq, head_dim), q.dtype),
+                    ((bq,), jnp.float32), ((bq,), jnp.float32)),
+          plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
+          *pipeline.barriers(num_streams=4, stages=stages),
+          *((plgpu.SMEM((2, COMPUTE_WGS, BLOCK_Q, bq), q.dtype),
+             plgpu.SMEM((COMPUTE_WGS, bq, head_dim // 2), jnp.float32),
+             plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=3))
+            if fused else (None, None, None))),
+      compiler_params=params, interpret=interpret)
+  if fused:
+    # dQ's float32 sum, zeroed, reduce-added into by the dK/dV kernel (in the
+    # interpreter, one part per key tile, summed here); run_state keeps the
+    # mutable buffer inside this computation
+    def run(refs):
+      dq_acc, dk_ref, dv_ref = refs
+      dk_ref[...], dv_ref[...] = dkdv(q, k, v, do, lse, delta, seg_refs,
+                                      dq_acc)
+    parts = dkdv_tiles.grid[1] if plan.interpret else 1
+    dq_acc, dk, dv = pl.run_state(run)((
+        jnp.zeros((parts, *q.shape), jnp.float32), jnp.zeros_like(k),
+        jnp.zeros_like(v)))
+    dq = (jnp.sum(dq_acc, axis=0) * plan.scale).astype(q.dtype)
+    return dq, dk, dv
+  dk, dv = dkdv(q, k, v, do, lse, delta, seg_refs, None)
+
   dq_tiles, dq_grid = tiles_and_grid(num_heads, seq_q)
   dq = plgpu.kernel(
       functools.partial(dq_kernel, plan=plan, block_kv=bkv,
@@ -278,24 +377,6 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
           plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
-      compiler_params=params, interpret=interpret,
-  )(q, k, v, do, lse, delta, seg_refs)
-  dkdv_tiles, dkdv_grid = tiles_and_grid(num_kv_heads, seq_kv)
-  dk, dv = plgpu.kernel(
-      functools.partial(dkdv_kernel, plan=plan, block_q=bq,
-                        num_q_blocks=seq_q // bq, needs_mask=needs_mask,
-                        tiles=dkdv_tiles),
-      **dkdv_grid,
-      num_threads=COMPUTE_WGS + 1, thread_name="wg",
-      out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      scratch_types=(
-          *owned(((BLOCK_Q, head_dim), k.dtype), ((BLOCK_Q, head_dim), v.dtype)),
-          ds_or_pt((BLOCK_Q, bq)),
-          *streamed(((bq, head_dim), q.dtype), ((bq, head_dim), q.dtype),
-                    ((bq,), jnp.float32), ((bq,), jnp.float32)),
-          plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=4, stages=stages)),
       compiler_params=params, interpret=interpret,
   )(q, k, v, do, lse, delta, seg_refs)
   return dq, dk, dv

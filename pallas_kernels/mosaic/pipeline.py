@@ -71,10 +71,12 @@ class Work:
 class Sync:
   """What a step does with its slot: ``wait(i)`` before it reads stream i's
   tile, ``release(i)`` (optional, at the step's top level) once it no longer
-  reads it; the loop releases what the step did not."""
+  reads it; the loop releases what the step did not. ``count``: the CTA's
+  steps before this one (over all its tiles), int32."""
 
   wait: Callable
   release: Callable
+  count: object = None
 
 
 def _distinct(barriers):
@@ -179,7 +181,8 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
 
       def loop(start, stop, carry, masked):
         def body(j, carry):
-          slot = lax.rem(done + j - w.lo, stages)
+          count = done + j - w.lo
+          slot = lax.rem(count, stages)
           released = []
 
           def release(i):
@@ -189,7 +192,7 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
               released.append(free)
           sync = Sync(
               wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
-              release=release)
+              release=release, count=count)
           carry = w.step(j, slot, sync, carry, masked)
           for i in range(len(streams)):
             release(i)
