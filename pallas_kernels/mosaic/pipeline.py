@@ -76,7 +76,7 @@ class Sync:
 
   wait: Callable
   release: Callable
-  count: object = None
+  count: object
 
 
 def _distinct(barriers):
@@ -95,21 +95,16 @@ class Tiles:
   kernel's grid is one CTA per SM (axis ``"sm"``) and each walks every
   ``num_sms``-th tile of ``grid`` (:func:`plgpu.nd_loop`), so one tile's
   epilogue and the next one's first loads overlap the compute. ``paired``
-  (persistent only): an axis along which a tile's work grows linearly (causal
-  query tiles); the walk then takes its tiles in mirrored pairs (i, n-1-i),
-  each pair the same work, so CTAs with a fixed share of the grid finish
-  together (a fixed stride over unequal tiles leaves some CTAs with far more
-  work than others)."""
+  (persistent only): an axis along which a tile's work changes linearly (a
+  causal mask's query tiles grow, its key tiles shrink); the walk then takes
+  its tiles in mirrored pairs (i, n-1-i), each pair the same work, so CTAs
+  with a fixed share of the grid finish together (a fixed stride over unequal
+  tiles leaves some CTAs with far more work than others)."""
 
   grid: tuple
   names: tuple
   persistent: bool = False
   paired: int | None = None
-
-  @staticmethod
-  def this_cta():
-    """One tile, whose indices the kernel reads from its grid itself."""
-    return Tiles(grid=(), names=())
 
   def run(self, body):
     """``body(index, done) -> done'`` for each tile, ``done`` the streamed
