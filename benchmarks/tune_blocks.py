@@ -47,7 +47,7 @@ MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
 MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC] \
     + [MosaicBlocks(128, stages, 64, persistent=True) for stages in (2, 3)] \
     + [MosaicBlocks(128, stages, 64, persistent=persistent, fused_dq=True)
-       for stages in (2, 3) for persistent in (False, True)]   # d 128 only
+       for stages in (2, 3) for persistent in (False, True)]
 # the forward's: the above, and the likeliest of them with a persistent grid
 MOSAIC_FWD = MOSAIC + [
     MosaicBlocks(kv, stages, persistent=True)
@@ -71,7 +71,7 @@ def candidates(backend, mode, d, best, fp8=False):
               if m.smem_bytes(d, 2, fp8=fp8) <= SMEM_BYTES]
     return [dataclasses.replace(best_fwd, mosaic_bwd=m)
             for m in MOSAIC_BWD if m.smem_bytes(d, 2, backward=True)
-            <= SMEM_BYTES and (not m.fused_dq or d == 128)]
+            <= SMEM_BYTES]
   if mode == "fwd":
     return [Config(fwd=b, bwd=base.bwd) for b in FWD]
   return [Config(fwd=best_fwd.fwd, bwd=b) for b in BWD]

@@ -198,12 +198,6 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
                                           fp8=fp8 is not None)),
                 ("mosaic_bwd", config.mosaic_bwd, config.mosaic_bwd.smem_bytes(
                     head_dim_padded, itemsize, backward=True))]
-  if (backend == "mosaic" and config.mosaic_bwd.fused_dq
-      and head_dim_padded != 128):
-    raise ValueError(
-        f"config.mosaic_bwd.fused_dq needs head_dim 128 (each warpgroup takes "
-        f"a 64-column half of dQ), got head_dim {head_dim} "
-        f"({head_dim_padded} padded).")
   for name, blocks, need in tilings:
     if need > SMEM_BYTES:
       raise ValueError(

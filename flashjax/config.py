@@ -81,9 +81,9 @@ class MosaicBlocks:
   the pipeline's stages, and ``persistent``: one CTA per SM walking the
   output tiles (the forward's and dQ's query tiles, dK/dV's key tiles), so a
   tile's epilogue and the next one's first loads overlap compute.
-  ``fused_dq`` (backward, head dim 128): one kernel for dK, dV and dQ, dQ
-  reduce-added in float32 per step (FlashAttention 3's 5 matmuls per tile
-  pair instead of 7; dQ's sum order then varies from run to run)."""
+  ``fused_dq`` (backward): one kernel for dK, dV and dQ, dQ reduce-added in
+  float32 per step (FlashAttention 3's 5 matmuls per tile pair instead of 7;
+  dQ's sum order then varies from run to run)."""
 
   block_kv: int = 64
   stages: int = 2
@@ -120,12 +120,21 @@ class MosaicBlocks:
       streamed = max(self.block_kv, self.block_q_dkv)
       return (2 * wgs * rows * head_dim
               + self.stages * 2 * streamed * head_dim) * itemsize
-    # one kernel: dK/dV's, plus dSᵀ of both warpgroups, double-buffered, and a
-    # float32 half of a dQ tile per warpgroup
+    # one kernel: dK/dV's, plus dSᵀ of both warpgroups, double-buffered, and
+    # each warpgroup's float32 share of a dQ tile
     return ((2 * wgs * rows * head_dim
              + self.stages * 2 * self.block_q_dkv * head_dim
              + 2 * wgs * rows * self.block_q_dkv) * itemsize
-            + wgs * self.block_q_dkv * head_dim // 2 * 4)
+            + wgs * self.block_q_dkv * fused_dq_columns(head_dim) * 4)
+
+
+def fused_dq_columns(head_dim: int) -> int:
+  """dQ columns per warpgroup in the fused backward: at d >= 128 the two
+  warpgroups share their dSᵀ and each takes a half of the columns over both
+  warpgroups' keys (one 128-key reduction per tile); below, a half would be
+  narrower than a 128-byte swizzle row of K, so each takes all of them over
+  its own 64 keys."""
+  return head_dim // MOSAIC_COMPUTE_WGS if head_dim >= 128 else head_dim
 
 
 @dataclasses.dataclass(frozen=True)

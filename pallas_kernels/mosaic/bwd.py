@@ -15,14 +15,17 @@ the forward's interpreter fallback (:func:`pipeline.mma_acc`).
 per SM walks each kernel's output tiles (:class:`pipeline.Tiles`), banded
 masks' tiles in mirrored pairs.
 
-``MosaicBlocks(fused_dq=True)`` (head dim 128; FlashAttention 3's backward):
-no dQ kernel. The dK/dV kernel also computes dQ += dS K per step, 5 matmuls
-per tile pair instead of 7: each warpgroup shares its dSᵀ through shared
-memory (double-buffered by step parity, a barrier per buffer), takes half of
-dQ's columns over both warpgroups' keys, and reduce-adds the float32 half-tile
-into a zeroed dQ buffer with a TMA reduction; XLA scales and casts it after.
+``MosaicBlocks(fused_dq=True)`` (FlashAttention 3's backward): no dQ kernel.
+The dK/dV kernel also computes dQ += dS K per step, 5 matmuls per tile pair
+instead of 7, dSᵀ going through shared memory (double-buffered by step
+parity) as the transposed operand. At d 128 the warpgroups share their dSᵀ
+(a barrier per buffer) and each takes half of dQ's columns over both
+warpgroups' keys; at d 64 each takes all columns over its own keys
+(:func:`flashjax.config.fused_dq_columns`). The float32 result is
+reduce-added into a zeroed dQ buffer by TMA; XLA scales and casts it after.
 Mosaic GPU's interpreter has no TMA reduction, so there each key tile writes
-its own dQ part and XLA sums the parts: the one place the two forms differ.
+its own dQ part (per warpgroup) and XLA sums the parts: the one place the
+two forms differ.
 
 Status: the core test suite passes compiled on the H100 and in the
 interpreter; the persistent grid and the fused dQ have run in the interpreter
@@ -43,6 +46,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from flashjax.checks import Plan
 from flashjax.config import MOSAIC_BLOCK_Q as BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
+from flashjax.config import fused_dq_columns
 from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
 
@@ -142,12 +146,15 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   # rows. tiles: the CTA's (kv head, key tile, batch) tiles.
   # Fused dQ (dq_ref not None): dq_ref float32 [parts, batch, seq_q, heads, d],
   # dQ's unscaled sum; compiled, parts = 1 and every CTA reduce-adds into it;
-  # in the interpreter (no TMA reduction) each key tile writes its own part.
+  # in the interpreter (no TMA reduction) each (key tile, warpgroup) writes
+  # its own part.
   # ds_smem [2, 2, BLOCK_Q, block_q]: both warpgroups' dSᵀ, by step parity;
-  # dq_smem [2, block_q, d / 2] float32; ds_ready: a barrier per parity, and
-  # one for the end of a tile.
+  # dq_smem [2, block_q, fused_dq_columns(d)] float32; ds_ready (when shared):
+  # a barrier per parity, and one for the end of a tile.
   wg = lax.axis_index("wg")
   head_dim = k_ref.shape[-1]
+  width = fused_dq_columns(head_dim)
+  shared = width < head_dim        # dSᵀ goes to both warpgroups' products
   k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
   pt_tile = None if pt_smem is None else pt_smem.at[wg]
 
@@ -179,33 +186,34 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       return zeros, zeros
 
     def share_ds(dst, count):
-      # this warpgroup's dSᵀ for both warpgroups' dQ products
+      # this warpgroup's dSᵀ for the dQ product(s)
       ds_smem.at[lax.rem(count, 2), wg][...] = dst.astype(ds_smem.dtype)
       plgpu.commit_smem()
-      plgpu.barrier_arrive(ds_ready.at[lax.rem(count, 2)])
+      if shared:
+        plgpu.barrier_arrive(ds_ready.at[lax.rem(count, 2)])
 
     def add_dq(head, i, count):
-      # dQ[i] += dS K over the CTA's 2·64 keys, this warpgroup's half of the
-      # columns; then reduce-added (float32) into dq_ref
-      parity, half = lax.rem(count, 2), head_dim // 2
-      cols = pl.ds(wg * half, half)
-      plgpu.barrier_wait(ds_ready.at[parity])     # both dSᵀ are in
-
+      # dQ[i] += dS K, this warpgroup's share of the columns (over both
+      # warpgroups' keys when shared); then reduce-added (float32) into dq_ref
+      parity = lax.rem(count, 2)
+      cols = pl.ds(wg * width, width) if shared else pl.ds(0, width)
+      if shared:
+        plgpu.barrier_wait(ds_ready.at[parity])     # both dSᵀ are in
       products = [(ds_smem.at[parity, g].T, k_smem.at[g, :, cols])
-                  for g in range(COMPUTE_WGS)]
+                  for g in (range(COMPUTE_WGS) if shared else [wg])]
       if plan.interpret:     # no accumulating wgmma there: add the products
-        dq = sum(pipeline.wgmma_ss(a, b_, (block_q, half))
+        dq = sum(pipeline.wgmma_ss(a, b_, (block_q, width))
                  for a, b_ in products)
       else:
         def product(acc_ref):
           for a, b_ in products:
             plgpu.wgmma(acc_ref, a, b_)
           return acc_ref[...]
-        dq = pl.run_scoped(product, plgpu.ACC((block_q, half), jnp.float32))
+        dq = pl.run_scoped(product, plgpu.ACC((block_q, width), jnp.float32))
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # last step's copy
       dq_smem.at[wg][...] = dq
       plgpu.commit_smem()
-      part = tile if plan.interpret else 0
+      part = tile * COMPUTE_WGS + wg if plan.interpret else 0
       plgpu.copy_smem_to_gmem(
           dq_smem.at[wg],
           dq_ref.at[part, b, pl.ds(i * block_q, block_q), head, cols],
@@ -259,7 +267,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     def finish(carry):
       dk, dv = carry
-      if dq_ref is not None:
+      if dq_ref is not None and shared:
         # the other warpgroup's last dQ product reads this one's K: both done
         # before K's buffer takes dK
         plgpu.barrier_arrive(ds_ready.at[2])
@@ -343,19 +351,20 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
           plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=4, stages=stages),
           *((plgpu.SMEM((2, COMPUTE_WGS, BLOCK_Q, bq), q.dtype),
-             plgpu.SMEM((COMPUTE_WGS, bq, head_dim // 2), jnp.float32),
+             plgpu.SMEM((COMPUTE_WGS, bq, fused_dq_columns(head_dim)),
+                        jnp.float32),
              plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=3))
             if fused else (None, None, None))),
       compiler_params=params, interpret=interpret)
   if fused:
     # dQ's float32 sum, zeroed, reduce-added into by the dK/dV kernel (in the
-    # interpreter, one part per key tile, summed here); run_state keeps the
-    # mutable buffer inside this computation
+    # interpreter, one part per key tile and warpgroup, summed here); run_state
+    # keeps the mutable buffer inside this computation
     def run(refs):
       dq_acc, dk_ref, dv_ref = refs
       dk_ref[...], dv_ref[...] = dkdv(q, k, v, do, lse, delta, seg_refs,
                                       dq_acc)
-    parts = dkdv_tiles.grid[1] if plan.interpret else 1
+    parts = dkdv_tiles.grid[1] * COMPUTE_WGS if plan.interpret else 1
     dq_acc, dk, dv = pl.run_state(run)((
         jnp.zeros((parts, *q.shape), jnp.float32), jnp.zeros_like(k),
         jnp.zeros_like(v)))
