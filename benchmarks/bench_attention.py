@@ -17,7 +17,8 @@ and a markdown table with the ratio to cuDNN from the same run.
   dense reference at highest matmul precision.
 
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
-flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
+flashjax_mosaic (the Hopper kernels), flashjax_mosaic_fused (the same with the
+fused backward, ``MosaicBlocks(fused_dq=True)``), cudnn, xla, jax_pallas_mha (JAX's Triton
 ``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
 tokamax_mosaic (needs tokamax installed); FP8 forward: flashjax_fp8
 (portable), flashjax_fp8_mosaic (Hopper) and cudnn_fp8 (cuDNN through JAX's
@@ -30,6 +31,7 @@ its error in the row.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -60,6 +62,14 @@ def impls(causal: bool):
 
   def flash_mosaic(q, k, v):
     return flashjax.attention(q, k, v, causal=causal, backend="mosaic")
+
+  def flash_mosaic_fused(q, k, v):
+    # the default tiling with the fused backward (MosaicBlocks.fused_dq)
+    config = flashjax.default_config(q.shape[-1], causal=causal)
+    config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+        config.mosaic_bwd, fused_dq=True))
+    return flashjax.attention(q, k, v, causal=causal, backend="mosaic",
+                              config=config)
 
   def jax_mgpu(q, k, v):
     # JAX's FA3-style Mosaic kernel: float16 only, no softmax scale (pre-scale
@@ -109,7 +119,8 @@ def impls(causal: bool):
                                       else cudnn_attn.MaskType.NO_MASK))
     return o[0] if isinstance(o, (tuple, list)) else o
 
-  return {"flashjax": flash, "flashjax_mosaic": flash_mosaic, "cudnn": cudnn,
+  return {"flashjax": flash, "flashjax_mosaic": flash_mosaic,
+          "flashjax_mosaic_fused": flash_mosaic_fused, "cudnn": cudnn,
           "xla": xla, "jax_pallas_mha": pallas_mha,
           "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic,
           "flashjax_fp8": flash_fp8, "flashjax_fp8_mosaic": flash_fp8_mosaic,
