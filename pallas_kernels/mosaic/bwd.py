@@ -35,7 +35,6 @@ interpreter; the persistent grid and the fused dQ have run in the interpreter
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -319,27 +318,15 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   # are the wgmmas' register operands)
   ds_or_pt = lambda shape: (plgpu.SMEM((COMPUTE_WGS, *shape), q.dtype)
                             if plan.interpret else None)
-  cta = COMPUTE_WGS * BLOCK_Q
 
-  def tiles_and_grid(heads, seq):
-    """The kernel's Tiles, and its grid and grid names (persistent: one CTA
-    per SM, walking banded masks' tiles in mirrored pairs)."""
-    tiles = pipeline.Tiles(grid=(heads, seq // cta, batch),
-                           names=("heads", "tile", "batch"),
-                           persistent=blocks.persistent,
-                           paired=1 if plan.mask.banded else None)
-    if not tiles.persistent:
-      return tiles, dict(grid=tiles.grid, grid_names=tiles.names)
-    return tiles, dict(grid=(pipeline.num_ctas(plan, math.prod(tiles.grid)),),
-                       grid_names=("sm",))
-
-  dkdv_tiles, dkdv_grid = tiles_and_grid(num_kv_heads, seq_kv)
+  dkdv_tiles = pipeline.Tiles.per_head(plan, num_kv_heads, seq_kv, batch,
+                                       blocks.persistent)
   fused = blocks.fused_dq
   dkdv = plgpu.kernel(
       functools.partial(dkdv_kernel, plan=plan, block_q=bq,
                         num_q_blocks=seq_q // bq, needs_mask=needs_mask,
                         tiles=dkdv_tiles),
-      **dkdv_grid,
+      **dkdv_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
@@ -372,11 +359,12 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
     return dq, dk, dv
   dk, dv = dkdv(q, k, v, do, lse, delta, seg_refs, None)
 
-  dq_tiles, dq_grid = tiles_and_grid(num_heads, seq_q)
+  dq_tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
+                                     blocks.persistent)
   dq = plgpu.kernel(
       functools.partial(dq_kernel, plan=plan, block_kv=bkv,
                         num_kv_blocks=seq_kv // bkv, tiles=dq_tiles),
-      **dq_grid,
+      **dq_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
       scratch_types=(

@@ -35,7 +35,6 @@ run on a GPU.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -187,13 +186,8 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   seq_kv = k.shape[1]
   blocks = plan.config.mosaic
   bkv, stages = blocks.block_kv, blocks.stages
-  tiles = pipeline.Tiles(
-      grid=(num_heads, seq_q // (COMPUTE_WGS * BLOCK_Q), batch),
-      names=("heads", "q_tile", "batch"), persistent=blocks.persistent,
-      paired=1 if plan.mask.banded else None)
-  grid, grid_names = (((pipeline.num_ctas(plan, math.prod(tiles.grid)),),
-                       ("sm",)) if tiles.persistent else
-                      (tiles.grid, tiles.names))
+  tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
+                                  blocks.persistent)
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
@@ -208,7 +202,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
   return plgpu.kernel(
       kernel,
-      grid=grid, grid_names=grid_names,
+      **tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(q.shape, plan.dtype),
                 jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -105,6 +106,23 @@ class Tiles:
   names: tuple
   persistent: bool = False
   paired: int | None = None
+
+  @staticmethod
+  def per_head(plan, num_heads: int, seq: int, batch: int,
+               persistent: bool) -> "Tiles":
+    """A kernel's (head, tile, batch) output tiles of ``COMPUTE_WGS · 64``
+    rows of ``seq``; a banded mask's tiles are walked in mirrored pairs."""
+    return Tiles(grid=(num_heads, seq // (COMPUTE_WGS * MOSAIC_BLOCK_Q), batch),
+                 names=("heads", "tile", "batch"), persistent=persistent,
+                 paired=1 if plan.mask.banded else None)
+
+  def launch(self, plan) -> dict:
+    """The kernel's ``grid`` and ``grid_names``: the tiles themselves, or
+    (persistent) one CTA per SM."""
+    if not self.persistent:
+      return dict(grid=self.grid, grid_names=self.names)
+    return dict(grid=(num_ctas(plan, math.prod(self.grid)),),
+                grid_names=("sm",))
 
   def run(self, body):
     """``body(index, done) -> done'`` for each tile, ``done`` the streamed
