@@ -59,9 +59,10 @@ MOSAIC_FP8 = MOSAIC_FWD + [MosaicBlocks(128, 5), MosaicBlocks(128, 6),
                            MosaicBlocks(256, 4)]
 
 
-def candidates(backend, mode, d, best, fp8=False):
-  """The Configs to time for one mode (best: the fastest so far, by mode)."""
-  base = default_config(d)
+def candidates(backend, mode, d, causal, best, fp8=False):
+  """The Configs to time for one mode (best: the fastest so far, by mode);
+  what a mode does not tune is the default for (d, causal, fp8)."""
+  base = default_config(d, causal=causal, fp8=fp8)
   best_fwd = best.get("fwd", (None, base))[1]   # the default if not tuned
   if backend == "mosaic":
     # the forward's tiling first, then the backward's with that forward
@@ -97,7 +98,7 @@ def run(args):
         sets = [fp8_inputs(*s[:3]) for s in sets]
       best = {}
       for mode in ("fwd",) if args.fp8 else args.modes:
-        for cfg in candidates(args.backend, mode, d, best, args.fp8):
+        for cfg in candidates(args.backend, mode, d, causal, best, args.fp8):
           def fn(q, k, v, *descales, cfg=cfg):
             kw = dict(zip(("q_descale", "k_descale", "v_descale"), descales))
             return flashjax.attention(q, k, v, causal=causal, config=cfg,

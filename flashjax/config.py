@@ -198,12 +198,19 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # tune-mosaic-v5-fp8-h100.json): d 128 0.869 ms vs 0.890, d 64 1.108 vs
   # 1.169, FP8 0.748 vs 0.752; causal it loses at d 128 (0.717 vs 0.488: the
   # CTAs' fixed share of triangle tiles is uneven), wins 2% at d 64.
+  # Fused backward (dQ in the dK/dV kernel), d 128 non-causal only
+  # (results/tune-mosaic-v6-bwd-d128-h100.json): 3 stages, 3.63 ms vs 3.95
+  # for the best two-kernel tiling (4.10 for its default 2 stages); with 2
+  # stages it is slower (5.09), and causal it loses (2.76 vs 2.01). At d 64
+  # (tune-mosaic-v6-bwd-d64-h100.json) it is within noise (4.53 vs 4.59).
   if fp8:
     fwd_kv = 128 if causal else 256
   else:
     fwd_kv = 256 if head_dim <= 64 else 128
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not causal)
-  mosaic_bwd = MosaicBlocks(block_kv=128, stages=2, block_q_dkv=64)
+  fused = head_dim > 64 and not causal
+  mosaic_bwd = MosaicBlocks(block_kv=128, stages=3 if fused else 2,
+                            block_q_dkv=64, fused_dq=fused)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)
