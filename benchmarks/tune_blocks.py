@@ -43,11 +43,13 @@ MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
           MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(128, 4),
           MosaicBlocks(256, 2), MosaicBlocks(256, 3)]
 # the backward's own: the above with 128-row query tiles in dK/dV too, and
-# the likeliest on a persistent grid
+# the likeliest on a persistent grid, fused, and with deferred waits
 MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC] \
     + [MosaicBlocks(128, stages, 64, persistent=True) for stages in (2, 3)] \
     + [MosaicBlocks(128, stages, 64, persistent=persistent, fused_dq=True)
-       for stages in (2, 3) for persistent in (False, True)]
+       for stages in (2, 3) for persistent in (False, True)] \
+    + [MosaicBlocks(128, stages, 64, fused_dq=fused, deferred_waits=True)
+       for stages in (2, 3) for fused in (False, True)]
 # the forward's: the above, and the likeliest of them with a persistent grid
 MOSAIC_FWD = MOSAIC + [
     MosaicBlocks(kv, stages, persistent=True)
@@ -88,7 +90,7 @@ def run(args):
   rows = []
   for d in args.head_dims:
     h = args.hidden // d
-    for causal in (False, True):
+    for causal in args.causal:
       keys = jax.random.split(jax.random.PRNGKey(d + causal), 8)
       sets = [tuple(jax.random.normal(keys[4 * i + j],
                                       (args.batch, args.seq, h, d),
@@ -99,15 +101,17 @@ def run(args):
       best = {}
       for mode in ("fwd",) if args.fp8 else args.modes:
         for cfg in candidates(args.backend, mode, d, causal, best, args.fp8):
+          tiling = ((cfg.mosaic if mode == "fwd" else cfg.mosaic_bwd)
+                    if args.backend == "mosaic" else
+                    cfg.fwd if mode == "fwd" else cfg.bwd)
+          if args.only not in str(tiling):
+            continue
           def fn(q, k, v, *descales, cfg=cfg):
             kw = dict(zip(("q_descale", "k_descale", "v_descale"), descales))
             return flashjax.attention(q, k, v, causal=causal, config=cfg,
                                       backend=args.backend, **kw)
           inputs = [s if mode == "fwd_bwd" or args.fp8 else s[:3]
                     for s in sets]
-          tiling = ((cfg.mosaic if mode == "fwd" else cfg.mosaic_bwd)
-                    if args.backend == "mosaic" else
-                    cfg.fwd if mode == "fwd" else cfg.bwd)
           row = dict(backend=args.backend, d=d, h=h, causal=causal, mode=mode,
                      blocks=str(tiling), fp8=args.fp8)
           try:
@@ -143,6 +147,12 @@ def main(argv=None):
                  help="fwd alone tunes only the forward's tiling")
   p.add_argument("--fp8", action="store_true",
                  help="tune the FP8 forward (e4m3 inputs) instead")
+  p.add_argument("--causal", nargs="+", default=[False, True],
+                 type=lambda x: {"true": True, "false": False}[x.lower()],
+                 help="causal settings: true, false")
+  p.add_argument("--only", default="",
+                 help="time only the tilings whose text contains this, e.g. "
+                      "'fused_dq=True' (a time-limited run)")
   args = p.parse_args(argv)
   run(args)
 

@@ -83,13 +83,19 @@ class MosaicBlocks:
   tile's epilogue and the next one's first loads overlap compute.
   ``fused_dq`` (backward): one kernel for dK, dV and dQ, dQ reduce-added in
   float32 per step (FlashAttention 3's 5 matmuls per tile pair instead of 7;
-  dQ's sum order then varies from run to run)."""
+  dQ's sum order then varies from run to run). ``deferred_waits``
+  (backward's dK/dV kernel, compiled): dV's product stays on the tensor cores
+  while dSᵀ is computed, and dK's while (fused) dSᵀ is handed over and dQ's
+  product issued; the step awaits them once, at its end (FlashAttention 3's
+  order; the interpreter, which has no in-place accumulator, runs the step
+  in the plain order)."""
 
   block_kv: int = 64
   stages: int = 2
   block_q_dkv: int = 64
   persistent: bool = False
   fused_dq: bool = False
+  deferred_waits: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

@@ -214,3 +214,25 @@ def test_fused_dq_backward(case, persistent):
   text = lower_for_h100(jax.grad(loss, argnums=(0, 1)), q, kv).as_text()
   # the forward and one backward kernel
   assert text.count("custom_call @mosaic_gpu") == 2
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_deferred_waits_lower_for_cuda(head_dim, fused):
+  """``MosaicBlocks(deferred_waits=True)``: the dK/dV step keeps dV's and
+  dK's products in flight (compiled only; the interpreter runs the plain
+  order, which the parity tests cover), lowered for CUDA with causal masking
+  and segment ids, fused or not."""
+  config = flashjax.default_config(head_dim, causal=True)
+  config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+      config.mosaic_bwd, fused_dq=fused, deferred_waits=True))
+
+  def loss(q, k, ids):
+    return jnp.sum(flashjax.attention(
+        q, k, k, causal=True, q_segment_ids=ids, backend="mosaic",
+        config=config, interpret=False).astype(jnp.float32))
+  q = jax.ShapeDtypeStruct((2, 1000, 4, head_dim), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((2, 1000, 2, head_dim), jnp.bfloat16)
+  ids = jax.ShapeDtypeStruct((2, 1000), jnp.int32)
+  text = lower_for_h100(jax.grad(loss, argnums=(0, 1)), q, kv, ids).as_text()
+  assert text.count("custom_call @mosaic_gpu") == (2 if fused else 3)

@@ -27,6 +27,11 @@ Mosaic GPU's interpreter has no TMA reduction, so there each key tile writes
 its own dQ part (per warpgroup) and XLA sums the parts: the one place the
 two forms differ.
 
+``MosaicBlocks(deferred_waits=True)`` (compiled): the dK/dV step awaits its
+products once, at its end, so dV's product runs while dSᵀ is computed and
+dK's while dQ's is issued (FlashAttention 3's order); the interpreter runs
+the plain order. Lowered for CUDA; not yet run on a GPU, so off by default.
+
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
 non-causal, two kernels elsewhere; the persistent grid off (it gained
 nothing on the H100).
@@ -138,7 +143,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                 do_smem, lse_smem, delta_smem, owned_barrier, q_full, do_full,
                 lse_full, delta_full, q_free, ds_smem, dq_smem, ds_ready, *,
                 plan: Plan, block_q: int, num_q_blocks: int, needs_mask: bool,
-                tiles: pipeline.Tiles):
+                tiles: pipeline.Tiles, deferred_waits: bool):
   # k_ref/v_ref/dk_ref/dv_ref: [batch, seq_kv, kv_heads, d]; q_ref/do_ref:
   # [batch, seq_q, heads, d]; lse_ref/delta_ref: [batch, heads, seq_q]. Each
   # compute warpgroup owns BLOCK_Q keys; the streamed query tiles have block_q
@@ -154,6 +159,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   head_dim = k_ref.shape[-1]
   width = fused_dq_columns(head_dim)
   shared = width < head_dim        # dSᵀ goes to both warpgroups' products
+  # the step's products awaited once at its end (compiled), or each in turn
+  deferred = deferred_waits and not plan.interpret
   k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
   pt_tile = None if pt_smem is None else pt_smem.at[wg]
 
@@ -191,9 +198,10 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       if shared:
         plgpu.barrier_arrive(ds_ready.at[lax.rem(count, 2)])
 
-    def add_dq(head, i, count):
+    def add_dq(head, i, count, acc_ref=None):
       # dQ[i] += dS K, this warpgroup's share of the columns (over both
-      # warpgroups' keys when shared); then reduce-added (float32) into dq_ref
+      # warpgroups' keys when shared); then reduce-added (float32) into dq_ref.
+      # acc_ref: a zeroed accumulator to issue into (else a scoped one)
       parity = lax.rem(count, 2)
       cols = pl.ds(wg * width, width) if shared else pl.ds(0, width)
       if shared:
@@ -207,8 +215,9 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         def product(acc_ref):
           for a, b_ in products:
             plgpu.wgmma(acc_ref, a, b_)
-          return acc_ref[...]
-        dq = pl.run_scoped(product, plgpu.ACC((block_q, width), jnp.float32))
+          return plgpu.wgmma_accumulator_load(acc_ref)
+        dq = (product(acc_ref) if acc_ref is not None else
+              pl.run_scoped(product, plgpu.ACC((block_q, width), jnp.float32)))
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # last step's copy
       dq_smem.at[wg][...] = dq
       plgpu.commit_smem()
@@ -243,6 +252,40 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                                     rows_are_keys=True)
         return jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1])), t
 
+      def grad_scores(pt, dpt, t):
+        # dSᵀ = Pᵀ ∘ (dPᵀ - D)
+        return common.softcap_grad(
+            pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
+
+      if deferred:
+        def products(accs):
+          dv_acc, dk_acc, st_acc, dpt_acc, *dq_acc = accs
+          # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ
+          # runs
+          plgpu.wgmma(st_acc, k_tile, q_slot.T)
+          plgpu.wgmma(dpt_acc, v_tile, do_slot.T)
+          pt, t = probabilities(
+              plgpu.wgmma_accumulator_load(st_acc, wait_n=1))
+          # dV += Pᵀ dO, in flight while dSᵀ is computed (wait for dPᵀ only)
+          plgpu.wgmma(dv_acc, pt.astype(q_ref.dtype), do_slot)
+          dst = grad_scores(
+              pt, plgpu.wgmma_accumulator_load(dpt_acc, wait_n=1), t)
+          if dq_ref is not None:
+            share_ds(dst, sync.count)
+          # dK += dSᵀ Q, in flight while dQ's product is issued
+          plgpu.wgmma(dk_acc, dst.astype(q_ref.dtype), q_slot)
+          if dq_ref is not None:
+            add_dq(head, i, sync.count, dq_acc[0])
+
+        zeros = lambda shape: plgpu.layout_cast(
+            jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
+        accs = [dv, dk, zeros(shape), zeros(shape)]
+        if dq_ref is not None:
+          accs.append(zeros((block_q, width)))
+        dv, dk, *_ = pl.run_state(products)(
+            tuple(plgpu.ACC.init(x) for x in accs))
+        return dk, dv
+
       # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ runs
       (pt, t), dpt = pipeline.wgmma_ss_pair((k_tile, q_slot.T, shape),
                                             (v_tile, do_slot.T, shape),
@@ -250,9 +293,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       # dV += Pᵀ dO
       dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile,
                             in_place=not plan.interpret)
-      # dSᵀ = Pᵀ ∘ (dPᵀ - D)
-      dst = common.softcap_grad(
-          pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
+      dst = grad_scores(pt, dpt, t)
       if dq_ref is not None:
         share_ds(dst, sync.count)
       # dK += dSᵀ Q   (SS form: dSᵀ reuses Pᵀ's buffer, its wgmma has
@@ -325,7 +366,8 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   dkdv = plgpu.kernel(
       functools.partial(dkdv_kernel, plan=plan, block_q=bq,
                         num_q_blocks=seq_q // bq, needs_mask=needs_mask,
-                        tiles=dkdv_tiles),
+                        tiles=dkdv_tiles,
+                        deferred_waits=blocks.deferred_waits),
       **dkdv_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
