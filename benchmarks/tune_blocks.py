@@ -104,7 +104,7 @@ def run(args):
           tiling = ((cfg.mosaic if mode == "fwd" else cfg.mosaic_bwd)
                     if args.backend == "mosaic" else
                     cfg.fwd if mode == "fwd" else cfg.bwd)
-          if args.only not in str(tiling):
+          if not any(part in str(tiling) for part in args.only):
             continue
           def fn(q, k, v, *descales, cfg=cfg):
             kw = dict(zip(("q_descale", "k_descale", "v_descale"), descales))
@@ -150,9 +150,9 @@ def main(argv=None):
   p.add_argument("--causal", nargs="+", default=[False, True],
                  type=lambda x: {"true": True, "false": False}[x.lower()],
                  help="causal settings: true, false")
-  p.add_argument("--only", default="",
-                 help="time only the tilings whose text contains this, e.g. "
-                      "'fused_dq=True' (a time-limited run)")
+  p.add_argument("--only", nargs="+", default=[""],
+                 help="time only the tilings whose text contains one of "
+                      "these, e.g. 'fused_dq=True' (a time-limited run)")
   args = p.parse_args(argv)
   run(args)
 
