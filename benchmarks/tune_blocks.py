@@ -50,10 +50,14 @@ MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC] 
        for stages in (2, 3) for persistent in (False, True)] \
     + [MosaicBlocks(128, stages, 64, fused_dq=fused, deferred_waits=True)
        for stages in (2, 3) for fused in (False, True)]
-# the forward's: the above, and the likeliest of them with a persistent grid
+# the forward's: the above, the likeliest of them with a persistent grid, and
+# those with the intra-warpgroup overlap, on either grid
 MOSAIC_FWD = MOSAIC + [
     MosaicBlocks(kv, stages, persistent=True)
-    for kv, stages in ((128, 2), (128, 3), (256, 2))]
+    for kv, stages in ((128, 2), (128, 3), (256, 2))] + [
+        MosaicBlocks(kv, stages, persistent=persistent, intra_wg_overlap=True)
+        for kv, stages in ((64, 3), (128, 2), (128, 3), (256, 2))
+        for persistent in (False, True)]
 
 
 # the FP8 forward: half the bytes per K/V tile, so deeper pipelines fit

@@ -88,7 +88,10 @@ class MosaicBlocks:
   while dSᵀ is computed, and dK's while (fused) dSᵀ is handed over and dQ's
   product issued; the step awaits them once, at its end (FlashAttention 3's
   order; the interpreter, which has no in-place accumulator, runs the step
-  in the plain order)."""
+  in the plain order). ``intra_wg_overlap`` (forward): each step issues
+  S_j = Q K_jᵀ together with the previous step's P V and computes P_j while
+  that runs (FlashAttention 3's intra-warpgroup overlap; V is read one step
+  late)."""
 
   block_kv: int = 64
   stages: int = 2
@@ -96,6 +99,7 @@ class MosaicBlocks:
   persistent: bool = False
   fused_dq: bool = False
   deferred_waits: bool = False
+  intra_wg_overlap: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

@@ -110,11 +110,13 @@ def test_policy_gradients_run_in_bf16(backend):
 
 @pytest.mark.skipif(jax.default_backend() == "gpu",
                     reason="the race detector is part of the CPU interpreter")
-@pytest.mark.parametrize("persistent", [False, True])
-def test_hopper_fp8_forward_has_no_races(persistent):
+@pytest.mark.parametrize("persistent,overlap", [(False, False), (True, False),
+                                                (True, True)])
+def test_hopper_fp8_forward_has_no_races(persistent, overlap):
   """The Hopper FP8 forward in Mosaic GPU's interpreter with its race
   detector: more K/V tiles than pipeline stages, GQA, causal with packed
-  segment ids, per-head descales, and a persistent grid; it must agree with
+  segment ids, per-head descales, a persistent grid, and the intra-warpgroup
+  overlap (P kept in shared memory from one step to the next); it must agree with
   the portable FP8 kernel (the same math and, at 128-row K/V tiles, the same
   P rounding: in the interpreter they agree to the bit; 1e-3 is far below
   FP8's rounding, ~6e-2 here)."""
@@ -126,7 +128,8 @@ def test_hopper_fp8_forward_has_no_races(persistent):
   seg = jnp.repeat(jnp.arange(3, dtype=jnp.int32), 111)[None]
   config = flashjax.default_config(128, causal=True, fp8=True)
   config = dataclasses.replace(config, mosaic=dataclasses.replace(
-      config.mosaic, block_kv=128, persistent=persistent))
+      config.mosaic, block_kv=128, persistent=persistent,
+      intra_wg_overlap=overlap))
   run = lambda backend: flashjax.attention(
       q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
       q_segment_ids=seg, backend=backend, config=config).astype(jnp.float32)

@@ -177,6 +177,35 @@ def test_persistent_grid(case):
     assert text.count("custom_call @mosaic_gpu") == 3
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_intra_wg_overlap_forward(case):
+  """``MosaicBlocks(intra_wg_overlap=True)``: the forward's step j issues
+  S_j and P_{j-1} V_{j-1} together, V read one step late (its slot released
+  by the next step or the tile's drain), the ping-pong handing over after
+  each pair. On a persistent grid (the interpreter's 2 CTAs walk several
+  tiles, empty ones included in the MQA case) with the race detector; the
+  compiled form (P a register operand, the pair in flight) lowers for CUDA,
+  one tile per CTA and persistent."""
+  config = flashjax.default_config(case.head_dim, causal=case.causal)
+  config = dataclasses.replace(config, mosaic=dataclasses.replace(
+      config.mosaic, block_kv=64, persistent=True, intra_wg_overlap=True))
+  if jax.default_backend() != "gpu":
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+  check_attention(case, backend="mosaic", config=config)
+  if jax.default_backend() != "gpu":
+    assert not interpret_pallas_call.get_races().races_found
+
+  for persistent in (False, True):
+    compiled = dataclasses.replace(config, mosaic=dataclasses.replace(
+        config.mosaic, block_kv=128, persistent=persistent))
+    q = jax.ShapeDtypeStruct((2, 1000, 4, case.head_dim),
+                             jnp.dtype(case.dtype))
+    text = lower_for_h100(lambda q: flashjax.attention(
+        q, q, q, causal=case.causal, backend="mosaic", config=compiled,
+        interpret=False), q).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
+
+
 FUSED_CASES = CASES + [
     # non-causal GQA, more key tiles than stages, several query heads per CTA
     Case(dtype="float16", seq_q=256, seq_kv=384, num_q_heads=4,

@@ -34,6 +34,7 @@ against one tile per CTA, so it is off by default.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -52,7 +53,8 @@ from pallas_kernels.mosaic import pipeline
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
-               block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles):
+               block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
+               overlap: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
@@ -62,7 +64,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # (FP8: O is not in Q's dtype); k_smem/v_smem are the streamed K/V slots;
   # p_smem: P's tile per warpgroup for an SS wgmma (FP8, or the interpreter),
   # None when P is the register operand. tiles: the CTA's (head, query tile,
-  # batch) tiles.
+  # batch) tiles. overlap: FlashAttention 3's intra-warpgroup overlap (step j
+  # issues S_j = Q K_jᵀ and P_{j-1} V_{j-1} together and computes P_j while
+  # P_{j-1} V_{j-1} runs; V is read one step late).
   wg = lax.axis_index("wg")
   fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
@@ -91,49 +95,128 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
 
     def init():
       pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
-      # carry: acc, m, l, and FP8's q·k descale per row (loaded once)
+      # carry: acc, m, l, FP8's q·k descale per row (loaded once), and (overlap,
+      # P a register operand) the last step's P
+      p = None
+      if overlap and p_tile is None:
+        p = plgpu.layout_cast(jnp.zeros((BLOCK_Q, block_kv), p_dtype),
+                              plgpu.Layout.WGMMA)
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
               jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
               jnp.zeros((BLOCK_Q,), jnp.float32),
-              descale(0) if fp8 else None)
+              descale(0) if fp8 else None, p)
 
-    def step(j, slot, sync, carry, masked):
-      acc, m, l, qk_descale = carry
+    def ids_of(j, masked):
       # segment ids of the rows and of tile j, read first so that their latency
       # hides behind the wait for K and the Q Kᵀ wgmma
-      ids = None if not masked or seg_refs is None else pipeline.load_ids(
+      return None if not masked or seg_refs is None else pipeline.load_ids(
           seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                             block_kv)])
-      sync.wait(0)
 
-      # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
-      def qk(acc_ref):
-        plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
-        pingpong.signal()
-        return acc_ref[...]
-      s = pl.run_scoped(qk, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
-      sync.release(0)                    # K's slot can be refilled
+    def softmax(s, j, m, l, qk_descale, ids, masked):
+      # S = Q Kᵀ -> P (rounded for the P V product), m, l, alpha
       if fp8:
         s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
       # logits, S2 = s · unit (softcap: c · tanh(scale · Q Kᵀ / c))
       s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap)
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-      # P = exp2(S - m_new), l_new = alpha · l + rowsum(P), acc = alpha · acc
+      # P = exp2(S - m_new), l_new = alpha · l + rowsum(P); FP8 scales P,
+      # rounded where it is stored (Mosaic GPU has no optimisation barrier
+      # over 8-bit registers)
       p, m, l, alpha = common.online_softmax_step(s, m, l, unit)
-      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+      return p * p_scale if fp8 else p.astype(p_dtype), m, l, alpha
+
+    def rescale(acc, alpha):
+      return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+
+    def v_operand(slot):
+      # FP8: V's tile is [d, block_kv], K-major as wgmma needs
+      return v_smem.at[slot].T if fp8 else v_smem.at[slot]
+
+    def qk(slot):
+      # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
+      def run(acc_ref):
+        plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
+        pingpong.signal()
+        return acc_ref[...]
+      return pl.run_scoped(run, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
+
+    def step(j, slot, sync, carry, masked):
+      acc, m, l, qk_descale, _ = carry
+      ids = ids_of(j, masked)
+      sync.wait(0)
+      s = qk(slot)
+      sync.release(0)                    # K's slot can be refilled
+      p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
+      acc = rescale(acc, alpha)
       # the softmax is done before the hand-over (the order matters for speed,
-      # as in JAX's attention_mgpu); FP8 rounds P after it (Mosaic GPU has no
-      # optimisation barrier over 8-bit registers)
-      p = p * p_scale if fp8 else p.astype(p_dtype)
+      # as in JAX's attention_mgpu)
       acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
       sync.wait(1)
       pingpong.wait()                    # the other's Q Kᵀ is issued
-      # acc += P V   (FP8: V's tile is [d, block_kv], K-major as wgmma needs)
-      v_tile = v_smem.at[slot].T if fp8 else v_smem.at[slot]
-      acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_tile, p_tile,
+      # acc += P V
+      acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_operand(slot), p_tile,
                              in_place=not plan.interpret)
-      return acc, m, l, qk_descale
+      return acc, m, l, qk_descale, None
+
+    # overlap: P_{j-1} is carried (registers) or kept in p_tile (FP8, the
+    # interpreter) until step j issues P_{j-1} V_{j-1}
+    def keep(p):
+      if p_tile is None:
+        return p
+      p_tile[...] = p.astype(p_tile.dtype)
+      plgpu.commit_smem()
+      return None
+
+    def first_step(j, slot, sync, carry, masked):
+      acc, m, l, qk_descale, _ = carry
+      ids = ids_of(j, masked)
+      sync.wait(0)
+      pingpong.wait()
+      s = qk(slot)
+      sync.release(0)
+      p, m, l, _ = softmax(s, j, m, l, qk_descale, ids, masked)
+      return acc, m, l, qk_descale, keep(p)      # acc is 0: nothing to rescale
+
+    def overlapped_step(j, slot, sync, carry, masked):
+      acc, m, l, qk_descale, p_prev = carry
+      ids = ids_of(j, masked)
+      sync.wait(0)
+      sync.wait_prev(1)
+      pingpong.wait()                    # the other has issued its pair
+      p_operand = p_tile if p_tile is not None else p_prev
+      if plan.interpret:   # no in-place accumulator: the products in turn
+        s = qk(slot)
+        acc = acc + pipeline.wgmma_ss(p_operand, v_operand(sync.prev),
+                                      acc.shape)
+        sync.release(0)
+        p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
+      else:
+        def run(acc_ref, s_ref):
+          # S_j = Q K_jᵀ and acc += P_{j-1} V_{j-1} issued together; P_j is
+          # computed while the latter runs
+          acc_ref[...] = acc
+          plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
+          plgpu.wgmma(acc_ref, p_operand, v_operand(sync.prev))
+          pingpong.signal()
+          s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
+          sync.release(0)                # K's slot can be refilled
+          p, m_new, l_new, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
+          return plgpu.wgmma_accumulator_load(acc_ref), p, m_new, l_new, alpha
+        acc, p, m, l, alpha = pl.run_scoped(
+            run, plgpu.ACC(acc.shape, jnp.float32),
+            plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
+      sync.release_prev(1)               # V_{j-1}'s slot can be refilled
+      return rescale(acc, alpha), m, l, qk_descale, keep(p)
+
+    def drain(carry, sync):
+      # acc += P V of the last tile
+      acc, m, l, qk_descale, p_prev = carry
+      sync.wait_prev(1)
+      acc = pipeline.mma_acc(acc, p_tile if p_tile is not None else p_prev,
+                             v_operand(sync.prev), in_place=not plan.interpret)
+      return acc, m, l, qk_descale, p_prev
 
     def finish(carry):
       # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
@@ -144,19 +227,28 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
                       (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])])
 
-    return pipeline.kv_work(
+    w = pipeline.kv_work(
         plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
         batch=b, kv_head=kv_head, block_kv=block_kv,
         num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish,
         v_transposed=bool(fp8))
+    if not overlap:
+      return w
+    return dataclasses.replace(w, first=first_step, step=overlapped_step,
+                               drain=drain)
 
   pipeline.streamed_loop(
       wg=wg, tiles=tiles, work=work,
       streams=[pipeline.Stream(k_smem, k_full, k_free),
-               pipeline.Stream(v_smem, v_full, v_free)],
-      # warpgroup 1 starts half a step behind, warpgroup 0 ends half a step on
-      start=lambda: pl.when(wg == 1)(pingpong.wait),
-      end=lambda: pl.when(wg == 0)(pingpong.signal))
+               pipeline.Stream(v_smem, v_full, v_free, lagged=overlap)],
+      # Plain order (P V after the other's Q Kᵀ): warpgroup 1 starts half a
+      # step behind, warpgroup 0 ends half a step on. Overlap (each step
+      # issues its pair after the other's): warpgroup 1 lets warpgroup 0 go
+      # first, which takes that hand-over back at the end.
+      start=lambda: pl.when(wg == 1)(
+          pingpong.signal if overlap else pingpong.wait),
+      end=lambda: pl.when(wg == 0)(
+          pingpong.wait if overlap else pingpong.signal))
 
 
 def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
@@ -189,7 +281,8 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
                                   blocks.persistent)
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
-                             num_kv_blocks=seq_kv // bkv, tiles=tiles)
+                             num_kv_blocks=seq_kv // bkv, tiles=tiles,
+                             overlap=blocks.intra_wg_overlap)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8

@@ -41,11 +41,14 @@ COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
 class Stream:
   """One streamed operand: ``smem`` has one slot per stage (its leading axis);
   ``full`` and ``free`` one barrier per stage (``free`` may be shared with
-  other streams)."""
+  other streams). ``lagged``: read one step late (step j reads tile j - 1,
+  :attr:`Sync.wait_prev`; the tile's last one is read by
+  :attr:`Work.drain`); its ``free`` is its own."""
 
   smem: object
   full: object
   free: object
+  lagged: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +60,10 @@ class Work:
   slot); ``finish(carry)`` writes the results. ``full = (a, b)``: the calling
   warpgroup's tiles in ``[a, b)`` have no masked entry and are stepped with
   ``masked=False``, the others with ``masked=True``; ``full=None``: no tile
-  needs the mask."""
+  needs the mask. ``first`` (optional, like ``step``): steps the first tile
+  instead of ``step`` (masked if any tile may be); ``drain(carry, sync)``
+  (with lagged streams): after the last step, when there was one, reads the
+  lagged streams' last tile (``sync.wait_prev``) and returns the carry."""
 
   lo: object
   hi: object
@@ -66,6 +72,8 @@ class Work:
   step: Callable
   finish: Callable
   full: object = None
+  first: Callable | None = None
+  drain: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +81,16 @@ class Sync:
   """What a step does with its slot: ``wait(i)`` before it reads stream i's
   tile, ``release(i)`` (optional, at the step's top level) once it no longer
   reads it; the loop releases what the step did not. ``count``: the CTA's
-  steps before this one (over all its tiles), int32."""
+  steps before this one (over all its tiles), int32. For a lagged stream i,
+  ``wait_prev(i)``/``release_prev(i)`` do the same for the previous step's
+  slot ``prev`` (not in a tile's first step)."""
 
   wait: Callable
   release: Callable
   count: object
+  wait_prev: Callable | None = None
+  release_prev: Callable | None = None
+  prev: object = None
 
 
 def _distinct(barriers):
@@ -189,39 +202,68 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
   def _compute():
     plgpu.set_max_registers(232, action="increase")
 
+    def sync_at(count, step=True):
+      # the Sync of the CTA's step ``count``: the current slot's streams (not
+      # the lagged ones) and the previous slot's lagged ones; ``step=False``:
+      # only the latter (a tile's drain)
+      slot = lax.rem(count, stages)
+      prev = lax.rem(count + stages - 1, stages)
+      released = []
+
+      def release(i, slot=slot):
+        free = streams[i].free
+        if not any(free is r for r in released):
+          plgpu.barrier_arrive(free.at[slot])
+          released.append(free)
+      sync = Sync(
+          wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
+          release=release, count=count,
+          wait_prev=lambda i: plgpu.barrier_wait(streams[i].full.at[prev]),
+          release_prev=lambda i: release(i, prev), prev=prev)
+
+      def release_rest(first):
+        for i, stream in enumerate(streams):
+          if not stream.lagged and step:
+            release(i)
+          elif stream.lagged and not first:
+            release(i, prev)
+      return slot, sync, release_rest
+
     def tile(index, done):
       w = work(index)
 
-      def loop(start, stop, carry, masked):
+      def loop(start, stop, carry, masked, step=w.step):
+        first = step is not w.step
         def body(j, carry):
-          count = done + j - w.lo
-          slot = lax.rem(count, stages)
-          released = []
-
-          def release(i):
-            free = streams[i].free
-            if not any(free is r for r in released):
-              plgpu.barrier_arrive(free.at[slot])
-              released.append(free)
-          sync = Sync(
-              wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
-              release=release, count=count)
-          carry = w.step(j, slot, sync, carry, masked)
-          for i in range(len(streams)):
-            release(i)
+          slot, sync, release_rest = sync_at(done + j - w.lo)
+          carry = step(j, slot, sync, carry, masked)
+          release_rest(first)
           return carry
         return lax.fori_loop(start, stop, body, carry)
 
       carry = w.init()
+      lo = w.lo
+      if w.first is not None:
+        lo = jnp.minimum(w.lo + 1, w.hi)
+        carry = loop(w.lo, lo, carry, masked=w.full is not None,
+                     step=w.first)
       if w.full is None:
-        carry = loop(w.lo, w.hi, carry, masked=False)
+        carry = loop(lo, w.hi, carry, masked=False)
       else:
         # masked tiles before [a, b), the unmasked ones, masked tiles after
-        a = jnp.clip(w.full[0], w.lo, w.hi)
+        a = jnp.clip(w.full[0], lo, w.hi)
         b = jnp.clip(w.full[1], a, w.hi)
-        carry = loop(w.lo, a, carry, masked=True)
+        carry = loop(lo, a, carry, masked=True)
         carry = loop(a, b, carry, masked=False)
         carry = loop(b, w.hi, carry, masked=True)
+      if w.drain is not None:
+        def drain(carry):
+          # the lagged streams' slot of the tile's last step
+          _, sync, release_rest = sync_at(done + w.hi - w.lo, step=False)
+          carry = w.drain(carry, sync)
+          release_rest(first=False)
+          return carry
+        carry = lax.cond(w.hi > w.lo, drain, lambda c: c, carry)
       w.finish(carry)
       return done + jnp.maximum(w.hi - w.lo, 0)
     if start is not None:
