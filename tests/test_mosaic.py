@@ -37,13 +37,21 @@ CASES = [
 ]
 
 
+def check_without_races(case, config):
+  """check_attention on backend="mosaic" with ``config``; on the CPU also
+  the interpreter's race detector's verdict."""
+  if jax.default_backend() != "gpu":
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+  check_attention(case, backend="mosaic", config=config)
+  if jax.default_backend() != "gpu":
+    assert not interpret_pallas_call.get_races().races_found
+
+
 @pytest.mark.skipif(jax.default_backend() == "gpu",
                     reason="the race detector is part of the CPU interpreter")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_no_races_in_the_interpreter(case):
-  interpret_pallas_call.reset_gpu_interpret_mode_state()
-  check_attention(case, backend="mosaic")
-  assert not interpret_pallas_call.get_races().races_found
+  check_without_races(case, config=None)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
@@ -161,11 +169,7 @@ def test_persistent_grid(case):
       mosaic=dataclasses.replace(config.mosaic, block_kv=64, persistent=True),
       mosaic_bwd=dataclasses.replace(config.mosaic_bwd, block_kv=64,
                                      persistent=True))
-  if jax.default_backend() != "gpu":
-    interpret_pallas_call.reset_gpu_interpret_mode_state()
-  check_attention(case, backend="mosaic", config=config)
-  if jax.default_backend() != "gpu":
-    assert not interpret_pallas_call.get_races().races_found
+  check_without_races(case, config)
 
   def loss(q):
     return jnp.sum(flashjax.attention(
@@ -189,11 +193,7 @@ def test_intra_wg_overlap_forward(case):
   config = flashjax.default_config(case.head_dim, causal=case.causal)
   config = dataclasses.replace(config, mosaic=dataclasses.replace(
       config.mosaic, block_kv=64, persistent=True, intra_wg_overlap=True))
-  if jax.default_backend() != "gpu":
-    interpret_pallas_call.reset_gpu_interpret_mode_state()
-  check_attention(case, backend="mosaic", config=config)
-  if jax.default_backend() != "gpu":
-    assert not interpret_pallas_call.get_races().races_found
+  check_without_races(case, config)
 
   for persistent in (False, True):
     compiled = dataclasses.replace(config, mosaic=dataclasses.replace(
@@ -228,11 +228,7 @@ def test_fused_dq_backward(case, persistent):
   config = flashjax.default_config(case.head_dim, causal=case.causal)
   config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
       config.mosaic_bwd, block_kv=64, fused_dq=True, persistent=persistent))
-  if jax.default_backend() != "gpu":
-    interpret_pallas_call.reset_gpu_interpret_mode_state()
-  check_attention(case, backend="mosaic", config=config)
-  if jax.default_backend() != "gpu":
-    assert not interpret_pallas_call.get_races().races_found
+  check_without_races(case, config)
 
   def loss(q, k):
     return jnp.sum(flashjax.attention(

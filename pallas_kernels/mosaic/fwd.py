@@ -26,10 +26,19 @@ SM walks the (head, query tile, batch) tiles, its K/V pipeline running on
 from one tile to the next (:class:`pipeline.Tiles`); with a causal mask it
 takes query tiles in mirrored pairs, so every CTA gets the same work.
 
+``MosaicBlocks(intra_wg_overlap=True)`` (FlashAttention 3's intra-warpgroup
+overlap): step j issues S_j = Q K_jᵀ together with P_{j-1} V_{j-1} and
+computes P_j while the latter runs; V is read one step late (a lagged
+:class:`pipeline.Stream`), a tile's first step only computes P, its drain adds
+the last P V; P is carried in registers (or, FP8 and the interpreter, kept in
+shared memory). The ping-pong then hands over after each pair.
+
 Status: the core and FP8 test suites pass compiled on the H100 and in the
 interpreter (race detector on); ``backend="auto"`` picks it on sm_90. The
 causal persistent grid (mirrored pairs) has run compiled but is not yet timed
-against one tile per CTA, so it is off by default.
+against one tile per CTA, so it is off by default. The intra-warpgroup
+overlap has run in the interpreter (race detector on) and been lowered for
+CUDA, not yet on a GPU: off by default.
 """
 
 from __future__ import annotations
