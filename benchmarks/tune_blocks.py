@@ -43,13 +43,18 @@ MOSAIC = [MosaicBlocks(64, 2), MosaicBlocks(128, 2), MosaicBlocks(64, 3),
           MosaicBlocks(128, 3), MosaicBlocks(64, 4), MosaicBlocks(128, 4),
           MosaicBlocks(256, 2), MosaicBlocks(256, 3)]
 # the backward's own: the above with 128-row query tiles in dK/dV too, and
-# the likeliest on a persistent grid, fused, and with deferred waits
+# the likeliest on a persistent grid, fused, with deferred waits (dK/dV)
+# and the intra-warpgroup overlap (dQ)
 MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC] \
     + [MosaicBlocks(128, stages, 64, persistent=True) for stages in (2, 3)] \
     + [MosaicBlocks(128, stages, 64, persistent=persistent, fused_dq=True)
        for stages in (2, 3) for persistent in (False, True)] \
-    + [MosaicBlocks(128, stages, 64, fused_dq=fused, deferred_waits=True)
-       for stages in (2, 3) for fused in (False, True)]
+    + [MosaicBlocks(128, stages, 64, fused_dq=True, deferred_waits=True)
+       for stages in (2, 3)] \
+    + [MosaicBlocks(kv, stages, 64, deferred_waits=deferred,
+                    intra_wg_overlap=overlap)
+       for kv in (64, 128) for stages in (2, 3)
+       for deferred, overlap in ((True, False), (False, True), (True, True))]
 # the forward's: the above, the likeliest of them with a persistent grid, and
 # those with the intra-warpgroup overlap, on either grid
 MOSAIC_FWD = MOSAIC + [

@@ -88,10 +88,11 @@ class MosaicBlocks:
   while dSᵀ is computed, and dK's while (fused) dSᵀ is handed over and dQ's
   product issued; the step awaits them once, at its end (FlashAttention 3's
   order; the interpreter, which has no in-place accumulator, runs the step
-  in the plain order). ``intra_wg_overlap`` (forward): each step issues
-  S_j = Q K_jᵀ together with the previous step's P V and computes P_j while
-  that runs (FlashAttention 3's intra-warpgroup overlap; V is read one step
-  late)."""
+  in the plain order). ``intra_wg_overlap`` (forward, and the backward's dQ
+  kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
+  previous step's P V (dS K) and computes P_j (dS_j) while that runs
+  (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
+  step late)."""
 
   block_kv: int = 64
   stages: int = 2

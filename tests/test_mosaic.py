@@ -182,28 +182,41 @@ def test_persistent_grid(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_intra_wg_overlap_forward(case):
-  """``MosaicBlocks(intra_wg_overlap=True)``: the forward's step j issues
-  S_j and P_{j-1} V_{j-1} together, V read one step late (its slot released
-  by the next step or the tile's drain), the ping-pong handing over after
-  each pair. On a persistent grid (the interpreter's 2 CTAs walk several
-  tiles, empty ones included in the MQA case) with the race detector; the
-  compiled form (P a register operand, the pair in flight) lowers for CUDA,
-  one tile per CTA and persistent."""
+def test_intra_wg_overlap(case):
+  """``MosaicBlocks(intra_wg_overlap=True)`` in the forward and the dQ
+  kernel: step j issues S_j (and dP_j) with the previous step's P V (dS K),
+  V (K) released a step late, by the next step or the tile's drain; the
+  forward's ping-pong hands over after each pair. On a persistent grid (the
+  interpreter's 2 CTAs walk several tiles, empty ones included in the MQA
+  case) with the race detector; the compiled form (P and dS register
+  operands, the products in flight) lowers for CUDA, one tile per CTA and
+  persistent."""
   config = flashjax.default_config(case.head_dim, causal=case.causal)
-  config = dataclasses.replace(config, mosaic=dataclasses.replace(
-      config.mosaic, block_kv=64, persistent=True, intra_wg_overlap=True))
+  config = dataclasses.replace(
+      config,
+      mosaic=dataclasses.replace(config.mosaic, block_kv=64, persistent=True,
+                                 intra_wg_overlap=True),
+      mosaic_bwd=dataclasses.replace(config.mosaic_bwd, block_kv=64,
+                                     persistent=True, fused_dq=False,
+                                     intra_wg_overlap=True))
   check_without_races(case, config)
 
   for persistent in (False, True):
-    compiled = dataclasses.replace(config, mosaic=dataclasses.replace(
-        config.mosaic, block_kv=128, persistent=persistent))
+    compiled = dataclasses.replace(
+        config,
+        mosaic=dataclasses.replace(config.mosaic, block_kv=128,
+                                   persistent=persistent),
+        mosaic_bwd=dataclasses.replace(config.mosaic_bwd, block_kv=128,
+                                       persistent=persistent))
+
+    def loss(q):
+      return jnp.sum(flashjax.attention(
+          q, q, q, causal=case.causal, backend="mosaic", config=compiled,
+          interpret=False).astype(jnp.float32))
     q = jax.ShapeDtypeStruct((2, 1000, 4, case.head_dim),
                              jnp.dtype(case.dtype))
-    text = lower_for_h100(lambda q: flashjax.attention(
-        q, q, q, causal=case.causal, backend="mosaic", config=compiled,
-        interpret=False), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 1
+    text = lower_for_h100(jax.grad(loss), q).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 3
 
 
 FUSED_CASES = CASES + [

@@ -30,7 +30,12 @@ two forms differ.
 ``MosaicBlocks(deferred_waits=True)`` (compiled): the dK/dV step awaits its
 products once, at its end, so dV's product runs while dSᵀ is computed and
 dK's while dQ's is issued (FlashAttention 3's order); the interpreter runs
-the plain order. Lowered for CUDA; not yet run on a GPU, so off by default.
+the plain order. ``MosaicBlocks(intra_wg_overlap=True)``: the dQ kernel's
+step j issues S_j and dP_j with dQ += dS_{j-1} K_{j-1} and computes dS_j
+while the last runs (K's slot released a step late; dS carried in
+registers, in the interpreter kept in shared memory), as the forward does
+with P V. Both are lowered for CUDA and (the overlap) run in the interpreter
+with the race detector; not yet run on a GPU, so off by default.
 
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
 non-causal, two kernels elsewhere; the persistent grid off (it gained
@@ -39,6 +44,7 @@ nothing on the H100).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -66,8 +72,10 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               dq_ref, q_smem, do_smem, lse_smem, delta_smem, ds_smem, k_smem,
               v_smem, owned_barrier, k_full, v_full, k_free, v_free, *,
               plan: Plan, block_kv: int, num_kv_blocks: int,
-              tiles: pipeline.Tiles):
-  # tiles: the CTA's (head, query tile, batch) tiles
+              tiles: pipeline.Tiles, overlap: bool):
+  # tiles: the CTA's (head, query tile, batch) tiles. overlap: step j issues
+  # S_j, dP_j and dQ += dS_{j-1} K_{j-1} together and computes dS_j while
+  # the last runs (K's slot then released a step late)
   wg = lax.axis_index("wg")
   head_dim = q_ref.shape[-1]
   q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
@@ -86,55 +94,129 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
           (lse_ref.at[b, h, rows], lse_smem.at[wg]),
           (delta_ref.at[b, h, rows], delta_smem.at[wg])])
-      # carry: dQ, and the rows' L (log2 units) and D, read once
+      # carry: dQ, the rows' L (log2 units) and D, read once, and (overlap, dS
+      # a register operand) the last step's dS
+      ds = None
+      if overlap and ds_tile is None:
+        ds = plgpu.layout_cast(jnp.zeros(shape, q_ref.dtype),
+                               plgpu.Layout.WGMMA)
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
               common.lse_log2_for_recompute(
                   plgpu.load(lse_smem.at[wg], layout=ROW)),
-              plgpu.load(delta_smem.at[wg], layout=ROW))
+              plgpu.load(delta_smem.at[wg], layout=ROW), ds)
 
-    def step(j, slot, sync, carry, masked):
-      dq, lse2, delta = carry
-      shape = (BLOCK_Q, block_kv)
+    shape = (BLOCK_Q, block_kv)
+
+    def ids_of(j, masked):
       # segment ids of the rows and of tile j (first: latency behind the
       # K wait)
-      ids = None if not masked or seg_refs is None else pipeline.load_ids(
+      return None if not masked or seg_refs is None else pipeline.load_ids(
           seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                             block_kv)])
+
+    def probabilities(j, qk, lse2, ids, masked):
+      # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
+      s, t = _scores(plan, qk)
+      if masked:
+        s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
+      return jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0])), t
+
+    def grad_scores(p, t, dp, delta):
+      # dS = P ∘ (dP - D), rounded for the dQ product
+      return common.softcap_grad(
+          p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
+          t).astype(q_ref.dtype)
+
+    def scores_and_grads(j, slot, sync, lse2, delta, ids, masked):
+      # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
+      (p, t), dp = pipeline.wgmma_ss_pair(
+          (q_tile, k_smem.at[slot].T, shape),
+          (do_tile, v_smem.at[slot].T, shape),
+          lambda qk: probabilities(j, qk, lse2, ids, masked))
+      sync.release(1)                    # V's slot can be refilled
+      return grad_scores(p, t, dp, delta)
+
+    def step(j, slot, sync, carry, masked):
+      dq, lse2, delta, _ = carry
+      ids = ids_of(j, masked)
       sync.wait(0)
       sync.wait(1)
-
-      def probabilities(qk):
-        # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
-        s, t = _scores(plan, qk)
-        if masked:
-          s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-        return jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0])), t
-
-      # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
-      (p, t), dp = pipeline.wgmma_ss_pair((q_tile, k_smem.at[slot].T, shape),
-                                          (do_tile, v_smem.at[slot].T, shape),
-                                          probabilities)
-      sync.release(1)                    # V's slot can be refilled
-      # dS = P ∘ (dP - D)
-      ds = common.softcap_grad(
-          p * (dp - lax.broadcast_in_dim(delta, shape, [0])), t)
+      ds = scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
       # dQ += dS K
-      dq = pipeline.mma_acc(dq, ds.astype(q_ref.dtype), k_smem.at[slot],
-                            ds_tile, in_place=not plan.interpret)
-      return dq, lse2, delta
+      dq = pipeline.mma_acc(dq, ds, k_smem.at[slot], ds_tile,
+                            in_place=not plan.interpret)
+      return dq, lse2, delta, None
+
+    # overlap: dS_{j-1} is carried (registers) or kept in ds_tile (the
+    # interpreter) until step j issues dQ += dS_{j-1} K_{j-1}
+    def keep(ds):
+      if ds_tile is None:
+        return ds
+      ds_tile[...] = ds
+      plgpu.commit_smem()
+      return None
+
+    def first_step(j, slot, sync, carry, masked):
+      dq, lse2, delta, _ = carry
+      ids = ids_of(j, masked)
+      sync.wait(0)
+      sync.wait(1)
+      ds = scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
+      return dq, lse2, delta, keep(ds)
+
+    def overlapped_step(j, slot, sync, carry, masked):
+      dq, lse2, delta, ds_prev = carry
+      ids = ids_of(j, masked)
+      sync.wait(0)
+      sync.wait(1)
+      ds_operand = ds_tile if ds_tile is not None else ds_prev
+      k_prev = k_smem.at[sync.prev]
+      if plan.interpret:   # no in-place accumulator: the products in turn
+        dq = dq + pipeline.wgmma_ss(ds_operand, k_prev, dq.shape)
+        ds = scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
+      else:
+        def run(dq_acc, s_acc, dp_acc):
+          # S_j, dP_j and dQ += dS_{j-1} K_{j-1} issued together; P_j is
+          # computed while dP_j runs, dS_j while dQ's product does
+          dq_acc[...] = dq
+          plgpu.wgmma(s_acc, q_tile, k_smem.at[slot].T)
+          plgpu.wgmma(dp_acc, do_tile, v_smem.at[slot].T)
+          plgpu.wgmma(dq_acc, ds_operand, k_prev)
+          p, t = probabilities(
+              j, plgpu.wgmma_accumulator_load(s_acc, wait_n=2), lse2, ids,
+              masked)
+          dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)
+          sync.release(1)                # V's slot can be refilled
+          ds = grad_scores(p, t, dp, delta)
+          return plgpu.wgmma_accumulator_load(dq_acc), ds
+        dq, ds = pl.run_scoped(run, plgpu.ACC(dq.shape, jnp.float32),
+                               plgpu.ACC(shape, jnp.float32),
+                               plgpu.ACC(shape, jnp.float32))
+      return dq, lse2, delta, keep(ds)
+
+    def drain(carry, sync):
+      # dQ += dS K of the last tile
+      dq, lse2, delta, ds_prev = carry
+      dq = pipeline.mma_acc(dq, ds_tile if ds_tile is not None else ds_prev,
+                            k_smem.at[sync.prev], in_place=not plan.interpret)
+      return dq, lse2, delta, ds_prev
 
     def finish(carry):
       dq = carry[0]
       pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
 
-    return pipeline.kv_work(
+    w = pipeline.kv_work(
         plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
         batch=b, kv_head=kv_head, block_kv=block_kv,
         num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish)
+    if not overlap:
+      return w
+    return dataclasses.replace(w, first=first_step, step=overlapped_step,
+                               drain=drain)
 
   pipeline.streamed_loop(
       wg=wg, tiles=tiles, work=work,
-      streams=[pipeline.Stream(k_smem, k_full, k_free),
+      streams=[pipeline.Stream(k_smem, k_full, k_free, lagged=overlap),
                pipeline.Stream(v_smem, v_full, v_free)])
 
 
@@ -405,7 +487,8 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
                                      blocks.persistent)
   dq = plgpu.kernel(
       functools.partial(dq_kernel, plan=plan, block_kv=bkv,
-                        num_kv_blocks=seq_kv // bkv, tiles=dq_tiles),
+                        num_kv_blocks=seq_kv // bkv, tiles=dq_tiles,
+                        overlap=blocks.intra_wg_overlap),
       **dq_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),

@@ -41,9 +41,10 @@ COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
 class Stream:
   """One streamed operand: ``smem`` has one slot per stage (its leading axis);
   ``full`` and ``free`` one barrier per stage (``free`` may be shared with
-  other streams). ``lagged``: read one step late (step j reads tile j - 1,
-  :attr:`Sync.wait_prev`; the tile's last one is read by
-  :attr:`Work.drain`); its ``free`` is its own."""
+  other streams). ``lagged``: read until the next step (step j reads tile
+  j - 1 too, awaited then with :attr:`Sync.wait_prev` if step j - 1 did not;
+  the tile's last one is read by :attr:`Work.drain`), so its slot is released
+  a step late; its ``free`` is its own."""
 
   smem: object
   full: object
