@@ -136,12 +136,17 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       sync.release(1)                    # V's slot can be refilled
       return grad_scores(p, t, dp, delta)
 
-    def step(j, slot, sync, carry, masked):
-      dq, lse2, delta, _ = carry
+    def tile_grads(j, slot, sync, carry, masked):
+      # dS of tile j, its K and V awaited
+      _, lse2, delta, _ = carry
       ids = ids_of(j, masked)
       sync.wait(0)
       sync.wait(1)
-      ds = scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
+      return scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
+
+    def step(j, slot, sync, carry, masked):
+      dq, lse2, delta, _ = carry
+      ds = tile_grads(j, slot, sync, carry, masked)
       # dQ += dS K
       dq = pipeline.mma_acc(dq, ds, k_smem.at[slot], ds_tile,
                             in_place=not plan.interpret)
@@ -158,11 +163,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     def first_step(j, slot, sync, carry, masked):
       dq, lse2, delta, _ = carry
-      ids = ids_of(j, masked)
-      sync.wait(0)
-      sync.wait(1)
-      ds = scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
-      return dq, lse2, delta, keep(ds)
+      return dq, lse2, delta, keep(tile_grads(j, slot, sync, carry, masked))
 
     def overlapped_step(j, slot, sync, carry, masked):
       dq, lse2, delta, ds_prev = carry
