@@ -190,16 +190,17 @@ def test_intra_wg_overlap(case):
   interpreter's 2 CTAs walk several tiles, empty ones included in the MQA
   case) with the race detector; the compiled form (P and dS register
   operands, the products in flight) lowers for CUDA, one tile per CTA and
-  persistent."""
+  persistent. On a GPU the compiled form also runs with 128-row K/V tiles."""
   config = flashjax.default_config(case.head_dim, causal=case.causal)
-  config = dataclasses.replace(
-      config,
-      mosaic=dataclasses.replace(config.mosaic, block_kv=64, persistent=True,
-                                 intra_wg_overlap=True),
-      mosaic_bwd=dataclasses.replace(config.mosaic_bwd, block_kv=64,
-                                     persistent=True, fused_dq=False,
-                                     intra_wg_overlap=True))
-  check_without_races(case, config)
+  for block_kv in (64, 128) if jax.default_backend() == "gpu" else (64,):
+    config = dataclasses.replace(
+        config,
+        mosaic=dataclasses.replace(config.mosaic, block_kv=block_kv,
+                                   persistent=True, intra_wg_overlap=True),
+        mosaic_bwd=dataclasses.replace(config.mosaic_bwd, block_kv=block_kv,
+                                       persistent=True, fused_dq=False,
+                                       intra_wg_overlap=True))
+    check_without_races(case, config)
 
   for persistent in (False, True):
     compiled = dataclasses.replace(
@@ -256,14 +257,18 @@ def test_fused_dq_backward(case, persistent):
 
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_deferred_waits_lower_for_cuda(head_dim, fused):
+def test_deferred_waits(head_dim, fused):
   """``MosaicBlocks(deferred_waits=True)``: the dK/dV step keeps dV's and
   dK's products in flight (compiled only; the interpreter runs the plain
   order, which the parity tests cover), lowered for CUDA with causal masking
-  and segment ids, fused or not."""
+  and segment ids, fused or not; on a GPU also run against the reference
+  (GQA, causal, a window, packed segments)."""
   config = flashjax.default_config(head_dim, causal=True)
   config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
       config.mosaic_bwd, fused_dq=fused, deferred_waits=True))
+  if jax.default_backend() == "gpu":
+    check_attention(dataclasses.replace(CASES[2], head_dim=head_dim),
+                    backend="mosaic", config=config)
 
   def loss(q, k, ids):
     return jnp.sum(flashjax.attention(
