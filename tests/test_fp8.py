@@ -260,20 +260,29 @@ def test_auto_picks_the_hopper_fp8_forward(monkeypatch):
       "triton: ")
 
 
-@pytest.mark.parametrize("backend,head_dim,fmt,causal", [
-    ("triton", 128, "float8_e4m3fn", True),
-    ("mosaic", 128, "float8_e4m3fn", True),
-    ("mosaic", 128, "float8_e4m3fn", False),     # 256-row K/V tiles
-    ("mosaic", 64, "float8_e5m2", False),
+@pytest.mark.parametrize("backend,head_dim,fmt,causal,overlap", [
+    ("triton", 128, "float8_e4m3fn", True, False),
+    ("mosaic", 128, "float8_e4m3fn", True, False),
+    ("mosaic", 128, "float8_e4m3fn", False, False),     # 256-row K/V tiles
+    ("mosaic", 64, "float8_e5m2", False, False),
+    ("mosaic", 128, "float8_e4m3fn", True, True),
 ])
-def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal):
+def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, overlap):
   """Compiled-mode lowering of both FP8 forwards with their default tilings
   against an abstract H100 (for Mosaic GPU: 8-bit wgmma operand layouts, V's
-  K-major tile, SMEM)."""
+  K-major tile, SMEM), and with the intra-warpgroup overlap (P V in flight
+  while the next P is computed)."""
+  import dataclasses
+  config = None
+  if overlap:
+    config = flashjax.default_config(head_dim, causal=causal, fp8=True)
+    config = dataclasses.replace(config, mosaic=dataclasses.replace(
+        config.mosaic, intra_wg_overlap=True))
+
   def f(q8, k8, v8, d):
     return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
                               v_descale=d, causal=causal, interpret=False,
-                              backend=backend)
+                              backend=backend, config=config)
   kv = jax.ShapeDtypeStruct((1, 300, 2, head_dim), jnp.dtype(fmt))
   text = lower_for_h100(f, kv.update(shape=(1, 300, 4, head_dim)), kv, kv,
                         jax.ShapeDtypeStruct((), jnp.float32)).as_text()
