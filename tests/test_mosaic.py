@@ -12,6 +12,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
@@ -279,3 +280,29 @@ def test_deferred_waits(head_dim, fused):
   ids = jax.ShapeDtypeStruct((2, 1000), jnp.int32)
   text = lower_for_h100(jax.grad(loss, argnums=(0, 1)), q, kv, ids).as_text()
   assert text.count("custom_call @mosaic_gpu") == (2 if fused else 3)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_vmap_of_gradients(head_dim):
+  """``jax.vmap`` over the Hopper kernels' gradients, K and V shared by the
+  mapped elements: each element's gradients are its own. At d 128
+  non-causal the backward is the fused one, whose ``pl.run_state`` has no
+  batching rule: the mapped axis is folded into the batch
+  (``pipeline.fold_vmap``)."""
+  keys = jax.random.split(jax.random.key(5), 3)
+  q = jax.random.normal(keys[0], (2, 1, 256, 4, head_dim), jnp.bfloat16)
+  k, v = (jax.random.normal(key, (1, 256, 2, head_dim), jnp.bfloat16)
+          for key in keys[1:])
+
+  def loss(q, k, v):
+    return jnp.sum(flashjax.attention(q, k, v, backend="mosaic").astype(
+        jnp.float32) ** 2)
+  grads = jax.grad(loss, argnums=(0, 1, 2))
+  got = jax.vmap(grads, in_axes=(0, None, None))(q, k, v)
+  for i in range(q.shape[0]):
+    for g, want in zip(got, grads(q[i], k, v)):
+      want = np.asarray(want, np.float32)
+      # the same kernels on the same element; compiled, dQ's reduce-add
+      # order varies (fused), so allow a few bf16 ulps
+      np.testing.assert_allclose(np.asarray(g[i], np.float32), want, rtol=0,
+                                 atol=2 ** -6 * np.abs(want).max())

@@ -423,7 +423,17 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
              delta):
   """dQ, dK, dV on padded inputs (layouts as the forward's; lse and delta
   float32 ``[batch, num_q_heads, seq_q]``, delta = rowsum(dO ∘ O) - dL;
-  segment ids int32 ``[batch, seq_q]`` / ``[batch, seq_kv]`` or None)."""
+  segment ids int32 ``[batch, seq_q]`` / ``[batch, seq_kv]`` or None).
+  Under ``jax.vmap`` a mapped axis is folded into the batch
+  (:func:`pipeline.fold_vmap`: the fused form's ``pl.run_state`` has no
+  batching rule)."""
+  ids = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments else ())
+  return pipeline.fold_vmap(functools.partial(_backward, plan))(
+      q, k, v, do, lse, delta, *ids)
+
+
+def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
+  q_segment_ids, kv_segment_ids = ids or (None, None)
   batch, seq_q, num_heads, head_dim = q.shape
   _, seq_kv, num_kv_heads, _ = k.shape
   blocks = plan.config.mosaic_bwd

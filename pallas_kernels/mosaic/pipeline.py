@@ -25,6 +25,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax import custom_batching
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.mosaic.gpu import utils as mgpu_utils
@@ -361,6 +362,25 @@ def compiler_params(plan):
   """
   return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0,
                               unsafe_no_auto_barriers=not plan.interpret)
+
+
+def fold_vmap(fn):
+  """``fn(*arrays)``, whose arrays and outputs all lead with the batch axis,
+  made vmappable by folding a mapped axis into the batch (arrays not mapped
+  are broadcast), so one launch covers the whole map."""
+  @custom_batching.custom_vmap
+  def folded(*args):
+    return fn(*args)
+
+  @folded.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    args = [x if mapped else jnp.broadcast_to(x, (axis_size, *x.shape))
+            for x, mapped in zip(args, in_batched)]
+    outs = folded(*(x.reshape(-1, *x.shape[2:]) for x in args))
+    outs = jax.tree.map(lambda y: y.reshape(axis_size, -1, *y.shape[1:]),
+                        outs)
+    return outs, jax.tree.map(lambda _: True, outs)
+  return folded
 
 
 def heavy_first(mask, i, num_tiles: int):
