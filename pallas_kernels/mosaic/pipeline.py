@@ -234,8 +234,8 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
     def tile(index, done):
       w = work(index)
 
-      def loop(start, stop, carry, masked, step=w.step):
-        first = step is not w.step
+      def loop(start, stop, carry, masked, first=False):
+        step = w.first if first else w.step
         def body(j, carry):
           slot, sync, release_rest = sync_at(done + j - w.lo)
           carry = step(j, slot, sync, carry, masked)
@@ -246,9 +246,9 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
       carry = w.init()
       lo = w.lo
       if w.first is not None:
+        # the first tile alone (masked if any tile may be), then the rest
         lo = jnp.minimum(w.lo + 1, w.hi)
-        carry = loop(w.lo, lo, carry, masked=w.full is not None,
-                     step=w.first)
+        carry = loop(w.lo, lo, carry, masked=w.full is not None, first=True)
       if w.full is None:
         carry = loop(lo, w.hi, carry, masked=False)
       else:
