@@ -123,18 +123,21 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                                                             block_kv)])
 
     def softmax(s, j, m, l, qk_descale, ids, masked):
-      # S = Q Kᵀ -> P (rounded for the P V product), m, l, alpha
+      # S = Q Kᵀ -> P (float32; :func:`rounded` for the P V product), m, l,
+      # alpha
       if fp8:
         s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
       # logits, S2 = s · unit (softcap: c · tanh(scale · Q Kᵀ / c))
       s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap)
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-      # P = exp2(S - m_new), l_new = alpha · l + rowsum(P); FP8 scales P,
-      # rounded where it is stored (Mosaic GPU has no optimisation barrier
-      # over 8-bit registers)
-      p, m, l, alpha = common.online_softmax_step(s, m, l, unit)
-      return p * p_scale if fp8 else p.astype(p_dtype), m, l, alpha
+      # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
+      return common.online_softmax_step(s, m, l, unit)
+
+    def rounded(p):
+      # P for the P V product: 16-bit, or FP8's scaled P, rounded where it is
+      # stored (Mosaic GPU has no optimisation barrier over 8-bit registers)
+      return p * p_scale if fp8 else p.astype(p_dtype)
 
     def rescale(acc, alpha):
       return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
@@ -161,7 +164,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       acc = rescale(acc, alpha)
       # the softmax is done before the hand-over (the order matters for speed,
       # as in JAX's attention_mgpu)
-      acc, m, l, p = lax.optimization_barrier((acc, m, l, p))
+      acc, m, l, p = lax.optimization_barrier((acc, m, l, rounded(p)))
       sync.wait(1)
       pingpong.wait()                    # the other's Q Kᵀ is issued
       # acc += P V
@@ -186,7 +189,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       s = qk(slot)
       sync.release(0)
       p, m, l, _ = softmax(s, j, m, l, qk_descale, ids, masked)
-      return acc, m, l, qk_descale, keep(p)      # acc is 0: nothing to rescale
+      return acc, m, l, qk_descale, keep(rounded(p))  # acc is 0: no rescale
 
     def overlapped_step(j, slot, sync, carry, masked):
       acc, m, l, qk_descale, p_prev = carry
@@ -201,6 +204,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                                       acc.shape)
         sync.release(0)
         p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
+        p = rounded(p)
       else:
         def run(acc_ref, s_ref):
           # S_j = Q K_jᵀ and acc += P_{j-1} V_{j-1} issued together; P_j is
@@ -212,7 +216,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
           s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
           sync.release(0)                # K's slot can be refilled
           p, m_new, l_new, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
-          return plgpu.wgmma_accumulator_load(acc_ref), p, m_new, l_new, alpha
+          return (plgpu.wgmma_accumulator_load(acc_ref), rounded(p), m_new,
+                  l_new, alpha)
         acc, p, m, l, alpha = pl.run_scoped(
             run, plgpu.ACC(acc.shape, jnp.float32),
             plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))

@@ -408,16 +408,16 @@ def load_owned(barrier, copies):
 
 
 def store(copies):
-  """Registers -> SMEM -> GMEM for ``copies`` ([(value, smem, gmem)]). Waits
-  until the copies have read their shared memory (a persistent CTA's next
-  tile loads into it), not for the global writes, which the kernel's end
-  completes (as JAX's Hopper matmul does)."""
+  """Registers -> SMEM -> GMEM for ``copies`` ([(value, smem, gmem)]), waited
+  for in full. (Waiting only until TMA has read shared memory, as JAX's
+  Hopper matmul does, would let a persistent CTA start its next tile sooner:
+  not yet run on a GPU, so not taken.)"""
   for value, smem, _ in copies:
     smem[...] = value.astype(smem.dtype)
   plgpu.commit_smem()
   for _, smem, dst in copies:
     plgpu.copy_smem_to_gmem(smem, dst)
-  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+  plgpu.wait_smem_to_gmem(0)
 
 
 def barriers(num_streams: int, stages: int, num_free: int = 1):
