@@ -1,0 +1,137 @@
+"""Fingerprints of the Hopper kernels as shipped, computed on the CPU.
+
+    python benchmarks/kernel_digest.py --out benchmarks/results/kernel-digests.json
+    python benchmarks/kernel_digest.py --check benchmarks/results/kernel-digests-v6-h100.json
+
+Lowers every default Hopper kernel for CUDA against an abstract H100 (the
+forward, dQ and dK/dV or the fused backward, for head dim 64/128, bf16/fp16,
+no mask / causal / causal + segment ids; the FP8 forward, causal and not) and
+hashes each Mosaic GPU module printed as MLIR without source locations, so a
+moved line or a renamed helper does not change it, and any change to what the
+GPU compiles does. ``--check FILE`` compares with a record written when the
+kernels last ran compiled on a GPU: a match means a change since then (a
+refactor, a new option off by default) compiles to the same kernels, which
+the GPU logs of that run cover; a mismatch names the cases to run on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax._src.interpreters import mlir as jax_mlir
+from jax._src.lib import mosaic_gpu_dialect
+from jax._src.lib.mlir import ir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flashjax  # noqa: E402
+
+H100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3",
+                                   platform="gpu", num_cores=132)
+SEQ, BATCH, HEADS, KV_HEADS = 4096, 2, 4, 2
+
+
+def cases():
+  """name -> (head_dim, dtype, causal, segment ids, fp8)."""
+  out = {}
+  for d in (64, 128):
+    for dtype in ("bfloat16", "float16"):
+      for masking in ("none", "causal", "causal+segments"):
+        out[f"d{d}-{dtype}-{masking}-grad"] = (
+            d, dtype, masking != "none", "segments" in masking, False)
+    for masking in ("none", "causal"):
+      out[f"d{d}-bfloat16-{masking}-fp8"] = (d, "bfloat16", masking != "none",
+                                            False, True)
+  return out
+
+
+def lowered(head_dim, dtype, causal, segments, fp8):
+  """The StableHLO module of the case's call: the FP8 forward, or the
+  gradient (forward + backward) of a 16-bit one, lowered for CUDA."""
+  q = jax.ShapeDtypeStruct((BATCH, SEQ, HEADS, head_dim), jnp.dtype(dtype))
+  kv = jax.ShapeDtypeStruct((BATCH, SEQ, KV_HEADS, head_dim), jnp.dtype(dtype))
+  ids = jax.ShapeDtypeStruct((BATCH, SEQ), jnp.int32) if segments else None
+
+  def attend(q, k, v, ids):
+    return flashjax.attention(q, k, v, causal=causal, q_segment_ids=ids,
+                              backend="mosaic", interpret=False, fp8=fp8)
+
+  def loss(q, k, v, ids):
+    return jnp.sum(attend(q, k, v, ids).astype(jnp.float32))
+
+  f = attend if fp8 else jax.grad(loss, argnums=(0, 1, 2))
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=H100)
+  with jax.sharding.use_abstract_mesh(mesh):
+    low = jax.jit(f).trace(q, kv, kv, ids).lower(lowering_platforms=("cuda",))
+  return low.compiler_ir("stablehlo")
+
+
+def mosaic_modules(module) -> list[str]:
+  """Each Mosaic GPU kernel of ``module``, in call order, as MLIR text
+  without locations (the kernel is serialised in its custom call's
+  ``module`` attribute)."""
+  texts = []
+
+  def walk(op):
+    for region in op.regions:
+      for block in region:
+        for inner in block:
+          if (inner.name == "stablehlo.custom_call" and "mosaic_gpu" in
+              str(inner.attributes["call_target_name"])):
+            config = inner.attributes["mhlo.backend_config"]
+            data = ir.StringAttr(config["module"]).value_bytes
+            with jax_mlir.make_ir_context() as ctx:
+              mosaic_gpu_dialect.register_dialect(ctx)
+              # the serialised ops keep their versioned names (stable_mosaic_gpu.*)
+              ctx.allow_unregistered_dialects = True
+              kernel = ir.Module.parse(data)
+              texts.append(kernel.operation.get_asm(enable_debug_info=False))
+          walk(inner)
+  walk(module.operation)
+  return texts
+
+
+def digests(only: str | None = None) -> dict:
+  """case -> [sha1 of each kernel's MLIR text, in call order]."""
+  out = {}
+  for name, case in cases().items():
+    if only and only not in name:
+      continue
+    out[name] = [hashlib.sha1(t.encode()).hexdigest()
+                 for t in mosaic_modules(lowered(*case))]
+    print(f"{name}: {' '.join(h[:12] for h in out[name])}", flush=True)
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", help="write the digests to this JSON file")
+  p.add_argument("--check", help="compare with the digests in this JSON file; "
+                 "exit 1 if any case differs")
+  p.add_argument("--only", help="only the cases whose name contains this")
+  args = p.parse_args(argv)
+
+  got = digests(args.only)
+  if args.out:
+    Path(args.out).write_text(json.dumps(
+        dict(jax=jax.__version__, command=" ".join(sys.argv), digests=got),
+        indent=1) + "\n")
+  if args.check:
+    want = json.loads(Path(args.check).read_text())["digests"]
+    differ = [n for n in got if want.get(n) != got[n]]
+    print(f"{len(got) - len(differ)} of {len(got)} cases compile to the "
+          f"kernels of {args.check}")
+    for name in differ:
+      print(f"  differs: {name}")
+    sys.exit(1 if differ else 0)
+
+
+if __name__ == "__main__":
+  main()
