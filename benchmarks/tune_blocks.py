@@ -70,23 +70,35 @@ MOSAIC_FP8 = MOSAIC_FWD + [MosaicBlocks(128, 5), MosaicBlocks(128, 6),
                            MosaicBlocks(256, 4)]
 
 
+def tiling_of(cfg, backend, mode):
+  """The part of ``cfg`` that ``mode`` tunes."""
+  if backend == "mosaic":
+    return cfg.mosaic if mode == "fwd" else cfg.mosaic_bwd
+  return cfg.fwd if mode == "fwd" else cfg.bwd
+
+
 def candidates(backend, mode, d, causal, best, fp8=False):
-  """The Configs to time for one mode (best: the fastest so far, by mode);
-  what a mode does not tune is the default for (d, causal, fp8)."""
+  """The Configs to time for one mode (best: the fastest so far, by mode),
+  the default tiling first (each run's baseline); what a mode does not tune
+  is the default for (d, causal, fp8)."""
   base = default_config(d, causal=causal, fp8=fp8)
   best_fwd = best.get("fwd", (None, base))[1]   # the default if not tuned
   if backend == "mosaic":
     # the forward's tiling first, then the backward's with that forward
     if mode == "fwd":
-      return [dataclasses.replace(base, mosaic=m)
-              for m in (MOSAIC_FP8 if fp8 else MOSAIC_FWD)
-              if m.smem_bytes(d, 2, fp8=fp8) <= SMEM_BYTES]
-    return [dataclasses.replace(best_fwd, mosaic_bwd=m)
-            for m in MOSAIC_BWD if m.smem_bytes(d, 2, backward=True)
-            <= SMEM_BYTES]
-  if mode == "fwd":
-    return [Config(fwd=b, bwd=base.bwd) for b in FWD]
-  return [Config(fwd=best_fwd.fwd, bwd=b) for b in BWD]
+      tilings = [m for m in (MOSAIC_FP8 if fp8 else MOSAIC_FWD)
+                 if m.smem_bytes(d, 2, fp8=fp8) <= SMEM_BYTES]
+      make = lambda m: dataclasses.replace(base, mosaic=m)
+    else:
+      tilings = [m for m in MOSAIC_BWD
+                 if m.smem_bytes(d, 2, backward=True) <= SMEM_BYTES]
+      make = lambda m: dataclasses.replace(best_fwd, mosaic_bwd=m)
+  elif mode == "fwd":
+    tilings, make = FWD, lambda b: Config(fwd=b, bwd=base.bwd)
+  else:
+    tilings, make = BWD, lambda b: Config(fwd=best_fwd.fwd, bwd=b)
+  default = tiling_of(base, backend, mode)
+  return [make(t) for t in [default] + [t for t in tilings if t != default]]
 
 
 def save(path, rows):
@@ -109,11 +121,11 @@ def run(args):
         sets = [fp8_inputs(*s[:3]) for s in sets]
       best = {}
       for mode in ("fwd",) if args.fp8 else args.modes:
-        for cfg in candidates(args.backend, mode, d, causal, best, args.fp8):
-          tiling = ((cfg.mosaic if mode == "fwd" else cfg.mosaic_bwd)
-                    if args.backend == "mosaic" else
-                    cfg.fwd if mode == "fwd" else cfg.bwd)
-          if not any(part in str(tiling) for part in args.only):
+        for i, cfg in enumerate(candidates(args.backend, mode, d, causal,
+                                           best, args.fp8)):
+          tiling = tiling_of(cfg, args.backend, mode)
+          # the default (first) is always timed: the baseline of --only
+          if i > 0 and not any(part in str(tiling) for part in args.only):
             continue
           def fn(q, k, v, *descales, cfg=cfg):
             kw = dict(zip(("q_descale", "k_descale", "v_descale"), descales))
@@ -122,7 +134,7 @@ def run(args):
           inputs = [s if mode == "fwd_bwd" or args.fp8 else s[:3]
                     for s in sets]
           row = dict(backend=args.backend, d=d, h=h, causal=causal, mode=mode,
-                     blocks=str(tiling), fp8=args.fp8)
+                     blocks=str(tiling), fp8=args.fp8, default=i == 0)
           try:
             call = make_call(fn, mode).lower(*inputs[0]).compile()
             row["ms"] = time_call(call, inputs, 10, 3)
@@ -161,7 +173,8 @@ def main(argv=None):
                  help="causal settings: true, false")
   p.add_argument("--only", nargs="+", default=[""],
                  help="time only the tilings whose text contains one of "
-                      "these, e.g. 'fused_dq=True' (a time-limited run)")
+                      "these, e.g. 'fused_dq=True' (a time-limited run), "
+                      "and the default")
   args = p.parse_args(argv)
   run(args)
 
