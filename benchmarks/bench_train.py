@@ -131,7 +131,7 @@ def main(argv=None):
   p.add_argument("--out", default="benchmarks/results/train",
                  help="output prefix: PREFIX.json and PREFIX.md")
   p.add_argument("--seqs", nargs="+", type=int,
-                 default=[1024, 2048, 4096, 8192, 16384])
+                 default=[1024, 2048, 4096, 8192, 16384, 32768])
   p.add_argument("--attentions", nargs="+", default=["flash", "dense", "cudnn"])
   p.add_argument("--tokens", type=int, default=32768, help="tokens per step")
   p.add_argument("--layers", type=int, default=8)

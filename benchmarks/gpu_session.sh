@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The GPU work of a session, in steps that each fit one 10-minute device call.
+#
+#   bash benchmarks/gpu_session.sh wheels         # here (not on the GPU): peers' wheels into .whl/
+#   bash benchmarks/gpu_session.sh STEP [STEP...] # on the GPU; logs and JSON under $OUT
+#
+# Steps, in the order a session with ~30 device-minutes should take them:
+#   tests      the core parity suite compiled on the Hopper kernels (default
+#              tilings) + FP8, then the long sequences (-v: a cut run still
+#              names what passed) (~7 min)
+#   tests-options  tests/test_mosaic.py compiled: the options off by default
+#              (persistent, fused, intra-warpgroup overlap, deferred waits) (~5 min)
+#   tune-fwd   the forward's untimed options (intra-warpgroup overlap) against
+#              the default tiling, bf16 d 128 and 64, causal and not (~4 min)
+#   tune-bwd   the backward's (deferred waits, dQ overlap) against the default (~5 min)
+#   tune-fp8   the FP8 forward's persistent (paired causal) grid and overlap
+#              against its default, d 128 (~2 min)
+#   bench      bench_attention: flashjax (Hopper) vs cuDNN vs tokamax, bf16,
+#              d 128 and 64, 1k / 4k / 16k, forward and forward+backward (~8 min)
+#   bench-fp16 the same in fp16 (~8 min)
+#   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
+#   train      bench_train at 1k, 4k, 16k and 32k (dense's out-of-memory point
+#              on a 141 GB H200 is past 16k) (~9 min)
+#   parity     flashjax-train --compare dense flash-fp8, 600 steps (~8 min)
+# Each step writes <step>.log (+ JSON/MD/PNG where it makes them) and is cut by
+# `timeout` well inside the call's limit. The device tool brings back at most 8
+# files, so on exit everything is packed into $OUT/gpu-<steps>.tar.gz (unpack
+# it into benchmarks/results/raw/) beside a summary.txt of each log's end.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/flashjax-out}
+WORK=$(mktemp -d)
+
+pack() {
+  [ "$1" = wheels ] && return
+  local name="gpu-$(echo "$@" | tr ' ' '+')"
+  for log in "$WORK"/*.log; do
+    [ -e "$log" ] && { echo "== $(basename "$log")"; tail -n 15 "$log"; }
+  done > "$OUT/summary.txt"
+  tar czf "$OUT/$name.tar.gz" -C "$WORK" .
+}
+mkdir -p "$OUT"
+trap 'pack "$@"' EXIT
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+PY=${PY:-python3}
+
+peers() {
+  # tokamax (a benchmark peer only) from the wheels `wheels` put in .whl/,
+  # carried with the call (`carry: [".whl"]`)
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  fi
+}
+
+step() {
+  local name=$1; shift
+  echo "== $name: $*" | tee -a "$WORK/$name.log"
+  "$@" 2>&1 | tee -a "$WORK/$name.log"
+}
+
+for s in "$@"; do
+  case $s in
+    wheels)
+      # tokamax 0.0.17 and what it imports that the GPU image lacks
+      $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl tokamax==0.0.17 einshape \
+        pydantic pydantic-core annotated-types typing-inspection qwix \
+        immutabledict tensorboardx xprof ;;
+    tests)
+      step tests env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 360 \
+        $PY -m pytest -n 8 -v -p no:cacheprovider tests/test_attention.py \
+        tests/test_fp8.py -k "mosaic or fp8"
+      step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 150 \
+        $PY -m pytest -n 3 -v -p no:cacheprovider tests/test_large.py -k mosaic ;;
+    tests-options)
+      step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 420 \
+        $PY -m pytest -n 8 -v -p no:cacheprovider tests/test_mosaic.py ;;
+    tune-fwd)
+      step tune-fwd timeout 280 $PY benchmarks/tune_blocks.py --backend mosaic \
+        --modes fwd --only intra_wg_overlap=True --out "$WORK/tune-fwd.json" ;;
+    tune-bwd)
+      step tune-bwd timeout 330 $PY benchmarks/tune_blocks.py --backend mosaic \
+        --modes fwd_bwd --only deferred_waits=True intra_wg_overlap=True \
+        --out "$WORK/tune-bwd.json" ;;
+    tune-fp8)
+      step tune-fp8 timeout 200 $PY benchmarks/tune_blocks.py --backend mosaic \
+        --fp8 --head-dims 128 --only persistent=True intra_wg_overlap=True \
+        --out "$WORK/tune-fp8.json" ;;
+    bench|bench-fp16)
+      peers
+      dtype=bfloat16; [ "$s" = bench-fp16 ] && dtype=float16
+      step "$s" timeout 500 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic cudnn tokamax_mosaic --dtypes $dtype \
+        --head-dims 128 64 --seqs 1024 4096 16384 --causal false true \
+        --modes fwd fwd_bwd --out "$WORK/attention-$dtype" ;;
+    fp8)
+      step fp8 timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic --dtypes bfloat16 \
+        --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
+        --out "$WORK/fp8" ;;
+    train)
+      step train timeout 540 $PY benchmarks/bench_train.py \
+        --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;
+    parity)
+      step parity timeout 540 $PY -m examples.train --preset gpu \
+        --compare dense flash-fp8 --steps 600 --out "$WORK/parity" ;;
+    *) echo "unknown step $s (see the header of $0)"; exit 2 ;;
+  esac
+done
