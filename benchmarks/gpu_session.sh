@@ -4,7 +4,10 @@
 #   bash benchmarks/gpu_session.sh wheels         # here (not on the GPU): peers' wheels into .whl/
 #   bash benchmarks/gpu_session.sh STEP [STEP...] # on the GPU; logs and JSON under $OUT
 #
-# Steps, in the order a session with ~30 device-minutes should take them:
+# One device call runs at most 600 s, so give it steps whose times (the
+# `timeout`s below) add up to less: e.g. `tests`, then `tune-fwd tune-bwd`,
+# then `tests-options` if an option won the tuning (it must pass compiled
+# before it becomes a default), then `bench`. Steps, roughly in that order:
 #   tests      the core parity suite compiled on the Hopper kernels (default
 #              tilings) + FP8, then the long sequences (-v: a cut run still
 #              names what passed) (~7 min)
@@ -32,7 +35,7 @@ OUT=${OUT:-/tmp/flashjax-out}
 WORK=$(mktemp -d)
 
 pack() {
-  [ "$1" = wheels ] && return
+  [ "${1:-wheels}" = wheels ] && return
   local name="gpu-$(echo "$@" | tr ' ' '+')"
   for log in "$WORK"/*.log; do
     [ -e "$log" ] && { echo "== $(basename "$log")"; tail -n 15 "$log"; }
@@ -82,7 +85,7 @@ for s in "$@"; do
       step tune-fwd timeout 280 $PY benchmarks/tune_blocks.py --backend mosaic \
         --modes fwd --only intra_wg_overlap=True --out "$WORK/tune-fwd.json" ;;
     tune-bwd)
-      step tune-bwd timeout 330 $PY benchmarks/tune_blocks.py --backend mosaic \
+      step tune-bwd timeout 300 $PY benchmarks/tune_blocks.py --backend mosaic \
         --modes fwd_bwd --only deferred_waits=True intra_wg_overlap=True \
         --out "$WORK/tune-bwd.json" ;;
     tune-fp8)
