@@ -13,11 +13,12 @@
 #              names what passed) (~7 min)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
 #              (persistent, fused, intra-warpgroup overlap, deferred waits) (~5 min)
-#   tune-fwd   the forward's untimed options (intra-warpgroup overlap) against
-#              the default tiling, bf16 d 128 and 64, causal and not (~4 min)
+#   tune-fwd   the forward's untimed options (intra-warpgroup overlap, exp2 on
+#              the FMA units) against the default tiling, bf16 d 128 and 64,
+#              causal and not (~4 min)
 #   tune-bwd   the backward's (deferred waits, dQ overlap) against the default (~5 min)
-#   tune-fp8   the FP8 forward's persistent (paired causal) grid and overlap
-#              against its default, d 128 (~2 min)
+#   tune-fp8   the FP8 forward's persistent (paired causal) grid, overlap and
+#              FMA exp2 against its default, d 128 (~3 min)
 #   bench      bench_attention: flashjax (Hopper) vs cuDNN vs tokamax, bf16,
 #              d 128 and 64, 1k / 4k / 16k, forward and forward+backward (~8 min)
 #   bench-fp16 the same in fp16 (~8 min)
@@ -82,15 +83,17 @@ for s in "$@"; do
       step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 420 \
         $PY -m pytest -n 8 -v -p no:cacheprovider tests/test_mosaic.py ;;
     tune-fwd)
-      step tune-fwd timeout 280 $PY benchmarks/tune_blocks.py --backend mosaic \
-        --modes fwd --only intra_wg_overlap=True --out "$WORK/tune-fwd.json" ;;
+      step tune-fwd timeout 300 $PY benchmarks/tune_blocks.py --backend mosaic \
+        --modes fwd --only intra_wg_overlap=True fma_exp2=32 fma_exp2=64 \
+        fma_exp2=128 --out "$WORK/tune-fwd.json" ;;
     tune-bwd)
-      step tune-bwd timeout 300 $PY benchmarks/tune_blocks.py --backend mosaic \
+      step tune-bwd timeout 280 $PY benchmarks/tune_blocks.py --backend mosaic \
         --modes fwd_bwd --only deferred_waits=True intra_wg_overlap=True \
         --out "$WORK/tune-bwd.json" ;;
     tune-fp8)
       step tune-fp8 timeout 200 $PY benchmarks/tune_blocks.py --backend mosaic \
         --fp8 --head-dims 128 --only persistent=True intra_wg_overlap=True \
+        fma_exp2=32 fma_exp2=64 fma_exp2=128 \
         --out "$WORK/tune-fp8.json" ;;
     bench|bench-fp16)
       peers
