@@ -23,16 +23,18 @@ from test_lowering import lower_for_h100
 
 # test_attention.py runs the whole parity grid on backend="mosaic" too; these
 # add the race detector's verdict on cases that reuse pipeline slots (more
-# streamed tiles than pipeline stages) in every kernel.
+# streamed tiles than pipeline stages) in every kernel. One batch element:
+# a second adds CTAs like the first (the interpreter's time), no new
+# interleaving within a CTA.
 CASES = [
-    Case(dtype="bfloat16", seq_q=200, seq_kv=300, num_q_heads=4,
+    Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=300, num_q_heads=4,
          num_kv_heads=2, head_dim=128, causal=True, window=(50, None)),
     # MQA; causal with seq_q > seq_kv leaves leading rows fully masked.
-    Case(dtype="float16", seq_q=390, seq_kv=140, num_q_heads=4,
+    Case(dtype="float16", batch=1, seq_q=390, seq_kv=140, num_q_heads=4,
          num_kv_heads=1, head_dim=64, causal=True),
     # packed segment ids, GQA, causal and a window: the case that hung the
     # interpreter on a 2-core host (tests/conftest.py).
-    Case(dtype="bfloat16", seq_q=333, seq_kv=333, num_q_heads=6,
+    Case(dtype="bfloat16", batch=1, seq_q=333, seq_kv=333, num_q_heads=6,
          num_kv_heads=2, head_dim=128, causal=True, window=(40, 0),
          segments="packed"),
 ]
@@ -226,10 +228,10 @@ def test_intra_wg_overlap(case):
 
 FUSED_CASES = CASES + [
     # non-causal GQA, more key tiles than stages, several query heads per CTA
-    Case(dtype="float16", seq_q=256, seq_kv=384, num_q_heads=4,
+    Case(dtype="float16", batch=1, seq_q=256, seq_kv=384, num_q_heads=4,
          num_kv_heads=2, head_dim=128, causal=False),
     # MQA, causal with seq_q > seq_kv: fully masked rows get dQ = 0
-    Case(dtype="bfloat16", seq_q=390, seq_kv=140, num_q_heads=4,
+    Case(dtype="bfloat16", batch=1, seq_q=390, seq_kv=140, num_q_heads=4,
          num_kv_heads=1, head_dim=128, causal=True)]
 
 
@@ -320,8 +322,8 @@ def test_vmap_of_gradients(head_dim):
   batching rule: the mapped axis is folded into the batch
   (``pipeline.fold_vmap``)."""
   keys = jax.random.split(jax.random.key(5), 3)
-  q = jax.random.normal(keys[0], (2, 1, 256, 4, head_dim), jnp.bfloat16)
-  k, v = (jax.random.normal(key, (1, 256, 2, head_dim), jnp.bfloat16)
+  q = jax.random.normal(keys[0], (2, 1, 128, 4, head_dim), jnp.bfloat16)
+  k, v = (jax.random.normal(key, (1, 128, 2, head_dim), jnp.bfloat16)
           for key in keys[1:])
 
   def loss(q, k, v):
