@@ -25,7 +25,10 @@ tokamax_mosaic (needs tokamax installed); FP8 forward: flashjax_fp8
 internal API), all on e4m3 inputs quantised per tensor by
 ``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
 names the source dtype of the inputs). A peer that cannot run a case records
-its error in the row.
+its error in the row. A Hopper impl name may carry options of the default
+tiling after ``+``, e.g. ``flashjax_fp8_mosaic+fma_exp2=64`` (forward's
+:class:`flashjax.MosaicBlocks`) or ``flashjax_mosaic+bwd.deferred_waits=True``
+(the backward's): an untimed option against the default in the same process.
 """
 
 from __future__ import annotations
@@ -130,6 +133,43 @@ def impls(causal: bool):
 FP8_IMPLS = ("flashjax_fp8", "flashjax_fp8_mosaic", "cudnn_fp8")
 
 
+def base_name(name: str) -> str:
+  return name.split("+")[0]
+
+
+def with_options(name: str, causal: bool):
+  """The attention of ``name`` = ``flashjax_mosaic`` or ``flashjax_fp8_mosaic``
+  followed by ``+field=value`` (forward MosaicBlocks) or ``+bwd.field=value``
+  (backward) options over the default tiling."""
+  base, *options = name.split("+")
+  if base not in ("flashjax_mosaic", "flashjax_fp8_mosaic"):
+    raise ValueError(f"options apply to the Hopper impls only, got {name!r}")
+  fwd, bwd = {}, {}
+  for option in options:
+    field, value = option.split("=")
+    target = bwd if field.startswith("bwd.") else fwd
+    target[field.removeprefix("bwd.")] = (
+        value == "True" if value in ("True", "False") else int(value))
+  fp8_impl = base in FP8_IMPLS
+
+  def configured(head_dim):
+    config = flashjax.default_config(head_dim, causal=causal, fp8=fp8_impl)
+    return dataclasses.replace(
+        config, mosaic=dataclasses.replace(config.mosaic, **fwd),
+        mosaic_bwd=dataclasses.replace(config.mosaic_bwd, **bwd))
+
+  if fp8_impl:
+    return lambda q8, k8, v8, qd, kd, vd: flashjax.attention(
+        q8, k8, v8, causal=causal, q_descale=qd, k_descale=kd, v_descale=vd,
+        backend="mosaic", config=configured(q8.shape[-1]))
+  return lambda q, k, v: flashjax.attention(
+      q, k, v, causal=causal, backend="mosaic", config=configured(q.shape[-1]))
+
+
+def resolve(name: str, causal: bool):
+  return impls(causal)[name] if "+" not in name else with_options(name, causal)
+
+
 def fp8_inputs(q, k, v):
   """(q8, k8, v8, q_descale, k_descale, v_descale): e4m3, per-tensor amax
   scales (what the FP8 impls take; quantised once, outside the timed call)."""
@@ -198,10 +238,9 @@ def bench(args):
           sets = [tuple(jax.random.normal(keys[4 * i + j], (b, s, h, d),
                                           jnp.dtype(dtype)) for j in range(4))
                   for i in range(3)]
-          for name, fn in impls(causal).items():
-            if name not in args.impls:
-              continue
-            fp8_impl = name in FP8_IMPLS
+          for name in args.impls:
+            fn = resolve(name, causal)
+            fp8_impl = base_name(name) in FP8_IMPLS
             try:
               err = relerr(fn, *sets[0][:3], causal, fp8_impl)
             except Exception as e:  # noqa: BLE001 - record, keep going
@@ -245,7 +284,8 @@ def table(rows):
     cells = []
     for n in names:
       # FP8 impls are compared with cuDNN's FP8 attention
-      ref = case.get("cudnn_fp8" if n in FP8_IMPLS else "cudnn", {}).get("ms")
+      ref = case.get("cudnn_fp8" if base_name(n) in FP8_IMPLS else "cudnn",
+                     {}).get("ms")
       r = case.get(n)
       if r is None or "ms" not in r:
         cells.append("—" if r is None else "error")
