@@ -2,8 +2,13 @@
 
 The forward saves only (Q, K, V, O, L) and the segment ids; the backward
 computes D = rowsum(dO ∘ O) - dL and recomputes P tile by tile in its kernels.
-With ``fp8=True`` the forward quantises Q, K, V to FP8 itself and the backward
-runs on the saved 16-bit Q, K, V (FP8 forward, bf16/fp16 backward).
+With ``fp8=True`` the forward quantises Q, K, V to FP8 itself (power-of-2
+per-tensor scales) and the backward runs in bf16/fp16 on the same quantised
+values, exact in 16 bits, so the recomputed P = exp(S - L) matches the forward's
+L (a backward on the unquantised Q, K, V would not: its S differs from the
+forward's by the quantisation error, which grows with the logits, and P's rows
+then stop summing to 1; training diverged so on the H200). Gradients pass the
+rounding straight through.
 """
 
 from __future__ import annotations
@@ -163,7 +168,7 @@ _backward = _first_order_only(_backward_kernel)
 def _quantized_forward(plan: Plan, q, k, v, q_seg, kv_seg, descale):
   """The forward kernel; under the fp8 policy, on Q, K, V quantised here."""
   if plan.fp8 and not plan.fp8_inputs:
-    (q, qd), (k, kd), (v, vd) = (fp8_lib.quantize(x, plan.fp8)
+    (q, qd), (k, kd), (v, vd) = (fp8_lib.quantize(x, plan.fp8, power_of_2=True)
                                  for x in (q, k, v))
     descale = jnp.broadcast_to(jnp.stack([qd, kd, vd, jnp.float32(0)]),
                                (plan.num_q_heads, 4))
@@ -187,6 +192,8 @@ def _flash_core_bwd(plan: Plan, residuals, cotangents):
         "train with an FP8 forward pass bfloat16/float16 inputs with fp8=True "
         "(the backward then runs in that dtype).")
   q, k, v, q_seg, kv_seg, o, lse = residuals
+  if plan.fp8:   # differentiate at the values the FP8 forward multiplied
+    q, k, v = (fp8_lib.fake_quantize(x, plan.fp8) for x in (q, k, v))
   do, dlse = cotangents
   # D = rowsum(dO ∘ O) - dL   [batch, heads, seq_q]; a dL term arises only when
   # the caller differentiates through the returned logsumexp.

@@ -18,13 +18,17 @@ import numpy as np
 FORMATS = ("float8_e4m3fn", "float8_e5m2")
 
 
-def quantize(x, fmt: str = "float8_e4m3fn", *, per_head: bool = False):
+def quantize(x, fmt: str = "float8_e4m3fn", *, per_head: bool = False,
+             power_of_2: bool = False):
   """``x`` (float) -> ``(x_fp8, descale)`` with ``x ≈ x_fp8 · descale``.
 
   The scale maps ``amax(|x|)`` (over the tensor, or over each head with
   ``per_head``) to the format's largest value, so nothing saturates. An
   all-zero tensor (or head) gets descale 1. ``descale`` is float32, a scalar
-  or ``[heads]``; no gradient flows through it.
+  or ``[heads]``; no gradient flows through it. ``power_of_2`` rounds the
+  descale up to a power of two (amax then lands in the top binade): the same
+  precision for normal values, and ``x_fp8 · descale`` is exact in bfloat16,
+  so a 16-bit kernel can see exactly the values an FP8 one multiplied.
   """
   if fmt not in FORMATS:
     raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}.")
@@ -36,6 +40,8 @@ def quantize(x, fmt: str = "float8_e4m3fn", *, per_head: bool = False):
   amax = jax.lax.stop_gradient(jnp.max(jnp.abs(x32), axis=axes))
   fmax = float(jnp.finfo(fmt).max)
   descale = jnp.where(amax > 0, amax / fmax, 1.0).astype(jnp.float32)
+  if power_of_2:
+    descale = jnp.exp2(jnp.ceil(jnp.log2(descale)))
   scale = (1.0 / descale) if not per_head else (1.0 / descale)[:, None]
   x8 = (x32 * scale).astype(fmt)
   return x8, descale
@@ -45,6 +51,14 @@ def dequantize(x8, descale):
   """``x8 · descale`` in float32 (descale a scalar or ``[heads]``)."""
   d = jnp.asarray(descale, jnp.float32)
   return x8.astype(jnp.float32) * (d if d.ndim == 0 else d[:, None])
+
+
+def fake_quantize(x, fmt: str = "float8_e4m3fn"):
+  """``x`` rounded to ``fmt`` under a power-of-2 per-tensor scale, back in
+  ``x``'s dtype (exact for bfloat16): the values the FP8 policy's forward
+  multiplies, which its 16-bit backward differentiates at."""
+  x8, descale = quantize(x, fmt, power_of_2=True)
+  return dequantize(x8, descale).astype(x.dtype)
 
 
 def random_rotation(head_dim: int, key) -> jax.Array:

@@ -100,7 +100,9 @@ def test_hopper_fp8_forward_with_fma_exp2():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_policy_forward_is_the_prequantised_forward(backend):
   q, k, v = _inputs(jax.random.key(0), 1, 130, 130, 4, 2, 64)
-  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x) for x in (q, k, v))
+  # the policy quantises with power-of-2 scales (exact in bf16 for its backward)
+  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, power_of_2=True)
+                                  for x in (q, k, v))
   want = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
                             v_descale=vd, causal=True, backend=backend)
   got = flashjax.attention(q, k, v, causal=True, fp8=True, backend=backend)
@@ -109,26 +111,41 @@ def test_policy_forward_is_the_prequantised_forward(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_policy_gradients_run_in_bf16(backend):
-  """fp8=True: FP8 forward, bf16 backward. The gradients differ from the
-  bf16 kernel's only through O and L of the FP8 forward, so they must be no
-  further from the float32 gradient than that forward's O is from its
-  reference (normwise)."""
+def test_policy_gradients_are_taken_at_the_quantised_values(backend):
+  """fp8=True: FP8 forward, bf16 backward on the values the forward multiplied
+  (Q, K, V rounded to e4m3 under power-of-2 scales, exact in bf16), so its
+  recomputed P = exp(S - L) matches the forward's L. The gradients must then be
+  those of float32 attention at the quantised inputs, to within the bf16
+  backward's rounding plus P's FP8 rounding, which enters only through O in
+  D = rowsum(dO ∘ O): measured 1.3% at logits of standard deviation 6, where a
+  backward on the unquantised inputs is 15-26% off (benchmarks/fp8_gradients.py)."""
   q, k, v = _inputs(jax.random.key(1), 2, 256, 256, 4, 2, 64)
+  q = (q * 6).astype(q.dtype)                        # peaked softmax rows
   do = jax.random.normal(jax.random.key(2), q.shape, jnp.float32)
   rel = lambda a, b: float(jnp.linalg.norm(a.astype(jnp.float32) - b)
                            / jnp.linalg.norm(b))
-  ref, ref_vjp = jax.vjp(lambda *x: flashjax.attention(
-      *x, causal=True, backend="reference"),
-      *(x.astype(jnp.float32) for x in (q, k, v)))
-  o, vjp = jax.vjp(lambda *x: flashjax.attention(*x, causal=True, fp8=True,
-                                                backend=backend), q, k, v)
-  grads, ref_grads = vjp(do.astype(q.dtype)), ref_vjp(do)
-  o_err = rel(o, ref)
-  assert 0 < o_err < 0.1, o_err                 # FP8's ~2^-4 rounding
-  for g, r in zip(grads, ref_grads):
+  quantised = [fp8.fake_quantize(x).astype(jnp.float32) for x in (q, k, v)]
+  with jax.default_matmul_precision("highest"):
+    _, ref_vjp = jax.vjp(lambda *x: flashjax.attention(
+        *x, causal=True, backend="reference"), *quantised)
+    ref_grads = ref_vjp(do)
+  _, vjp = jax.vjp(lambda *x: flashjax.attention(*x, causal=True, fp8=True,
+                                                 backend=backend), q, k, v)
+  for g, r in zip(vjp(do.astype(q.dtype)), ref_grads):
     assert g.dtype == jnp.bfloat16
-    assert rel(g, r) <= o_err, (rel(g, r), o_err)
+    assert rel(g, r) < 0.03, rel(g, r)
+
+
+def test_fake_quantize_is_exact_in_bf16():
+  """Power-of-2 descales: amax lands in e4m3's top binade, and x8 · descale
+  needs no rounding in bfloat16 (what the policy's backward relies on)."""
+  x = jax.random.normal(jax.random.key(3), (1, 64, 2, 64)) * 37.0
+  x8, descale = fp8.quantize(x, power_of_2=True)
+  assert float(jnp.log2(descale)) == int(jnp.log2(descale))
+  assert 448 / 2 < float(jnp.max(jnp.abs(x8.astype(jnp.float32)))) <= 448
+  exact = fp8.dequantize(x8, descale)
+  np.testing.assert_array_equal(np.asarray(exact.astype(jnp.bfloat16),
+                                           np.float32), np.asarray(exact))
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu",
