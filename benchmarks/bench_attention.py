@@ -26,7 +26,7 @@ internal API), all on e4m3 inputs quantised per tensor by
 ``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
 names the source dtype of the inputs). A peer that cannot run a case records
 its error in the row. A Hopper impl name may carry options of the default
-tiling after ``+``, e.g. ``flashjax_fp8_mosaic+fma_exp2=64`` (forward's
+tiling after ``+``, e.g. ``flashjax_fp8_mosaic+block_kv=128`` (forward's
 :class:`flashjax.MosaicBlocks`) or ``flashjax_mosaic+bwd.deferred_waits=True``
 (the backward's): an untimed option against the default in the same process.
 """

@@ -11,28 +11,25 @@
 #   tests      the core parity suite compiled on the Hopper kernels (default
 #              tilings) + FP8, then the long sequences (-v: a cut run still
 #              names what passed) (~7 min)
-#   tests-fma  the FMA-exp2 forward option's tests compiled (bf16/fp16 and
-#              FP8), so a tuning win can become a default (~1.5 min)
+#   hang       benchmarks/debug_hang.py: which kernel of the window (None, 3)
+#              test case hangs compiled, under which options (~6 min)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
 #              (persistent, fused, intra-warpgroup overlap, deferred waits) (~5 min)
-#   tune-fwd   the forward's untimed options (intra-warpgroup overlap, exp2 on
-#              the FMA units) against the default tiling, bf16 d 128 and 64,
-#              causal and not (~4 min)
-#   opts-fwd   bench_attention: the forward with FMA exp2 (and the FP8
-#              forward with it) against the default, cuDNN and cuDNN FP8 in one
-#              process, d 128 and 64, 4k / 16k (~9 min)
+#   tune-fwd   the forward's untimed option (intra-warpgroup overlap) against
+#              the default tiling, bf16 d 128 and 64, causal and not (~4 min)
 #   tune-bwd   the backward's (deferred waits, dQ overlap) against the default (~5 min)
-#   tune-fp8   the FP8 forward's persistent (paired causal) grid, overlap and
-#              FMA exp2 against its default, d 128 (~3 min)
+#   tune-fp8   the FP8 forward's persistent (paired causal) grid and overlap
+#              against its default, d 128 (~3 min)
 #   bench      bench_attention: flashjax (Hopper) vs cuDNN vs tokamax, bf16,
 #              d 128 and 64, 1k / 4k / 16k, forward and forward+backward (~8 min)
 #   bench-fp16 the same in fp16 (~8 min)
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (dense's out-of-memory point
 #              on a 141 GB H200 is past 16k) (~9 min)
-#   parity     flashjax-train --compare dense flash-fp8, 600 steps (~5 min)
-#   parity-fp16  the same in float16 (dynamic loss scale) against dense,
-#              400 steps (~3 min)
+#   parity     flashjax-train --compare dense flash-fp8, 600 steps (~6.5 min:
+#              2 of them compiling the three models)
+#   parity-fp16  flash against dense in float16 (dynamic loss scale), 300
+#              steps (~3 min)
 # Each step writes <step>.log (+ JSON/MD/PNG where it makes them) and is cut by
 # `timeout` well inside the call's limit. The device tool brings back at most 8
 # files, so on exit everything is packed into $OUT/gpu-<steps>.tar.gz (unpack
@@ -42,16 +39,21 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/flashjax-out}
 WORK=$(mktemp -d)
 
+# The archive's name: the steps joined by '-' (the device tool brings back only
+# names of letters, digits, '.', '_' and '-'). Packed after every step, so a
+# call cut by its time limit still returns the steps it finished.
+STEPS=$(echo "$*" | tr ' ' '-')
 pack() {
-  [ "${1:-wheels}" = wheels ] && return
-  local name="gpu-$(echo "$@" | tr ' ' '+')"
+  [ "$STEPS" = wheels ] && return
   for log in "$WORK"/*.log; do
-    [ -e "$log" ] && { echo "== $(basename "$log")"; tail -n 15 "$log"; }
+    [ -e "$log" ] && { echo "== $(basename "$log")"; tail -n 15 "$log" \
+      | tr '\r' '\n' | grep -v 'step/s]' | tail -n 15; }
   done > "$OUT/summary.txt"
-  tar czf "$OUT/$name.tar.gz" -C "$WORK" .
+  tar czf "$OUT/gpu-$STEPS.tar.gz.part" -C "$WORK" . \
+    && mv "$OUT/gpu-$STEPS.tar.gz.part" "$OUT/gpu-$STEPS.tar.gz"
 }
 mkdir -p "$OUT"
-trap 'pack "$@"' EXIT
+trap pack EXIT
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 PY=${PY:-python3}
 
@@ -68,6 +70,7 @@ step() {
   local name=$1; shift
   echo "== $name: $*" | tee -a "$WORK/$name.log"
   "$@" 2>&1 | tee -a "$WORK/$name.log"
+  pack
 }
 
 for s in "$@"; do
@@ -82,32 +85,18 @@ for s in "$@"; do
         immutabledict tensorboardx xprof ;;
     tests)
       step tests env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 330 \
-        $PY -m pytest -n 8 -v -p no:cacheprovider tests/test_attention.py \
+        $PY -m pytest -n 8 -v -p no:cacheprovider --timeout 120 tests/test_attention.py \
         tests/test_fp8.py -k "mosaic or fp8"
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 110 \
-        $PY -m pytest -n 3 -v -p no:cacheprovider tests/test_large.py -k mosaic ;;
-    tests-fma)
-      step tests-fma env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 100 \
-        $PY -m pytest -n 8 -v -p no:cacheprovider tests/test_mosaic.py \
-        tests/test_fp8.py -k fma ;;
-    opts-fwd)
-      step opts-fwd timeout 300 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+fma_exp2=32 \
-        flashjax_mosaic+fma_exp2=64 cudnn --dtypes bfloat16 \
-        --head-dims 128 64 --seqs 4096 16384 --causal false true \
-        --modes fwd --out "$WORK/opts-fwd"
-      step opts-fp8 timeout 230 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+fma_exp2=32 \
-        flashjax_fp8_mosaic+fma_exp2=64 flashjax_fp8_mosaic+fma_exp2=96 \
-        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
-        --causal false true --modes fwd --out "$WORK/opts-fp8" ;;
+        $PY -m pytest -n 3 -v -p no:cacheprovider --timeout 100 tests/test_large.py -k mosaic ;;
     tests-options)
       step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 420 \
-        $PY -m pytest -n 8 -v -p no:cacheprovider tests/test_mosaic.py ;;
+        $PY -m pytest -n 8 -v -p no:cacheprovider --timeout 120 tests/test_mosaic.py ;;
+    hang)
+      step hang timeout 400 $PY benchmarks/debug_hang.py --timeout 60 ;;
     tune-fwd)
       step tune-fwd timeout 300 $PY benchmarks/tune_blocks.py --backend mosaic \
-        --modes fwd --only intra_wg_overlap=True fma_exp2=32 fma_exp2=64 \
-        fma_exp2=128 --out "$WORK/tune-fwd.json" ;;
+        --modes fwd --only intra_wg_overlap=True --out "$WORK/tune-fwd.json" ;;
     tune-bwd)
       step tune-bwd timeout 280 $PY benchmarks/tune_blocks.py --backend mosaic \
         --modes fwd_bwd --only deferred_waits=True intra_wg_overlap=True \
@@ -115,7 +104,6 @@ for s in "$@"; do
     tune-fp8)
       step tune-fp8 timeout 200 $PY benchmarks/tune_blocks.py --backend mosaic \
         --fp8 --head-dims 128 --only persistent=True intra_wg_overlap=True \
-        fma_exp2=32 fma_exp2=64 fma_exp2=128 \
         --out "$WORK/tune-fp8.json" ;;
     bench|bench-fp16)
       peers
@@ -133,11 +121,13 @@ for s in "$@"; do
       step train timeout 540 $PY benchmarks/bench_train.py \
         --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;
     parity)
-      step parity timeout 330 $PY -m examples.train --preset gpu \
-        --compare dense flash-fp8 --steps 600 --out "$WORK/parity" ;;
+      step parity timeout 400 $PY -m examples.train --preset gpu \
+        --compare dense flash-fp8 --steps 600 --sample-tokens 100 \
+        --out "$WORK/parity" ;;
     parity-fp16)
-      step parity-fp16 timeout 230 $PY -m examples.train --preset gpu \
-        --dtype float16 --compare dense --steps 400 --out "$WORK/parity-fp16" ;;
+      step parity-fp16 timeout 180 $PY -m examples.train --preset gpu \
+        --dtype float16 --compare dense --steps 300 --sample-tokens 0 \
+        --out "$WORK/parity-fp16" ;;
     *) echo "unknown step $s (see the header of $0)"; exit 2 ;;
   esac
 done

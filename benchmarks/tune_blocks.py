@@ -55,17 +55,13 @@ MOSAIC_BWD = MOSAIC + [MosaicBlocks(m.block_kv, m.stages, 128) for m in MOSAIC] 
                     intra_wg_overlap=overlap)
        for kv in (64, 128) for stages in (2, 3)
        for deferred, overlap in ((True, False), (False, True), (True, True))]
-# the forward's: the above, the likeliest of them with a persistent grid,
-# those with the intra-warpgroup overlap, on either grid, and with a quarter
-# or half of each K/V tile's exp2 on the FMA units
+# the forward's: the above, the likeliest of them with a persistent grid, and
+# those with the intra-warpgroup overlap, on either grid
 MOSAIC_FWD = MOSAIC + [
     MosaicBlocks(kv, stages, persistent=True)
     for kv, stages in ((128, 2), (128, 3), (256, 2))] + [
         MosaicBlocks(kv, stages, persistent=persistent, intra_wg_overlap=True)
         for kv, stages in ((64, 3), (128, 2), (128, 3), (256, 2))
-        for persistent in (False, True)] + [
-        MosaicBlocks(kv, 2, persistent=persistent, fma_exp2=kv // part)
-        for kv in (128, 256) for part in (4, 2)
         for persistent in (False, True)]
 
 

@@ -92,11 +92,7 @@ class MosaicBlocks:
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
-  step late). ``fma_exp2`` (forward): the last ``fma_exp2`` columns of each
-  K/V tile take their exp2 on the FMA units (a cubic,
-  :func:`pallas_kernels.common.exp2_fma`), the rest on the special-function
-  unit, whose 16 exp2 per clock per SM can bound the softmax where the
-  matmuls are short (d 64, FP8): FlashAttention 4's software exponential."""
+  step late)."""
 
   block_kv: int = 64
   stages: int = 2
@@ -105,7 +101,6 @@ class MosaicBlocks:
   fused_dq: bool = False
   deferred_waits: bool = False
   intra_wg_overlap: bool = False
-  fma_exp2: int = 0
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -116,9 +111,6 @@ class MosaicBlocks:
                        f"{self.block_q_dkv}.")
     if self.stages < 2:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
-    if not (0 <= self.fma_exp2 < self.block_kv and self.fma_exp2 % 32 == 0):
-      raise ValueError(f"MosaicBlocks.fma_exp2 must be a multiple of 32 in "
-                       f"[0, block_kv={self.block_kv}), got {self.fma_exp2}.")
 
   def smem_bytes(self, head_dim: int, itemsize: int, backward: bool = False,
                  fp8: bool = False) -> int:

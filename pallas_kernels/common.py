@@ -82,36 +82,7 @@ def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
   return jnp.where(spec.predicate(q_idx, k_idx, q_seg, kv_seg), s, -jnp.inf)
 
 
-# 2^f on [-1/2, 1/2] as c0 + c1 f + c2 f² + c3 f³, relative error <= 7.5e-5:
-# a least-squares fit of the relative error, reweighted to minimax (Lawson).
-EXP2_CUBIC = (0.9999281167984009, 0.6932609677314758, 0.24261033535003662,
-              0.05517134442925453)
-# x + 1.5·2²³ holds round(x) in its low mantissa bits (|x| < 2²²).
-_ROUNDER = 1.5 * 2.0**23
-
-
-def exp2_fma(x):
-  """2^x for x <= 0 (-inf included) on the FMA and integer units, leaving the
-  special-function unit (16 exp2 per clock per SM on Hopper, against 128
-  FMAs) to the rest of the tile (FlashAttention 4's software exponential):
-  x = j + f with j = round(x) by the float adder, 2^f by
-  :data:`EXP2_CUBIC`, j added to the exponent bits. Relative error <= 7.5e-5,
-  under the rounding of P to bf16, fp16 or FP8; 0 below 2^-126, so a
-  masked entry (-inf) gives exactly 0."""
-  # (the barrier keeps XLA from folding (x + c) - c to x, which it does)
-  t = lax.optimization_barrier(x + _ROUNDER)
-  f = x - (t - _ROUNDER)                                   # in [-1/2, 1/2]
-  c0, c1, c2, c3 = EXP2_CUBIC
-  p = c0 + f * (c1 + f * (c2 + f * c3))                    # 2^f
-  # 2^j · 2^f: j << 23 added to 2^f's bits (t's bits << 23 = j << 23, mod 2³²)
-  bits = (lax.bitcast_convert_type(p, jnp.int32)
-          + lax.shift_left(lax.bitcast_convert_type(t, jnp.int32), 23))
-  return jnp.where(x >= -126.0, lax.bitcast_convert_type(bits, jnp.float32),
-                   0.0)
-
-
-def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
-                        fma_cols: int = 0):
+def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0):
   """One step of the online softmax over a tile of logits S2 = s · unit
   (log2 units; ``unit > 0``, :func:`fwd_unit`).
 
@@ -119,18 +90,12 @@ def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
   m is kept in s's units. Returns ``(P, m_new, l_new, alpha)`` where the
   caller rescales its O accumulator by ``alpha`` before adding ``P V``. A row
   that has seen no visible key keeps m = -inf, l = 0 and P = 0 (never NaN).
-  ``fma_cols``: P's last ``fma_cols`` columns by :func:`exp2_fma`.
   """
   # m_new = max(m_prev, rowmax(S))
   m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
   m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
   # P = exp2(S - m_new) (one FMA and an exp2 per entry), alpha = exp2(m_prev - m_new)
-  x = s * unit - (m_safe * unit)[:, None]
-  if fma_cols:
-    n = s.shape[1] - fma_cols
-    p = jnp.concatenate([jnp.exp2(x[:, :n]), exp2_fma(x[:, n:])], axis=1)
-  else:
-    p = jnp.exp2(x)
+  p = jnp.exp2(s * unit - (m_safe * unit)[:, None])
   alpha = jnp.exp2((m_prev - m_safe) * unit)
   # l_new = alpha · l_prev + rowsum(P)
   l_new = alpha * l_prev + jnp.sum(p, axis=1)

@@ -74,29 +74,6 @@ def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
   assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
 
 
-def test_hopper_fp8_forward_with_fma_exp2():
-  """The Hopper FP8 forward with half of each 128-column K/V tile's exp2 on
-  the FMA units (``MosaicBlocks(fma_exp2=64)``) holds the same rule as
-  above against the reference (GQA, causal, odd lengths, per-head scales)."""
-  import dataclasses
-  b, sq, skv, hq, hkv, d = 1, 200, 333, 8, 2, 128
-  q, k, v = _inputs(jax.random.key(7), b, sq, skv, hq, hkv, d)
-  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, per_head=True)
-                                  for x in (q, k, v))
-  config = flashjax.default_config(d, causal=True, fp8=True)
-  config = dataclasses.replace(config, mosaic=dataclasses.replace(
-      config.mosaic, block_kv=128, fma_exp2=64))
-  o = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
-                         v_descale=vd, causal=True, backend="mosaic",
-                         config=config)
-  deq = [fp8.dequantize(x, s) for x, s in ((q8, qd), (k8, kd), (v8, vd))]
-  fmt = "float8_e4m3fn"
-  ref = _emulated(*deq, causal=True, fmt=fmt, p_rounding=False)
-  slack = float(jnp.max(jnp.abs(_emulated(*deq, causal=True, fmt=fmt) - ref)))
-  err = float(jnp.max(jnp.abs(o.astype(jnp.float32) - ref)))
-  assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_policy_forward_is_the_prequantised_forward(backend):
   q, k, v = _inputs(jax.random.key(0), 1, 130, 130, 4, 2, 64)

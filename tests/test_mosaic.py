@@ -115,9 +115,6 @@ def test_forward_takes_three_stages_of_128_rows_at_d128():
     (dict(block_kv=96), "block_kv must be 64, 128 or 256"),
     (dict(stages=1), "stages must be >= 2"),
     (dict(block_q_dkv=256), "block_q_dkv must be 64 or 128"),
-    (dict(block_kv=64, fma_exp2=64), r"fma_exp2 must be a multiple of 32 in "
-     r"\[0, block_kv=64\), got 64"),
-    (dict(block_kv=128, fma_exp2=48), "fma_exp2 must be a multiple of 32"),
 ])
 def test_bad_mosaic_blocks(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -285,33 +282,6 @@ def test_deferred_waits(head_dim, fused):
   ids = jax.ShapeDtypeStruct((2, 1000), jnp.int32)
   text = lower_for_h100(jax.grad(loss, argnums=(0, 1)), q, kv, ids).as_text()
   assert text.count("custom_call @mosaic_gpu") == (2 if fused else 3)
-
-
-@pytest.mark.parametrize("case", CASES[1:], ids=lambda c: c.id)
-def test_fma_exp2(case):
-  """``MosaicBlocks(fma_exp2=...)``: the forward takes the exp2 of each K/V
-  tile's last columns on the FMA units (a cubic), the rest on the
-  special-function unit; O, L and the gradients (recomputed from L) stay
-  within the parity rule, fully masked rows (MQA case) stay exactly zero,
-  as do the entries of other segments and outside the window (packed case).
-  In the interpreter with the race detector (64-row K/V tiles, 32 columns by
-  the cubic); lowered for CUDA with 128-row tiles, half of them by the cubic,
-  one tile per CTA and persistent; on a GPU also run compiled that way."""
-  config = flashjax.default_config(case.head_dim, causal=case.causal)
-  for block_kv in (64, 128) if jax.default_backend() == "gpu" else (64,):
-    config = dataclasses.replace(config, mosaic=dataclasses.replace(
-        config.mosaic, block_kv=block_kv, fma_exp2=block_kv // 2))
-    check_without_races(case, config)
-
-  for persistent in (False, True):
-    compiled = dataclasses.replace(config, mosaic=dataclasses.replace(
-        config.mosaic, block_kv=128, fma_exp2=64, persistent=persistent))
-    q = jax.ShapeDtypeStruct((2, 1000, 4, case.head_dim),
-                             jnp.dtype(case.dtype))
-    text = lower_for_h100(lambda q: flashjax.attention(
-        q, q, q, causal=case.causal, backend="mosaic", config=compiled,
-        interpret=False), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 1
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

@@ -63,7 +63,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
                block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
-               overlap: bool, fma_cols: int):
+               overlap: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
@@ -75,8 +75,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # None when P is the register operand. tiles: the CTA's (head, query tile,
   # batch) tiles. overlap: FlashAttention 3's intra-warpgroup overlap (step j
   # issues S_j = Q K_jᵀ and P_{j-1} V_{j-1} together and computes P_j while
-  # P_{j-1} V_{j-1} runs; V is read one step late). fma_cols: P's last
-  # fma_cols columns by exp2 on the FMA units (common.exp2_fma).
+  # P_{j-1} V_{j-1} runs; V is read one step late).
   wg = lax.axis_index("wg")
   fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
@@ -133,7 +132,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
       # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
-      return common.online_softmax_step(s, m, l, unit, fma_cols)
+      return common.online_softmax_step(s, m, l, unit)
 
     def rounded(p):
       # P for the P V product: 16-bit, or FP8's scaled P, rounded where it is
@@ -297,8 +296,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
                                   blocks.persistent)
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
-                             overlap=blocks.intra_wg_overlap,
-                             fma_cols=blocks.fma_exp2)
+                             overlap=blocks.intra_wg_overlap)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8
