@@ -7,9 +7,10 @@ winNone-3-mosaic]`` started and never finished in two compiled runs (v6 on an
 H100, `results/raw/tests-attention-large-mosaic-v6-h100-cut.log`; the H200,
 `results/tests-mosaic-h200-cut.log`) while it passes in Mosaic GPU's CPU
 interpreter. This runs its pieces (the forward; the forward and backward)
-with the default tiling and with single options changed, each in its own
-process under a time limit, and prints one JSON line per piece: ``ok`` (and
-the max error against the float32 reference), ``hang`` or ``error``.
+with the default tiling and with single options changed, and the test's
+dense references alone, each in its own process under a time limit, and
+prints one JSON line per piece: ``ok`` (and the max error against the float32
+reference), ``hang`` or ``error``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ config = dataclasses.replace(
 kw = dict(window=(None, 3), backend="mosaic", config=config)
 ref_kw = dict(window=(None, 3), backend="reference")
 f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-if mode == "fwd":
+if mode == "reference":     # the test's references alone (bf16 and float32)
+  got = jax.vjp(lambda *y: flashjax.attention(*y, **ref_kw), q, k, v)[1](do)
+  want = jax.vjp(lambda *y: flashjax.attention(*y, **ref_kw), *f32)[1](do.astype(jnp.float32))
+elif mode == "fwd":
   got = [jax.jit(lambda *x: flashjax.attention(*x, **kw))(q, k, v)]
   want = [flashjax.attention(*f32, **ref_kw)]
 else:
@@ -49,6 +53,7 @@ print(json.dumps(dict(max_err=err)))
 """
 
 PIECES = [
+    ("reference", {}, {}),
     ("fwd", {}, {}),
     ("fwd", {"persistent": False}, {}),
     ("fwd_bwd", {"persistent": False}, {}),

@@ -93,7 +93,7 @@ for s in "$@"; do
       step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 420 \
         $PY -m pytest -n 8 -v -p no:cacheprovider --timeout 120 tests/test_mosaic.py ;;
     hang)
-      step hang timeout 400 $PY benchmarks/debug_hang.py --timeout 60 ;;
+      step hang timeout 420 $PY benchmarks/debug_hang.py --timeout 50 ;;
     tune-fwd)
       step tune-fwd timeout 300 $PY benchmarks/tune_blocks.py --backend mosaic \
         --modes fwd --only intra_wg_overlap=True --out "$WORK/tune-fwd.json" ;;
