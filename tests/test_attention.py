@@ -62,17 +62,27 @@ EDGE = [
     Case(dtype="bfloat16", seq_q=150, seq_kv=300, window=(None, 3)),
     # d 128 non-causal in 16 bits: the Hopper backward's default there is the
     # fused one (dQ in the dK/dV kernel); GQA, odd lengths, padded rows.
-    Case(dtype="bfloat16", seq_q=333, seq_kv=270, head_dim=128, num_q_heads=8,
-         num_kv_heads=2, segments="padded"),
+    Case(dtype="bfloat16", batch=1, seq_q=333, seq_kv=270, head_dim=128,
+         num_q_heads=8, num_kv_heads=2, segments="padded"),
     # several tiles in every direction, f32.
     Case(dtype="float32", batch=1, seq_q=600, seq_kv=520, head_dim=32,
          num_q_heads=2, num_kv_heads=1, causal=True, segments="padded"),
 ]
 
 
+# Mosaic GPU's CPU interpreter takes 20-60 s a case on CI's two cores: there
+# the Hopper kernels run the edge cases and every other sampled case (with
+# tests/test_mosaic.py's race-detector cases), compiled on a GPU all of them.
+_INTERPRETED_MOSAIC_SKIPS = {c.id for c in SAMPLED[1::2]}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", SAMPLED + EDGE, ids=lambda c: c.id)
 def test_parity(case, backend):
+  if (backend == "mosaic" and jax.default_backend() != "gpu"
+      and case.id in _INTERPRETED_MOSAIC_SKIPS):
+    pytest.skip("CI time: every other sampled case in the Mosaic interpreter; "
+                "all of them compiled on a GPU")
   check_backend(case, backend)
 
 
