@@ -56,6 +56,9 @@ mkdir -p "$OUT"
 trap pack EXIT
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 PY=${PY:-python3}
+# pytest-timeout (on the GPU image): a test whose kernel hangs fails after the
+# given seconds (its worker is ended and replaced) instead of holding a worker
+HUNG="-o timeout_method=thread --timeout"
 
 peers() {
   # tokamax (a benchmark peer only) from the wheels `wheels` put in .whl/,
@@ -85,13 +88,15 @@ for s in "$@"; do
         immutabledict tensorboardx xprof ;;
     tests)
       step tests env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 330 \
-        $PY -m pytest -n 8 -v -p no:cacheprovider --timeout 120 tests/test_attention.py \
-        tests/test_fp8.py -k "mosaic or fp8"
+        $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
+        tests/test_attention.py tests/test_fp8.py -k "mosaic or fp8"
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 110 \
-        $PY -m pytest -n 3 -v -p no:cacheprovider --timeout 100 tests/test_large.py -k mosaic ;;
+        $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 100 \
+        tests/test_large.py -k mosaic ;;
     tests-options)
       step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 420 \
-        $PY -m pytest -n 8 -v -p no:cacheprovider --timeout 120 tests/test_mosaic.py ;;
+        $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
+        tests/test_mosaic.py ;;
     hang)
       step hang timeout 420 $PY benchmarks/debug_hang.py --timeout 50 ;;
     tune-fwd)
