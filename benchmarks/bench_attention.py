@@ -17,8 +17,7 @@ and a markdown table with the ratio to cuDNN from the same run.
   dense reference at highest matmul precision.
 
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
-flashjax_mosaic (the Hopper kernels), flashjax_mosaic_fused (the same with the
-fused backward, ``MosaicBlocks(fused_dq=True)``), cudnn, xla, jax_pallas_mha (JAX's Triton
+flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
 ``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
 tokamax_mosaic (needs tokamax installed); FP8 forward: flashjax_fp8
 (portable), flashjax_fp8_mosaic (Hopper) and cudnn_fp8 (cuDNN through JAX's
@@ -28,7 +27,8 @@ names the source dtype of the inputs). A peer that cannot run a case records
 its error in the row. A Hopper impl name may carry options of the default
 tiling after ``+``, e.g. ``flashjax_fp8_mosaic+block_kv=128`` (forward's
 :class:`flashjax.MosaicBlocks`) or ``flashjax_mosaic+bwd.deferred_waits=True``
-(the backward's): an untimed option against the default in the same process.
+(the backward's; ``flashjax_mosaic+bwd.fused_dq=True`` is the fused
+backward): an option against the default in the same process.
 """
 
 from __future__ import annotations
@@ -65,14 +65,6 @@ def impls(causal: bool):
 
   def flash_mosaic(q, k, v):
     return flashjax.attention(q, k, v, causal=causal, backend="mosaic")
-
-  def flash_mosaic_fused(q, k, v):
-    # the default tiling with the fused backward (MosaicBlocks.fused_dq)
-    config = flashjax.default_config(q.shape[-1], causal=causal)
-    config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
-        config.mosaic_bwd, fused_dq=True))
-    return flashjax.attention(q, k, v, causal=causal, backend="mosaic",
-                              config=config)
 
   def jax_mgpu(q, k, v):
     # JAX's FA3-style Mosaic kernel: float16 only, no softmax scale (pre-scale
@@ -123,7 +115,7 @@ def impls(causal: bool):
     return o[0] if isinstance(o, (tuple, list)) else o
 
   return {"flashjax": flash, "flashjax_mosaic": flash_mosaic,
-          "flashjax_mosaic_fused": flash_mosaic_fused, "cudnn": cudnn,
+          "cudnn": cudnn,
           "xla": xla, "jax_pallas_mha": pallas_mha,
           "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic,
           "flashjax_fp8": flash_fp8, "flashjax_fp8_mosaic": flash_fp8_mosaic,

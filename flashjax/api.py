@@ -166,22 +166,29 @@ _backward = _first_order_only(_backward_kernel)
 
 
 def _quantized_forward(plan: Plan, q, k, v, q_seg, kv_seg, descale):
-  """The forward kernel; under the fp8 policy, on Q, K, V quantised here."""
+  """The forward kernel; under the fp8 policy, on Q, K, V quantised here.
+  Returns ``(O, L)`` and the Q, K, V it multiplied, in the inputs' dtype
+  (under the policy, the quantised values: power-of-2 scales make them exact
+  in 16 bits), which the backward differentiates at."""
   if plan.fp8 and not plan.fp8_inputs:
-    (q, qd), (k, kd), (v, vd) = (fp8_lib.quantize(x, plan.fp8, power_of_2=True)
-                                 for x in (q, k, v))
+    (q8, qd), (k8, kd), (v8, vd) = (
+        fp8_lib.quantize(x, plan.fp8, power_of_2=True) for x in (q, k, v))
+    q, k, v = (fp8_lib.dequantize(x8, d).astype(x.dtype)
+               for x8, d, x in ((q8, qd, q), (k8, kd, k), (v8, vd, v)))
     descale = jnp.broadcast_to(jnp.stack([qd, kd, vd, jnp.float32(0)]),
                                (plan.num_q_heads, 4))
-  return _forward(plan, q, k, v, q_seg, kv_seg, descale)
+    return _forward(plan, q8, k8, v8, q_seg, kv_seg, descale), (q, k, v)
+  return _forward(plan, q, k, v, q_seg, kv_seg, descale), (q, k, v)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash_core(plan: Plan, q, k, v, q_seg, kv_seg, descale):
-  return _quantized_forward(plan, q, k, v, q_seg, kv_seg, descale)
+  return _quantized_forward(plan, q, k, v, q_seg, kv_seg, descale)[0]
 
 
 def _flash_core_fwd(plan: Plan, q, k, v, q_seg, kv_seg, descale):
-  o, lse = _quantized_forward(plan, q, k, v, q_seg, kv_seg, descale)
+  (o, lse), (q, k, v) = _quantized_forward(plan, q, k, v, q_seg, kv_seg,
+                                           descale)
   return (o, lse), (q, k, v, q_seg, kv_seg, o, lse)
 
 
@@ -192,8 +199,6 @@ def _flash_core_bwd(plan: Plan, residuals, cotangents):
         "train with an FP8 forward pass bfloat16/float16 inputs with fp8=True "
         "(the backward then runs in that dtype).")
   q, k, v, q_seg, kv_seg, o, lse = residuals
-  if plan.fp8:   # differentiate at the values the FP8 forward multiplied
-    q, k, v = (fp8_lib.fake_quantize(x, plan.fp8) for x in (q, k, v))
   do, dlse = cotangents
   # D = rowsum(dO ∘ O) - dL   [batch, heads, seq_q]; a dL term arises only when
   # the caller differentiates through the returned logsumexp.

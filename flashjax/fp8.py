@@ -53,14 +53,6 @@ def dequantize(x8, descale):
   return x8.astype(jnp.float32) * (d if d.ndim == 0 else d[:, None])
 
 
-def fake_quantize(x, fmt: str = "float8_e4m3fn"):
-  """``x`` rounded to ``fmt`` under a power-of-2 per-tensor scale, back in
-  ``x``'s dtype (exact for bfloat16): the values the FP8 policy's forward
-  multiplies, which its 16-bit backward differentiates at."""
-  x8, descale = quantize(x, fmt, power_of_2=True)
-  return dequantize(x8, descale).astype(x.dtype)
-
-
 def random_rotation(head_dim: int, key) -> jax.Array:
   """A random orthogonal ``[head_dim, head_dim]`` float32 matrix: a Hadamard
   matrix with random column signs (head_dim a power of 2), else the Q factor
