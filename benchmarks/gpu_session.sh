@@ -12,7 +12,8 @@
 #              tilings) + FP8, then the long sequences (-v: a cut run still
 #              names what passed) (~7 min)
 #   hang       benchmarks/debug_hang.py: which kernel of the window (None, 3)
-#              test case hangs compiled, under which options (~6 min)
+#              test case hangs compiled, under which options, compiling or
+#              running; then that test case (~7.5 min at most)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
 #              (persistent, fused, intra-warpgroup overlap, deferred waits) (~5 min)
 #   tune-fwd   the forward's untimed option (intra-warpgroup overlap) against
@@ -98,7 +99,10 @@ for s in "$@"; do
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
         tests/test_mosaic.py ;;
     hang)
-      step hang timeout 420 $PY benchmarks/debug_hang.py --timeout 50 ;;
+      step hang timeout 400 $PY benchmarks/debug_hang.py --timeout 75
+      step hang-test env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 90 \
+        $PY -m pytest -n 2 -v -p no:cacheprovider $HUNG 80 \
+        tests/test_attention.py -k "mosaic and winNone-3" ;;
     tune-fwd)
       step tune-fwd timeout 300 $PY benchmarks/tune_blocks.py --backend mosaic \
         --modes fwd --only intra_wg_overlap=True --out "$WORK/tune-fwd.json" ;;

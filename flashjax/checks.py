@@ -183,8 +183,9 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
               "compiled, not sm_90" if on_gpu else "interpret mode, no GPU")
   itemsize = jnp.dtype(dtype).itemsize
   if config is None:
-    config = default_config(head_dim_padded, itemsize, causal=bool(causal),
-                            fp8=fp8 is not None)
+    config = default_config(
+        head_dim_padded, itemsize, causal=bool(causal), fp8=fp8 is not None,
+        banded=bool(causal) or (window is not None and window != (None, None)))
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")

@@ -170,12 +170,14 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
-                   fp8: bool = False) -> Config:
+                   fp8: bool = False, banded: bool | None = None) -> Config:
   """Per-head-dim defaults.
 
   ``head_dim`` is the padded (power of 2) head dim the kernels see, ``itemsize``
   the input dtype's bytes (of the 16-bit inputs under an FP8 policy); ``causal``
-  and ``fp8`` (an FP8 forward) pick the Hopper forward's tiling. The 16-bit
+  and ``fp8`` (an FP8 forward) pick the Hopper forward's tiling; ``banded``
+  (default: ``causal``) whether a causal or window bound makes the query
+  tiles' work unequal, which keeps the forward off the persistent grid. The 16-bit
   choices for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the
   H100 (bf16, batch 4 × seq 4096, causal and not); wider dtypes shrink the
   portable kernels' tiles until their pipeline's shared memory fits.
@@ -218,7 +220,11 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
     fwd_kv = 128 if causal else 256
   else:
     fwd_kv = 256 if head_dim <= 64 else 128
-  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not causal)
+  # Persistent only without a band: a banded mask's persistent grid (mirrored
+  # pairs) is untimed, and at d 64 (256-row K/V tiles) it did not finish on
+  # the H200 (results/debug-hang-h200.md).
+  banded = causal if banded is None else banded
+  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not banded)
   fused = head_dim > 64 and not causal
   mosaic_bwd = MosaicBlocks(block_kv=128, stages=3 if fused else 2,
                             block_q_dkv=64, fused_dq=fused)

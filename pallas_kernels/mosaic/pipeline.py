@@ -136,8 +136,15 @@ class Tiles:
     (persistent) one CTA per SM."""
     if not self.persistent:
       return dict(grid=self.grid, grid_names=self.names)
-    return dict(grid=(num_ctas(plan, math.prod(self.grid)),),
+    return dict(grid=(num_ctas(plan, math.prod(self._walk())),),
                 grid_names=("sm",))
+
+  def _walk(self) -> tuple:
+    """The grid the CTAs walk: ``grid``, or (paired) its pairs."""
+    if self.paired is None:
+      return self.grid
+    a = self.paired
+    return (*self.grid[:a], (self.grid[a] + 1) // 2, *self.grid[a + 1:])
 
   def run(self, body):
     """``body(index, done) -> done'`` for each tile, ``done`` the streamed
@@ -160,7 +167,7 @@ class Tiles:
       # odd n: the middle tile is its own mirror, run once
       return lax.cond(mirror[a] != i[a], lambda d: body(mirror, d),
                       lambda d: d, done)
-    return walk((*self.grid[:a], (n + 1) // 2, *self.grid[a + 1:]))(pair)
+    return walk(self._walk())(pair)
 
 
 def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
@@ -390,9 +397,10 @@ def heavy_first(mask, i, num_tiles: int):
 
 
 def num_ctas(plan, num_tiles: int) -> int:
-  """CTAs of a persistent kernel: one per SM (at most one per tile). The
-  interpreter runs 2, so that CTAs walk several tiles; lowering on a CPU for
-  an abstract H100 takes the H100's 132."""
+  """CTAs of a persistent kernel: one per SM, at most one per work item (a
+  tile, or a pair of tiles), so that no CTA is idle. The interpreter runs 2,
+  so that CTAs walk several tiles; lowering on a CPU for an abstract H100
+  takes the H100's 132."""
   if plan.interpret:
     return min(2, num_tiles)
   device = jax.devices()[0]
