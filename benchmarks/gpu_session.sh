@@ -14,6 +14,8 @@
 #   hang       benchmarks/debug_hang.py: which kernel of the window (None, 3)
 #              test case hangs compiled, under which options, compiling or
 #              running; then that test case (~7.5 min at most)
+#   ptxas      the same pieces compiled only, with ptxas's register and spill
+#              lines per kernel (~1.5 min)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
 #              (persistent, fused, intra-warpgroup overlap, deferred waits) (~5 min)
 #   tune-fwd   the forward's untimed option (intra-warpgroup overlap) against
@@ -30,7 +32,7 @@
 #   parity     flashjax-train --compare dense flash-fp8, 600 steps (~6.5 min:
 #              2 of them compiling the three models)
 #   parity-fp16  flash against dense in float16 (dynamic loss scale), 300
-#              steps (~3 min)
+#              steps (~4 min: 180 s stopped at step 151)
 # Each step writes <step>.log (+ JSON/MD/PNG where it makes them) and is cut by
 # `timeout` well inside the call's limit. The device tool brings back at most 8
 # files, so on exit everything is packed into $OUT/gpu-<steps>.tar.gz (unpack
@@ -94,6 +96,8 @@ for s in "$@"; do
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 110 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 100 \
         tests/test_large.py -k mosaic ;;
+    ptxas)
+      step ptxas timeout 150 $PY benchmarks/debug_hang.py --ptxas --timeout 40 ;;
     tests-options)
       step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 420 \
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
@@ -134,7 +138,7 @@ for s in "$@"; do
         --compare dense flash-fp8 --steps 600 --sample-tokens 100 \
         --out "$WORK/parity" ;;
     parity-fp16)
-      step parity-fp16 timeout 180 $PY -m examples.train --preset gpu \
+      step parity-fp16 timeout 260 $PY -m examples.train --preset gpu \
         --dtype float16 --compare dense --steps 300 --sample-tokens 0 \
         --out "$WORK/parity-fp16" ;;
     *) echo "unknown step $s (see the header of $0)"; exit 2 ;;

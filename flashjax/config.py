@@ -92,7 +92,12 @@ class MosaicBlocks:
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
-  step late)."""
+  step late).
+
+  Two non-default tilings did not finish compiled on the H200 in one test
+  case (d 64, window (None, 3); benchmarks/results/debug-hang-h200.md):
+  ``persistent=True`` with a banded mask and ``block_kv=256``, and
+  ``block_q_dkv=128``. The defaults avoid both."""
 
   block_kv: int = 64
   stages: int = 2
@@ -176,9 +181,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   ``head_dim`` is the padded (power of 2) head dim the kernels see, ``itemsize``
   the input dtype's bytes (of the 16-bit inputs under an FP8 policy); ``causal``
   and ``fp8`` (an FP8 forward) pick the Hopper forward's tiling; ``banded``
-  (default: ``causal``) whether a causal or window bound makes the query
-  tiles' work unequal, which keeps the forward off the persistent grid. The 16-bit
-  choices for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the
+  (default: ``causal``): whether a causal or window bound makes the query
+  tiles' work unequal, which keeps the forward off the persistent grid. The
+  16-bit choices for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the
   H100 (bf16, batch 4 × seq 4096, causal and not); wider dtypes shrink the
   portable kernels' tiles until their pipeline's shared memory fits.
   """

@@ -117,3 +117,22 @@ def test_default_configs_fit_shared_memory(head_dim, itemsize, causal):
               fp8.mosaic.smem_bytes(head_dim, 2, fp8=True)]
   for need in needs:
     assert need <= flashjax.config.SMEM_BYTES
+
+
+@pytest.mark.parametrize("causal,window,persistent", [
+    (False, None, True), (False, (None, None), True), (True, None, False),
+    (False, (None, 3), False), (False, (128, 0), False), (False, (64, None),
+                                                          False)])
+def test_only_unbanded_forwards_are_persistent_by_default(causal, window,
+                                                          persistent):
+  """A causal or window band makes query tiles' work unequal: the default
+  Hopper forward then takes one tile per CTA (a banded persistent grid with
+  d 64's 256-row K/V tiles did not finish on the H200,
+  benchmarks/results/debug-hang-h200.md)."""
+  from flashjax.checks import make_plan
+  q = jnp.zeros((2, 150, 4, 64), jnp.bfloat16)
+  k = jnp.zeros((2, 300, 4, 64), jnp.bfloat16)
+  plan, _, _ = make_plan(q, k, k, causal=causal, window=window,
+                         backend="mosaic")
+  assert plan.config.mosaic.persistent is persistent
+  assert plan.config.mosaic.block_kv == 256

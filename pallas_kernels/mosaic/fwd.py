@@ -21,10 +21,11 @@ an accumulator into an 8-bit register operand), and V transposed by XLA to
 ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must
 be K-major).
 
-``MosaicBlocks(persistent=True)`` (the default when non-causal): one CTA per
-SM walks the (head, query tile, batch) tiles, its K/V pipeline running on
-from one tile to the next (:class:`pipeline.Tiles`); with a causal mask it
-takes query tiles in mirrored pairs, so every CTA gets the same work.
+``MosaicBlocks(persistent=True)`` (the default with no causal or window
+band): one CTA per SM walks the (head, query tile, batch) tiles, its K/V
+pipeline running on from one tile to the next (:class:`pipeline.Tiles`);
+with a band it takes query tiles in mirrored pairs, so every CTA gets the
+same work.
 
 ``MosaicBlocks(intra_wg_overlap=True)`` (FlashAttention 3's intra-warpgroup
 overlap): step j issues S_j = Q K_jᵀ together with P_{j-1} V_{j-1} and
@@ -33,10 +34,11 @@ computes P_j while the latter runs; V is read one step late (a lagged
 the last P V; P is carried in registers (or, FP8 and the interpreter, kept in
 shared memory). The ping-pong then hands over after each pair.
 
-Status: the core and FP8 test suites pass compiled on the H100 and in the
-interpreter (race detector on); ``backend="auto"`` picks it on sm_90. The
-causal persistent grid (mirrored pairs) has run compiled but is not yet timed
-against one tile per CTA, so it is off by default. The intra-warpgroup
+Status: the core and FP8 test suites pass compiled on the H100 and H200 and
+in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
+The banded persistent grid (mirrored pairs) is off by default: untimed, and
+with d 64's 256-row K/V tiles it did not finish on the H200
+(benchmarks/results/debug-hang-h200.md; 128-row tiles ran). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and been lowered for
 CUDA, not yet on a GPU: off by default.
 """
