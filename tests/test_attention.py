@@ -91,7 +91,11 @@ def test_parity(case, backend):
 def test_custom_scale(scale, backend):
   """A scale other than 1/sqrt(d): positive (the forward folds it into
   exp2's FMA, the row max taken on the raw Q Kᵀ) or negative (where that
-  would be wrong: scaled first)."""
+  would be wrong: scaled first). In the Mosaic interpreter (CI time) only the
+  negative one: a positive scale takes the default's path."""
+  if backend == "mosaic" and scale > 0 and jax.default_backend() != "gpu":
+    pytest.skip("CI time: a positive scale takes the default scale's path in "
+                "the Mosaic interpreter; run compiled on a GPU")
   case = Case(dtype="bfloat16", seq_q=200, seq_kv=260, num_q_heads=4,
               num_kv_heads=2, causal=True, head_dim=64)
   check_attention(case, backend=backend, scale=scale)
