@@ -74,10 +74,12 @@ EDGE = [
 # Mosaic GPU's CPU interpreter takes 20-60 s a case on CI's two cores: there
 # the Hopper kernels run the edge cases and every other sampled case (with
 # tests/test_mosaic.py's race-detector cases), the sampled ones on their first
-# batch element (a second adds CTAs like the first, the interpreter's time;
-# the edge cases keep theirs); compiled on a GPU, all of them whole.
+# batch element (a second adds CTAs like the first, the interpreter's time);
+# compiled on a GPU, all of them whole.
 _INTERPRETED_MOSAIC_SKIPS = {c.id for c in SAMPLED[1::2]}
-_SAMPLED_IDS = {c.id for c in SAMPLED}
+# the sampled cases and the largest edge case (the others keep batch 2)
+_FIRST_BATCH_ONLY = {c.id for c in SAMPLED} | {
+    "bfloat16-b2-sq333-skv333-h6:2-d64-causal-win40-0-cap30-packed"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -88,7 +90,7 @@ def test_parity(case, backend):
     pytest.skip("CI time: every other sampled case in the Mosaic interpreter; "
                 "all of them compiled on a GPU")
   if (backend == "mosaic" and jax.default_backend() != "gpu"
-      and case.id in _SAMPLED_IDS):
+      and case.id in _FIRST_BATCH_ONLY):
     case = dataclasses.replace(case, batch=1)
   check_backend(case, backend)
 
