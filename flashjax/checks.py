@@ -182,10 +182,11 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
               why_not if hopper else
               "compiled, not sm_90" if on_gpu else "interpret mode, no GPU")
   itemsize = jnp.dtype(dtype).itemsize
+  mask = MaskSpec(seq_q=seq_q, seq_kv=seq_kv, causal=bool(causal),
+                  window=window, has_segments=q_segment_ids is not None)
   if config is None:
-    config = default_config(
-        head_dim_padded, itemsize, causal=bool(causal), fp8=fp8 is not None,
-        banded=bool(causal) or (window is not None and window != (None, None)))
+    config = default_config(head_dim_padded, itemsize, causal=bool(causal),
+                            fp8=fp8 is not None, banded=mask.banded)
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
@@ -210,8 +211,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   plan = Plan(
       batch=batch, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
       head_dim=head_dim, dtype=dtype,
-      mask=MaskSpec(seq_q=seq_q, seq_kv=seq_kv, causal=bool(causal),
-                    window=window, has_segments=q_segment_ids is not None),
+      mask=mask,
       scale=float(scale), softcap=None if softcap is None else float(softcap),
       backend=backend,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
