@@ -1,6 +1,6 @@
 """Which Hopper kernel hangs on the GPU in one test case, and under which options.
 
-    python benchmarks/debug_hang.py [--timeout 90]
+    python benchmarks/debug_hang.py [--case window|persistent] [--timeout 90]
 
 ``tests/test_attention.py::test_parity[bfloat16-b2-sq150-skv300-h4:4-d64-
 winNone-3-mosaic]`` started and never finished in two compiled runs (v6 on an
@@ -10,7 +10,10 @@ interpreter. This runs its pieces (the forward; the forward and backward)
 with the default tiling and with single options changed, and the test's
 dense references alone, each in its own process under a time limit, and
 prints one JSON line per piece: ``ok`` (and the max error against the float32
-reference), ``hang`` or ``error``.
+reference), ``hang`` or ``error``. ``--case persistent``: the same for
+``tests/test_mosaic.py``'s first case (causal, window (50, None), d 128),
+whose persistent-grid and intra-warpgroup-overlap tests did not finish on the
+H200.
 """
 
 from __future__ import annotations
@@ -28,17 +31,19 @@ import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, ".")
 import flashjax
 mode, fwd_opts, bwd_opts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-b, sq, skv, h, d = 2, 150, 300, 4, 64
+case = json.loads(sys.argv[4])
+b, sq, skv, h, kvh, d = (case[n] for n in ("b", "sq", "skv", "h", "kvh", "d"))
+mask_kw = dict(causal=case["causal"], window=tuple(case["window"]))
 keys = jax.random.split(jax.random.key(0), 4)
 q = jax.random.normal(keys[0], (b, sq, h, d), jnp.bfloat16)
-k, v = (jax.random.normal(kk, (b, skv, h, d), jnp.bfloat16) for kk in keys[1:3])
+k, v = (jax.random.normal(kk, (b, skv, kvh, d), jnp.bfloat16) for kk in keys[1:3])
 do = jax.random.normal(keys[3], (b, sq, h, d), jnp.bfloat16)
-config = flashjax.default_config(d)
+config = flashjax.default_config(d, causal=case["causal"])
 config = dataclasses.replace(
     config, mosaic=dataclasses.replace(config.mosaic, **fwd_opts),
     mosaic_bwd=dataclasses.replace(config.mosaic_bwd, **bwd_opts))
-kw = dict(window=(None, 3), backend="mosaic", config=config)
-ref_kw = dict(window=(None, 3), backend="reference")
+kw = dict(mask_kw, backend="mosaic", config=config)
+ref_kw = dict(mask_kw, backend="reference")
 f32 = [x.astype(jnp.float32) for x in (q, k, v)]
 if mode == "reference":     # the test's references alone (bf16 and float32)
   fn = lambda *x: jax.vjp(lambda *y: flashjax.attention(*y, **ref_kw), *x)[1](do)
@@ -55,7 +60,7 @@ jax.block_until_ready(want)
 t0 = time.perf_counter()
 compiled = jax.jit(fn).lower(q, k, v).compile()
 print(json.dumps(dict(compiled_s=round(time.perf_counter() - t0, 2))), flush=True)
-if sys.argv[4:] == ["compile_only"]:
+if sys.argv[5:] == ["compile_only"]:
   sys.exit(0)
 t0 = time.perf_counter()
 got = jax.block_until_ready(compiled(q, k, v))
@@ -64,17 +69,35 @@ err = max(float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(w)))) for g
 print(json.dumps(dict(max_err=err)))
 """
 
-# (mode, forward options, backward options) over default_config(64). On the
-# H200 (results/debug-hang-h200.md) the persistent forward with 256-row K/V
-# tiles and the dK/dV kernel with 128-row query tiles did not finish; the
-# others did.
-PIECES = [
-    ("fwd", {"persistent": False}, {}),
-    ("fwd", {"persistent": True}, {}),
-    ("fwd", {"persistent": True, "block_kv": 128}, {}),
-    ("fwd_bwd", {"persistent": False}, {}),
-    ("fwd_bwd", {"persistent": False}, {"block_q_dkv": 128}),
-]
+# Each case: a test case's shape and mask, and its pieces (mode, forward
+# options, backward options) over default_config(d, causal=...).
+CASES = {
+    # tests/test_attention.py's winNone-3 case. On the H200
+    # (results/debug-hang-h200.md) the persistent forward with 256-row K/V
+    # tiles and the dK/dV kernel with 128-row query tiles did not finish; the
+    # others did.
+    "window": (dict(b=2, sq=150, skv=300, h=4, kvh=4, d=64, causal=False,
+                    window=[None, 3]), [
+        ("fwd", {"persistent": False}, {}),
+        ("fwd", {"persistent": True}, {}),
+        ("fwd", {"persistent": True, "block_kv": 128}, {}),
+        ("fwd_bwd", {"persistent": False}, {}),
+        ("fwd_bwd", {"persistent": False}, {"block_q_dkv": 128}),
+    ]),
+    # tests/test_mosaic.py's CASES[0], whose persistent-grid and
+    # intra-warpgroup-overlap tests (both with 64-row K/V tiles, forward and
+    # backward persistent) did not finish on the H200
+    # (results/tests-options-h200.log): which kernel, under which option.
+    "persistent": (dict(b=1, sq=200, skv=300, h=4, kvh=2, d=128, causal=True,
+                        window=[50, None]), [
+        ("fwd", {"block_kv": 64}, {}),
+        ("fwd", {"block_kv": 64, "persistent": True}, {}),
+        ("fwd", {"block_kv": 128, "persistent": True}, {}),
+        ("fwd", {"block_kv": 64, "intra_wg_overlap": True}, {}),
+        ("fwd_bwd", {}, {"block_kv": 64, "persistent": True}),
+        ("fwd_bwd", {}, {"block_kv": 64}),
+    ]),
+}
 
 def _reports(stdout) -> dict:
   """The JSON lines a piece printed (all of them, or those before it was cut)."""
@@ -94,14 +117,17 @@ def main(argv=None):
   parser.add_argument("--ptxas", action="store_true",
                       help="compile each piece only, with MOSAIC_GPU_DUMP_PTXAS=1, "
                       "and report ptxas's register and spill lines per kernel")
+  parser.add_argument("--case", choices=sorted(CASES), default="window",
+                      help="the test case and its pieces")
   args = parser.parse_args(argv)
   env = dict(os.environ, MOSAIC_GPU_DUMP_PTXAS="1") if args.ptxas else None
-  for mode, fwd_opts, bwd_opts in PIECES:
+  case, pieces = CASES[args.case]
+  for mode, fwd_opts, bwd_opts in pieces:
     row = dict(mode=mode, fwd=fwd_opts, bwd=bwd_opts)
     try:
       out = subprocess.run(
           [sys.executable, "-c", PIECE, mode, json.dumps(fwd_opts),
-           json.dumps(bwd_opts)] + (["compile_only"] if args.ptxas else []),
+           json.dumps(bwd_opts), json.dumps(case)] + (["compile_only"] if args.ptxas else []),
           capture_output=True, text=True, timeout=args.timeout, env=env)
       row.update(_reports(out.stdout))
       if args.ptxas:

@@ -14,10 +14,13 @@
 #   hang       benchmarks/debug_hang.py: which kernel of the window (None, 3)
 #              test case hangs compiled, under which options, compiling or
 #              running; then that test case (~7.5 min at most)
+#   hang-persistent  the same for test_mosaic.py's first case, whose
+#              persistent-grid and overlap tests ran past their time limit
+#              (~3 min; a fwd_bwd piece takes ~50 s on a fresh machine)
 #   ptxas      the same pieces compiled only, with ptxas's register and spill
-#              lines per kernel (~1.5 min)
+#              lines per kernel (~3 min: a fwd_bwd piece takes ~50 s)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
-#              (persistent, fused, intra-warpgroup overlap, deferred waits) (~5 min)
+#              (persistent, fused, intra-warpgroup overlap, deferred waits) (~6-9 min)
 #   tune-fwd   the forward's untimed option (intra-warpgroup overlap) against
 #              the default tiling, bf16 d 128 and 64, causal and not (~4 min)
 #   tune-bwd   the backward's (deferred waits, dQ overlap) against the default (~5 min)
@@ -82,13 +85,15 @@ step() {
 for s in "$@"; do
   case $s in
     wheels)
-      # tokamax 0.0.17 and what it imports that the GPU image lacks
+      # tokamax 0.0.17 and what it imports that the GPU images lack (the H200's
+      # also lacks fire, six and jaxtyping)
       $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl tokamax==0.0.17 einshape \
         pydantic pydantic-core annotated-types typing-inspection qwix \
-        immutabledict tensorboardx xprof ;;
+        immutabledict tensorboardx xprof fire termcolor six jaxtyping \
+        wadler_lindig ;;
     tests)
       step tests env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 330 \
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
@@ -97,11 +102,16 @@ for s in "$@"; do
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 100 \
         tests/test_large.py -k mosaic ;;
     ptxas)
-      step ptxas timeout 150 $PY benchmarks/debug_hang.py --ptxas --timeout 40 ;;
+      step ptxas timeout 300 $PY benchmarks/debug_hang.py --ptxas --timeout 90 ;;
     tests-options)
-      step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 420 \
-        $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
+      # 4 workers, 300 s a test: under 8 compiling workers, tests that take
+      # 27-47 s alone ran past 120 s (results/debug-hang-h200.md)
+      step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 560 \
+        $PY -m pytest -n 4 -v -p no:cacheprovider $HUNG 300 \
         tests/test_mosaic.py ;;
+    hang-persistent)
+      step hang-persistent timeout 360 $PY benchmarks/debug_hang.py \
+        --case persistent --timeout 90 ;;
     hang)
       step hang timeout 400 $PY benchmarks/debug_hang.py --timeout 75
       step hang-test env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 90 \
