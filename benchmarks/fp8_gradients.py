@@ -5,13 +5,21 @@
 ``flashjax.attention(q, k, v, fp8=True)`` runs the forward in FP8 and the
 backward in bf16, recomputing P = exp(S - L) with the forward's logsumexp L.
 For each softmax sharpness (Q scaled so the logits have standard deviation
-``--logit-scales``), bf16 causal inputs, it prints the relative (Frobenius)
+``--logit-scales``), bf16 causal inputs (``--key-bias b``: every key gets
+b times one shared random direction of unit RMS, as trained keys often share
+one; a softmax ignores it, but dQ = dS K sees it wherever dS's rows do not
+sum to 0), it prints the relative (Frobenius)
 error of O, dQ, dK and dV:
 
 * ``bf16``: the bf16 kernels, against float32 attention at the inputs;
 * ``fp8 policy``: against float32 attention at the inputs, and at the
   quantised inputs (the values the FP8 forward multiplies, which its
   backward differentiates at);
+* ``bf16 at quantised inputs``: the bf16 kernels (forward and backward) at
+  the quantised inputs, against float32 there: the FP8 policy's backward with
+  D = rowsum(dO ∘ O) taken from a bf16 O instead of the FP8 forward's (whose
+  P was rounded to FP8, so its D does not match the rowsum(P ∘ dP) of the
+  backward's unrounded P, and dS's rows do not sum to 0);
 * ``unquantised backward``: the earlier policy, emulated in float32: the
   forward's O and L with S recomputed from the unquantised Q, K, so P's rows
   no longer sum to 1 where quantisation moved S, and D = rowsum(dO ∘ O)
@@ -76,6 +84,8 @@ def measure(args):
   for alpha in args.logit_scales:
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, do = (jax.random.normal(kk, (b, s, h, d)) for kk in keys)
+    shared = jax.random.normal(jax.random.key(1), (d,))
+    k = k + args.key_bias * shared / jnp.sqrt(jnp.mean(shared ** 2))
     q, k, v = ((q * alpha).astype(jnp.bfloat16), k.astype(jnp.bfloat16),
                v.astype(jnp.bfloat16))
     o_ref, g_ref = reference_vjp(q, k, v, do)
@@ -91,6 +101,11 @@ def measure(args):
 
     o16, g16 = flash(None)
     o8, g8 = flash(True)
+    quantised = [fp8.dequantize(*fp8.quantize(x, power_of_2=True)).astype(
+        x.dtype) for x in (q, k, v)]
+    o16q, vjp16q = jax.vjp(lambda *x: flashjax.attention(
+        *x, causal=True, backend=args.backend, interpret=True), *quantised)
+    g16q = vjp16q(do.astype(jnp.bfloat16))
     _, lse8 = flashjax.attention(q, k, v, causal=True, fp8=True,
                                  backend=args.backend, interpret=True,
                                  return_lse=True)
@@ -99,12 +114,14 @@ def measure(args):
         "bf16 vs f32 at inputs": (o16, g16, o_ref, g_ref),
         "fp8 policy vs f32 at inputs": (o8, g8, o_ref, g_ref),
         "fp8 policy vs f32 at quantised inputs": (o8, g8, o_refq, g_refq),
+        "bf16 at quantised inputs vs f32 there": (o16q, g16q, o_refq, g_refq),
         "unquantised backward vs f32 at inputs": (o8, g_old, o_ref, g_ref),
         "unquantised backward vs f32 at quantised inputs":
             (o8, g_old, o_refq, g_refq),
     }
     for name, (o, g, o_r, g_r) in rows.items():
-      row = dict(logit_std=alpha, case=name, seq=s, o=rel(o, o_r),
+      row = dict(logit_std=alpha, key_bias=args.key_bias, case=name, seq=s,
+                 o=rel(o, o_r),
                  dq=rel(g[0], g_r[0]), dk=rel(g[1], g_r[1]),
                  dv=rel(g[2], g_r[2]))
       print(json.dumps(row), flush=True)
@@ -128,6 +145,9 @@ def main(argv=None):
   parser.add_argument("--seq", type=int, default=256)
   parser.add_argument("--logit-scales", type=float, nargs="+",
                       default=[1.0, 3.0, 6.0])
+  parser.add_argument("--key-bias", type=float, default=0.0,
+                      help="add this many RMS units of one shared direction "
+                      "to every key")
   args = parser.parse_args(argv)
   rows = list(measure(args))
   out = Path(args.out)
@@ -137,8 +157,9 @@ def main(argv=None):
       f"# FP8 policy gradients (relative error, {args.backend} kernels, "
       f"interpret mode)\n\n`python benchmarks/fp8_gradients.py "
       f"{' '.join(argv or sys.argv[1:])}`\n\n"
-      "bf16 causal inputs [1, seq, 2, 64], Q scaled to the logit std; the "
-      "references are float32 attention at highest precision.\n\n"
+      f"bf16 causal inputs [1, seq, 2, 64], Q scaled to the logit std, keys "
+      f"shifted by {args.key_bias:g} RMS units along one shared direction; "
+      "the references are float32 attention at highest precision.\n\n"
       + table(rows) + "\n")
   print(table(rows))
 
