@@ -15,6 +15,9 @@ and a markdown table with the ratio to cuDNN from the same run.
   temporaries), i.e. what the call needs on the device.
 * relerr: ||O - O_ref|| / ||O_ref|| on the first two heads, O_ref the float32
   dense reference at highest matmul precision.
+* Matmul rate (``--matmul N``, default 8192): XLA's ``[N, N] @ [N, N]`` in each
+  16-bit dtype, timed the same way first; the table then gives each impl's
+  forward at the longest seq as a share of it.
 
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
 flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
@@ -217,6 +220,17 @@ def relerr(fn, q, k, v, causal, fp8_impl=False):
   return float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
 
 
+def matmul_rate(dtype: str, n: int, iters: int, repeats: int) -> float:
+  """TFLOP/s of XLA's ``[n, n] @ [n, n]`` in ``dtype``, timed like the
+  attention calls (three input sets): the issue's yardstick, "≥ 90% of the
+  matmul rate measured in the same run"."""
+  keys = jax.random.split(jax.random.PRNGKey(1), 6)
+  sets = [tuple(jax.random.normal(keys[2 * i + j], (n, n), jnp.dtype(dtype))
+                for j in range(2)) for i in range(3)]
+  call = jax.jit(jnp.matmul).lower(*sets[0]).compile()
+  return 2 * n ** 3 / time_call(call, sets, iters, repeats) / 1e9
+
+
 def bench(args):
   """Yields one result row per (impl, dtype, head_dim, causal, seq, mode)."""
   key = jax.random.PRNGKey(0)
@@ -291,6 +305,30 @@ def table(rows):
   return "\n".join(lines)
 
 
+def matmul_table(rows, rates: dict) -> str:
+  """Markdown: the process's matmul rate per dtype, and each impl's forward at
+  the longest seq as a share of it ("" when the rate was not timed)."""
+  if not rates:
+    return ""
+  longest = max(r["s"] for r in rows) if rows else 0
+  names = list(dict.fromkeys(r["impl"] for r in rows))
+  lines = [f"## Share of the matmul rate (forward, seq {longest})\n",
+           "XLA matmul in this process: " + ", ".join(
+               f"{dt} {rate:.0f} TFLOP/s" for dt, rate in rates.items())
+           + f" (`[n, n] @ [n, n]`, `--matmul`).\n",
+           "| dtype | d | causal | " + " | ".join(names) + " |",
+           "|" + "---|" * (3 + len(names))]
+  cases = {}
+  for r in sorted(rows, key=case_key):
+    if r["mode"] == "fwd" and r["s"] == longest and r["dtype"] in rates:
+      cases.setdefault((r["dtype"], r["d"], r["causal"]), {})[r["impl"]] = r
+  for (dtype, d, causal), case in cases.items():
+    cells = [f"{case[n]['tflops'] / rates[dtype]:.0%}"
+             if "tflops" in case.get(n, {}) else "—" for n in names]
+    lines.append(f"| {dtype} | {d} | {causal} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n\n"
+
+
 def memory_table(rows):
   names = list(dict.fromkeys(r["impl"] for r in rows))
   lines = ["| dtype | d | causal | mode | seq | " + " | ".join(
@@ -347,7 +385,8 @@ def write_results(rows, meta, out: Path, with_plot: bool):
         f"{meta['date']})\n\n`{meta['command']}`\n\nEach line's impls ran one "
         f"after another in one process on the same inputs; ×cuDNN = cuDNN ms / "
         f"impl ms (cuDNN FP8 ms for the FP8 impls).\n\n## Time: ms (TFLOP/s, ×cuDNN)\n\n{table(rows)}\n\n"
-        f"## Peak device memory of the call\n\n{memory_table(rows)}\n")
+        + matmul_table(rows, meta.get("matmul_tflops", {}))
+        + f"## Peak device memory of the call\n\n{memory_table(rows)}\n")
   out.with_suffix(".md").write_text(md)
   if with_plot:
     plot(rows, out.with_suffix(".png"))
@@ -377,6 +416,9 @@ def main(argv=None):
                  help="calls enqueued per timed run")
   p.add_argument("--repeats", type=int, default=5,
                  help="timed runs; the median is reported")
+  p.add_argument("--matmul", type=int, default=8192, metavar="N",
+                 help="first time XLA's [N, N] @ [N, N] in each 16-bit dtype "
+                      "(the matmul rate the forward is compared with); 0: not")
   p.add_argument("--merge", nargs="+", metavar="JSON",
                  help="benchmark nothing: join the rows of these result files "
                       "(runs split to fit a time limit) into --out; a row of a "
@@ -395,6 +437,11 @@ def main(argv=None):
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
   meta = dict(jax=jax.__version__, device=jax.devices()[0].device_kind,
               date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+  if args.matmul:
+    meta["matmul_tflops"] = {
+        dt: matmul_rate(dt, args.matmul, args.iters, args.repeats)
+        for dt in args.dtypes if dt in ("bfloat16", "float16")}
+    print(f"matmul {args.matmul}^3: {meta['matmul_tflops']}", flush=True)
   rows = []
   for row in bench(args):
     rows.append(row)
