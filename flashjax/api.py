@@ -62,7 +62,9 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
     interpret: run the Pallas kernels in the interpreter (None: only when
       JAX has no GPU). False on a CPU-only host is for lowering (tests).
     fp8: with bfloat16/float16 inputs, ``True`` (e4m3) or ``"float8_e5m2"``
-      runs the forward in FP8: Q, K, V quantised per tensor (amax scaling),
+      runs the forward in FP8: Q, K (centred on its mean over the sequence,
+      which the softmax ignores: :func:`flashjax.fp8.center_keys`; not with a
+      softcap) and V quantised per tensor (amax scaling),
       P rounded to FP8 with its own scale, softmax statistics and accumulation
       in float32, O in the input dtype; the backward recomputes in the input
       dtype (training). On sm_90 ``"auto"`` runs it on the Hopper FP8
@@ -89,6 +91,12 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       q, k, v = (fp8_lib.dequantize(x, d) for x, d in
                  ((q, q_descale), (k, k_descale), (v, v_descale)))
     o, lse = reference.attend(plan, q, k, v, q_seg, kv_seg)
+  elif plan.fp8 and not plan.fp8_inputs and plan.softcap is None:
+    # the FP8 policy quantises K centred (fp8.center_keys); L gets its shift
+    # back
+    k, shift = fp8_lib.center_keys(q, k, plan.scale)
+    o, lse = _flash(plan, q, k, v, q_seg, kv_seg, descale)
+    lse = lse + shift
   else:
     o, lse = _flash(plan, q, k, v, q_seg, kv_seg, descale)
   return (o, lse) if return_lse else o

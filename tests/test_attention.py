@@ -76,10 +76,15 @@ EDGE = [
 # tests/test_mosaic.py's race-detector cases), the sampled ones on their first
 # batch element (a second adds CTAs like the first, the interpreter's time);
 # compiled on a GPU, all of them whole.
-_INTERPRETED_MOSAIC_SKIPS = {c.id for c in SAMPLED[1::2]}
-# the sampled cases and the largest edge case (the others keep batch 2)
+# The d 128 padded edge case (83 s there) too: its fused backward runs in
+# test_mosaic.py's test_fused_dq_backward.
+_INTERPRETED_MOSAIC_SKIPS = {c.id for c in SAMPLED[1::2]} | {
+    "bfloat16-b1-sq333-skv270-h8:2-d128-padded"}
+# the sampled cases and the largest edge cases (the others keep batch 2)
 _FIRST_BATCH_ONLY = {c.id for c in SAMPLED} | {
-    "bfloat16-b2-sq333-skv333-h6:2-d64-causal-win40-0-cap30-packed"}
+    "bfloat16-b2-sq333-skv333-h6:2-d64-causal-win40-0-cap30-packed",
+    "bfloat16-b2-sq150-skv300-h4:4-d64-winNone-3",
+    "bfloat16-b2-sq200-skv200-h4:4-d96-causal"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -87,8 +92,9 @@ _FIRST_BATCH_ONLY = {c.id for c in SAMPLED} | {
 def test_parity(case, backend):
   if backend == "mosaic" and jax.default_backend() != "gpu":
     if case.id in _INTERPRETED_MOSAIC_SKIPS:
-      pytest.skip("CI time: every other sampled case in the Mosaic "
-                  "interpreter; all of them compiled on a GPU")
+      pytest.skip("CI time: every other sampled case (and the d 128 padded "
+                  "one) in the Mosaic interpreter; all of them compiled on a "
+                  "GPU")
     if case.id in _FIRST_BATCH_ONLY:
       case = dataclasses.replace(case, batch=1)
   check_backend(case, backend)
@@ -181,7 +187,7 @@ def test_check_grads_float32():
 
 # derandomize: CI runs the same 8 examples every time (a random draw once
 # found the case of test_known_margin_case below)
-@settings(max_examples=8, deadline=None, derandomize=True,
+@settings(max_examples=5, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(
     dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
@@ -207,8 +213,11 @@ def test_property_random_shapes(dtype, seq_q, seq_kv, kv_heads, group,
     "found by the property test's random draw (eighth session): the bf16 dQ "
     "is 0.0035 off float32 at one element, over the rule's 0.0034 (the bf16 "
     "reference is unusually exact here); the float32 kernel matches. "
-    "D = rowsum(dO * O) from the bf16 O, as FlashAttention computes it, is the "
-    "suspect; not yet resolved"))
+    "Cause (benchmarks/margin_case.py, results/margin-case-cpu.log): D = "
+    "rowsum(dO * O) from the bf16 O, as FlashAttention computes it, leaves "
+    "dS's rows not summing to 0, and dQ = dS K carries that times the keys' "
+    "mean, large over 5 keys; with K centred dQ is 0.0013 off. Not fixed: "
+    "the kernels' dQ would need - rowsum(dS) * mean(K)"))
 def test_known_margin_case():
   check_attention(Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
                        num_kv_heads=1, head_dim=40, segments="packed"),

@@ -74,36 +74,75 @@ def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
   assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
 
 
+def _shared_key_direction(k, rms_units: float = 4.0):
+  """``k`` plus ``rms_units`` RMS units of one direction shared by every key
+  (trained keys often have one; the softmax ignores it)."""
+  shared = jax.random.normal(jax.random.key(7), (k.shape[-1],))
+  shared = shared / jnp.sqrt(jnp.mean(shared ** 2))
+  return (k.astype(jnp.float32) + rms_units * shared).astype(k.dtype)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_policy_forward_is_the_prequantised_forward(backend):
+  """fp8=True quantises Q, V and K centred on its mean over the sequence
+  (fp8.center_keys) with power-of-2 scales (exact in bf16 for its backward):
+  the same O as the pre-quantised forward on those values, bit for bit, and
+  its L plus the centring's shift."""
   q, k, v = _inputs(jax.random.key(0), 1, 130, 130, 4, 2, 64)
-  # the policy quantises with power-of-2 scales (exact in bf16 for its backward)
+  k = _shared_key_direction(k)
+  k_centred, shift = fp8.center_keys(q, k, 64 ** -0.5)
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, power_of_2=True)
-                                  for x in (q, k, v))
-  want = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
-                            v_descale=vd, causal=True, backend=backend)
-  got = flashjax.attention(q, k, v, causal=True, fp8=True, backend=backend)
+                                  for x in (q, k_centred, v))
+  want, want_lse = flashjax.attention(
+      q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
+      return_lse=True, backend=backend)
+  got, lse = flashjax.attention(q, k, v, causal=True, fp8=True,
+                                return_lse=True, backend=backend)
   np.testing.assert_array_equal(np.asarray(got, np.float32),
                                 np.asarray(want, np.float32))
+  np.testing.assert_allclose(lse, want_lse + shift, rtol=1e-6)
+
+
+def test_center_keys_keeps_attention_and_shifts_the_logsumexp():
+  """Every logit of a row moves by scale · q·k̄: O is unchanged and L moves by
+  exactly the returned shift (float32 reference, GQA, causal)."""
+  q, k, v = (x.astype(jnp.float32) for x in
+             _inputs(jax.random.key(4), 2, 40, 56, 4, 2, 32))
+  k = _shared_key_direction(k)
+  k_centred, shift = fp8.center_keys(q, k, 0.3)
+  with jax.default_matmul_precision("highest"):
+    o, lse = flashjax.attention(q, k, v, causal=True, scale=0.3,
+                                return_lse=True, backend="reference")
+    o_c, lse_c = flashjax.attention(q, k_centred, v, causal=True, scale=0.3,
+                                    return_lse=True, backend="reference")
+  assert float(jnp.max(jnp.abs(jnp.mean(k_centred, axis=1)))) < 1e-5
+  np.testing.assert_allclose(o_c, o, atol=2e-5)
+  np.testing.assert_allclose(lse_c + shift, lse, atol=2e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_policy_gradients_are_taken_at_the_quantised_values(backend):
   """fp8=True: FP8 forward, bf16 backward on the values the forward multiplied
-  (Q, K, V rounded to e4m3 under power-of-2 scales, exact in bf16), so its
-  recomputed P = exp(S - L) matches the forward's L. The gradients must then be
-  those of float32 attention at the quantised inputs, to within the bf16
-  backward's rounding plus P's FP8 rounding, which enters only through O in
-  D = rowsum(dO ∘ O): measured 1.3% at logits of standard deviation 6, where
-  a backward on the unquantised inputs is 23-29% off
-  (benchmarks/fp8_gradients.py)."""
-  q, k, v = _inputs(jax.random.key(1), 2, 256, 256, 4, 2, 64)
+  (Q, centred K and V rounded to e4m3 under power-of-2 scales, exact in
+  bf16), so its recomputed P = exp(S - L) matches the forward's L. The
+  gradients must then be those of float32 attention at the quantised
+  inputs (K's mean added back), to within the bf16 backward's rounding plus
+  P's FP8 rounding, which enters only through O in D = rowsum(dO ∘ O):
+  measured 1.3% at logits of standard deviation 6, where a backward on the
+  unquantised inputs is 23-29% off (benchmarks/fp8_gradients.py). The keys
+  share a direction: without the centring, dS's rows (which that D keeps
+  from summing to 0) times it put dQ 8-9% off
+  (results/fp8-gradients-keybias4-cpu.md)."""
+  q, k, v = _inputs(jax.random.key(1), 1, 256, 256, 4, 2, 64)
   q = (q * 6).astype(q.dtype)                        # peaked softmax rows
+  k = _shared_key_direction(k)
   do = jax.random.normal(jax.random.key(2), q.shape, jnp.float32)
   rel = lambda a, b: float(jnp.linalg.norm(a.astype(jnp.float32) - b)
                            / jnp.linalg.norm(b))
+  k_centred, _ = fp8.center_keys(q, k, 64 ** -0.5)
   quantised = [fp8.dequantize(*fp8.quantize(x, power_of_2=True))
-               for x in (q, k, v)]
+               for x in (q, k_centred, v)]
+  quantised[1] += k.astype(jnp.float32) - k_centred.astype(jnp.float32)
   with jax.default_matmul_precision("highest"):
     _, ref_vjp = jax.vjp(lambda *x: flashjax.attention(
         *x, causal=True, backend="reference"), *quantised)

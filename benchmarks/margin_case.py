@@ -1,0 +1,42 @@
+"""The bf16 margin case (tests/test_attention.py::test_known_margin_case):
+its dQ error against float32, as the kernels compute it and with K centred
+on its mean over the sequence (the same attention in exact arithmetic).
+
+    python benchmarks/margin_case.py
+
+The backward's D = rowsum(dO ∘ O) comes from the bf16 O, so dS's rows do not
+sum exactly to 0, and dQ = dS K carries rowsum(dS) times the keys' mean; with
+5 keys that mean is large. Centring K (flashjax.fp8.center_keys) takes that
+term out of dQ, at the price of rounding K − k̄ to bf16 (which moves O).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flashjax  # noqa: E402
+from flashjax import fp8  # noqa: E402
+from harness import Case, inputs, max_err, reference_outputs, run  # noqa: E402
+
+
+def main():
+  case = Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
+              num_kv_heads=1, head_dim=40, segments="packed")
+  q, k, v, do, q_seg, kv_seg = inputs(case, seed=13)
+  kw = case.kwargs(q_seg, kv_seg)
+  ref32 = reference_outputs(q, k, v, do, kw, upcast=True)
+  k_centred, _ = fp8.center_keys(q, k, case.head_dim ** -0.5)
+  for name, keys in (("as given", k), ("K centred", k_centred)):
+    got = run(flashjax.attention, q, keys, v, do, kw)
+    print(json.dumps(dict(keys=name, **{
+        f"{n}_max_err": float(max_err(got[n], ref32[n]))
+        for n in ("o", "dq", "dk", "dv") if n in got})))
+
+
+if __name__ == "__main__":
+  main()
