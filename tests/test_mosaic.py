@@ -80,10 +80,11 @@ def test_interpreter_has_a_host_thread_per_warpgroup():
 ], ids=["3-stages-64", "dkdv-128"])
 def test_other_tilings(blocks, window):
   """Non-default tilings at d 64: 3 pipeline stages with 64-row K/V tiles;
-  128-row query tiles in dK/dV (GQA, with a window). The interpreter leaves
-  out the first: the d 128 defaults run 3 stages in test_attention."""
-  if blocks.stages == 3:
-    skip_in_interpreter("3 stages run in test_attention's d 128 cases")
+  128-row query tiles in dK/dV (GQA, with a window). CI time: compiled on a
+  GPU only (3 stages run in the interpreter in the fused backward's cases;
+  128-row dK/dV tiles did not finish compiled in one window case,
+  results/debug-hang-h200.md)."""
+  skip_in_interpreter("non-default tilings")
   config = flashjax.default_config(64)
   config = flashjax.Config(fwd=config.fwd, bwd=config.bwd, mosaic=blocks,
                            mosaic_bwd=blocks)
@@ -107,12 +108,15 @@ def test_tiling_over_shared_memory_is_refused(field, blocks, kib):
 
 
 def test_forward_takes_three_stages_of_128_rows_at_d128():
+  """Lowered for CUDA on any host; run compiled on a GPU (CI time: the
+  interpreter runs 3 stages in the fused backward's cases)."""
   config = dataclasses.replace(
       flashjax.default_config(128),
       mosaic=flashjax.MosaicBlocks(block_kv=128, stages=3))
-  check_attention(Case(dtype="bfloat16", seq_q=300, seq_kv=520, num_q_heads=2,
-                       num_kv_heads=1, head_dim=128, causal=True),
-                  backend="mosaic", config=config)
+  if jax.default_backend() == "gpu":
+    check_attention(Case(dtype="bfloat16", seq_q=300, seq_kv=520,
+                         num_q_heads=2, num_kv_heads=1, head_dim=128,
+                         causal=True), backend="mosaic", config=config)
   # compiled form: its shared memory (224 KiB of 227) passes Mosaic GPU's check
   q = jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.bfloat16)
   text = lower_for_h100(lambda q: flashjax.attention(
@@ -174,10 +178,12 @@ def test_persistent_grid(case):
   slots, barrier phases and the ping-pong carry over from one tile to the next
   (race detector on); banded (here causal) tiles go in mirrored pairs, an odd
   count leaving a middle tile run once (the cases have 2, 4 and 3 query
-  tiles; the interpreter runs the 4 and the 3). The compiled form lowers for
+  tiles; the interpreter runs the 3). The compiled form lowers for
   CUDA with an even and an odd number of tiles."""
-  if case is CASES[0]:
-    skip_in_interpreter("an even tile count, as in the MQA case")
+  if case is not CASES[2]:
+    skip_in_interpreter("the interpreter runs the packed case (3 tiles: a "
+                        "pair and a middle one); test_intra_wg_overlap walks "
+                        "the MQA case's empty tiles on a persistent grid")
   config = flashjax.default_config(case.head_dim, causal=case.causal)
   config = dataclasses.replace(
       config,
