@@ -53,6 +53,24 @@ def rel(a, b) -> float:
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def shared_key_direction(k, rms_units: float, seed: int = 1):
+  """``k`` plus ``rms_units`` RMS units of one random direction shared by
+  every key (trained keys often have one; the softmax ignores it)."""
+  shared = jax.random.normal(jax.random.key(seed), (k.shape[-1],))
+  shared = shared / jnp.sqrt(jnp.mean(shared ** 2))
+  return (k.astype(jnp.float32) + rms_units * shared).astype(k.dtype)
+
+
+def policy_inputs(q, k, v):
+  """The values the ``fp8=True`` policy multiplies, dequantised to float32:
+  Q and V quantised, K quantised centred (``fp8.center_keys``) with its mean
+  added back (the same attention), each with power-of-2 scales."""
+  k_centred, k_mean = fp8.center_keys(k)
+  q, k, v = (fp8.dequantize(*fp8.quantize(x, power_of_2=True))
+             for x in (q, k_centred, v))
+  return q, k + k_mean, v
+
+
 def reference_vjp(q, k, v, do):
   """(O, (dQ, dK, dV)) of float32 causal attention."""
   with jax.default_matmul_precision("highest"):
@@ -86,19 +104,11 @@ def measure(args):
   for alpha in args.logit_scales:
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, do = (jax.random.normal(kk, (b, s, h, d)) for kk in keys)
-    shared = jax.random.normal(jax.random.key(1), (d,))
-    k = k + args.key_bias * shared / jnp.sqrt(jnp.mean(shared ** 2))
+    k = shared_key_direction(k, args.key_bias)
     q, k, v = ((q * alpha).astype(jnp.bfloat16), k.astype(jnp.bfloat16),
                v.astype(jnp.bfloat16))
     o_ref, g_ref = reference_vjp(q, k, v, do)
-    # the values the FP8 policy multiplies: K quantised centred
-    # (fp8.center_keys), its mean added back (the same attention)
-    k_centred, _ = fp8.center_keys(q, k, d ** -0.5)
-    k_mean = (k.astype(jnp.float32) - k_centred.astype(jnp.float32))
-    quantised = [fp8.dequantize(*fp8.quantize(x, power_of_2=True))
-                 for x in (q, k_centred, v)]
-    quantised[1] = quantised[1] + k_mean
-    o_refq, g_refq = reference_vjp(*quantised, do)
+    o_refq, g_refq = reference_vjp(*policy_inputs(q, k, v), do)
 
     def flash(policy):
       fn = lambda *x: flashjax.attention(*x, causal=True, fp8=policy,

@@ -92,11 +92,12 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
                  ((q, q_descale), (k, k_descale), (v, v_descale)))
     o, lse = reference.attend(plan, q, k, v, q_seg, kv_seg)
   elif plan.fp8 and not plan.fp8_inputs and plan.softcap is None:
-    # the FP8 policy quantises K centred (fp8.center_keys); L gets its shift
-    # back
-    k, shift = fp8_lib.center_keys(q, k, plan.scale)
-    o, lse = _flash(plan, q, k, v, q_seg, kv_seg, descale)
-    lse = lse + shift
+    # the FP8 policy quantises K centred (fp8.center_keys); a returned L gets
+    # its shift back
+    k_centred, k_mean = fp8_lib.center_keys(k)
+    o, lse = _flash(plan, q, k_centred, v, q_seg, kv_seg, descale)
+    if return_lse:
+      lse = lse + fp8_lib.logit_shift(q, k_mean, plan.scale)
   else:
     o, lse = _flash(plan, q, k, v, q_seg, kv_seg, descale)
   return (o, lse) if return_lse else o

@@ -53,24 +53,30 @@ def dequantize(x8, descale):
   return x8.astype(jnp.float32) * (d if d.ndim == 0 else d[:, None])
 
 
-def center_keys(q, k, scale: float):
-  """``(k - k̄, shift)``: K minus its mean over the sequence (per batch and
-  KV head), and what that takes off each row's logsumexp, ``scale · q·k̄``
-  (float32 ``[batch, num_q_heads, seq_q]``). Every logit of a row moves by
-  the same amount, which the softmax ignores, so O and the gradients are
-  unchanged in exact arithmetic (not under a softcap). What changes under
+def center_keys(k):
+  """``(k - k̄, k̄)``: K ``[batch, seq, kv_heads, d]`` minus its mean over the
+  sequence (in K's dtype), and the mean (float32 ``[batch, 1, kv_heads, d]``).
+  Every logit of a row moves by the same ``scale · q·k̄``
+  (:func:`logit_shift`), which the softmax ignores, so O and the gradients
+  are unchanged in exact arithmetic (not under a softcap). What changes under
   FP8: K's per-tensor scale no longer spends its range on a direction every
   key shares (trained keys often have one), and dQ = dS K no longer
   multiplies that direction by dS's row sums, which are not exactly 0 when
-  D = rowsum(dO ∘ O) comes from the FP8 forward's O.
+  D = rowsum(dO ∘ O) comes from the FP8 forward's O
   (benchmarks/fp8_gradients.py --key-bias)."""
   k32 = k.astype(jnp.float32)
-  mean = jnp.mean(k32, axis=1)                              # [b, kv_heads, d]
-  group = q.shape[2] // k.shape[2]
-  shift = scale * jnp.einsum("bqhd,bhd->bhq", q.astype(jnp.float32),
-                             jnp.repeat(mean, group, axis=1),
-                             precision=jax.lax.Precision.HIGHEST)
-  return (k32 - mean[:, None]).astype(k.dtype), shift
+  mean = jnp.mean(k32, axis=1, keepdims=True)
+  return (k32 - mean).astype(k.dtype), mean
+
+
+def logit_shift(q, k_mean, scale: float):
+  """``scale · q·k̄``, float32 ``[batch, num_q_heads, seq_q]``: what centring
+  K (:func:`center_keys`) takes off each row's logits and logsumexp. q:
+  ``[batch, seq_q, num_q_heads, d]``; k_mean: ``[batch, 1, kv_heads, d]``."""
+  group = q.shape[2] // k_mean.shape[2]
+  return scale * jnp.einsum("bqhd,bhd->bhq", q.astype(jnp.float32),
+                            jnp.repeat(k_mean[:, 0], group, axis=1),
+                            precision=jax.lax.Precision.HIGHEST)
 
 
 def random_rotation(head_dim: int, key) -> jax.Array:

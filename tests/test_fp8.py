@@ -16,6 +16,7 @@ import pytest
 
 import flashjax
 from benchmarks.fp8_accuracy import make_inputs
+from benchmarks.fp8_gradients import policy_inputs, shared_key_direction
 from flashjax import fp8
 from flashjax.masks import MaskSpec, dense
 from test_lowering import lower_for_h100
@@ -74,14 +75,6 @@ def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
   assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
 
 
-def _shared_key_direction(k, rms_units: float = 4.0):
-  """``k`` plus ``rms_units`` RMS units of one direction shared by every key
-  (trained keys often have one; the softmax ignores it)."""
-  shared = jax.random.normal(jax.random.key(7), (k.shape[-1],))
-  shared = shared / jnp.sqrt(jnp.mean(shared ** 2))
-  return (k.astype(jnp.float32) + rms_units * shared).astype(k.dtype)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_policy_forward_is_the_prequantised_forward(backend):
   """fp8=True quantises Q, V and K centred on its mean over the sequence
@@ -89,8 +82,8 @@ def test_policy_forward_is_the_prequantised_forward(backend):
   the same O as the pre-quantised forward on those values, bit for bit, and
   its L plus the centring's shift."""
   q, k, v = _inputs(jax.random.key(0), 1, 130, 130, 4, 2, 64)
-  k = _shared_key_direction(k)
-  k_centred, shift = fp8.center_keys(q, k, 64 ** -0.5)
+  k = shared_key_direction(k, 4.0)
+  k_centred, k_mean = fp8.center_keys(k)
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, power_of_2=True)
                                   for x in (q, k_centred, v))
   want, want_lse = flashjax.attention(
@@ -100,7 +93,8 @@ def test_policy_forward_is_the_prequantised_forward(backend):
                                 return_lse=True, backend=backend)
   np.testing.assert_array_equal(np.asarray(got, np.float32),
                                 np.asarray(want, np.float32))
-  np.testing.assert_allclose(lse, want_lse + shift, rtol=1e-6)
+  np.testing.assert_allclose(
+      lse, want_lse + fp8.logit_shift(q, k_mean, 64 ** -0.5), rtol=1e-6)
 
 
 def test_center_keys_keeps_attention_and_shifts_the_logsumexp():
@@ -108,8 +102,9 @@ def test_center_keys_keeps_attention_and_shifts_the_logsumexp():
   exactly the returned shift (float32 reference, GQA, causal)."""
   q, k, v = (x.astype(jnp.float32) for x in
              _inputs(jax.random.key(4), 2, 40, 56, 4, 2, 32))
-  k = _shared_key_direction(k)
-  k_centred, shift = fp8.center_keys(q, k, 0.3)
+  k = shared_key_direction(k, 4.0)
+  k_centred, k_mean = fp8.center_keys(k)
+  shift = fp8.logit_shift(q, k_mean, 0.3)
   with jax.default_matmul_precision("highest"):
     o, lse = flashjax.attention(q, k, v, causal=True, scale=0.3,
                                 return_lse=True, backend="reference")
@@ -128,21 +123,18 @@ def test_policy_gradients_are_taken_at_the_quantised_values(backend):
   gradients must then be those of float32 attention at the quantised
   inputs (K's mean added back), to within the bf16 backward's rounding plus
   P's FP8 rounding, which enters only through O in D = rowsum(dO ∘ O):
-  measured 1.3% at logits of standard deviation 6, where a backward on the
-  unquantised inputs is 23-29% off (benchmarks/fp8_gradients.py). The keys
+  measured 1.1% at logits of standard deviation 6, where a backward on the
+  unquantised inputs is 22-30% off (benchmarks/fp8_gradients.py). The keys
   share a direction: without the centring, dS's rows (which that D keeps
   from summing to 0) times it put dQ 8-9% off
   (results/fp8-gradients-keybias4-cpu.md)."""
   q, k, v = _inputs(jax.random.key(1), 1, 256, 256, 4, 2, 64)
   q = (q * 6).astype(q.dtype)                        # peaked softmax rows
-  k = _shared_key_direction(k)
+  k = shared_key_direction(k, 4.0)
   do = jax.random.normal(jax.random.key(2), q.shape, jnp.float32)
   rel = lambda a, b: float(jnp.linalg.norm(a.astype(jnp.float32) - b)
                            / jnp.linalg.norm(b))
-  k_centred, _ = fp8.center_keys(q, k, 64 ** -0.5)
-  quantised = [fp8.dequantize(*fp8.quantize(x, power_of_2=True))
-               for x in (q, k_centred, v)]
-  quantised[1] += k.astype(jnp.float32) - k_centred.astype(jnp.float32)
+  quantised = policy_inputs(q, k, v)
   with jax.default_matmul_precision("highest"):
     _, ref_vjp = jax.vjp(lambda *x: flashjax.attention(
         *x, causal=True, backend="reference"), *quantised)
