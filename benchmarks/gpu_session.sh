@@ -29,6 +29,7 @@
 #   bench      bench_attention: flashjax (Hopper) vs cuDNN vs tokamax, bf16,
 #              d 128 and 64, 1k / 4k / 16k, forward and forward+backward (~8 min)
 #   bench-fp16 the same in fp16 (~8 min)
+#   bench-bwd  forward+backward, d 128, bf16 and fp16, against cuDNN (~2 min)
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (dense's out-of-memory point
 #              on a 141 GB H200 is past 16k) (~9 min)
@@ -135,6 +136,13 @@ for s in "$@"; do
         --impls flashjax_mosaic cudnn tokamax_mosaic --dtypes $dtype \
         --head-dims 128 64 --seqs 1024 4096 16384 --causal false true \
         --modes fwd fwd_bwd --out "$WORK/attention-$dtype" ;;
+    bench-bwd)
+      # forward+backward only, d 128, both 16-bit dtypes, against cuDNN: after a
+      # change to the backward (~2 min)
+      step bench-bwd timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic cudnn --dtypes bfloat16 float16 \
+        --head-dims 128 --seqs 1024 4096 16384 --causal false true \
+        --modes fwd_bwd --out "$WORK/attention-bwd" ;;
     fp8)
       step fp8 timeout 200 $PY benchmarks/bench_attention.py \
         --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic --dtypes bfloat16 \

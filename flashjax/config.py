@@ -230,9 +230,17 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # the H200 (results/debug-hang-h200.md).
   banded = causal if banded is None else banded
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not banded)
+  # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
+  # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
+  # 1.958 vs 2.028 causal (two kernels); in the benchmark after the change
+  # (results/attention-bwd-deferred-h200.md) our times moved by 0.2-1%. At
+  # d 64 alone they gained nothing (4.682 vs 4.650, 2.622 vs 2.606); fused
+  # with them d 64 ran 2.5-2.8% faster (4.532, 2.534), within the H100's
+  # earlier noise for the fused kernel, whose dQ sum order varies: not taken.
   fused = head_dim > 64 and not causal
   mosaic_bwd = MosaicBlocks(block_kv=128, stages=3 if fused else 2,
-                            block_q_dkv=64, fused_dq=fused)
+                            block_q_dkv=64, fused_dq=fused,
+                            deferred_waits=head_dim > 64)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)
