@@ -35,6 +35,10 @@
 #              on a 141 GB H200 is past 16k) (~9 min)
 #   parity     flashjax-train --compare dense flash-fp8, 600 steps (~6.5 min:
 #              2 of them compiling the three models)
+#   parity-fp8-lr  flash-fp8 against flash at half the peak learning rate
+#              (~5 min)
+#   tune-short the forward's K/V tiles, stages and persistent grid at seq
+#              1k, causal, d 128 and 64 (~2.5 min)
 #   parity-fp16  flash against dense in float16 (dynamic loss scale), 300
 #              steps (~4 min: 180 s stopped at step 151)
 # Each step writes <step>.log (+ JSON/MD/PNG where it makes them) and is cut by
@@ -155,6 +159,27 @@ for s in "$@"; do
       step parity timeout 400 $PY -m examples.train --preset gpu \
         --compare dense flash-fp8 --steps 600 --sample-tokens 100 \
         --out "$WORK/parity" ;;
+    parity-fp8-lr)
+      # FP8 against bf16 flash at half the peak learning rate: does the FP8
+      # curve's spike after the peak (results/parity-h200-fp8-centred) go
+      # away when the updates are smaller? (~5 min: two models)
+      step parity-fp8-lr timeout 330 $PY -m examples.train --preset gpu \
+        --compare flash-fp8 --lr 5e-4 --steps 600 --sample-tokens 0 \
+        --out "$WORK/parity-fp8-lr" ;;
+    tune-short)
+      # the forward's tiles at 1k, causal (d 64 ran 0.82x cuDNN there with the
+      # 4k-tuned 256-row K/V tiles): K/V tile and stages, and the persistent
+      # grid's mirrored pairs at 128 rows (at 256 rows, d 64, they did not
+      # finish on the H200: left out) (~2.5 min)
+      rest="block_q_dkv=64, persistent=False, fused_dq=False, deferred_waits=False, intra_wg_overlap=False"
+      only=()
+      for t in "64, stages=2" "128, stages=2" "64, stages=3" "128, stages=3" \
+          "256, stages=3"; do only+=("block_kv=$t, $rest"); done
+      only+=("block_kv=128, stages=2, ${rest/persistent=False/persistent=True}"
+             "block_kv=128, stages=3, ${rest/persistent=False/persistent=True}")
+      step tune-short timeout 200 $PY benchmarks/tune_blocks.py --backend mosaic \
+        --modes fwd --batch 16 --seq 1024 --head-dims 128 64 --causal true \
+        --only "${only[@]}" --out "$WORK/tune-short.json" ;;
     parity-fp16)
       step parity-fp16 timeout 260 $PY -m examples.train --preset gpu \
         --dtype float16 --compare dense --steps 300 --sample-tokens 0 \
