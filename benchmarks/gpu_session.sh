@@ -35,6 +35,10 @@
 #              on a 141 GB H200 is past 16k) (~9 min)
 #   parity     flashjax-train --compare dense flash-fp8, 600 steps (~6.5 min:
 #              2 of them compiling the three models)
+#   profile    GPU time per kernel of one forward+backward, ours vs cuDNN's,
+#              16k, d 128 and 64, causal and not (~4 min)
+#   ncu        Nsight Compute (--set detailed) on one forward+backward each,
+#              ours vs cuDNN's, d 128 4k, causal and not (~4 min)
 #   parity-fp8-lr  flash-fp8 against flash at half the peak learning rate
 #              (~5 min)
 #   tune-short the forward's K/V tiles, stages and persistent grid at seq
@@ -160,6 +164,28 @@ for s in "$@"; do
       step parity timeout 400 $PY -m examples.train --preset gpu \
         --compare dense flash-fp8 --steps 600 --sample-tokens 100 \
         --out "$WORK/parity" ;;
+    profile)
+      # GPU time per kernel of one forward+backward (JAX profiler trace):
+      # ours (forward, dQ, dK/dV or fused, XLA's fusions) against cuDNN's,
+      # 16k, d 128 and 64, causal and not (~4 min)
+      for d in 128 64; do for c in "" --causal; do
+        step profile timeout 120 $PY benchmarks/profile_kernels.py --head-dim $d \
+          $c --impls flashjax_mosaic cudnn --out "$WORK/kernels-d$d${c:+-causal}"
+      done; done ;;
+    ncu)
+      # Nsight Compute on one forward+backward each, ours and cuDNN's, d 128
+      # 4k, causal and not (hardware counters: the H200 runs Firecracker)
+      # (~4 min)
+      for c in "" --causal; do
+        name="ncu-d128${c:+-causal}"
+        step ncu timeout 150 ncu --clock-control none --profile-from-start off \
+          --set detailed -f -o "$WORK/$name" $PY benchmarks/profile_kernels.py \
+          --seq 4096 --iters 1 --no-trace $c --impls flashjax_mosaic cudnn
+        ncu --import "$WORK/$name.ncu-rep" --csv --page details \
+          > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
+        step ncu $PY benchmarks/profile_kernels.py --summarize "$WORK/$name.csv" \
+          --out "$WORK/$name"
+      done ;;
     parity-fp8-lr)
       # FP8 against bf16 flash at half the peak learning rate: does the FP8
       # curve's spike after the peak (results/parity-h200-fp8-centred) go

@@ -11,17 +11,34 @@ fusions around them (the backward's D = rowsum(dO ∘ O), casts), against
 cuDNN's kernels for the same call. Writes PREFIX.json (rows: impl, kernel,
 calls and µs per attention call) and PREFIX.md.
 
-The same script is a target for Nsight Compute, e.g. ``ncu --clock-control
-none -k regex:mosaic --launch-skip 6 --launch-count 3 python3
-benchmarks/profile_kernels.py --impls flashjax_mosaic --iters 1 --no-trace``.
+The same script is a target for Nsight Compute: with ``--no-trace`` each
+impl's ``--iters`` calls run between ``cudaProfilerStart`` and
+``cudaProfilerStop`` (after the warm-up calls, so compiling and autotuning
+stay outside), and ncu's ``--profile-from-start off`` profiles only those::
+
+    ncu --clock-control none --profile-from-start off --set detailed -o prof \\
+        python3 benchmarks/profile_kernels.py --seq 4096 --iters 1 --no-trace
+    ncu --import prof.ncu-rep --csv --page details > prof.csv
+    python3 benchmarks/profile_kernels.py --summarize prof.csv --out prof
+
+``--summarize CSV`` tabulates ncu's details page (PREFIX.md): one row per
+kernel launch, in launch order, with its duration, SM, memory and DRAM
+throughput, the tensor pipe's share where ncu reports it, registers per
+thread, achieved occupancy and cycles per issued instruction.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import csv
+import ctypes
+import ctypes.util
+import glob
 import gzip
+import io
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +47,20 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_attention import impls, make_call  # noqa: E402
+from benchmarks.bench_attention import make_call, resolve  # noqa: E402
+
+# ncu details-page columns of --summarize: (title, metric names, first present)
+NCU_METRICS = [
+    ("duration", ("Duration",)),
+    ("SM %", ("Compute (SM) Throughput",)),
+    ("memory %", ("Memory Throughput",)),
+    ("DRAM %", ("DRAM Throughput",)),
+    ("tensor pipe %", ("Tensor (All) Pipe Utilization",
+                       "Tensor Pipe Utilization")),
+    ("registers", ("Registers Per Thread",)),
+    ("occupancy %", ("Achieved Occupancy",)),
+    ("cycles/issue", ("Warp Cycles Per Issued Instruction",)),
+]
 
 
 def device_kernel_times(trace: dict) -> dict:
@@ -70,10 +100,15 @@ def profile(name, fn, mode, inputs, iters, trace: bool):
   call = make_call(fn, mode).lower(*inputs).compile()
   for _ in range(3):
     jax.block_until_ready(call(*inputs))
-  if not trace:        # under ncu: just launch the kernels
+  if not trace:        # under ncu: launch the kernels inside the marked range
+    cudart = cuda_runtime() if jax.default_backend() == "gpu" else None
+    if cudart is not None:
+      cudart.cudaProfilerStart()
     for _ in range(iters):
       out = call(*inputs)
     jax.block_until_ready(out)
+    if cudart is not None:
+      cudart.cudaProfilerStop()
     return []
   with tempfile.TemporaryDirectory() as log_dir:
     with jax.profiler.trace(log_dir, create_perfetto_trace=True):
@@ -83,6 +118,48 @@ def profile(name, fn, mode, inputs, iters, trace: bool):
     times = device_kernel_times(read_trace(Path(log_dir)))
   return [dict(impl=name, kernel=k, calls=n / iters, us=total / iters)
           for k, (n, total) in sorted(times.items(), key=lambda x: -x[1][1])]
+
+
+def cuda_runtime():
+  """libcudart (for cudaProfilerStart/Stop): the system's, or the one the
+  NVIDIA wheels of JAX's CUDA plugin installed."""
+  names = [ctypes.util.find_library("cudart")]
+  for path in sys.path:
+    names += sorted(glob.glob(os.path.join(path, "nvidia", "cu*", "lib",
+                                           "libcudart.so*")))
+  for name in filter(None, names):
+    try:
+      return ctypes.CDLL(name)
+    except OSError:
+      continue
+  raise OSError("libcudart not found: cannot mark the range for ncu")
+
+
+def ncu_table(csv_text: str) -> str:
+  """Markdown table of ``ncu --csv --page details`` output (lines that are
+  not CSV rows, such as ncu's ``==PROF==`` log, are skipped)."""
+  rows = csv.DictReader(io.StringIO("\n".join(
+      line for line in csv_text.splitlines() if line.startswith('"'))))
+  launches: dict[int, dict] = {}
+  for row in rows:
+    launch = launches.setdefault(int(row["ID"]), {
+        "kernel": row["Kernel Name"],
+        "launch": f"{row.get('Grid Size', '')} × {row.get('Block Size', '')}"})
+    unit = row.get("Metric Unit", "")
+    launch[row["Metric Name"]] = row["Metric Value"] + (
+        f" {unit}" if unit and unit != "%" else "")
+  if not launches:
+    raise ValueError("no ncu details rows in the CSV")
+  titles = [title for title, _ in NCU_METRICS]
+  lines = ["| # | kernel | grid × block | " + " | ".join(titles) + " |",
+           "|---" * (len(titles) + 3) + "|"]
+  for i in sorted(launches):
+    launch = launches[i]
+    cells = [next((launch[n] for n in names if n in launch), "—")
+             for _, names in NCU_METRICS]
+    lines.append(f"| {i} | `{launch['kernel'][:60]}` | {launch['launch']} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def table(rows) -> str:
@@ -115,7 +192,15 @@ def main(argv=None):
   p.add_argument("--no-trace", dest="trace", action="store_false",
                  help="run without the profiler (for ncu)")
   p.add_argument("--out", default=None, help="PREFIX for PREFIX.json/.md")
+  p.add_argument("--summarize", metavar="CSV",
+                 help="instead: tabulate ncu's details page (PREFIX.md)")
   args = p.parse_args(argv)
+  if args.summarize:
+    md = ncu_table(Path(args.summarize).read_text())
+    print(md)
+    if args.out:
+      Path(args.out + ".md").write_text(md)
+    return
 
   b, h = max(1, args.tokens // args.seq), args.hidden // args.head_dim
   keys = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -123,10 +208,10 @@ def main(argv=None):
                               args.dtype) for key in keys]
   if args.mode == "fwd":
     inputs = inputs[:3]
-  fns = impls(args.causal)
   rows = []
   for name in args.impls:
-    rows += profile(name, fns[name], args.mode, inputs, args.iters, args.trace)
+    rows += profile(name, resolve(name, args.causal), args.mode, inputs,
+                    args.iters, args.trace)
   if not args.trace:
     return
   shape = (f"b={b} s={args.seq} h={h} d={args.head_dim} {args.dtype} "

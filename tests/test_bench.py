@@ -27,3 +27,38 @@ def test_bench_attention_writes_rows_and_the_matmul_share(tmp_path):
   share_row = next(line for line in share.splitlines()
                    if line.startswith("| bfloat16 | 32 | False | "))
   assert share_row.count("%") == 2, share_row
+
+
+def test_profile_kernels_tabulates_ncu_details(tmp_path):
+  """benchmarks/profile_kernels.py --summarize on a CSV laid out as ncu's
+  ``--csv --page details`` (its ==PROF== log lines mixed in): one row per
+  launch in ID order, the metrics it has, '—' for those it lacks."""
+  from benchmarks import profile_kernels
+  header = ('"ID","Process ID","Process Name","Host Name","Kernel Name",'
+            '"Context","Stream","Block Size","Grid Size","Device","CC",'
+            '"Section Name","Metric Name","Metric Unit","Metric Value"')
+
+  def row(i, kernel, section, name, unit, value):
+    return (f'"{i}","1","python3","h","{kernel}","1","7","(384, 1, 1)",'
+            f'"(132, 1, 1)","0","9.0","{section}","{name}","{unit}","{value}"')
+  csv_text = "\n".join([
+      "==PROF== Connected to process 1", header,
+      row(1, "anonymous_dkdv", "GPU Speed Of Light Throughput", "Duration",
+          "us", "2,104.35"),
+      row(0, "anonymous_fwd", "GPU Speed Of Light Throughput", "Duration",
+          "us", "812.10"),
+      row(0, "anonymous_fwd", "GPU Speed Of Light Throughput",
+          "Compute (SM) Throughput", "%", "71.5"),
+      row(0, "anonymous_fwd", "Occupancy", "Achieved Occupancy", "%",
+          "18.7"),
+      "==PROF== Disconnected from process 1"])
+  (tmp_path / "prof.csv").write_text(csv_text)
+  profile_kernels.main(["--summarize", str(tmp_path / "prof.csv"),
+                        "--out", str(tmp_path / "prof")])
+  lines = (tmp_path / "prof.md").read_text().splitlines()
+  assert lines[0].startswith("| # | kernel | grid × block | duration | SM % |")
+  fwd, dkdv = lines[2], lines[3]
+  assert fwd.startswith("| 0 | `anonymous_fwd` | (132, 1, 1) × (384, 1, 1) |")
+  assert "| 812.10 us | 71.5 |" in fwd and "| 18.7 |" in fwd
+  assert dkdv.startswith("| 1 | `anonymous_dkdv` |")
+  assert "| 2,104.35 us | — |" in dkdv
