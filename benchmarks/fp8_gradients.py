@@ -22,6 +22,12 @@ error of O, dQ, dK and dV:
   D = rowsum(dO ∘ O) from the FP8 O (P rounded to FP8) does not match
   rowsum(P ∘ dP) of the backward's P, so dS's rows do not sum to 0, and
   dQ = dS K carries that times the shared direction;
+* ``FP8 Q, K only`` / ``FP8 P, V only`` / ``FP8 all``: the policy's parts
+  apart, in a float32 emulation (:func:`emulate`): Q and K quantised (S
+  from them, P and V exact), or P and V rounded (S exact), or both (which
+  matches the kernels' row); the gradients are float32 attention's at the
+  values that part quantised (rounding passed straight through). Which
+  part's error grows with the logits;
 * ``unquantised backward``: the earlier policy, emulated in float32: the
   forward's O and L with S recomputed from the unquantised Q, K, so P's rows
   no longer sum to 1 where quantisation moved S, and D = rowsum(dO ∘ O)
@@ -46,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flashjax  # noqa: E402
 from flashjax import fp8  # noqa: E402
+from flashjax.masks import MaskSpec, dense  # noqa: E402
+from pallas_kernels.common import fp8_p_scale  # noqa: E402
 
 
 def rel(a, b) -> float:
@@ -69,6 +77,26 @@ def policy_inputs(q, k, v):
   q, k, v = (fp8.dequantize(*fp8.quantize(x, power_of_2=True))
              for x in (q, k_centred, v))
   return q, k + k_mean, v
+
+
+def emulate(q, k, v, *, causal, fmt="float8_e4m3fn", p_rounding=True):
+  """The FP8 kernels' math in float32 on (dequantised) inputs: S exact, P
+  rounded to ``fmt`` after scaling by its largest value (``p_rounding``,
+  :func:`pallas_kernels.common.fp8_p_scale`), O = P V / l."""
+  group = q.shape[2] // k.shape[2]
+  k, v = (jnp.repeat(x, group, axis=2) for x in (k, v))
+  hi = jax.lax.Precision.HIGHEST
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=hi) / np.sqrt(q.shape[-1])
+  mask = dense(MaskSpec(q.shape[1], k.shape[1], causal=causal))[:, None]
+  s = jnp.where(mask, s, -jnp.inf)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+  l = jnp.sum(p, axis=-1, keepdims=True)
+  if p_rounding:
+    top = fp8_p_scale(fmt)
+    p = (p * top).astype(fmt).astype(jnp.float32) / top
+  return jnp.einsum("bhqk,bkhd->bqhd", p / jnp.where(l == 0, 1.0, l), v,
+                    precision=hi)
 
 
 def reference_vjp(q, k, v, do):
@@ -122,10 +150,19 @@ def measure(args):
                                  backend=args.backend, interpret=True,
                                  return_lse=True)
     g_old = unquantised_backward(q, k, v, o8, lse8, do)
+    qq, kq, vq = policy_inputs(q, k, v)
+    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+    parts = {
+        "FP8 Q, K only (emulated) vs f32 at inputs": ((qq, kq, v32), False),
+        "FP8 P, V only (emulated) vs f32 at inputs": ((q32, k32, vq), True),
+        "FP8 all (emulated) vs f32 at inputs": ((qq, kq, vq), True)}
     rows = {
         "bf16 vs f32 at inputs": (o16, g16, o_ref, g_ref),
         "fp8 policy vs f32 at inputs": (o8, g8, o_ref, g_ref),
         "fp8 policy vs f32 at quantised inputs": (o8, g8, o_refq, g_refq),
+        **{name: (emulate(*x, causal=True, p_rounding=p_rounding),
+                  reference_vjp(*x, do)[1], o_ref, g_ref)
+           for name, (x, p_rounding) in parts.items()},
         "unquantised backward vs f32 at inputs": (o8, g_old, o_ref, g_ref),
         "unquantised backward vs f32 at quantised inputs":
             (o8, g_old, o_refq, g_refq),

@@ -16,9 +16,9 @@ import pytest
 
 import flashjax
 from benchmarks.fp8_accuracy import make_inputs
-from benchmarks.fp8_gradients import policy_inputs, shared_key_direction
+from benchmarks.fp8_gradients import (emulate, policy_inputs,
+                                      shared_key_direction)
 from flashjax import fp8
-from flashjax.masks import MaskSpec, dense
 from test_lowering import lower_for_h100
 
 FLOOR = 2e-3
@@ -27,26 +27,6 @@ FLOOR = 2e-3
 def _inputs(key, b, sq, skv, hq, hkv, d, dtype=jnp.bfloat16, outliers=False):
   q, k, v = make_inputs(key, (b, sq, hq, d), (b, skv, hkv, d), outliers)
   return q.astype(dtype), k.astype(dtype), v.astype(dtype)
-
-
-def _emulated(q, k, v, *, causal, fmt, p_rounding=True):
-  """The kernel's FP8 math in float32 on dequantised inputs: S exact, P
-  rounded to ``fmt`` after scaling by its largest value (p_rounding)."""
-  group = q.shape[2] // k.shape[2]
-  k, v = (jnp.repeat(x, group, axis=2) for x in (k, v))
-  hi = jax.lax.Precision.HIGHEST
-  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=hi) / np.sqrt(q.shape[-1])
-  mask = dense(MaskSpec(q.shape[1], k.shape[1], causal=causal))[:, None]
-  s = jnp.where(mask, s, -jnp.inf)
-  m = jnp.max(s, axis=-1, keepdims=True)
-  p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-  l = jnp.sum(p, axis=-1, keepdims=True)
-  if p_rounding:
-    top = float(jnp.finfo(fmt).max)
-    p = (p * top).astype(fmt).astype(jnp.float32) / top
-  o = jnp.einsum("bhqk,bkhd->bqhd", p / jnp.where(l == 0, 1.0, l), v,
-                 precision=hi)
-  return o
 
 
 BACKENDS = ["triton", "mosaic"]     # portable and Hopper FP8 forwards
@@ -68,8 +48,8 @@ def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
                          v_descale=vd, causal=causal, backend=backend)
   assert o.dtype == jnp.bfloat16 and o.shape == q.shape
   deq = [fp8.dequantize(x, s) for x, s in ((q8, qd), (k8, kd), (v8, vd))]
-  ref = _emulated(*deq, causal=causal, fmt=fmt, p_rounding=False)
-  emu = _emulated(*deq, causal=causal, fmt=fmt)
+  ref = emulate(*deq, causal=causal, fmt=fmt, p_rounding=False)
+  emu = emulate(*deq, causal=causal, fmt=fmt)
   err = float(jnp.max(jnp.abs(o.astype(jnp.float32) - ref)))
   slack = float(jnp.max(jnp.abs(emu - ref)))
   assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
