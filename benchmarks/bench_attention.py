@@ -22,7 +22,10 @@ and a markdown table with the ratio to cuDNN from the same run.
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
 flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
 ``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
-tokamax_mosaic (needs tokamax installed); FP8 forward: flashjax_fp8
+tokamax_mosaic (needs tokamax installed); the FP8 training policy on 16-bit
+inputs (quantisation inside the call; forward and forward+backward):
+flashjax_fp8_policy, and flashjax_fp8pv_policy (``fp8_qk=False``: Q Kᵀ in
+16 bits, P and V in FP8); FP8 forward: flashjax_fp8
 (portable), flashjax_fp8_mosaic (Hopper) and cudnn_fp8 (cuDNN through JAX's
 internal API), all on e4m3 inputs quantised per tensor by
 ``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -91,6 +95,12 @@ def impls(causal: bool):
     return jax_attention.mha(q, k, v, segment_ids=None, causal=causal,
                              sm_scale=q.shape[-1] ** -0.5)
 
+  def flash_fp8_policy(q, k, v, fp8_qk=True):
+    # the training policy on 16-bit inputs: quantisation (and K's centring)
+    # inside the call, FP8 forward, 16-bit backward
+    return flashjax.attention(q, k, v, causal=causal, fp8=True,
+                              fp8_qk=fp8_qk)
+
   def flash_fp8(q8, k8, v8, qd, kd, vd):
     return flashjax.attention(q8, k8, v8, causal=causal, q_descale=qd,
                               k_descale=kd, v_descale=vd)
@@ -122,6 +132,9 @@ def impls(causal: bool):
           "xla": xla, "jax_pallas_mha": pallas_mha,
           "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic,
           "flashjax_fp8": flash_fp8, "flashjax_fp8_mosaic": flash_fp8_mosaic,
+          "flashjax_fp8_policy": flash_fp8_policy,
+          "flashjax_fp8pv_policy": functools.partial(flash_fp8_policy,
+                                                     fp8_qk=False),
           "cudnn_fp8": cudnn_fp8}
 
 

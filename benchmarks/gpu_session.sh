@@ -39,6 +39,10 @@
 #              16k, d 128 and 64, causal and not (~4 min)
 #   ncu        Nsight Compute (--set detailed) on one forward+backward each,
 #              ours vs cuDNN's, d 128 4k, causal and not (~4 min)
+#   parity-fp8-pv  flash-fp8 and flash-fp8-pv (P V only in FP8) beside
+#              flash (~6 min)
+#   fp8-policy the FP8 training policy's speed (full, P V only) vs bf16 and
+#              cuDNN, forward and forward+backward, 1k/4k causal (~3 min)
 #   parity-fp8-lr  flash-fp8 against flash at half the peak learning rate
 #              (~5 min)
 #   tune-short the forward's K/V tiles, stages and persistent grid at seq
@@ -186,6 +190,21 @@ for s in "$@"; do
         step ncu $PY benchmarks/profile_kernels.py --summarize "$WORK/$name.csv" \
           --out "$WORK/$name"
       done ;;
+    parity-fp8-pv)
+      # FP8 for P V only (Q Kᵀ in bf16: its error does not grow with the
+      # logits, benchmarks/fp8_gradients.py) beside the full FP8 forward and
+      # bf16 flash (~6 min: three models)
+      step parity-fp8-pv timeout 420 $PY -m examples.train --preset gpu \
+        --compare flash-fp8 flash-fp8-pv --steps 600 --sample-tokens 0 \
+        --out "$WORK/parity-fp8-pv" ;;
+    fp8-policy)
+      # the FP8 training policy as a model calls it (quantisation inside),
+      # full and P V only, against bf16 and cuDNN, forward and
+      # forward+backward, d 64 (the gpu preset's) and 128, causal (~3 min)
+      step fp8-policy timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_fp8_policy flashjax_fp8pv_policy cudnn \
+        --dtypes bfloat16 --head-dims 64 128 --seqs 1024 4096 --causal true \
+        --modes fwd fwd_bwd --matmul 0 --out "$WORK/fp8-policy" ;;
     parity-fp8-lr)
       # FP8 against bf16 flash at half the peak learning rate: does the FP8
       # curve's spike after the peak (results/parity-h200-fp8-centred) go

@@ -86,9 +86,10 @@ MODEL_FLAGS = {
     "tie_embeddings": "share the input embedding with the output projection",
     "attention": "flash (flashjax kernel), dense (XLA dense attention) or cudnn "
                  "(jax.nn.dot_product_attention, GPU only)",
-    "attn_dtype": "flash attention's forward: compute (the compute dtype) or "
+    "attn_dtype": "flash attention's forward: compute (the compute dtype), "
                   "fp8 (FP8 forward, backward in the compute dtype; needs "
-                  "--dtype bfloat16 or float16)",
+                  "--dtype bfloat16 or float16) or fp8-pv (only P and V in "
+                  "FP8, Q K^T in the compute dtype)",
     "dtype": "compute dtype: float32, bfloat16 or float16 (parameters stay "
              "float32; float16 trains with dynamic loss scaling)",
     "remat": "recompute each block's activations in the backward pass",
@@ -115,11 +116,12 @@ def default_preset() -> str:
 
 CHOICES = {"attention": transformer.ATTENTIONS, "mlp": ("swiglu", "gelu"),
            "dtype": ("float32", "bfloat16", "float16"),
-           "attn_dtype": ("compute", "fp8")}
+           "attn_dtype": transformer.ATTN_DTYPES}
 # --compare kinds: name -> ModelConfig fields; "flash" is the run's own model.
 COMPARE_KINDS = {"dense": dict(attention="dense", attn_dtype="compute"),
                  "cudnn": dict(attention="cudnn", attn_dtype="compute"),
                  "flash-fp8": dict(attention="flash", attn_dtype="fp8"),
+                 "flash-fp8-pv": dict(attention="flash", attn_dtype="fp8-pv"),
                  "flash-bf16": dict(attention="flash", attn_dtype="compute")}
 
 
@@ -143,7 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument(
       "--compare", nargs="+", choices=list(COMPARE_KINDS), default=None,
       help="instead of a normal run, train flash and these attentions (dense: "
-           "XLA dense; cudnn: GPU only; flash-fp8 / flash-bf16: flash with "
+           "XLA dense; cudnn: GPU only; flash-fp8 / flash-fp8-pv / "
+           "flash-bf16: flash with "
            "that --attn-dtype) from the same init on the same batches in "
            "lockstep; write compare.csv/.png and print the max relative loss "
            "difference and each one's median step time")

@@ -29,8 +29,8 @@ from pallas_kernels import triton as triton_kernels
 def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
               kv_segment_ids=None, window=None, softcap=None, scale=None,
               return_lse: bool = False, config=None, backend: str = "auto",
-              interpret: bool | None = None, fp8=None, q_descale=None,
-              k_descale=None, v_descale=None, out_dtype=None):
+              interpret: bool | None = None, fp8=None, fp8_qk: bool = True,
+              q_descale=None, k_descale=None, v_descale=None, out_dtype=None):
   """Exact softmax attention, fused and tiled (FlashAttention 2).
 
   Args:
@@ -69,6 +69,12 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       in float32, O in the input dtype; the backward recomputes in the input
       dtype (training). On sm_90 ``"auto"`` runs it on the Hopper FP8
       forward, elsewhere on the portable kernel.
+    fp8_qk: with the ``fp8`` policy, ``False`` keeps S = Q Kᵀ in the inputs'
+      16 bits and rounds only P and V to FP8: quantising Q and K moves each
+      logit by a few percent of its size, an error that grows as attention
+      sharpens, where P's and V's does not
+      (``benchmarks/fp8_gradients.py``); half the forward's matmul work
+      stays 16-bit.
     q_descale, k_descale, v_descale: with FP8 inputs (``float8_e4m3fn`` or
       ``float8_e5m2``, pre-quantised, e.g. by :func:`flashjax.fp8.quantize`):
       real value = fp8 value × descale; a scalar or one per head. Required;
@@ -84,7 +90,7 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
       causal=causal, window=window, softcap=softcap, scale=scale,
       config=config, backend=backend, interpret=interpret, fp8=fp8,
-      out_dtype=out_dtype)
+      fp8_qk=fp8_qk, out_dtype=out_dtype)
   descale = check_descales(plan, q_descale, k_descale, v_descale)
   if plan.backend == "reference":
     if plan.fp8_inputs:      # the reference sees the dequantised values
@@ -92,8 +98,9 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
                  ((q, q_descale), (k, k_descale), (v, v_descale)))
     o, lse = reference.attend(plan, q, k, v, q_seg, kv_seg)
   elif plan.fp8 and not plan.fp8_inputs and plan.softcap is None:
-    # the FP8 policy quantises K centred (fp8.center_keys); a returned L gets
-    # its shift back
+    # the FP8 policy quantises K centred (fp8.center_keys; with fp8_qk=False
+    # K stays 16-bit, but D from the FP8 O still meets K's mean in dQ = dS K);
+    # a returned L gets its shift back
     k_centred, k_mean = fp8_lib.center_keys(k)
     o, lse = _flash(plan, q, k_centred, v, q_seg, kv_seg, descale)
     if return_lse:
@@ -120,7 +127,8 @@ def explain(q, k, v, **kwargs) -> str:
           f"seq_kv {plan.mask.seq_kv}->{plan.seq_kv_padded}, "
           f"head_dim {plan.head_dim}->{plan.head_dim_padded}; group "
           f"{plan.group}; {plan.mask}"
-          + (f"; FP8 forward in {plan.fp8}" if plan.fp8 else ""))
+          + (f"; FP8 forward in {plan.fp8}" if plan.fp8 else "")
+          + ("" if plan.fp8_qk or not plan.fp8 else " (P and V only)"))
 
 
 def _pad(x, axis_sizes):
@@ -175,15 +183,19 @@ _backward = _first_order_only(_backward_kernel)
 
 
 def _quantized_forward(plan: Plan, q, k, v, q_seg, kv_seg, descale):
-  """The forward kernel; under the fp8 policy, on Q, K, V quantised here.
+  """The forward kernel; under the fp8 policy, on Q, K, V quantised here
+  (only V with ``fp8_qk=False``; Q and K then go in 16 bits, descale 1).
   Returns ``(O, L)`` and the Q, K, V it multiplied, in the inputs' dtype
   (under the policy, the quantised values: power-of-2 scales make them exact
   in 16 bits), which the backward differentiates at."""
   if plan.fp8 and not plan.fp8_inputs:
-    (q8, qd), (k8, kd), (v8, vd) = (
-        fp8_lib.quantize(x, plan.fp8, power_of_2=True) for x in (q, k, v))
-    q, k, v = (fp8_lib.dequantize(x8, d).astype(x.dtype)
-               for x8, d, x in ((q8, qd, q), (k8, kd, k), (v8, vd, v)))
+    def quantised(x):
+      # (what the kernel multiplies, its descale, what the backward sees)
+      x8, d = fp8_lib.quantize(x, plan.fp8, power_of_2=True)
+      return x8, d, fp8_lib.dequantize(x8, d).astype(x.dtype)
+    qk = ([quantised(x) for x in (q, k)] if plan.fp8_qk else
+          [(x, jnp.float32(1), x) for x in (q, k)])
+    (q8, qd, q), (k8, kd, k), (v8, vd, v) = (*qk, quantised(v))
     descale = jnp.broadcast_to(jnp.stack([qd, kd, vd, jnp.float32(0)]),
                                (plan.num_q_heads, 4))
     return _forward(plan, q8, k8, v8, q_seg, kv_seg, descale), (q, k, v)

@@ -48,6 +48,9 @@ class Plan:
   # FP8 given pre-quantised by the caller (descales passed in); else the
   # forward quantises the 16-bit inputs itself (training policy).
   fp8_inputs: bool = False
+  # FP8 Q Kᵀ too (Q, K in fp8); False (the policy's fp8_qk=False): S from
+  # the 16-bit Q, K, only P and V in fp8.
+  fp8_qk: bool = True
 
   @property
   def group(self) -> int:
@@ -99,7 +102,7 @@ def _shape_of(name, x):
 def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
               causal=False, window=None, softcap=None, scale=None,
               config=None, backend="auto", interpret=None, fp8=None,
-              out_dtype=None):
+              fp8_qk=True, out_dtype=None):
   """Validate the arguments of :func:`flashjax.attention` and resolve them.
 
   Returns ``(plan, q_segment_ids, kv_segment_ids)``, the ids as int32 (kv ids
@@ -146,6 +149,13 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     raise TypeError(f"q/k/v dtype must be one of "
                     f"{SUPPORTED_DTYPES + FP8_DTYPES}, got {dtype}.")
   dtype, fp8, fp8_inputs = _check_fp8(dtype, fp8, out_dtype)
+  if not isinstance(fp8_qk, bool):
+    raise TypeError(f"fp8_qk must be True or False, got {fp8_qk!r}.")
+  if not fp8_qk and (fp8 is None or fp8_inputs):
+    raise ValueError(
+        f"fp8_qk=False keeps Q Kᵀ in 16 bits under the fp8 policy (fp8=True "
+        f"or a format, on bfloat16/float16 inputs); got fp8={fp8!r} with "
+        f"{'FP8' if fp8_inputs else dtype} inputs.")
 
   q_segment_ids, kv_segment_ids = _check_segments(
       q_segment_ids, kv_segment_ids, batch, seq_q, seq_kv)
@@ -186,7 +196,8 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
                   window=window, has_segments=q_segment_ids is not None)
   if config is None:
     config = default_config(head_dim_padded, itemsize, causal=bool(causal),
-                            fp8=fp8 is not None, banded=mask.banded)
+                            fp8=fp8 is not None, fp8_qk=fp8_qk,
+                            banded=mask.banded)
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
@@ -197,7 +208,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   if backend == "mosaic":
     tilings += [("mosaic", config.mosaic,
                  config.mosaic.smem_bytes(head_dim_padded, itemsize,
-                                          fp8=fp8 is not None)),
+                                          fp8=fp8 is not None, fp8_qk=fp8_qk)),
                 ("mosaic_bwd", config.mosaic_bwd, config.mosaic_bwd.smem_bytes(
                     head_dim_padded, itemsize, backward=True))]
   for name, blocks, need in tilings:
@@ -215,7 +226,7 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
       scale=float(scale), softcap=None if softcap is None else float(softcap),
       backend=backend,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
-      config=config, fp8=fp8, fp8_inputs=fp8_inputs)
+      config=config, fp8=fp8, fp8_inputs=fp8_inputs, fp8_qk=fp8_qk)
   return plan, q_segment_ids, kv_segment_ids
 
 

@@ -118,17 +118,20 @@ class MosaicBlocks:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
 
   def smem_bytes(self, head_dim: int, itemsize: int, backward: bool = False,
-                 fp8: bool = False) -> int:
+                 fp8: bool = False, fp8_qk: bool = True) -> int:
     """Shared memory of the forward kernel, or (``backward``) the larger of the
     dQ and dK/dV kernels, compiled: owned tiles (Q, with O written over it; Q
     and dO; K and V) and the streamed stages (P and dS stay in registers; the
     1-D L/D tiles and barriers fit in the slack). ``itemsize``: the inputs'
     bytes; ``fp8``: the FP8 forward (1-byte Q, K, V and P, which goes through
-    shared memory, and an O tile of ``itemsize`` bytes of its own)."""
+    shared memory, and an O tile of ``itemsize`` bytes of its own; with
+    ``fp8_qk=False`` Q and K keep ``itemsize`` bytes)."""
     rows, wgs = MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS
     if fp8:
-      return (wgs * rows * head_dim * (1 + itemsize) + wgs * rows * self.block_kv
-              + self.stages * 2 * self.block_kv * head_dim)
+      qk_bytes = 1 if fp8_qk else itemsize
+      return (wgs * rows * head_dim * (qk_bytes + itemsize)
+              + wgs * rows * self.block_kv
+              + self.stages * self.block_kv * head_dim * (qk_bytes + 1))
     if not backward:
       return (wgs * rows * head_dim
               + self.stages * 2 * self.block_kv * head_dim) * itemsize
@@ -175,12 +178,14 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
-                   fp8: bool = False, banded: bool | None = None) -> Config:
+                   fp8: bool = False, fp8_qk: bool = True,
+                   banded: bool | None = None) -> Config:
   """Per-head-dim defaults.
 
   ``head_dim`` is the padded (power of 2) head dim the kernels see, ``itemsize``
   the input dtype's bytes (of the 16-bit inputs under an FP8 policy); ``causal``
-  and ``fp8`` (an FP8 forward) pick the Hopper forward's tiling; ``banded``
+  and ``fp8`` (an FP8 forward; ``fp8_qk=False``: only P and V in FP8) pick
+  the Hopper forward's tiling; ``banded``
   (default: ``causal``): whether a causal or window bound makes the query
   tiles' work unequal, which keeps the forward off the persistent grid. The
   16-bit choices for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the
@@ -221,7 +226,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # for the best two-kernel tiling (4.10 for its default 2 stages); with 2
   # stages it is slower (5.09), and causal it loses (2.76 vs 2.01). At d 64
   # (tune-mosaic-v6-bwd-d64-h100.json) it is within noise (4.53 vs 4.59).
-  if fp8:
+  if fp8 and not fp8_qk:
+    # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
+    fwd_kv = 128
+  elif fp8:
     fwd_kv = 128 if causal else 256
   else:
     fwd_kv = 256 if head_dim <= 64 else 128

@@ -43,7 +43,8 @@ from flashjax import masks
 def make_attention_fn(*, causal: bool = False, padding: bool = False,
                       q_segment_ids=None, kv_segment_ids=None,
                       verify: bool = True, backend: str = "auto",
-                      interpret: bool | None = None, fp8=None):
+                      interpret: bool | None = None, fp8=None,
+                      fp8_qk: bool = True):
   """An ``attention_fn`` for Flax attention modules that runs flashjax.
 
   Args:
@@ -58,8 +59,9 @@ def make_attention_fn(*, causal: bool = False, padding: bool = False,
     verify: check that a given ``mask`` equals the declared structure (see the
       module docstring). Under jit this adds one host callback per call;
       turn it off only for masks known to match.
-    backend, interpret, fp8: as in :func:`flashjax.attention` (``fp8=True``:
-      FP8 forward, 16-bit backward).
+    backend, interpret, fp8, fp8_qk: as in :func:`flashjax.attention`
+      (``fp8=True``: FP8 forward, 16-bit backward; ``fp8_qk=False``: only P
+      and V in FP8).
 
   Returns:
     ``attention_fn(query, key, value, bias=None, mask=None, ...)`` accepting
@@ -126,7 +128,7 @@ def make_attention_fn(*, causal: bool = False, padding: bool = False,
 
     out = flashjax.attention(q, k, v, causal=is_causal, q_segment_ids=q_ids,
                              kv_segment_ids=kv_ids, backend=backend, fp8=fp8,
-                             interpret=interpret)
+                             fp8_qk=fp8_qk, interpret=interpret)
     return out.reshape(batch_shape + (seq_q, heads, value.shape[-1]))
 
   return attention_fn
@@ -210,6 +212,7 @@ class FlashMultiHeadAttention(nn.Module):
   backend: str = "auto"
   interpret: bool | None = None
   fp8: bool | str | None = None       # FP8 forward (see flashjax.attention)
+  fp8_qk: bool = True                 # False: only P and V in FP8
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, q_segment_ids=None,
@@ -227,7 +230,8 @@ class FlashMultiHeadAttention(nn.Module):
     o = flashjax.attention(q, k, v, causal=self.causal,
                            q_segment_ids=q_segment_ids,
                            kv_segment_ids=kv_segment_ids, backend=self.backend,
-                           interpret=self.interpret, fp8=self.fp8)
+                           interpret=self.interpret, fp8=self.fp8,
+                           fp8_qk=self.fp8_qk)
     return nn.DenseGeneral(self.out_features or features, axis=(-2, -1),
                            use_bias=self.use_bias, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="out")(o)
@@ -241,7 +245,8 @@ class NnxFlashMultiHeadAttention(nnx.Module):
                out_features: int | None = None, causal: bool = False,
                use_bias: bool = False, dtype=None, param_dtype=jnp.float32,
                backend: str = "auto", interpret: bool | None = None,
-               fp8: bool | str | None = None, rngs: nnx.Rngs):
+               fp8: bool | str | None = None, fp8_qk: bool = True,
+               rngs: nnx.Rngs):
     head_dim = head_dim or in_features // num_heads
     kv_heads = num_kv_heads or num_heads
     linear = lambda heads: nnx.LinearGeneral(
@@ -254,7 +259,7 @@ class NnxFlashMultiHeadAttention(nnx.Module):
                                  use_bias=use_bias, dtype=dtype,
                                  param_dtype=param_dtype, rngs=rngs)
     self.causal, self.backend, self.interpret = causal, backend, interpret
-    self.fp8 = fp8
+    self.fp8, self.fp8_qk = fp8, fp8_qk
 
   def __call__(self, inputs_q, inputs_kv=None, *, q_segment_ids=None,
                kv_segment_ids=None):
@@ -263,5 +268,5 @@ class NnxFlashMultiHeadAttention(nnx.Module):
         self.query(inputs_q), self.key(inputs_kv), self.value(inputs_kv),
         causal=self.causal, q_segment_ids=q_segment_ids,
         kv_segment_ids=kv_segment_ids, backend=self.backend,
-        interpret=self.interpret, fp8=self.fp8)
+        interpret=self.interpret, fp8=self.fp8, fp8_qk=self.fp8_qk)
     return self.out(o)

@@ -14,7 +14,8 @@ Attention (``ModelConfig.attention``):
 
 ``attn_dtype="fp8"`` (flash only, bfloat16 or float16 compute) runs flashjax's
 forward in FP8 (Q, K, V quantised per tensor on the fly) and its backward in the
-compute dtype.
+compute dtype; ``"fp8-pv"`` keeps Q Kᵀ in the compute dtype and rounds only P
+and V to FP8 (``flashjax.attention(..., fp8_qk=False)``).
 
 Generation uses a KV cache (:class:`KVCache`): :func:`prefill` runs the prompt
 through the configured causal attention and fills the cache; :func:`decode_step`
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import flashjax
 
 ATTENTIONS = ("flash", "dense", "cudnn")
+ATTN_DTYPES = ("compute", "fp8", "fp8-pv")   # fp8-pv: Q Kᵀ in the compute dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,7 @@ class ModelConfig:
   mlp_ratio: float = 4.0         # hidden width / d_model (swiglu: times 2/3)
   tie_embeddings: bool = True
   attention: str = "flash"       # one of ATTENTIONS
-  attn_dtype: str = "compute"    # "compute" (= dtype) or "fp8" (flash forward)
+  attn_dtype: str = "compute"    # one of ATTN_DTYPES: "fp8"/"fp8-pv", flash's
   dtype: str = "bfloat16"        # compute dtype
   param_dtype: str = "float32"
   remat: bool = False            # recompute each block's activations in bwd
@@ -76,16 +78,15 @@ class ModelConfig:
     if self.attention not in ATTENTIONS:
       problems.append(f"attention must be one of {ATTENTIONS}, got "
                       f"{self.attention!r}")
-    if self.attn_dtype not in ("compute", "fp8"):
-      problems.append(f"attn_dtype must be 'compute' or 'fp8', got "
+    if self.attn_dtype not in ATTN_DTYPES:
+      problems.append(f"attn_dtype must be one of {ATTN_DTYPES}, got "
                       f"{self.attn_dtype!r}")
-    elif self.attn_dtype == "fp8" and (self.attention != "flash" or
-                                       self.dtype not in ("bfloat16",
-                                                          "float16")):
-      problems.append(f"attn_dtype='fp8' needs attention='flash' and dtype "
-                      f"'bfloat16' or 'float16', got attention="
-                      f"{self.attention!r}, "
-                      f"dtype={self.dtype!r}")
+    elif self.attn_dtype != "compute" and (
+        self.attention != "flash" or self.dtype not in ("bfloat16",
+                                                        "float16")):
+      problems.append(f"attn_dtype={self.attn_dtype!r} needs attention="
+                      f"'flash' and dtype 'bfloat16' or 'float16', got "
+                      f"attention={self.attention!r}, dtype={self.dtype!r}")
     if problems:
       raise ValueError("ModelConfig: " + "; ".join(problems) + ".")
 
@@ -147,9 +148,10 @@ class RMSNorm(nn.Module):
     return (x32 * scale).astype(self.config.dtype)
 
 
-def causal_attention(q, k, v, kind: str, fp8: bool = False):
+def causal_attention(q, k, v, kind: str, attn_dtype: str = "compute"):
   """Causal self-attention ``[batch, seq, heads, head_dim]`` by ``kind``
-  (``fp8``: flashjax's FP8 forward)."""
+  (``attn_dtype`` "fp8" / "fp8-pv": flashjax's FP8 forward, all of it or P V
+  only)."""
   if kind == "cudnn":
     if jax.default_backend() != "gpu":
       raise ValueError("attention='cudnn' needs an NVIDIA GPU; use 'flash' "
@@ -159,7 +161,9 @@ def causal_attention(q, k, v, kind: str, fp8: bool = False):
   if kind == "dense":
     return jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                         implementation="xla")
-  return flashjax.attention(q, k, v, causal=True, fp8=fp8 or None)
+  return flashjax.attention(q, k, v, causal=True,
+                            fp8=True if attn_dtype != "compute" else None,
+                            fp8_qk=attn_dtype != "fp8-pv")
 
 
 def cached_attention(q, k_cache, v_cache, length):
@@ -195,7 +199,7 @@ class Attention(nn.Module):
     v = dense(c.num_kv_heads, "value")(x)
     new_cache = None
     if cache is None or x.shape[1] > 1:
-      o = causal_attention(q, k, v, c.attention, fp8=c.attn_dtype == "fp8")
+      o = causal_attention(q, k, v, c.attention, c.attn_dtype)
     if cache is not None:
       k_cache, v_cache, length = cache
       start = (0, length, 0, 0)

@@ -175,9 +175,18 @@ def test_fp8_reaches_the_kernel_from_flax():
       **kwargs, fp8=True).apply(p, x).astype(jnp.float32)))(params)
   assert all(bool(jnp.all(jnp.isfinite(g)))
              for g in jax.tree.leaves(grads))
-  fn = make_attention_fn(causal=True, fp8=True)
   q = x.reshape(x.shape[0], x.shape[1], HEADS, -1)
-  np.testing.assert_array_equal(
-      np.asarray(fn(q, q, q), np.float32),
-      np.asarray(flashjax.attention(q, q, q, causal=True, fp8=True),
-                 np.float32))
+  for fp8_qk in (True, False):     # False: P and V only in FP8
+    fn = make_attention_fn(causal=True, fp8=True, fp8_qk=fp8_qk)
+    np.testing.assert_array_equal(
+        np.asarray(fn(q, q, q), np.float32),
+        np.asarray(flashjax.attention(q, q, q, causal=True, fp8=True,
+                                      fp8_qk=fp8_qk), np.float32))
+  # the module's fp8_qk=False reaches the kernel: an FP8 forward of its own
+  pv_only = FlashMultiHeadAttention(**kwargs, fp8=True,
+                                    fp8_qk=False).apply(params, x)
+  rel_pv = float(jnp.linalg.norm(pv_only.astype(jnp.float32) - want)
+                 / jnp.linalg.norm(want))
+  assert 0 < rel_pv < 0.1, rel_pv
+  assert not np.array_equal(np.asarray(pv_only, np.float32),
+                            np.asarray(got, np.float32))

@@ -126,6 +126,45 @@ def test_policy_gradients_are_taken_at_the_quantised_values(backend):
     assert rel(g, r) < 0.03, rel(g, r)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_policy_with_16_bit_logits(backend):
+  """fp8=True, fp8_qk=False: S = Q Kᵀ from the bf16 Q and (centred) K, only
+  P and V in FP8. O matches the float32 emulation of that math (P rounded,
+  V quantised; the pass rule of the FP8 inputs' test), and its error against
+  float32 attention at the unquantised inputs is the P/V part alone: at
+  logit std 6 it stays near 3% where the full policy's is near 10%
+  (benchmarks/fp8_gradients.py, "FP8 P, V only" and "FP8 all"). The
+  gradients are float32 attention's at (Q, K, quantised V)."""
+  q, k, v = _inputs(jax.random.key(4), 1, 256, 256, 4, 2, 64)
+  q = (q * 6).astype(q.dtype)
+  do = jax.random.normal(jax.random.key(5), q.shape, jnp.float32)
+  rel = lambda a, b: float(jnp.linalg.norm(a.astype(jnp.float32) - b)
+                           / jnp.linalg.norm(b))
+  k_centred, k_mean = fp8.center_keys(k)
+  v_q = fp8.dequantize(*fp8.quantize(v, power_of_2=True))
+  f32 = lambda x: x.astype(jnp.float32)
+  inputs_seen = (f32(q), f32(k_centred) + k_mean, v_q)
+  ref = emulate(*inputs_seen, causal=True, fmt="float8_e4m3fn",
+                p_rounding=False)
+  emu = emulate(*inputs_seen, causal=True, fmt="float8_e4m3fn")
+  o, vjp = jax.vjp(lambda *x: flashjax.attention(
+      *x, causal=True, fp8=True, fp8_qk=False, backend=backend), q, k, v)
+  err = float(jnp.max(jnp.abs(f32(o) - ref)))
+  slack = float(jnp.max(jnp.abs(emu - ref)))
+  assert err <= 2 * slack + FLOOR, (err, slack)
+  with jax.default_matmul_precision("highest"):
+    o_true = flashjax.attention(*map(f32, (q, k, v)), causal=True,
+                                backend="reference")
+    _, ref_vjp = jax.vjp(lambda *x: flashjax.attention(
+        *x, causal=True, backend="reference"), *inputs_seen)
+  assert rel(o, o_true) < 0.05, rel(o, o_true)
+  full = flashjax.attention(q, k, v, causal=True, fp8=True, backend=backend)
+  assert rel(full, o_true) > 2 * rel(o, o_true), (rel(full, o_true),
+                                                  rel(o, o_true))
+  for g, r in zip(vjp(do.astype(q.dtype)), ref_vjp(do)):
+    assert g.dtype == jnp.bfloat16 and rel(g, r) < 0.03, rel(g, r)
+
+
 def test_power_of_2_descales_are_exact_in_bf16():
   """Power-of-2 descales: amax lands in e4m3's top binade, and x8 · descale
   needs no rounding in bfloat16 (what the policy's backward relies on)."""
@@ -258,6 +297,20 @@ def test_descales_without_fp8_and_fp8_policy_on_float32_are_refused():
     flashjax.attention(x, x, x, fp8="int8")
 
 
+def test_fp8_qk_false_outside_the_policy_is_refused():
+  x = jnp.zeros((1, 64, 2, 64), jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"fp8_qk=False keeps Q Kᵀ in 16 bits "
+                     r"under the fp8 policy .* got fp8=None with bfloat16"):
+    flashjax.attention(x, x, x, fp8_qk=False)
+  q8 = jnp.zeros(Q8.shape, Q8.dtype)
+  kv8 = jnp.zeros(KV8.shape, KV8.dtype)
+  with pytest.raises(ValueError, match="with FP8 inputs"):
+    flashjax.attention(q8, kv8, kv8, q_descale=ONE, k_descale=ONE,
+                       v_descale=ONE, fp8_qk=False)
+  with pytest.raises(TypeError, match="fp8_qk must be True or False, got 0"):
+    flashjax.attention(x, x, x, fp8=True, fp8_qk=0)
+
+
 def test_prequantised_inputs_are_forward_only():
   q8, qd = fp8.quantize(jnp.ones((1, 64, 2, 64), jnp.bfloat16))
   with pytest.raises(NotImplementedError, match="forward only"):
@@ -288,6 +341,20 @@ def test_auto_picks_the_hopper_fp8_forward(monkeypatch):
   assert flashjax.explain(x, x, x, fp8=True).startswith("mosaic: ")
   assert flashjax.explain(x, x, x, fp8=True, backend="triton").startswith(
       "triton: ")
+
+
+@pytest.mark.parametrize("head_dim,causal", [(128, False), (64, True)])
+def test_policy_with_16_bit_logits_lowers_for_cuda(head_dim, causal):
+  """fp8_qk=False on the Hopper forward, compiled-mode lowering against an
+  abstract H100: a 16-bit S = Q Kᵀ wgmma beside an FP8 P V one (P's shared
+  tile in FP8, V K-major), within the shared memory."""
+  def f(q, k, v):
+    return flashjax.attention(q, k, v, causal=causal, fp8=True, fp8_qk=False,
+                              backend="mosaic", interpret=False)
+  kv = jax.ShapeDtypeStruct((1, 300, 2, head_dim), jnp.bfloat16)
+  text = lower_for_h100(f, kv.update(shape=(1, 300, 4, head_dim)), kv,
+                        kv).as_text()
+  assert "mosaic_gpu" in text
 
 
 @pytest.mark.parametrize("backend,head_dim,fmt,causal,overlap", [

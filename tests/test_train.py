@@ -167,13 +167,15 @@ def test_bench_train_runs_a_case_and_merges(tmp_path):
 
 
 def test_fp8_attention_trains_beside_bf16_and_dense(tmp_path, text_file):
-  """--compare dense flash-fp8 on bf16: the FP8-forward model learns and its
-  loss stays within the 1% the H100 parity run asks of the final losses."""
+  """--compare dense flash-fp8 flash-fp8-pv on bf16: the FP8-forward models
+  (all of it, and P V only) learn and their losses stay within the 1% the
+  H100 parity run asks of the final losses."""
   rows = _train(tmp_path, text_file, "--dtype", "bfloat16", "--compare",
-                "dense", "flash-fp8", "--steps", "10", "--lr", "3e-3",
-                "--warmup-steps", "3")
-  assert rows[-1]["loss_flash-fp8"] < rows[0]["loss_flash-fp8"] - 0.3
-  assert max(r["rel_diff_flash-fp8"] for r in rows) < 0.01
+                "dense", "flash-fp8", "flash-fp8-pv", "--steps", "10", "--lr",
+                "3e-3", "--warmup-steps", "3")
+  for kind in ("flash-fp8", "flash-fp8-pv"):
+    assert rows[-1][f"loss_{kind}"] < rows[0][f"loss_{kind}"] - 0.3
+    assert max(r[f"rel_diff_{kind}"] for r in rows) < 0.01
 
 
 def test_fp8_attention_needs_flash_and_bf16(capsys):

@@ -19,7 +19,8 @@ loop with S rescaled by the q·k descale, P scaled by the format's largest value
 and rounded to FP8 into shared memory for an SS wgmma (jax 0.11.2 cannot turn
 an accumulator into an 8-bit register operand), and V transposed by XLA to
 ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must
-be K-major).
+be K-major). Under the policy's ``fp8_qk=False`` Q and K stay 16-bit: S is
+the 16-bit wgmma and only P V runs in FP8 (no q·k descale).
 
 ``MosaicBlocks(persistent=True)`` (the default with no causal or window
 band): one CTA per SM walks the (head, query tile, batch) tiles, its K/V
@@ -116,7 +117,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
               jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
               jnp.zeros((BLOCK_Q,), jnp.float32),
-              descale(0) if fp8 else None, p)
+              descale(0) if fp8 and plan.fp8_qk else None, p)
 
     def ids_of(j, masked):
       # segment ids of the rows and of tile j, read first so that their latency
@@ -128,7 +129,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def softmax(s, j, m, l, qk_descale, ids, masked):
       # S = Q Kᵀ -> P (float32; :func:`rounded` for the P V product), m, l,
       # alpha
-      if fp8:
+      if qk_descale is not None:         # FP8 Q and K
         s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
       # logits, S2 = s · unit (softcap: c · tanh(scale · Q Kᵀ / c))
       s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap)
@@ -322,7 +323,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           else None,
           plgpu.SMEM((stages, bkv, head_dim), k.dtype),
           plgpu.SMEM((stages, *v_tile), v.dtype),
-          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), q.dtype)
+          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), fp8 or q.dtype)
           if plan.interpret or fp8 else None,
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),

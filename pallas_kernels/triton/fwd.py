@@ -19,7 +19,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
                lse_ref, *, mask: MaskSpec, scale: float, softcap: float | None,
                block_q: int, block_kv: int, num_q_blocks: int,
                num_kv_blocks: int, needs_mask: bool, reverse: bool, precision,
-               fp8: str | None):
+               fp8: str | None, fp8_qk: bool):
   # The grid runs over (query tile, batch, head); this loop runs over K/V tiles.
   # Causal grids go heaviest-tile-first (reverse, MaskSpec.heavy_last).
   i = pl.program_id(0)
@@ -28,9 +28,11 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
   q_start = i * block_q
   q = q_ref[...]
   q_seg = None if q_seg_ref is None else q_seg_ref[...]
-  # FP8: this head's descales (q, k, v); P is scaled by the format's largest
-  # value before it is rounded to FP8, and that scale divided out at the end.
-  qk_descale = None if fp8 is None else descale_ref[0] * descale_ref[1]
+  # FP8: this head's descales (q, k, v; Q and K 16-bit unless fp8_qk); P is
+  # scaled by the format's largest value before it is rounded to FP8, and that
+  # scale divided out at the end.
+  qk_descale = (descale_ref[0] * descale_ref[1] if fp8 is not None and fp8_qk
+                else None)
   p_scale = None if fp8 is None else common.fp8_p_scale(fp8)
   unit = common.fwd_unit(scale, softcap)        # S2 = s · unit
 
@@ -102,7 +104,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, descale=None):
       block_q=block_q, block_kv=block_kv, num_q_blocks=num_q_blocks,
       num_kv_blocks=seq_kv // block_kv,
       needs_mask=not plan.mask.is_trivial(seq_kv), reverse=reverse,
-      precision=specs.precision(plan), fp8=plan.fp8)
+      precision=specs.precision(plan), fp8=plan.fp8, fp8_qk=plan.fp8_qk)
   q_spec = pl.BlockSpec((None, block_q, None, head_dim),
                         lambda i, b, h: (b, q_block(i), h, 0))
   kv_spec = pl.BlockSpec((None, seq_kv, None, head_dim),
