@@ -343,18 +343,20 @@ def test_auto_picks_the_hopper_fp8_forward(monkeypatch):
       "triton: ")
 
 
-@pytest.mark.parametrize("head_dim,causal", [(128, False), (64, True)])
-def test_policy_with_16_bit_logits_lowers_for_cuda(head_dim, causal):
-  """fp8_qk=False on the Hopper forward, compiled-mode lowering against an
-  abstract H100: a 16-bit S = Q Kᵀ wgmma beside an FP8 P V one (P's shared
-  tile in FP8, V K-major), within the shared memory."""
+@pytest.mark.parametrize("backend,head_dim,causal", [
+    ("mosaic", 128, False), ("mosaic", 64, True), ("triton", 128, True)])
+def test_policy_with_16_bit_logits_lowers_for_cuda(backend, head_dim, causal):
+  """fp8_qk=False, compiled-mode lowering against an abstract H100: on the
+  Hopper forward a 16-bit S = Q Kᵀ wgmma beside an FP8 P V one (P's shared
+  tile in FP8, V K-major), within the shared memory; on the portable one a
+  16-bit and an FP8 dot."""
   def f(q, k, v):
     return flashjax.attention(q, k, v, causal=causal, fp8=True, fp8_qk=False,
-                              backend="mosaic", interpret=False)
+                              backend=backend, interpret=False)
   kv = jax.ShapeDtypeStruct((1, 300, 2, head_dim), jnp.bfloat16)
   text = lower_for_h100(f, kv.update(shape=(1, 300, 4, head_dim)), kv,
                         kv).as_text()
-  assert "mosaic_gpu" in text
+  assert ("triton" if backend == "triton" else "mosaic_gpu") in text
 
 
 @pytest.mark.parametrize("backend,head_dim,fmt,causal,overlap", [
