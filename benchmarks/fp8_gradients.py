@@ -24,8 +24,9 @@ error of O, dQ, dK and dV:
   dQ = dS K carries that times the shared direction;
 * ``FP8 Q, K only`` / ``FP8 P, V only`` / ``FP8 all``: the policy's parts
   apart, in a float32 emulation (:func:`emulate`): Q and K quantised (S
-  from them, P and V exact), or P and V rounded (S exact), or both (which
-  matches the kernels' row); the gradients are float32 attention's at the
+  from them, P and V exact), or P and V rounded (S from the 16-bit Q and
+  centred K, as ``fp8_qk=False`` computes it), or both (which matches the
+  kernels' row); the gradients are float32 attention's at the
   values that part quantised (rounding passed straight through). Which
   part's error grows with the logits;
 * ``unquantised backward``: the earlier policy, emulated in float32: the
@@ -69,14 +70,16 @@ def shared_key_direction(k, rms_units: float, seed: int = 1):
   return (k.astype(jnp.float32) + rms_units * shared).astype(k.dtype)
 
 
-def policy_inputs(q, k, v):
-  """The values the ``fp8=True`` policy multiplies, dequantised to float32:
-  Q and V quantised, K quantised centred (``fp8.center_keys``) with its mean
-  added back (the same attention), each with power-of-2 scales."""
+def policy_inputs(q, k, v, fp8_qk: bool = True):
+  """The values the ``fp8=True`` policy multiplies, in float32: K centred
+  (``fp8.center_keys``, in K's dtype) with its mean added back (the same
+  attention); V, and with ``fp8_qk`` Q and centred K, quantised with
+  power-of-2 scales and dequantised."""
   k_centred, k_mean = fp8.center_keys(k)
-  q, k, v = (fp8.dequantize(*fp8.quantize(x, power_of_2=True))
-             for x in (q, k_centred, v))
-  return q, k + k_mean, v
+  quantised = lambda x: fp8.dequantize(*fp8.quantize(x, power_of_2=True))
+  q, k = ((quantised(x) for x in (q, k_centred)) if fp8_qk else
+          (x.astype(jnp.float32) for x in (q, k_centred)))
+  return q, k + k_mean, quantised(v)
 
 
 def emulate(q, k, v, *, causal, fmt="float8_e4m3fn", p_rounding=True):
@@ -151,10 +154,11 @@ def measure(args):
                                  return_lse=True)
     g_old = unquantised_backward(q, k, v, o8, lse8, do)
     qq, kq, vq = policy_inputs(q, k, v)
-    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
     parts = {
-        "FP8 Q, K only (emulated) vs f32 at inputs": ((qq, kq, v32), False),
-        "FP8 P, V only (emulated) vs f32 at inputs": ((q32, k32, vq), True),
+        "FP8 Q, K only (emulated) vs f32 at inputs":
+            ((qq, kq, v.astype(jnp.float32)), False),
+        "FP8 P, V only (emulated) vs f32 at inputs":
+            (policy_inputs(q, k, v, fp8_qk=False), True),
         "FP8 all (emulated) vs f32 at inputs": ((qq, kq, vq), True)}
     rows = {
         "bf16 vs f32 at inputs": (o16, g16, o_ref, g_ref),
