@@ -11,6 +11,7 @@
 #   tests      the core parity suite compiled on the Hopper kernels (default
 #              tilings) + FP8, then the long sequences (-v: a cut run still
 #              names what passed) (~7 min)
+#   tests-fp8  tests/test_fp8.py compiled (~2 min)
 #   hang       benchmarks/debug_hang.py: which kernel of the window (None, 3)
 #              test case hangs compiled, under which options, compiling or
 #              running; then that test case (~7.5 min at most)
@@ -31,6 +32,12 @@
 #   bench-fp16 the same in fp16, with JAX's attention_mgpu (~8 min)
 #   bench-bwd  forward+backward, d 128, bf16 and fp16, against cuDNN (~2 min)
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
+#   fp8-opts   the FP8 forward without the ping-pong and/or with the
+#              overlap vs its default and cuDNN FP8, d 128, 4k / 16k (~2 min)
+#   opts-pingpong  the same for the bf16 forward, d 64 / 128, 1k-16k, and
+#              its test compiled (~5 min)
+#   opts-registers  240 registers a compute thread (forward, backward)
+#              against the default 232, forward+backward (~4 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (dense's out-of-memory point
 #              on a 141 GB H200 is past 16k) (~9 min)
 #   parity     flashjax-train --compare dense flash-fp8, 600 steps (~6.5 min:
@@ -39,6 +46,8 @@
 #              16k, d 128 and 64, causal and not (~4 min)
 #   ncu        Nsight Compute (--set detailed) on one forward+backward each,
 #              ours vs cuDNN's, d 128 4k, causal and not (~4 min)
+#   ncu-fp8    the same on the FP8 forward, ours vs cuDNN FP8, and our bf16
+#              forward, d 128 4k non-causal (~2 min)
 #   parity-fp8-pv  flash-fp8 and flash-fp8-pv (P V only in FP8) beside
 #              flash (~6 min)
 #   fp8-policy the FP8 training policy's speed (full, P V only) vs bf16 and
@@ -114,6 +123,9 @@ for s in "$@"; do
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 110 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 100 \
         tests/test_large.py -k mosaic ;;
+    tests-fp8)
+      step tests-fp8 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 200 \
+        $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 tests/test_fp8.py ;;
     ptxas)
       step ptxas timeout 300 $PY benchmarks/debug_hang.py --ptxas --timeout 90 ;;
     tests-options)
@@ -161,6 +173,39 @@ for s in "$@"; do
         --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic --dtypes bfloat16 \
         --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
         --out "$WORK/fp8" ;;
+    fp8-opts)
+      # the FP8 forward (P a register operand) without the ping-pong, with the
+      # intra-warpgroup overlap (P carried in registers), both, against its
+      # default and cuDNN FP8, d 128, 4k / 16k; each impl's error is in the
+      # log (~2 min)
+      step fp8-opts timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+pingpong=False \
+        flashjax_fp8_mosaic+intra_wg_overlap=True \
+        flashjax_fp8_mosaic+pingpong=False+intra_wg_overlap=True cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --matmul 0 --out "$WORK/fp8-opts" ;;
+    opts-pingpong)
+      # the 16-bit forward without the ping-pong (alone, and with the
+      # intra-warpgroup overlap) against its default and cuDNN, bf16, d 64 and
+      # 128, 1k / 4k / 16k, causal and not; then its test compiled (~5 min)
+      step opts-pingpong timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+pingpong=False \
+        flashjax_mosaic+pingpong=False+intra_wg_overlap=True cudnn \
+        --dtypes bfloat16 --head-dims 64 128 --seqs 1024 4096 16384 \
+        --causal false true --modes fwd --matmul 0 --out "$WORK/opts-pingpong"
+      step opts-pingpong env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 150 \
+        $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
+        tests/test_mosaic.py -k pingpong ;;
+    opts-registers)
+      # 240 registers a compute thread (the producer keeps 24; default 232
+      # and 40): the backward spilled (results/ncu-h200), forward+backward,
+      # bf16, d 128 and 64, 4k / 16k, causal and not (~4 min)
+      step opts-registers timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.compute_registers=240 \
+        flashjax_mosaic+compute_registers=240+bwd.compute_registers=240 cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-registers" ;;
     train)
       step train timeout 540 $PY benchmarks/bench_train.py \
         --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;
@@ -190,6 +235,18 @@ for s in "$@"; do
         step ncu $PY benchmarks/profile_kernels.py --summarize "$WORK/$name.csv" \
           --out "$WORK/$name"
       done ;;
+    ncu-fp8)
+      # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16
+      # forward, d 128 4k non-causal (~2 min)
+      name=ncu-fp8-d128
+      step ncu-fp8 timeout 150 ncu --clock-control none --profile-from-start off \
+        --set detailed -f -o "$WORK/$name" $PY benchmarks/profile_kernels.py \
+        --seq 4096 --iters 1 --no-trace --mode fwd \
+        --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic
+      ncu --import "$WORK/$name.ncu-rep" --csv --page details \
+        > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
+      step ncu-fp8 $PY benchmarks/profile_kernels.py --summarize "$WORK/$name.csv" \
+        --out "$WORK/$name" ;;
     parity-fp8-pv)
       # FP8 for P V only (Q Kᵀ in bf16: its error does not grow with the
       # logits, benchmarks/fp8_gradients.py) beside the full FP8 forward and

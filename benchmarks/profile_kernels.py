@@ -8,7 +8,8 @@ or ``fwd_bwd``), warms up, then runs ``--iters`` calls under the JAX profiler
 and sums the GPU kernels' durations from the trace, per kernel name, divided
 by ``--iters``: e.g. flashjax's forward, dQ and dK/dV kernels and XLA's
 fusions around them (the backward's D = rowsum(dO ∘ O), casts), against
-cuDNN's kernels for the same call. Writes PREFIX.json (rows: impl, kernel,
+cuDNN's kernels for the same call. The FP8 impls (``--mode fwd``) take e4m3
+inputs quantised outside the profiled calls. Writes PREFIX.json (rows: impl, kernel,
 calls and µs per attention call) and PREFIX.md.
 
 The same script is a target for Nsight Compute: with ``--no-trace`` each
@@ -22,9 +23,9 @@ stay outside), and ncu's ``--profile-from-start off`` profiles only those::
     python3 benchmarks/profile_kernels.py --summarize prof.csv --out prof
 
 ``--summarize CSV`` tabulates ncu's details page (PREFIX.md): one row per
-kernel launch, in launch order, with its duration, SM, memory and DRAM
-throughput, the tensor pipe's share where ncu reports it, registers per
-thread, achieved occupancy and cycles per issued instruction.
+kernel launch, in launch order, with its duration and cycles, SM, memory
+and DRAM throughput, instructions per active cycle, issue slots busy,
+registers per thread, local-memory spills and shared memory per block.
 """
 
 from __future__ import annotations
@@ -47,19 +48,22 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_attention import make_call, resolve  # noqa: E402
+from benchmarks.bench_attention import (FP8_IMPLS, fp8_inputs,  # noqa: E402
+                                        make_call, resolve)
 
-# ncu details-page columns of --summarize: (title, metric names, first present)
+# ncu details-page columns of --summarize (``--set detailed``): (title, metric
+# names, first present; a name in two sections is read from the first)
 NCU_METRICS = [
     ("duration", ("Duration",)),
+    ("cycles", ("Elapsed Cycles",)),
     ("SM %", ("Compute (SM) Throughput",)),
     ("memory %", ("Memory Throughput",)),
     ("DRAM %", ("DRAM Throughput",)),
-    ("tensor pipe %", ("Tensor (All) Pipe Utilization",
-                       "Tensor Pipe Utilization")),
+    ("IPC", ("Executed Ipc Active",)),
+    ("issue slots %", ("Issue Slots Busy",)),
     ("registers", ("Registers Per Thread",)),
-    ("occupancy %", ("Achieved Occupancy",)),
-    ("cycles/issue", ("Warp Cycles Per Issued Instruction",)),
+    ("spills", ("Local Memory Spilling Requests",)),
+    ("shared memory", ("Dynamic Shared Memory Per Block",)),
 ]
 
 
@@ -146,8 +150,8 @@ def ncu_table(csv_text: str) -> str:
         "kernel": row["Kernel Name"],
         "launch": f"{row.get('Grid Size', '')} × {row.get('Block Size', '')}"})
     unit = row.get("Metric Unit", "")
-    launch[row["Metric Name"]] = row["Metric Value"] + (
-        f" {unit}" if unit and unit != "%" else "")
+    launch.setdefault(row["Metric Name"], row["Metric Value"] + (
+        f" {unit}" if unit and unit != "%" else ""))
   if not launches:
     raise ValueError("no ncu details rows in the CSV")
   titles = [title for title, _ in NCU_METRICS]
@@ -210,8 +214,11 @@ def main(argv=None):
     inputs = inputs[:3]
   rows = []
   for name in args.impls:
-    rows += profile(name, resolve(name, args.causal), args.mode, inputs,
-                    args.iters, args.trace)
+    # the FP8 impls (forward only) take e4m3 inputs quantised outside the call
+    fp8 = name.split("+")[0] in FP8_IMPLS
+    rows += profile(name, resolve(name, args.causal), args.mode,
+                    fp8_inputs(*inputs[:3]) if fp8 else inputs, args.iters,
+                    args.trace)
   if not args.trace:
     return
   shape = (f"b={b} s={args.seq} h={h} d={args.head_dim} {args.dtype} "

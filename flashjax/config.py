@@ -71,6 +71,10 @@ class Blocks:
 # M), two compute warpgroups per CTA, plus one producer warpgroup.
 MOSAIC_BLOCK_Q = 64
 MOSAIC_COMPUTE_WGS = 2
+# Registers a thread of the Hopper kernels' 384-thread CTAs starts with
+# (65536 / 384, rounded down to a multiple of 8; ncu reports 168), which
+# ``setmaxnreg`` moves from the producer warpgroup to the compute ones.
+LAUNCH_REGISTERS = 168
 MOSAIC_HEAD_DIMS = (64, 128)
 
 
@@ -92,7 +96,11 @@ class MosaicBlocks:
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
-  step late).
+  step late). ``pingpong`` (forward): the two compute warpgroups take turns
+  on the tensor cores, one's softmax running while the other's products do
+  (FlashAttention 3); off, they issue as they come. ``compute_registers``:
+  each compute thread's registers, taken from the producer warpgroup's
+  (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split).
 
   Two non-default tilings did not finish compiled on the H200 in one test
   case (d 64, window (None, 3); benchmarks/results/debug-hang-h200.md):
@@ -106,6 +114,8 @@ class MosaicBlocks:
   fused_dq: bool = False
   deferred_waits: bool = False
   intra_wg_overlap: bool = False
+  pingpong: bool = True
+  compute_registers: int = 232
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -116,6 +126,13 @@ class MosaicBlocks:
                        f"{self.block_q_dkv}.")
     if self.stages < 2:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
+    # the producer keeps at least 24 (setmaxnreg takes multiples of 8)
+    most = ((MOSAIC_COMPUTE_WGS + 1) * LAUNCH_REGISTERS - 24) // MOSAIC_COMPUTE_WGS
+    if (self.compute_registers % 8 or
+        not LAUNCH_REGISTERS <= self.compute_registers <= most):
+      raise ValueError(
+          f"MosaicBlocks.compute_registers must be a multiple of 8 from "
+          f"{LAUNCH_REGISTERS} to {most}, got {self.compute_registers}.")
 
   def smem_bytes(self, head_dim: int, itemsize: int, backward: bool = False,
                  fp8: bool = False, fp8_qk: bool = True) -> int:
@@ -123,14 +140,13 @@ class MosaicBlocks:
     dQ and dK/dV kernels, compiled: owned tiles (Q, with O written over it; Q
     and dO; K and V) and the streamed stages (P and dS stay in registers; the
     1-D L/D tiles and barriers fit in the slack). ``itemsize``: the inputs'
-    bytes; ``fp8``: the FP8 forward (1-byte Q, K, V and P, which goes through
-    shared memory, and an O tile of ``itemsize`` bytes of its own; with
-    ``fp8_qk=False`` Q and K keep ``itemsize`` bytes)."""
+    bytes; ``fp8``: the FP8 forward (1-byte Q, K, V, and an O tile of
+    ``itemsize`` bytes of its own; with ``fp8_qk=False`` Q and K keep
+    ``itemsize`` bytes)."""
     rows, wgs = MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS
     if fp8:
       qk_bytes = 1 if fp8_qk else itemsize
       return (wgs * rows * head_dim * (qk_bytes + itemsize)
-              + wgs * rows * self.block_kv
               + self.stages * self.block_kv * head_dim * (qk_bytes + 1))
     if not backward:
       return (wgs * rows * head_dim

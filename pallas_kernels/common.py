@@ -74,6 +74,20 @@ def fp8_p_scale(fmt: str) -> float:
   return float(jnp.finfo(fmt).max)
 
 
+def fp8_pv_key_order(x, axis: int):
+  """``x`` with its keys (``axis``, a multiple of 16) in the order the FP8
+  P V wgmma reads them when P comes straight from the Q Kᵀ accumulator.
+
+  In the float32 accumulator a thread holds, of each 16 columns, the pairs
+  2q, 2q+1 and 8+2q, 9+2q (q = lane % 4); an 8-bit register operand has the
+  thread hold columns 4q … 4q+3. Reading the former as the latter (no data
+  moves) puts key 16t + 8h + 2q + e at position 16t + 4q + 2h + e, so V's
+  keys are put in that order too, and P V is unchanged."""
+  n = x.shape[axis]
+  y = x.reshape(x.shape[:axis] + (n // 16, 2, 4, 2) + x.shape[axis + 1:])
+  return jnp.swapaxes(y, axis + 1, axis + 2).reshape(x.shape)
+
+
 def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
               block_kv: int, q_seg=None, kv_seg=None):
   """Set the invisible entries of tile ``s [block_q, block_kv]`` to -inf."""

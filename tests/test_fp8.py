@@ -163,6 +163,23 @@ def test_policy_with_16_bit_logits(backend):
     assert g.dtype == jnp.bfloat16 and rel(g, r) < 0.03, rel(g, r)
 
 
+def test_pv_key_order_keeps_p_v():
+  """The Hopper FP8 forward reads P's accumulator registers as the 8-bit
+  operand layout, which permutes its keys within each 16 (key 16t + 8h + 2q
+  + e at position 16t + 4q + 2h + e); V's keys in the same order keep P V."""
+  from pallas_kernels import common
+  keys = np.arange(64)
+  order = np.asarray(common.fp8_pv_key_order(keys, axis=0))
+  t, q, h, e = np.meshgrid(np.arange(4), np.arange(4), np.arange(2),
+                           np.arange(2), indexing="ij")
+  np.testing.assert_array_equal(order[16 * t + 4 * q + 2 * h + e],
+                                16 * t + 8 * h + 2 * q + e)
+  p, v = jax.random.normal(jax.random.key(0), (2, 64, 64))
+  np.testing.assert_allclose(
+      common.fp8_pv_key_order(p, axis=1) @ common.fp8_pv_key_order(v, axis=0),
+      p @ v, rtol=1e-5, atol=1e-5)
+
+
 def test_power_of_2_descales_are_exact_in_bf16():
   """Power-of-2 descales: amax lands in e4m3's top binade, and x8 · descale
   needs no rounding in bfloat16 (what the policy's backward relies on)."""

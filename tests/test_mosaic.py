@@ -129,6 +129,8 @@ def test_forward_takes_three_stages_of_128_rows_at_d128():
     (dict(block_kv=96), "block_kv must be 64, 128 or 256"),
     (dict(stages=1), "stages must be >= 2"),
     (dict(block_q_dkv=256), "block_q_dkv must be 64 or 128"),
+    (dict(compute_registers=248), "multiple of 8 from 168 to 240, got 248"),
+    (dict(compute_registers=236), "compute_registers must be a multiple of 8"),
 ])
 def test_bad_mosaic_blocks(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -242,6 +244,36 @@ def test_intra_wg_overlap(case):
                              jnp.dtype(case.dtype))
     text = lower_for_h100(jax.grad(loss), q).as_text()
     assert text.count("custom_call @mosaic_gpu") == 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forward_without_pingpong(case):
+  """``MosaicBlocks(pingpong=False)``: the forward's compute warpgroups issue
+  their products without handing the tensor cores over, alone and with the
+  intra-warpgroup overlap; in the interpreter (race detector on) for the MQA
+  case, compiled on a GPU for all; 16-bit and FP8 lower for CUDA."""
+  if case is not CASES[1]:
+    skip_in_interpreter("the interpreter runs the MQA case (empty tiles)")
+  config = flashjax.default_config(case.head_dim, causal=case.causal)
+  config = dataclasses.replace(
+      config, mosaic=dataclasses.replace(config.mosaic, pingpong=False))
+  check_without_races(case, config)
+
+  for overlap in (False, True):
+    compiled = dataclasses.replace(config, mosaic=dataclasses.replace(
+        config.mosaic, intra_wg_overlap=overlap))
+
+    def attention(q, descale=None):
+      return flashjax.attention(q, q, q, q_descale=descale,
+                                k_descale=descale, v_descale=descale,
+                                causal=case.causal, backend="mosaic",
+                                config=compiled, interpret=False)
+    q16 = jax.ShapeDtypeStruct((2, 1000, 4, case.head_dim),
+                               jnp.dtype(case.dtype))
+    q8 = q16.update(dtype=jnp.float8_e4m3fn)
+    for args in ((q16,), (q8, jax.ShapeDtypeStruct((), jnp.float32))):
+      text = lower_for_h100(attention, *args).as_text()
+      assert "custom_call @mosaic_gpu" in text
 
 
 FUSED_CASES = CASES + [

@@ -219,7 +219,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   pipeline.streamed_loop(
       wg=wg, tiles=tiles, work=work,
       streams=[pipeline.Stream(k_smem, k_full, k_free, lagged=overlap),
-               pipeline.Stream(v_smem, v_full, v_free)])
+               pipeline.Stream(v_smem, v_full, v_free)],
+      compute_registers=plan.config.mosaic_bwd.compute_registers)
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
@@ -417,7 +418,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       streams=[pipeline.Stream(q_smem, q_full, q_free),
                pipeline.Stream(do_smem, do_full, q_free),
                pipeline.Stream(lse_smem, lse_full, q_free),
-               pipeline.Stream(delta_smem, delta_full, q_free)])
+               pipeline.Stream(delta_smem, delta_full, q_free)],
+      compute_registers=plan.config.mosaic_bwd.compute_registers)
 
 
 def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,

@@ -16,11 +16,15 @@ and run compiled on the H100.
 
 FP8 (Q, K, V pre-quantised, or quantised by the ``fp8=True`` policy): the same
 loop with S rescaled by the q·k descale, P scaled by the format's largest value
-and rounded to FP8 into shared memory for an SS wgmma (jax 0.11.2 cannot turn
-an accumulator into an 8-bit register operand), and V transposed by XLA to
-``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must
-be K-major). Under the policy's ``fp8_qk=False`` Q and K stay 16-bit: S is
-the 16-bit wgmma and only P V runs in FP8 (no q·k descale).
+and rounded to FP8, and V transposed by XLA to ``[batch, kv_heads, d, seq_kv]``
+before the kernel (8-bit wgmma operands must be K-major). P stays the register
+operand: jax 0.11.2 cannot relayout the accumulator into the 8-bit operand
+layout, so the accumulator's registers are read as that layout as they are
+(:func:`pipeline.fp8_register_operand`), which permutes P's columns within
+each 16, and the same transpose puts V's keys in that order
+(:func:`common.fp8_pv_key_order`; the interpreter permutes P explicitly).
+Under the policy's ``fp8_qk=False`` Q and K stay 16-bit: S is the 16-bit
+wgmma and only P V runs in FP8 (no q·k descale).
 
 ``MosaicBlocks(persistent=True)`` (the default with no causal or window
 band): one CTA per SM walks the (head, query tile, batch) tiles, its K/V
@@ -32,8 +36,8 @@ same work.
 overlap): step j issues S_j = Q K_jᵀ together with P_{j-1} V_{j-1} and
 computes P_j while the latter runs; V is read one step late (a lagged
 :class:`pipeline.Stream`), a tile's first step only computes P, its drain adds
-the last P V; P is carried in registers (or, FP8 and the interpreter, kept in
-shared memory). The ping-pong then hands over after each pair.
+the last P V; P is carried in registers (in the interpreter, kept in shared
+memory). The ping-pong then hands over after each pair.
 
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
@@ -67,7 +71,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
                block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
-               overlap: bool):
+               overlap: bool, pingpong: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
@@ -75,11 +79,12 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # each head's q·k descale and v descale / P's scale, repeated per row.
   # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
   # (FP8: O is not in Q's dtype); k_smem/v_smem are the streamed K/V slots;
-  # p_smem: P's tile per warpgroup for an SS wgmma (FP8, or the interpreter),
-  # None when P is the register operand. tiles: the CTA's (head, query tile,
+  # p_smem: P's tile per warpgroup for an SS wgmma (the interpreter), None
+  # when P is the register operand. tiles: the CTA's (head, query tile,
   # batch) tiles. overlap: FlashAttention 3's intra-warpgroup overlap (step j
   # issues S_j = Q K_jᵀ and P_{j-1} V_{j-1} together and computes P_j while
-  # P_{j-1} V_{j-1} runs; V is read one step late).
+  # P_{j-1} V_{j-1} runs; V is read one step late). pingpong: the compute
+  # warpgroups hand the tensor cores over (:class:`pipeline.PingPong`).
   wg = lax.axis_index("wg")
   fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
@@ -91,7 +96,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                       (q_ref.dtype, None))
   unit = common.fwd_unit(plan.scale, plan.softcap)     # S2 = s · unit
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
-  pingpong = pipeline.PingPong(wg, schedule)
+  pingpong = pipeline.PingPong(wg, schedule, enabled=pingpong)
 
   def work(index):
     h, q_tile_index, b = index
@@ -113,6 +118,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       p = None
       if overlap and p_tile is None:
         p = plgpu.layout_cast(jnp.zeros((BLOCK_Q, block_kv), p_dtype),
+                              plgpu.Layout.WGMMA_8BIT if fp8 else
                               plgpu.Layout.WGMMA)
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
               jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
@@ -139,9 +145,21 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       return common.online_softmax_step(s, m, l, unit)
 
     def rounded(p):
-      # P for the P V product: 16-bit, or FP8's scaled P, rounded where it is
-      # stored (Mosaic GPU has no optimisation barrier over 8-bit registers)
+      # P for the P V product: 16-bit, or FP8's scaled P, rounded to FP8 by
+      # :func:`pv_operand` (Mosaic GPU has no optimisation barrier over 8-bit
+      # registers)
       return p * p_scale if fp8 else p.astype(p_dtype)
+
+    def pv_operand(p):
+      # P as the P V wgmma's A operand, from :func:`rounded`'s P. FP8: its
+      # columns in V's key order (common.fp8_pv_key_order), by reading the
+      # registers as the 8-bit layout (compiled) or by permuting them.
+      p = p.astype(p_dtype)
+      if not fp8:
+        return p
+      if plan.interpret:
+        return common.fp8_pv_key_order(p, axis=1)
+      return pipeline.fp8_register_operand(p)
 
     def rescale(acc, alpha):
       return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
@@ -172,16 +190,17 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       sync.wait(1)
       pingpong.wait()                    # the other's Q Kᵀ is issued
       # acc += P V
-      acc = pipeline.mma_acc(acc, p.astype(p_dtype), v_operand(slot), p_tile,
+      acc = pipeline.mma_acc(acc, pv_operand(p), v_operand(slot), p_tile,
                              in_place=not plan.interpret)
       return acc, m, l, qk_descale, None
 
-    # overlap: P_{j-1} is carried (registers) or kept in p_tile (FP8, the
+    # overlap: P_{j-1} is carried (registers) or kept in p_tile (the
     # interpreter) until step j issues P_{j-1} V_{j-1}
     def keep(p):
+      p = pv_operand(p)
       if p_tile is None:
         return p
-      p_tile[...] = p.astype(p_tile.dtype)
+      p_tile[...] = p
       plgpu.commit_smem()
       return None
 
@@ -266,7 +285,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       start=lambda: pl.when(wg == 1)(
           pingpong.signal if overlap else pingpong.wait),
       end=lambda: pl.when(wg == 0)(
-          pingpong.wait if overlap else pingpong.signal))
+          pingpong.wait if overlap else pingpong.signal),
+      compute_registers=plan.config.mosaic.compute_registers)
 
 
 def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
@@ -284,9 +304,9 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
       and v descales (:func:`flashjax.checks.check_descales`).
 
   FP8: wgmma takes 8-bit operands only K-major, so V is transposed to
-  ``[batch, kv_heads, d, seq_kv]`` by XLA before the kernel (one pass over V;
-  under the ``fp8=True`` policy it fuses with the quantisation), and P goes
-  through shared memory (SS wgmma).
+  ``[batch, kv_heads, d, seq_kv]`` by XLA before the kernel, its keys in
+  :func:`common.fp8_pv_key_order` (one pass over V; under the ``fp8=True``
+  policy it fuses with the quantisation).
 
   Returns:
     O ``[batch, seq_q, num_q_heads, head_dim]`` in ``plan.dtype``, and L
@@ -300,12 +320,13 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
                                   blocks.persistent)
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
-                             overlap=blocks.intra_wg_overlap)
+                             overlap=blocks.intra_wg_overlap,
+                             pingpong=blocks.pingpong)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8
   if fp8:
-    v = jnp.transpose(v, (0, 2, 3, 1))
+    v = common.fp8_pv_key_order(jnp.transpose(v, (0, 2, 3, 1)), axis=3)
     descale = jnp.broadcast_to(
         jnp.stack([descale[:, 0] * descale[:, 1],
                    descale[:, 2] / common.fp8_p_scale(fp8)],
@@ -324,7 +345,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           plgpu.SMEM((stages, bkv, head_dim), k.dtype),
           plgpu.SMEM((stages, *v_tile), v.dtype),
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), fp8 or q.dtype)
-          if plan.interpret or fp8 else None,
+          if plan.interpret else None,
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
           plgpu.Barrier(num_barriers=COMPUTE_WGS),
           # the ping-pong's: named hardware barriers when compiled

@@ -25,13 +25,15 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import custom_batching
 from jax import lax
+from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental import pallas as pl
 from jax.experimental.mosaic.gpu import utils as mgpu_utils
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from flashjax.config import MOSAIC_BLOCK_Q
+from flashjax.config import LAUNCH_REGISTERS, MOSAIC_BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
 
 ROW = plgpu.Layout.WGMMA.reduce(1)      # a value per accumulator row
@@ -170,17 +172,23 @@ class Tiles:
     return walk(self._walk())(pair)
 
 
-def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
+def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None,
+                  compute_registers: int = 232):
   """Run the producer and the compute warpgroups over the CTA's tiles:
   ``work(index)`` gives the :class:`Work` of tile ``index``; ``streams``
   the :class:`Stream` s it reads. ``start()``/``end()``: run by each compute
-  warpgroup before its first tile and after its last."""
+  warpgroup before its first tile and after its last. ``compute_registers``:
+  each compute thread's registers (``setmaxnreg``); the producer's threads
+  get what is left of the CTA's (``LAUNCH_REGISTERS`` a thread)."""
   stages = streams[0].smem.shape[0]
   frees = _distinct([stream.free for stream in streams])
 
   @pl.when(wg == COMPUTE_WGS)
   def _producer():
-    plgpu.set_max_registers(40, action="decrease")
+    plgpu.set_max_registers(
+        (COMPUTE_WGS + 1) * LAUNCH_REGISTERS
+        - COMPUTE_WGS * compute_registers,
+        action="decrease")
 
     def tile(index, done):
       w = work(index)
@@ -209,7 +217,7 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None):
 
   @pl.when(wg < COMPUTE_WGS)
   def _compute():
-    plgpu.set_max_registers(232, action="increase")
+    plgpu.set_max_registers(compute_registers, action="increase")
 
     def sync_at(count, step=True):
       # the Sync of the CTA's step ``count``: the current slot's streams (not
@@ -335,12 +343,18 @@ class PingPong:
   FlashAttention 3 and tokamax do. The Mosaic GPU interpreter cannot run
   inline PTX, so there ``mbarriers`` (``Barrier(num_barriers=2)``) carry the
   same protocol, which its race and deadlock checks then cover.
+
+  ``enabled=False``: no hand-overs; both warpgroups issue as they come (the
+  tensor cores then take whichever product is issued first).
   """
 
   wg: object
   mbarriers: object = None
+  enabled: bool = True
 
   def signal(self):
+    if not self.enabled:
+      return
     if self.mbarriers is None:
       _named_barrier("arrive", _NAMED_BARRIER_BASE + 1 - self.wg,
                      COMPUTE_WGS * 128)
@@ -348,6 +362,8 @@ class PingPong:
       plgpu.barrier_arrive(self.mbarriers.at[1 - self.wg])
 
   def wait(self):
+    if not self.enabled:
+      return
     if self.mbarriers is None:
       _named_barrier("sync", _NAMED_BARRIER_BASE + self.wg, COMPUTE_WGS * 128)
     else:
@@ -459,15 +475,39 @@ def wgmma_ss_pair(first, second, between):
                        plgpu.ACC(second[2], jnp.float32))
 
 
+def fp8_register_operand(p):
+  """P (FP8, ``[64, n]`` in the accumulator's layout) as the 8-bit register
+  operand of a wgmma, with no data moved: each thread's two 2-element vectors
+  of 16 columns become one 4-element vector, which the 8-bit layout reads as
+  columns in :func:`common.fp8_pv_key_order` (V's keys are put in that order
+  before the kernel). jax 0.11.2 has no relayout from the accumulator's
+  layout to the 8-bit one; FlashAttention 3 permutes bytes in registers
+  instead."""
+  @plgpu.inline_mgpu(
+      arg_types=(plgpu.Layout.WGMMA,),
+      return_type=plgpu.ShapeDtypeStruct(p.shape, p.dtype,
+                                         layout=plgpu.Layout.WGMMA_8BIT))
+  def regroup(_, x):
+    # registers: [row tiles, 8-column tiles, ..., the two rows r and r + 8, ...]
+    new = np.empty(mgpu.WGMMA_LAYOUT_8BIT.registers_shape(x.shape), object)
+    for idx in np.ndindex(new.shape):
+      pair = [x.registers[(idx[0], 2 * idx[1] + i, *idx[2:])] for i in (0, 1)]
+      new[idx] = mgpu_utils.vector_concat(pair)
+    return mgpu.FragmentedArray(_registers=new,
+                                _layout=mgpu.WGMMA_LAYOUT_8BIT,
+                                _is_signed=None)
+  return regroup(p)
+
+
 def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True):
   """``acc + a @ b`` on the tensor cores: ``a`` a register array in the
   accumulator's layout (P or dS, 16-bit or FP8), ``b`` in shared memory,
   ``acc`` float32.
 
   ``a_smem=None``: ``a`` is the wgmma's register operand (FlashAttention 3's
-  RS form; 16-bit, compiled only). Otherwise ``a`` goes through ``a_smem`` to
-  an SS wgmma: what FP8 needs (jax 0.11.2 cannot relayout an accumulator into
-  an 8-bit register operand) and what Mosaic GPU's CPU interpreter can run.
+  RS form; compiled only; FP8 through :func:`fp8_register_operand`).
+  Otherwise ``a`` goes through ``a_smem`` to an SS wgmma, what Mosaic GPU's
+  CPU interpreter can run.
   ``in_place``: accumulate into ``acc`` (compiled); else add a fresh product
   to it (the interpreter cannot run an in-place accumulator).
   """
