@@ -32,10 +32,6 @@
 #   bench-fp16 the same in fp16, with JAX's attention_mgpu (~8 min)
 #   bench-bwd  forward+backward, d 128, bf16 and fp16, against cuDNN (~2 min)
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
-#   fp8-opts   the FP8 forward without the ping-pong and/or with the
-#              overlap vs its default and cuDNN FP8, d 128, 4k / 16k (~2 min)
-#   opts-pingpong  the same for the bf16 forward, d 64 / 128, 1k-16k, and
-#              its test compiled (~5 min)
 #   opts-registers  240 registers a compute thread (forward, backward)
 #              against the default 232, forward+backward (~4 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (dense's out-of-memory point
@@ -173,29 +169,6 @@ for s in "$@"; do
         --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic --dtypes bfloat16 \
         --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
         --out "$WORK/fp8" ;;
-    fp8-opts)
-      # the FP8 forward (P a register operand) without the ping-pong, with the
-      # intra-warpgroup overlap (P carried in registers), both, against its
-      # default and cuDNN FP8, d 128, 4k / 16k; each impl's error is in the
-      # log (~2 min)
-      step fp8-opts timeout 240 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+pingpong=False \
-        flashjax_fp8_mosaic+intra_wg_overlap=True \
-        flashjax_fp8_mosaic+pingpong=False+intra_wg_overlap=True cudnn_fp8 \
-        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
-        --causal false true --modes fwd --matmul 0 --out "$WORK/fp8-opts" ;;
-    opts-pingpong)
-      # the 16-bit forward without the ping-pong (alone, and with the
-      # intra-warpgroup overlap) against its default and cuDNN, bf16, d 64 and
-      # 128, 1k / 4k / 16k, causal and not; then its test compiled (~5 min)
-      step opts-pingpong timeout 300 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+pingpong=False \
-        flashjax_mosaic+pingpong=False+intra_wg_overlap=True cudnn \
-        --dtypes bfloat16 --head-dims 64 128 --seqs 1024 4096 16384 \
-        --causal false true --modes fwd --matmul 0 --out "$WORK/opts-pingpong"
-      step opts-pingpong env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 150 \
-        $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
-        tests/test_mosaic.py -k pingpong ;;
     opts-registers)
       # 240 registers a compute thread (the producer keeps 24; default 232
       # and 40): the backward spilled (results/ncu-h200), forward+backward,

@@ -96,11 +96,11 @@ class MosaicBlocks:
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
-  step late). ``pingpong`` (forward): the two compute warpgroups take turns
-  on the tensor cores, one's softmax running while the other's products do
-  (FlashAttention 3); off, they issue as they come. ``compute_registers``:
+  step late). ``compute_registers``:
   each compute thread's registers, taken from the producer warpgroup's
-  (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split).
+  (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
+  forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
+  so the default stays 232).
 
   Two non-default tilings did not finish compiled on the H200 in one test
   case (d 64, window (None, 3); benchmarks/results/debug-hang-h200.md):
@@ -114,7 +114,6 @@ class MosaicBlocks:
   fused_dq: bool = False
   deferred_waits: bool = False
   intra_wg_overlap: bool = False
-  pingpong: bool = True
   compute_registers: int = 232
 
   def __post_init__(self):

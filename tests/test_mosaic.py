@@ -246,36 +246,6 @@ def test_intra_wg_overlap(case):
     assert text.count("custom_call @mosaic_gpu") == 3
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_forward_without_pingpong(case):
-  """``MosaicBlocks(pingpong=False)``: the forward's compute warpgroups issue
-  their products without handing the tensor cores over, alone and with the
-  intra-warpgroup overlap; in the interpreter (race detector on) for the MQA
-  case, compiled on a GPU for all; 16-bit and FP8 lower for CUDA."""
-  if case is not CASES[1]:
-    skip_in_interpreter("the interpreter runs the MQA case (empty tiles)")
-  config = flashjax.default_config(case.head_dim, causal=case.causal)
-  config = dataclasses.replace(
-      config, mosaic=dataclasses.replace(config.mosaic, pingpong=False))
-  check_without_races(case, config)
-
-  for overlap in (False, True):
-    compiled = dataclasses.replace(config, mosaic=dataclasses.replace(
-        config.mosaic, intra_wg_overlap=overlap))
-
-    def attention(q, descale=None):
-      return flashjax.attention(q, q, q, q_descale=descale,
-                                k_descale=descale, v_descale=descale,
-                                causal=case.causal, backend="mosaic",
-                                config=compiled, interpret=False)
-    q16 = jax.ShapeDtypeStruct((2, 1000, 4, case.head_dim),
-                               jnp.dtype(case.dtype))
-    q8 = q16.update(dtype=jnp.float8_e4m3fn)
-    for args in ((q16,), (q8, jax.ShapeDtypeStruct((), jnp.float32))):
-      text = lower_for_h100(attention, *args).as_text()
-      assert "custom_call @mosaic_gpu" in text
-
-
 FUSED_CASES = CASES + [
     # non-causal GQA, more key tiles than stages, several query heads per CTA
     Case(dtype="float16", batch=1, seq_q=256, seq_kv=384, num_q_heads=4,

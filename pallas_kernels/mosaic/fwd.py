@@ -71,7 +71,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
                block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
-               overlap: bool, pingpong: bool):
+               overlap: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
@@ -83,8 +83,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # when P is the register operand. tiles: the CTA's (head, query tile,
   # batch) tiles. overlap: FlashAttention 3's intra-warpgroup overlap (step j
   # issues S_j = Q K_jᵀ and P_{j-1} V_{j-1} together and computes P_j while
-  # P_{j-1} V_{j-1} runs; V is read one step late). pingpong: the compute
-  # warpgroups hand the tensor cores over (:class:`pipeline.PingPong`).
+  # P_{j-1} V_{j-1} runs; V is read one step late).
   wg = lax.axis_index("wg")
   fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
@@ -96,7 +95,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                       (q_ref.dtype, None))
   unit = common.fwd_unit(plan.scale, plan.softcap)     # S2 = s · unit
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
-  pingpong = pipeline.PingPong(wg, schedule, enabled=pingpong)
+  pingpong = pipeline.PingPong(wg, schedule)
 
   def work(index):
     h, q_tile_index, b = index
@@ -320,8 +319,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
                                   blocks.persistent)
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
-                             overlap=blocks.intra_wg_overlap,
-                             pingpong=blocks.pingpong)
+                             overlap=blocks.intra_wg_overlap)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8

@@ -343,18 +343,12 @@ class PingPong:
   FlashAttention 3 and tokamax do. The Mosaic GPU interpreter cannot run
   inline PTX, so there ``mbarriers`` (``Barrier(num_barriers=2)``) carry the
   same protocol, which its race and deadlock checks then cover.
-
-  ``enabled=False``: no hand-overs; both warpgroups issue as they come (the
-  tensor cores then take whichever product is issued first).
   """
 
   wg: object
   mbarriers: object = None
-  enabled: bool = True
 
   def signal(self):
-    if not self.enabled:
-      return
     if self.mbarriers is None:
       _named_barrier("arrive", _NAMED_BARRIER_BASE + 1 - self.wg,
                      COMPUTE_WGS * 128)
@@ -362,8 +356,6 @@ class PingPong:
       plgpu.barrier_arrive(self.mbarriers.at[1 - self.wg])
 
   def wait(self):
-    if not self.enabled:
-      return
     if self.mbarriers is None:
       _named_barrier("sync", _NAMED_BARRIER_BASE + self.wg, COMPUTE_WGS * 128)
     else:
