@@ -44,6 +44,8 @@
 #              ours vs cuDNN's, d 128 4k, causal and not (~4 min)
 #   ncu-fp8    the same on the FP8 forward, ours vs cuDNN FP8, and our bf16
 #              forward, d 128 4k non-causal (~2 min)
+#   ncu-stalls the warps' stall reasons (ncu raw metrics) of the FP8 forward
+#              and the bf16 forward+backward, ours vs cuDNN's, 4k (~2 min)
 #   parity-fp8-pv  flash-fp8 and flash-fp8-pv (P V only in FP8) beside
 #              flash (~6 min)
 #   fp8-policy the FP8 training policy's speed (full, P V only) vs bf16 and
@@ -220,6 +222,24 @@ for s in "$@"; do
         > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
       step ncu-fp8 $PY benchmarks/profile_kernels.py --summarize "$WORK/$name.csv" \
         --out "$WORK/$name" ;;
+    ncu-stalls)
+      # why ours issue fewer instructions a cycle than cuDNN's (results/ncu-h200):
+      # the warps' stall reasons per issued instruction, FP8 forward and bf16
+      # forward+backward, d 128 4k non-causal, ours and cuDNN's (~2 min)
+      for spec in "fp8:fwd:flashjax_fp8_mosaic cudnn_fp8" \
+                  "bf16:fwd_bwd:flashjax_mosaic cudnn"; do
+        IFS=: read -r tag mode impls <<< "$spec"
+        name=ncu-stalls-$tag
+        step ncu-stalls timeout 150 ncu --clock-control none \
+          --profile-from-start off -f -o "$WORK/$name" --metrics \
+          'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
+          $PY benchmarks/profile_kernels.py --seq 4096 --iters 1 --no-trace \
+          --mode $mode --impls $impls
+        ncu --import "$WORK/$name.ncu-rep" --csv --page raw \
+          > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
+        step ncu-stalls $PY benchmarks/profile_kernels.py --stalls \
+          "$WORK/$name.csv" --out "$WORK/$name"
+      done ;;
     parity-fp8-pv)
       # FP8 for P V only (Q Kᵀ in bf16: its error does not grow with the
       # logits, benchmarks/fp8_gradients.py) beside the full FP8 forward and

@@ -26,6 +26,9 @@ stay outside), and ncu's ``--profile-from-start off`` profiles only those::
 kernel launch, in launch order, with its duration and cycles, SM, memory
 and DRAM throughput, instructions per active cycle, issue slots busy,
 registers per thread, local-memory spills and shared memory per block.
+``--stalls CSV`` tabulates ``--page raw`` output of the stall metrics
+(``gpu_session.sh ncu-stalls``): per launch, the warps' stalled cycles per
+issued instruction by reason.
 """
 
 from __future__ import annotations
@@ -166,6 +169,39 @@ def ncu_table(csv_text: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+STALL_PREFIX = "smsp__average_warps_issue_stalled_"
+STALL_SUFFIX = "_per_issue_active.ratio"
+
+
+def stall_table(csv_text: str, top: int = 6) -> str:
+  """Markdown table of ``ncu --page raw --csv --metrics
+  regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio``: per
+  kernel launch, the warps' stalled cycles per issued instruction by reason
+  (largest ``top``, and their sum over every reason). Rows after the header
+  whose ID is not a number (ncu's units row) are skipped."""
+  rows = [r for r in csv.DictReader(io.StringIO("\n".join(
+      line for line in csv_text.splitlines() if line.startswith('"'))))
+          if r.get("ID", "").strip().isdigit()]
+  if not rows:
+    raise ValueError("no ncu raw rows in the CSV")
+  lines = ["| # | kernel | stalled cycles per issue | largest reasons |",
+           "|---|---|---|---|"]
+  for r in rows:
+    stalls = {}
+    for name, value in r.items():
+      if name and name.startswith(STALL_PREFIX) and name.endswith(STALL_SUFFIX):
+        try:
+          stalls[name[len(STALL_PREFIX):-len(STALL_SUFFIX)]] = float(
+              value.replace(",", ""))
+        except ValueError:
+          continue
+    largest = sorted(stalls.items(), key=lambda x: -x[1])[:top]
+    lines.append(f"| {r['ID']} | `{r['Kernel Name'][:60]}` | "
+                 f"{sum(stalls.values()):.2f} | "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in largest) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def table(rows) -> str:
   lines = ["| impl | kernel | calls | µs per call | share |",
            "|---|---|---|---|---|"]
@@ -198,9 +234,12 @@ def main(argv=None):
   p.add_argument("--out", default=None, help="PREFIX for PREFIX.json/.md")
   p.add_argument("--summarize", metavar="CSV",
                  help="instead: tabulate ncu's details page (PREFIX.md)")
+  p.add_argument("--stalls", metavar="CSV",
+                 help="instead: tabulate ncu's raw stall metrics (PREFIX.md)")
   args = p.parse_args(argv)
-  if args.summarize:
-    md = ncu_table(Path(args.summarize).read_text())
+  if args.summarize or args.stalls:
+    md = (ncu_table(Path(args.summarize).read_text()) if args.summarize
+          else stall_table(Path(args.stalls).read_text()))
     print(md)
     if args.out:
       Path(args.out + ".md").write_text(md)

@@ -32,7 +32,8 @@ def test_bench_attention_writes_rows_and_the_matmul_share(tmp_path):
 def test_profile_kernels_tabulates_ncu_details(tmp_path):
   """benchmarks/profile_kernels.py --summarize on a CSV laid out as ncu's
   ``--csv --page details`` (its ==PROF== log lines mixed in): one row per
-  launch in ID order, the metrics it has, '—' for those it lacks."""
+  launch in ID order, the metrics it has, '—' for those it lacks; a metric
+  name in two sections is read from the first (Speed Of Light's %)."""
   from benchmarks import profile_kernels
   header = ('"ID","Process ID","Process Name","Host Name","Kernel Name",'
             '"Context","Stream","Block Size","Grid Size","Device","CC",'
@@ -49,16 +50,43 @@ def test_profile_kernels_tabulates_ncu_details(tmp_path):
           "us", "812.10"),
       row(0, "anonymous_fwd", "GPU Speed Of Light Throughput",
           "Compute (SM) Throughput", "%", "71.5"),
-      row(0, "anonymous_fwd", "Occupancy", "Achieved Occupancy", "%",
-          "18.7"),
+      row(0, "anonymous_fwd", "GPU Speed Of Light Throughput",
+          "Memory Throughput", "%", "46.5"),
+      row(0, "anonymous_fwd", "Memory Workload Analysis",
+          "Memory Throughput", "Gbyte/s", "319.1"),
+      row(0, "anonymous_fwd", "Launch Statistics", "Registers Per Thread",
+          "register/thread", "168"),
       "==PROF== Disconnected from process 1"])
   (tmp_path / "prof.csv").write_text(csv_text)
   profile_kernels.main(["--summarize", str(tmp_path / "prof.csv"),
                         "--out", str(tmp_path / "prof")])
   lines = (tmp_path / "prof.md").read_text().splitlines()
-  assert lines[0].startswith("| # | kernel | grid × block | duration | SM % |")
+  assert lines[0].startswith(
+      "| # | kernel | grid × block | duration | cycles | SM % | memory % |")
   fwd, dkdv = lines[2], lines[3]
   assert fwd.startswith("| 0 | `anonymous_fwd` | (132, 1, 1) × (384, 1, 1) |")
-  assert "| 812.10 us | 71.5 |" in fwd and "| 18.7 |" in fwd
+  assert "| 812.10 us | — | 71.5 | 46.5 |" in fwd
+  assert "| 168 register/thread |" in fwd
   assert dkdv.startswith("| 1 | `anonymous_dkdv` |")
   assert "| 2,104.35 us | — |" in dkdv
+
+
+def test_profile_kernels_tabulates_ncu_stalls(tmp_path):
+  """--stalls on ncu's ``--csv --page raw`` layout (a units row under the
+  header): per launch, the stall reasons' sum and the largest first."""
+  from benchmarks import profile_kernels
+  stall = lambda r: f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio"
+  reasons = ["long_scoreboard", "wait", "barrier"]
+  csv_text = "\n".join([
+      "==PROF== Connected to process 1",
+      '"ID","Kernel Name",' + ",".join(f'"{stall(r)}"' for r in reasons),
+      '"","","ratio","ratio","ratio"',
+      '"0","anonymous_fwd","0.50","1.25","2.00"',
+      '"1","cudnn_fprop","0.10","0.90","0.30"'])
+  (tmp_path / "stalls.csv").write_text(csv_text)
+  profile_kernels.main(["--stalls", str(tmp_path / "stalls.csv"),
+                        "--out", str(tmp_path / "stalls")])
+  lines = (tmp_path / "stalls.md").read_text().splitlines()
+  assert lines[2] == ("| 0 | `anonymous_fwd` | 3.75 | barrier 2.00, "
+                      "wait 1.25, long_scoreboard 0.50 |")
+  assert lines[3].startswith("| 1 | `cudnn_fprop` | 1.30 | wait 0.90,")
