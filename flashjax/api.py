@@ -74,7 +74,8 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       logit by a few percent of its size, an error that grows as attention
       sharpens, where P's and V's does not
       (``benchmarks/fp8_gradients.py``); half the forward's matmul work
-      stays 16-bit.
+      stays 16-bit. The FP8 mode for training: 600 steps on the H200 ended
+      at bf16's loss with it, 19-27% above without it (README, FP8).
     q_descale, k_descale, v_descale: with FP8 inputs (``float8_e4m3fn`` or
       ``float8_e5m2``, pre-quantised, e.g. by :func:`flashjax.fp8.quantize`):
       real value = fp8 value × descale; a scalar or one per head. Required;
