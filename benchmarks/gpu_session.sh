@@ -224,7 +224,8 @@ for s in "$@"; do
         --out "$WORK/$name" ;;
     ncu-stalls)
       # why ours issue fewer instructions a cycle than cuDNN's (results/ncu-h200):
-      # the warps' stall reasons per issued instruction, FP8 forward and bf16
+      # the warps' stall reasons per issued instruction and the pipelines'
+      # utilisation (profile_kernels.stall_table), FP8 forward and bf16
       # forward+backward, d 128 4k non-causal, ours and cuDNN's (~2 min)
       for spec in "fp8:fwd:flashjax_fp8_mosaic cudnn_fp8" \
                   "bf16:fwd_bwd:flashjax_mosaic cudnn"; do
@@ -232,7 +233,7 @@ for s in "$@"; do
         name=ncu-stalls-$tag
         step ncu-stalls timeout 150 ncu --clock-control none \
           --profile-from-start off -f -o "$WORK/$name" --metrics \
-          'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
+          'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
           $PY benchmarks/profile_kernels.py --seq 4096 --iters 1 --no-trace \
           --mode $mode --impls $impls
         ncu --import "$WORK/$name.ncu-rep" --csv --page raw \

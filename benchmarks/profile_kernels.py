@@ -171,34 +171,46 @@ def ncu_table(csv_text: str) -> str:
 
 STALL_PREFIX = "smsp__average_warps_issue_stalled_"
 STALL_SUFFIX = "_per_issue_active.ratio"
+PIPE_PREFIX = "sm__"      # sm__inst_executed_pipe_*, sm__pipe_*
+PIPE_SUFFIX = ".avg.pct_of_peak_sustained_active"
+
+
+def _metrics(row: dict, prefixes, suffix: str) -> dict:
+  """{short name: value} of ``row``'s numeric metrics named prefix…suffix."""
+  out = {}
+  for name, value in row.items():
+    prefix = next((p for p in prefixes if name and name.startswith(p)), None)
+    if prefix and name.endswith(suffix):
+      try:
+        out[name[len(prefix):-len(suffix)]] = float(value.replace(",", ""))
+      except ValueError:
+        continue
+  return out
 
 
 def stall_table(csv_text: str, top: int = 6) -> str:
-  """Markdown table of ``ncu --page raw --csv --metrics
-  regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio``: per
+  """Markdown table of ``ncu --page raw --csv`` over the metrics
+  ``gpu_session.sh ncu-stalls`` collects (stall reasons, pipelines): per
   kernel launch, the warps' stalled cycles per issued instruction by reason
-  (largest ``top``, and their sum over every reason). Rows after the header
-  whose ID is not a number (ncu's units row) are skipped."""
+  (largest ``top``, and their sum over every reason), and the busiest
+  pipelines (% of peak over active cycles). Rows after the header whose ID is
+  not a number (ncu's units row) are skipped."""
   rows = [r for r in csv.DictReader(io.StringIO("\n".join(
       line for line in csv_text.splitlines() if line.startswith('"'))))
           if r.get("ID", "").strip().isdigit()]
   if not rows:
     raise ValueError("no ncu raw rows in the CSV")
-  lines = ["| # | kernel | stalled cycles per issue | largest reasons |",
-           "|---|---|---|---|"]
+  lines = ["| # | kernel | stalled cycles per issue | largest reasons | "
+           "busiest pipes (% of peak) |", "|---|---|---|---|---|"]
   for r in rows:
-    stalls = {}
-    for name, value in r.items():
-      if name and name.startswith(STALL_PREFIX) and name.endswith(STALL_SUFFIX):
-        try:
-          stalls[name[len(STALL_PREFIX):-len(STALL_SUFFIX)]] = float(
-              value.replace(",", ""))
-        except ValueError:
-          continue
+    stalls = _metrics(r, (STALL_PREFIX,), STALL_SUFFIX)
+    pipes = _metrics(r, (PIPE_PREFIX,), PIPE_SUFFIX)
     largest = sorted(stalls.items(), key=lambda x: -x[1])[:top]
+    busiest = sorted(pipes.items(), key=lambda x: -x[1])[:4]
     lines.append(f"| {r['ID']} | `{r['Kernel Name'][:60]}` | "
                  f"{sum(stalls.values()):.2f} | "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in largest) + " |")
+                 + ", ".join(f"{k} {v:.2f}" for k, v in largest) + " | "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in busiest) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -73,20 +73,24 @@ def test_profile_kernels_tabulates_ncu_details(tmp_path):
 
 def test_profile_kernels_tabulates_ncu_stalls(tmp_path):
   """--stalls on ncu's ``--csv --page raw`` layout (a units row under the
-  header): per launch, the stall reasons' sum and the largest first."""
+  header): per launch, the stall reasons' sum and the largest first, and the
+  busiest pipelines."""
   from benchmarks import profile_kernels
   stall = lambda r: f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio"
-  reasons = ["long_scoreboard", "wait", "barrier"]
+  pipe = lambda p: f"sm__{p}.avg.pct_of_peak_sustained_active"
+  names = [stall(r) for r in ("long_scoreboard", "wait", "barrier")] + [
+      pipe(p) for p in ("inst_executed_pipe_xu", "pipe_tensor_op_gmma_cycles_active")]
   csv_text = "\n".join([
       "==PROF== Connected to process 1",
-      '"ID","Kernel Name",' + ",".join(f'"{stall(r)}"' for r in reasons),
-      '"","","ratio","ratio","ratio"',
-      '"0","anonymous_fwd","0.50","1.25","2.00"',
-      '"1","cudnn_fprop","0.10","0.90","0.30"'])
+      '"ID","Kernel Name",' + ",".join(f'"{n}"' for n in names),
+      '"","","ratio","ratio","ratio","%","%"',
+      '"0","anonymous_fwd","0.50","1.25","2.00","71.2","55.0"',
+      '"1","cudnn_fprop","0.10","0.90","0.30","60.0","66.6"'])
   (tmp_path / "stalls.csv").write_text(csv_text)
   profile_kernels.main(["--stalls", str(tmp_path / "stalls.csv"),
                         "--out", str(tmp_path / "stalls")])
   lines = (tmp_path / "stalls.md").read_text().splitlines()
   assert lines[2] == ("| 0 | `anonymous_fwd` | 3.75 | barrier 2.00, "
-                      "wait 1.25, long_scoreboard 0.50 |")
+                      "wait 1.25, long_scoreboard 0.50 | inst_executed_pipe_xu "
+                      "71, pipe_tensor_op_gmma_cycles_active 55 |")
   assert lines[3].startswith("| 1 | `cudnn_fprop` | 1.30 | wait 0.90,")
