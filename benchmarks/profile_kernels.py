@@ -175,12 +175,11 @@ PIPE_PREFIX = "sm__"      # sm__inst_executed_pipe_*, sm__pipe_*
 PIPE_SUFFIX = ".avg.pct_of_peak_sustained_active"
 
 
-def _metrics(row: dict, prefixes, suffix: str) -> dict:
+def _metrics(row: dict, prefix: str, suffix: str) -> dict:
   """{short name: value} of ``row``'s numeric metrics named prefix…suffix."""
   out = {}
   for name, value in row.items():
-    prefix = next((p for p in prefixes if name and name.startswith(p)), None)
-    if prefix and name.endswith(suffix):
+    if name and name.startswith(prefix) and name.endswith(suffix):
       try:
         out[name[len(prefix):-len(suffix)]] = float(value.replace(",", ""))
       except ValueError:
@@ -203,8 +202,8 @@ def stall_table(csv_text: str, top: int = 6) -> str:
   lines = ["| # | kernel | stalled cycles per issue | largest reasons | "
            "busiest pipes (% of peak) |", "|---|---|---|---|---|"]
   for r in rows:
-    stalls = _metrics(r, (STALL_PREFIX,), STALL_SUFFIX)
-    pipes = _metrics(r, (PIPE_PREFIX,), PIPE_SUFFIX)
+    stalls = _metrics(r, STALL_PREFIX, STALL_SUFFIX)
+    pipes = _metrics(r, PIPE_PREFIX, PIPE_SUFFIX)
     largest = sorted(stalls.items(), key=lambda x: -x[1])[:top]
     busiest = sorted(pipes.items(), key=lambda x: -x[1])[:4]
     lines.append(f"| {r['ID']} | `{r['Kernel Name'][:60]}` | "

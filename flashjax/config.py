@@ -71,10 +71,11 @@ class Blocks:
 # M), two compute warpgroups per CTA, plus one producer warpgroup.
 MOSAIC_BLOCK_Q = 64
 MOSAIC_COMPUTE_WGS = 2
-# Registers a thread of the Hopper kernels' 384-thread CTAs starts with
-# (65536 / 384, rounded down to a multiple of 8; ncu reports 168), which
-# ``setmaxnreg`` moves from the producer warpgroup to the compute ones.
-LAUNCH_REGISTERS = 168
+# Registers a thread of the Hopper kernels' CTAs (the compute warpgroups and
+# the producer, 128 threads each) starts with: the SM's 65536 shared out,
+# rounded down to a multiple of 8 (168; ncu reports it), which ``setmaxnreg``
+# moves from the producer warpgroup to the compute ones.
+LAUNCH_REGISTERS = 65536 // ((MOSAIC_COMPUTE_WGS + 1) * 128) // 8 * 8
 MOSAIC_HEAD_DIMS = (64, 128)
 
 

@@ -172,8 +172,8 @@ class Tiles:
     return walk(self._walk())(pair)
 
 
-def streamed_loop(*, wg, tiles: Tiles, streams, work, start=None, end=None,
-                  compute_registers: int = 232):
+def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
+                  start=None, end=None):
   """Run the producer and the compute warpgroups over the CTA's tiles:
   ``work(index)`` gives the :class:`Work` of tile ``index``; ``streams``
   the :class:`Stream` s it reads. ``start()``/``end()``: run by each compute
