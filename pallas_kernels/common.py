@@ -96,9 +96,19 @@ def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
   return jnp.where(spec.predicate(q_idx, k_idx, q_seg, kv_seg), s, -jnp.inf)
 
 
-def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0):
+def _scaled(m2, p_scale: float):
+  """A row term m2 (log2 units) less log2(p_scale): exp2(x - it) is p_scale ·
+  exp2(x - m2). Nothing is added for p_scale = 1 (16-bit kernels)."""
+  return m2 if p_scale == 1.0 else m2 - math.log2(p_scale)
+
+
+def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
+                        p_scale: float = 1.0):
   """One step of the online softmax over a tile of logits S2 = s · unit
-  (log2 units; ``unit > 0``, :func:`fwd_unit`).
+  (log2 units; ``unit > 0``, :func:`fwd_unit`). ``p_scale``: P comes out
+  multiplied by it (FP8's :func:`fp8_p_scale`) at no cost, in the FMA's row
+  term; l sums the scaled P, so ``acc / l`` is unchanged and
+  :func:`finalize` takes the scale out of L.
 
   s ``[block_q, block_kv]`` (-inf where masked), m_prev/l_prev ``[block_q]``;
   m is kept in s's units. Returns ``(P, m_new, l_new, alpha)`` where the
@@ -108,24 +118,25 @@ def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0):
   # m_new = max(m_prev, rowmax(S))
   m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
   m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-  # P = exp2(S - m_new) (one FMA and an exp2 per entry), alpha = exp2(m_prev - m_new)
-  p = jnp.exp2(s * unit - (m_safe * unit)[:, None])
+  # P = p_scale · exp2(S - m_new) (one FMA and an exp2 per entry),
+  # alpha = exp2(m_prev - m_new)
+  p = jnp.exp2(s * unit - _scaled(m_safe * unit, p_scale)[:, None])
   alpha = jnp.exp2((m_prev - m_safe) * unit)
   # l_new = alpha · l_prev + rowsum(P)
   l_new = alpha * l_prev + jnp.sum(p, axis=1)
   return p, m_new, l_new, alpha
 
 
-def finalize(acc, m, l, unit: float = 1.0):
-  """Deferred normalisation: ``O = acc / l`` and ``L = (m · unit + log2 l) ·
-  ln 2`` (m in the units of :func:`online_softmax_step`).
+def finalize(acc, m, l, unit: float = 1.0, p_scale: float = 1.0):
+  """Deferred normalisation: ``O = acc / l`` and ``L = (m · unit + log2 l -
+  log2 p_scale) · ln 2`` (m, l and p_scale as in :func:`online_softmax_step`).
 
   A fully masked row (l = 0) gives O = 0 and L = -inf.
   """
   empty = l == 0.0
   o = acc / jnp.where(empty, 1.0, l)[:, None]
-  lse = jnp.where(empty, -jnp.inf,
-                  (m * unit + jnp.log2(jnp.where(empty, 1.0, l))) * LN2)
+  lse = jnp.where(empty, -jnp.inf, (_scaled(m * unit, p_scale)
+                                    + jnp.log2(jnp.where(empty, 1.0, l))) * LN2)
   return o, lse
 
 

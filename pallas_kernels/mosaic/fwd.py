@@ -16,7 +16,8 @@ and run compiled on the H100.
 
 FP8 (Q, K, V pre-quantised, or quantised by the ``fp8=True`` policy): the same
 loop with S rescaled by the q·k descale, P scaled by the format's largest value
-and rounded to FP8, and V transposed by XLA to ``[batch, kv_heads, d, seq_kv]``
+(in the exponent's FMA, :func:`common.online_softmax_step`; l sums the scaled
+P, so O needs only V's descale) and rounded to FP8, and V transposed by XLA to ``[batch, kv_heads, d, seq_kv]``
 before the kernel (8-bit wgmma operands must be K-major). P stays the register
 operand: jax 0.11.2 cannot relayout the accumulator into the 8-bit operand
 layout, so the accumulator's registers are read as that layout as they are
@@ -76,7 +77,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
   # [batch, seq_kv]); descale_ref: None or (FP8) float32 [heads, 2, BLOCK_Q],
-  # each head's q·k descale and v descale / P's scale, repeated per row.
+  # each head's q·k descale and v descale, repeated per row.
   # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
   # (FP8: O is not in Q's dtype); k_smem/v_smem are the streamed K/V slots;
   # p_smem: P's tile per warpgroup for an SS wgmma (the interpreter), None
@@ -90,9 +91,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   q_tile = q_smem.at[wg]
   o_tile = (q_smem if o_smem is None else o_smem).at[wg]
   p_tile = None if p_smem is None else p_smem.at[wg]
-  # FP8: P is scaled by the format's largest value before it is rounded
+  # FP8: P comes out of the softmax scaled by the format's largest value
   p_dtype, p_scale = ((fp8, common.fp8_p_scale(fp8)) if fp8 else
-                      (q_ref.dtype, None))
+                      (q_ref.dtype, 1.0))
   unit = common.fwd_unit(plan.scale, plan.softcap)     # S2 = s · unit
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
   pingpong = pipeline.PingPong(wg, schedule)
@@ -140,14 +141,14 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap)
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-      # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
-      return common.online_softmax_step(s, m, l, unit)
+      # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P)
+      return common.online_softmax_step(s, m, l, unit, p_scale)
 
     def rounded(p):
       # P for the P V product: 16-bit, or FP8's scaled P, rounded to FP8 by
       # :func:`pv_operand` (Mosaic GPU has no optimisation barrier over 8-bit
       # registers)
-      return p * p_scale if fp8 else p.astype(p_dtype)
+      return p if fp8 else p.astype(p_dtype)
 
     def pv_operand(p):
       # P as the P V wgmma's A operand, from :func:`rounded`'s P. FP8: its
@@ -255,9 +256,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       return acc, m, l, qk_descale, p_prev
 
     def finish(carry):
-      # O = acc / l (FP8: · v descale / P's scale), L = m + log l; O goes out
+      # O = acc / l (FP8: · v descale), L = m + log l; O goes out
       # through shared memory.
-      o, lse = common.finalize(*carry[:3], unit)
+      o, lse = common.finalize(*carry[:3], unit, p_scale)
       if fp8:
         o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
       pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
@@ -327,7 +328,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
     v = common.fp8_pv_key_order(jnp.transpose(v, (0, 2, 3, 1)), axis=3)
     descale = jnp.broadcast_to(
         jnp.stack([descale[:, 0] * descale[:, 1],
-                   descale[:, 2] / common.fp8_p_scale(fp8)],
+                   descale[:, 2]],
                   axis=1)[:, :, None], (num_heads, 2, BLOCK_Q))
   v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
   return plgpu.kernel(

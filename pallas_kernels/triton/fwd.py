@@ -28,12 +28,12 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
   q_start = i * block_q
   q = q_ref[...]
   q_seg = None if q_seg_ref is None else q_seg_ref[...]
-  # FP8: this head's descales (q, k, v; Q and K 16-bit unless fp8_qk); P is
-  # scaled by the format's largest value before it is rounded to FP8, and that
-  # scale divided out at the end.
+  # FP8: this head's descales (q, k, v; Q and K 16-bit unless fp8_qk); P comes
+  # out of the softmax scaled by the format's largest value (l sums the scaled
+  # P, so the scale cancels in acc / l) and is rounded to FP8.
   qk_descale = (descale_ref[0] * descale_ref[1] if fp8 is not None and fp8_qk
                 else None)
-  p_scale = None if fp8 is None else common.fp8_p_scale(fp8)
+  p_scale = 1.0 if fp8 is None else common.fp8_p_scale(fp8)
   unit = common.fwd_unit(scale, softcap)        # S2 = s · unit
 
   def body(j, carry):
@@ -51,10 +51,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
                 else kv_seg_ref[pl.ds(kv_start, block_kv)])
       s = common.mask_tile(s, mask, q_start, kv_start, block_q, block_kv,
                            q_seg, kv_seg)
-    # P = exp2(S - m_new), l_new = alpha · l + rowsum(P)
-    p, m, l, alpha = common.online_softmax_step(s, m, l, unit)
-    # acc = alpha · acc + P V   (FP8: P rounded as P · p_scale)
-    p = p if fp8 is None else p * p_scale
+    # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P)
+    p, m, l, alpha = common.online_softmax_step(s, m, l, unit, p_scale)
+    # acc = alpha · acc + P V
     acc = acc * alpha[:, None] + common.dot(p.astype(v.dtype), v,
                                             precision=precision)
     return acc, m, l
@@ -67,9 +66,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
   lo, hi = mask.kv_block_range(q_start, block_q, block_kv, num_kv_blocks)
   acc, m, l = lax.fori_loop(lo, hi, body, init)
   # O = acc / l, L = m + log l
-  o, lse = common.finalize(acc, m, l, unit)
+  o, lse = common.finalize(acc, m, l, unit, p_scale)
   if fp8 is not None:
-    o = o * (descale_ref[2] / p_scale)
+    o = o * descale_ref[2]
   o_ref[...] = o.astype(o_ref.dtype)
   lse_ref[...] = lse
 
