@@ -160,8 +160,9 @@ def with_options(name: str, causal: bool):
         value == "True" if value in ("True", "False") else int(value))
   fp8_impl = base in FP8_IMPLS
 
-  def configured(head_dim):
-    config = flashjax.default_config(head_dim, causal=causal, fp8=fp8_impl)
+  def configured(head_dim, seq_kv):
+    config = flashjax.default_config(head_dim, causal=causal, fp8=fp8_impl,
+                                     seq_kv=seq_kv)
     return dataclasses.replace(
         config, mosaic=dataclasses.replace(config.mosaic, **fwd),
         mosaic_bwd=dataclasses.replace(config.mosaic_bwd, **bwd))
@@ -169,9 +170,10 @@ def with_options(name: str, causal: bool):
   if fp8_impl:
     return lambda q8, k8, v8, qd, kd, vd: flashjax.attention(
         q8, k8, v8, causal=causal, q_descale=qd, k_descale=kd, v_descale=vd,
-        backend="mosaic", config=configured(q8.shape[-1]))
+        backend="mosaic", config=configured(q8.shape[-1], k8.shape[1]))
   return lambda q, k, v: flashjax.attention(
-      q, k, v, causal=causal, backend="mosaic", config=configured(q.shape[-1]))
+      q, k, v, causal=causal, backend="mosaic",
+      config=configured(q.shape[-1], k.shape[1]))
 
 
 def resolve(name: str, causal: bool):

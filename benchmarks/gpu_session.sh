@@ -54,6 +54,14 @@
 #              (~5 min)
 #   tune-short the forward's K/V tiles, stages and persistent grid at seq
 #              1k, causal, d 128 and 64 (~2.5 min)
+#   ncu-source which instructions the warps stall at: Nsight Compute's
+#              per-SASS-instruction stall samples (source page), forwards
+#              (FP8, bf16; ours and cuDNN's) and our bf16 backward, d 128 4k
+#              non-causal (~3 min)
+#   fp8-causal the causal FP8 forward's tiling now that P is a register
+#              operand: persistent grid (mirrored pairs), 3 stages, 256-row
+#              K/V tiles, against its default and cuDNN FP8, d 128, 1k / 4k /
+#              16k (~3 min)
 #   parity-fp16  flash against dense in float16 (dynamic loss scale), 300
 #              steps (~4 min: 180 s stopped at step 151)
 # Each step writes <step>.log (+ JSON/MD/PNG where it makes them) and is cut by
@@ -241,6 +249,25 @@ for s in "$@"; do
         step ncu-stalls $PY benchmarks/profile_kernels.py --stalls \
           "$WORK/$name.csv" --out "$WORK/$name"
       done ;;
+    ncu-source)
+      # ncu-stalls put our forwards' extra stalls in long_scoreboard: per
+      # instruction, which waits they are (raw CSV of the source page; the
+      # reports come back too) (~3 min)
+      for spec in "fwd:fwd:flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic cudnn" \
+                  "bwd:fwd_bwd:flashjax_mosaic"; do
+        IFS=: read -r tag mode impls <<< "$spec"
+        name=ncu-source-$tag
+        step ncu-source timeout 150 ncu --clock-control none \
+          --profile-from-start off -k 'regex:mosaic|sdpa' \
+          --section SourceCounters --section WarpStateStats -f \
+          -o "$WORK/$name" $PY benchmarks/profile_kernels.py --seq 4096 \
+          --iters 1 --no-trace --mode $mode --impls $impls
+        ncu --import "$WORK/$name.ncu-rep" --page source --csv \
+          --print-source sass > "$WORK/$name.csv" 2>> "$WORK/ncu.log" \
+          || ncu --import "$WORK/$name.ncu-rep" --page source --csv \
+          > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
+        gzip -f "$WORK/$name.csv"
+      done ;;
     parity-fp8-pv)
       # FP8 for P V only (Q Kᵀ in bf16: its error does not grow with the
       # logits, benchmarks/fp8_gradients.py) beside the full FP8 forward and
@@ -277,6 +304,12 @@ for s in "$@"; do
       step tune-short timeout 200 $PY benchmarks/tune_blocks.py --backend mosaic \
         --modes fwd --batch 16 --seq 1024 --head-dims 128 64 --causal true \
         --only "${only[@]}" --out "$WORK/tune-short.json" ;;
+    fp8-causal)
+      step fp8-causal timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+persistent=True \
+        flashjax_fp8_mosaic+stages=3 flashjax_fp8_mosaic+block_kv=256 cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 1024 4096 16384 --causal true \
+        --modes fwd --matmul 0 --out "$WORK/fp8-causal" ;;
     parity-fp16)
       step parity-fp16 timeout 260 $PY -m examples.train --preset gpu \
         --dtype float16 --compare dense --steps 300 --sample-tokens 0 \

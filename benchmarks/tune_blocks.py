@@ -77,11 +77,11 @@ def tiling_of(cfg, backend, mode):
   return cfg.fwd if mode == "fwd" else cfg.bwd
 
 
-def candidates(backend, mode, d, causal, best, fp8=False):
+def candidates(backend, mode, d, causal, best, fp8=False, seq=None):
   """The Configs to time for one mode (best: the fastest so far, by mode),
   the default tiling first (each run's baseline); what a mode does not tune
-  is the default for (d, causal, fp8)."""
-  base = default_config(d, causal=causal, fp8=fp8)
+  is the default for (d, causal, fp8, seq)."""
+  base = default_config(d, causal=causal, fp8=fp8, seq_kv=seq)
   best_fwd = best.get("fwd", (None, base))[1]   # the default if not tuned
   if backend == "mosaic":
     # the forward's tiling first, then the backward's with that forward
@@ -122,7 +122,7 @@ def run(args):
       best = {}
       for mode in ("fwd",) if args.fp8 else args.modes:
         for i, cfg in enumerate(candidates(args.backend, mode, d, causal,
-                                           best, args.fp8)):
+                                           best, args.fp8, args.seq)):
           tiling = tiling_of(cfg, args.backend, mode)
           # the default (first) is always timed: the baseline of --only
           if i > 0 and not any(part in str(tiling) for part in args.only):

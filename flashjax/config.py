@@ -195,7 +195,8 @@ def padded_head_dim(head_dim: int) -> int:
 
 def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                    fp8: bool = False, fp8_qk: bool = True,
-                   banded: bool | None = None) -> Config:
+                   banded: bool | None = None,
+                   seq_kv: int | None = None) -> Config:
   """Per-head-dim defaults.
 
   ``head_dim`` is the padded (power of 2) head dim the kernels see, ``itemsize``
@@ -203,7 +204,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   and ``fp8`` (an FP8 forward; ``fp8_qk=False``: only P and V in FP8) pick
   the Hopper forward's tiling; ``banded``
   (default: ``causal``): whether a causal or window bound makes the query
-  tiles' work unequal, which keeps the forward off the persistent grid. The
+  tiles' work unequal, which keeps the forward off the persistent grid;
+  ``seq_kv`` (None: tiles for 4k) picks the causal Hopper forward's K/V tile. The
   16-bit choices for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the
   H100 (bf16, batch 4 × seq 4096, causal and not); wider dtypes shrink the
   portable kernels' tiles until their pipeline's shared memory fits.
@@ -242,13 +244,21 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # for the best two-kernel tiling (4.10 for its default 2 stages); with 2
   # stages it is slower (5.09), and causal it loses (2.76 vs 2.01). At d 64
   # (tune-mosaic-v6-bwd-d64-h100.json) it is within noise (4.53 vs 4.59).
+  # Causal, the K/V tile by length (H200, one process each; the diagonal tile
+  # masks more of a larger tile, a larger share of a short row):
+  # bf16 d 64 at 1k (results/raw/tune-short-h200.json, 16 × 1024 × 32):
+  # 128 rows 0.287 ms vs 0.308 for 256 (at 4k 256 won, above); FP8 d 128
+  # (results/raw/fp8-causal-h200.md): 256 rows 1.366 ms vs 1.483 at 16k,
+  # 0.491 vs 0.461 at 4k, 0.283 vs 0.198 at 1k (8k not timed).
+  short = causal and seq_kv is not None and seq_kv < 4096
+  long = seq_kv is not None and seq_kv >= 16384
   if fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
     fwd_kv = 128
   elif fp8:
-    fwd_kv = 128 if causal else 256
+    fwd_kv = 256 if not causal or long else 128
   else:
-    fwd_kv = 256 if head_dim <= 64 else 128
+    fwd_kv = 256 if head_dim <= 64 and not short else 128
   # Persistent only without a band: a banded mask's persistent grid (mirrored
   # pairs) is untimed, and at d 64 (256-row K/V tiles) it did not finish on
   # the H200 (results/debug-hang-h200.md).

@@ -40,12 +40,31 @@ BACKENDS = ["triton", "mosaic"]     # portable and Hopper FP8 forwards
     (True, (2, 77, 77, 4, 1, 64), False),         # MQA
 ])
 def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
+  check_fp8_forward(fmt, causal, shape, per_head, backend)
+
+
+def test_causal_fp8_tiles_for_long_sequences():
+  """From 16k keys the causal Hopper FP8 forward takes 256-row K/V tiles
+  (128 below: flashjax.default_config); that tiling at a short causal
+  shape (GQA, odd lengths, per-head scales)."""
+  long, short = (flashjax.default_config(128, causal=True, fp8=True,
+                                         seq_kv=n) for n in (16384, 4096))
+  assert (long.mosaic.block_kv, short.mosaic.block_kv) == (256, 128)
+  check_fp8_forward("float8_e4m3fn", True, (1, 200, 333, 8, 2, 128), True,
+                    "mosaic", config=long)
+
+
+def check_fp8_forward(fmt, causal, shape, per_head, backend, config=None):
+  """The FP8 forward on e4m3/e5m2 inputs against the float32 reference on the
+  dequantised inputs, within twice the error of rounding P to the format
+  (the emulation) plus FLOOR."""
   b, sq, skv, hq, hkv, d = shape
   q, k, v = _inputs(jax.random.key(sq), b, sq, skv, hq, hkv, d)
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, fmt, per_head=per_head)
                                   for x in (q, k, v))
   o = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
-                         v_descale=vd, causal=causal, backend=backend)
+                         v_descale=vd, causal=causal, backend=backend,
+                         config=config)
   assert o.dtype == jnp.bfloat16 and o.shape == q.shape
   deq = [fp8.dequantize(x, s) for x, s in ((q8, qd), (k8, kd), (v8, vd))]
   ref = emulate(*deq, causal=causal, fmt=fmt, p_rounding=False)

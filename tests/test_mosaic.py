@@ -93,6 +93,18 @@ def test_other_tilings(blocks, window):
                   backend="mosaic", config=config)
 
 
+def test_causal_d64_tiles_by_length():
+  """The causal d 64 forward takes 256-row K/V tiles from 4k keys and 128
+  below (flashjax.default_config); the 4k tiling at a short causal shape
+  (GQA, odd lengths), forward and gradients."""
+  long, short = (flashjax.default_config(64, causal=True, seq_kv=n)
+                 for n in (4096, 1024))
+  assert (long.mosaic.block_kv, short.mosaic.block_kv) == (256, 128)
+  check_attention(Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=333,
+                       num_q_heads=4, num_kv_heads=2, causal=True),
+                  backend="mosaic", config=long)
+
+
 @pytest.mark.parametrize("field,blocks,kib", [
     ("mosaic", flashjax.MosaicBlocks(block_kv=256, stages=3), 416),
     # 3 stages of 128-row K/V tiles fit the forward (224 KiB), not dQ
