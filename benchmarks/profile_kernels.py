@@ -28,7 +28,8 @@ and DRAM throughput, instructions per active cycle, issue slots busy,
 registers per thread, local-memory spills and shared memory per block.
 ``--stalls CSV`` tabulates ``--page raw`` output of the stall metrics
 (``gpu_session.sh ncu-stalls``): per launch, the warps' stalled cycles per
-issued instruction by reason.
+issued instruction by reason. ``--source CSV[.gz]`` tabulates the source
+page's per-SASS-instruction stall samples (``gpu_session.sh ncu-source``).
 """
 
 from __future__ import annotations
@@ -213,6 +214,51 @@ def stall_table(csv_text: str, top: int = 6) -> str:
   return "\n".join(lines) + "\n"
 
 
+def source_table(csv_text: str, top: int = 12) -> str:
+  """Markdown of ``ncu --page source --csv --print-source sass`` (``gpu_session.sh
+  ncu-source``): per kernel, the warps' stall samples by reason, by opcode
+  (each opcode's largest reasons) and the ``top`` instructions with the most
+  samples. Samples count every warp, the producer's waits for free slots
+  included (its ``SYNCS.PHASECHK`` loop's ``BRA``), so compare the compute
+  warps' opcodes across kernels, not the totals."""
+  out = []
+  for part in csv_text.split('"Kernel Name",')[1:]:
+    name, body = part.split("\n", 1)
+    rows = list(csv.DictReader(io.StringIO(body)))
+    reasons = [k for k in rows[0] if k.startswith("stall_")
+               and "Not Issued" not in k]
+    count = lambda r, k: int(r[k] or 0)
+    samples = lambda r: count(r, "Warp Stall Sampling (All Samples)")
+    total = sum(samples(r) for r in rows) or 1
+    by_reason = collections.Counter()
+    by_op = collections.defaultdict(collections.Counter)
+    for r in rows:
+      words = r["Source"].split()
+      op = (words[1] if words[0].startswith("@") else words[0]).split(".")[0]
+      for k in reasons:
+        by_reason[k[6:]] += count(r, k)
+        by_op[op][k[6:]] += count(r, k)
+    pct = lambda n: f"{100 * n / total:.1f}%"
+    out += [f"## `{name.strip(chr(34) + ',')[:90]}`", "",
+            f"{total} samples; by reason: " + ", ".join(
+                f"{k} {pct(v)}" for k, v in by_reason.most_common(8)), "",
+            "| opcode | samples | largest reasons |", "|---|---|---|"]
+    for op, c in sorted(by_op.items(), key=lambda x: -sum(x[1].values()))[:10]:
+      out.append(f"| {op} | {pct(sum(c.values()))} | " + ", ".join(
+          f"{k} {pct(v)}" for k, v in c.most_common(3)) + " |")
+    out += ["", "| instruction | executed | samples | largest reasons |",
+            "|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -samples(r))[:top]:
+      largest = sorted(((count(r, k), k[6:]) for k in reasons), reverse=True)
+      out.append(f"| `{r['Source'].strip()[:60]}` | {r['Instructions Executed']}"
+                 f" | {pct(samples(r))} | " + ", ".join(
+                     f"{k} {pct(n)}" for n, k in largest[:3]) + " |")
+    out.append("")
+  if not out:
+    raise ValueError("no ncu source page (\"Kernel Name\" sections) in the CSV")
+  return "\n".join(out)
+
+
 def table(rows) -> str:
   lines = ["| impl | kernel | calls | µs per call | share |",
            "|---|---|---|---|---|"]
@@ -247,10 +293,18 @@ def main(argv=None):
                  help="instead: tabulate ncu's details page (PREFIX.md)")
   p.add_argument("--stalls", metavar="CSV",
                  help="instead: tabulate ncu's raw stall metrics (PREFIX.md)")
+  p.add_argument("--source", metavar="CSV[.gz]",
+                 help="instead: tabulate ncu's per-instruction stall samples "
+                      "(source page; PREFIX.md)")
   args = p.parse_args(argv)
-  if args.summarize or args.stalls:
-    md = (ncu_table(Path(args.summarize).read_text()) if args.summarize
-          else stall_table(Path(args.stalls).read_text()))
+  if args.summarize or args.stalls or args.source:
+    if args.source:
+      opener = gzip.open if args.source.endswith(".gz") else open
+      with opener(args.source, "rt") as f:
+        md = source_table(f.read())
+    else:
+      md = (ncu_table(Path(args.summarize).read_text()) if args.summarize
+            else stall_table(Path(args.stalls).read_text()))
     print(md)
     if args.out:
       Path(args.out + ".md").write_text(md)

@@ -48,13 +48,15 @@ def logits(qk, *, scale: float, softcap: float | None):
   return t * (softcap * LOG2E), t
 
 
-def _folds(scale: float, softcap: float | None) -> bool:
+def folds(scale: float, softcap: float | None) -> bool:
+  """Whether the forward keeps its logits as raw Q Kᵀ and folds the scale
+  into the exponent's FMA (:func:`fwd_logits`)."""
   return softcap is None and scale > 0
 
 
 def fwd_unit(scale: float, softcap: float | None) -> float:
   """The unit of the forward's logits x (:func:`fwd_logits`): S2 = x · unit."""
-  return scale * LOG2E if _folds(scale, softcap) else 1.0
+  return scale * LOG2E if folds(scale, softcap) else 1.0
 
 
 def fwd_logits(qk, *, scale: float, softcap: float | None):
@@ -63,7 +65,7 @@ def fwd_logits(qk, *, scale: float, softcap: float | None):
   ``Q Kᵀ`` itself: :func:`online_softmax_step` folds the scale into one FMA
   per entry, ``exp2(x · unit - m · unit)``, where scaling first costs a
   multiply and a subtract (FlashAttention 2's trick). Otherwise x = S2."""
-  if _folds(scale, softcap):
+  if folds(scale, softcap):
     return qk
   return logits(qk, scale=scale, softcap=softcap)[0]
 
@@ -105,7 +107,9 @@ def _scaled(m2, p_scale: float):
 def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
                         p_scale: float = 1.0):
   """One step of the online softmax over a tile of logits S2 = s · unit
-  (log2 units; ``unit > 0``, :func:`fwd_unit`). ``p_scale``: P comes out
+  (log2 units; ``unit > 0``, :func:`fwd_unit`, or per row ``[block_q]``:
+  the FP8 forward folds each row's q·k descale into it, so a descale costs
+  no multiply per entry). ``p_scale``: P comes out
   multiplied by it (FP8's :func:`fp8_p_scale`) at no cost, in the FMA's row
   term; l sums the scaled P, so ``acc / l`` is unchanged and
   :func:`finalize` takes the scale out of L.
@@ -120,7 +124,8 @@ def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
   m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
   # P = p_scale · exp2(S - m_new) (one FMA and an exp2 per entry),
   # alpha = exp2(m_prev - m_new)
-  p = jnp.exp2(s * unit - _scaled(m_safe * unit, p_scale)[:, None])
+  entry_unit = unit if jnp.ndim(unit) == 0 else unit[:, None]
+  p = jnp.exp2(s * entry_unit - _scaled(m_safe * unit, p_scale)[:, None])
   alpha = jnp.exp2((m_prev - m_safe) * unit)
   # l_new = alpha · l_prev + rowsum(P)
   l_new = alpha * l_prev + jnp.sum(p, axis=1)

@@ -94,3 +94,32 @@ def test_profile_kernels_tabulates_ncu_stalls(tmp_path):
                       "wait 1.25, long_scoreboard 0.50 | inst_executed_pipe_xu "
                       "71, pipe_tensor_op_gmma_cycles_active 55 |")
   assert lines[3].startswith("| 1 | `cudnn_fprop` | 1.30 | wait 0.90,")
+
+
+def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
+  """--source on ncu's ``--page source --csv --print-source sass`` layout
+  (a "Kernel Name" line before each kernel's table, gzipped): per kernel the
+  samples by reason, by opcode (predicates dropped) and per instruction."""
+  import gzip
+  from benchmarks import profile_kernels
+  header = ('"Address","Source","Warp Stall Sampling (All Samples)",'
+            '"Instructions Executed","stall_wait","stall_mio",'
+            '"stall_wait (Not Issued)"')
+  csv_text = "\n".join([
+      '"Kernel Name","ours",', header,
+      '"0x1","      MUFU.EX2 R1, R1","6","64","4","2","9"',
+      '"0x2","@!P1  BRA 0x3","3","8","0","3","0"',
+      '"0x3","      MUFU.EX2 R2, R2","1","64","1","0","0"',
+      '"Kernel Name","cudnn",', header,
+      '"0x1","      FADD.FTZ R1, R1, -R2","2","64","2","0","0"'])
+  with gzip.open(tmp_path / "source.csv.gz", "wt") as f:
+    f.write(csv_text)
+  profile_kernels.main(["--source", str(tmp_path / "source.csv.gz"),
+                        "--out", str(tmp_path / "source")])
+  md = (tmp_path / "source.md").read_text()
+  ours, cudnn = md.split("## `cudnn`")
+  assert "10 samples; by reason: wait 50.0%, mio 50.0%" in ours
+  assert "| MUFU | 70.0% | wait 50.0%, mio 20.0% |" in ours
+  assert "| BRA | 30.0% | mio 30.0%, wait 0.0% |" in ours
+  assert "| `MUFU.EX2 R1, R1` | 64 | 60.0% | wait 40.0%, mio 20.0% |" in ours
+  assert "| FADD | 100.0% | wait 100.0%, mio 0.0% |" in cudnn

@@ -15,10 +15,11 @@ wgmma instead (:func:`pipeline.mma_acc`), the one place the two forms differ
 and run compiled on the H100.
 
 FP8 (Q, K, V pre-quantised, or quantised by the ``fp8=True`` policy): the same
-loop with S rescaled by the q·k descale, P scaled by the format's largest value
-(in the exponent's FMA, :func:`common.online_softmax_step`; l sums the scaled
-P, so O needs only V's descale) and rounded to FP8, and V transposed by XLA to ``[batch, kv_heads, d, seq_kv]``
-before the kernel (8-bit wgmma operands must be K-major). P stays the register
+loop with the q·k descale folded into each row's unit and P scaled by the
+format's largest value (both in the exponent's FMA, no multiply per entry,
+:func:`common.online_softmax_step`; m stays in raw Q Kᵀ units, l sums the
+scaled P, so O needs only V's descale), P rounded to FP8, and V transposed by
+XLA to ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must be K-major). P stays the register
 operand: jax 0.11.2 cannot relayout the accumulator into the 8-bit operand
 layout, so the accumulator's registers are read as that layout as they are
 (:func:`pipeline.fp8_register_operand`), which permutes P's columns within
@@ -95,6 +96,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   p_dtype, p_scale = ((fp8, common.fp8_p_scale(fp8)) if fp8 else
                       (q_ref.dtype, 1.0))
   unit = common.fwd_unit(plan.scale, plan.softcap)     # S2 = s · unit
+  folds = common.folds(plan.scale, plan.softcap)      # x = raw Q Kᵀ
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
   pingpong = pipeline.PingPong(wg, schedule)
 
@@ -125,6 +127,13 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
               jnp.zeros((BLOCK_Q,), jnp.float32),
               descale(0) if fp8 and plan.fp8_qk else None, p)
 
+    def row_unit(qk_descale):
+      # S2 = s · unit per row: FP8's q·k descale folded in when the scale
+      # folds (m is then kept in raw Q Kᵀ units), else applied to S first
+      if qk_descale is None or not folds:
+        return unit
+      return qk_descale * unit
+
     def ids_of(j, masked):
       # segment ids of the rows and of tile j, read first so that their latency
       # hides behind the wait for K and the Q Kᵀ wgmma
@@ -135,14 +144,15 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def softmax(s, j, m, l, qk_descale, ids, masked):
       # S = Q Kᵀ -> P (float32; :func:`rounded` for the P V product), m, l,
       # alpha
-      if qk_descale is not None:         # FP8 Q and K
+      if qk_descale is not None and not folds:   # FP8 Q and K, soft cap
         s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
       # logits, S2 = s · unit (softcap: c · tanh(scale · Q Kᵀ / c))
       s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap)
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
       # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P)
-      return common.online_softmax_step(s, m, l, unit, p_scale)
+      return common.online_softmax_step(s, m, l, row_unit(qk_descale),
+                                        p_scale)
 
     def rounded(p):
       # P for the P V product: 16-bit, or FP8's scaled P, rounded to FP8 by
@@ -258,7 +268,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def finish(carry):
       # O = acc / l (FP8: · v descale), L = m + log l; O goes out
       # through shared memory.
-      o, lse = common.finalize(*carry[:3], unit, p_scale)
+      o, lse = common.finalize(*carry[:3], row_unit(carry[3]), p_scale)
       if fp8:
         o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
       pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
