@@ -110,6 +110,26 @@ step() {
   pack
 }
 
+nsight() {
+  # nsight STEP NAME PAGE TABLE [ncu options] -- [profile_kernels options]:
+  # Nsight Compute on one call of each impl (4k), the report's PAGE ("details",
+  # "raw", "source --print-source sass") as NAME.csv (gzipped for the source
+  # page) and profile_kernels.py's TABLE of it (--summarize, --stalls,
+  # --source) as NAME.md
+  local s=$1 name=$2 page=$3 table=$4 ncu_args=()
+  shift 4
+  while [ "$1" != -- ]; do ncu_args+=("$1"); shift; done
+  shift
+  step "$s" timeout 150 ncu --clock-control none --profile-from-start off -f \
+    -o "$WORK/$name" "${ncu_args[@]}" $PY benchmarks/profile_kernels.py \
+    --seq 4096 --iters 1 --no-trace "$@"
+  local csv="$WORK/$name.csv"
+  ncu --import "$WORK/$name.ncu-rep" --csv --page $page > "$csv" \
+    2>> "$WORK/ncu.log"
+  if [ "$table" = --source ]; then gzip -f "$csv"; csv="$csv.gz"; fi
+  step "$s" $PY benchmarks/profile_kernels.py $table "$csv" --out "$WORK/$name"
+}
+
 for s in "$@"; do
   case $s in
     wheels)
@@ -209,27 +229,14 @@ for s in "$@"; do
       # 4k, causal and not (hardware counters: the H200 runs Firecracker)
       # (~4 min)
       for c in "" --causal; do
-        name="ncu-d128${c:+-causal}"
-        step ncu timeout 150 ncu --clock-control none --profile-from-start off \
-          --set detailed -f -o "$WORK/$name" $PY benchmarks/profile_kernels.py \
-          --seq 4096 --iters 1 --no-trace $c --impls flashjax_mosaic cudnn
-        ncu --import "$WORK/$name.ncu-rep" --csv --page details \
-          > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
-        step ncu $PY benchmarks/profile_kernels.py --summarize "$WORK/$name.csv" \
-          --out "$WORK/$name"
+        nsight ncu "ncu-d128${c:+-causal}" details --summarize --set detailed \
+          -- $c --impls flashjax_mosaic cudnn
       done ;;
     ncu-fp8)
       # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16
       # forward, d 128 4k non-causal (~2 min)
-      name=ncu-fp8-d128
-      step ncu-fp8 timeout 150 ncu --clock-control none --profile-from-start off \
-        --set detailed -f -o "$WORK/$name" $PY benchmarks/profile_kernels.py \
-        --seq 4096 --iters 1 --no-trace --mode fwd \
-        --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic
-      ncu --import "$WORK/$name.ncu-rep" --csv --page details \
-        > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
-      step ncu-fp8 $PY benchmarks/profile_kernels.py --summarize "$WORK/$name.csv" \
-        --out "$WORK/$name" ;;
+      nsight ncu-fp8 ncu-fp8-d128 details --summarize --set detailed -- \
+        --mode fwd --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic ;;
     ncu-stalls)
       # why ours issue fewer instructions a cycle than cuDNN's (results/ncu-h200):
       # the warps' stall reasons per issued instruction and the pipelines'
@@ -238,35 +245,20 @@ for s in "$@"; do
       for spec in "fp8:fwd:flashjax_fp8_mosaic cudnn_fp8" \
                   "bf16:fwd_bwd:flashjax_mosaic cudnn"; do
         IFS=: read -r tag mode impls <<< "$spec"
-        name=ncu-stalls-$tag
-        step ncu-stalls timeout 150 ncu --clock-control none \
-          --profile-from-start off -f -o "$WORK/$name" --metrics \
+        nsight ncu-stalls "ncu-stalls-$tag" raw --stalls --metrics \
           'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
-          $PY benchmarks/profile_kernels.py --seq 4096 --iters 1 --no-trace \
-          --mode $mode --impls $impls
-        ncu --import "$WORK/$name.ncu-rep" --csv --page raw \
-          > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
-        step ncu-stalls $PY benchmarks/profile_kernels.py --stalls \
-          "$WORK/$name.csv" --out "$WORK/$name"
+          -- --mode $mode --impls $impls
       done ;;
     ncu-source)
       # ncu-stalls put our forwards' extra stalls in long_scoreboard: per
-      # instruction, which waits they are (raw CSV of the source page; the
-      # reports come back too) (~3 min)
+      # instruction, which waits they are (the source page's stall samples,
+      # profile_kernels.source_table) (~3 min)
       for spec in "fwd:fwd:flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic cudnn" \
                   "bwd:fwd_bwd:flashjax_mosaic"; do
         IFS=: read -r tag mode impls <<< "$spec"
-        name=ncu-source-$tag
-        step ncu-source timeout 150 ncu --clock-control none \
-          --profile-from-start off -k 'regex:mosaic|sdpa' \
-          --section SourceCounters --section WarpStateStats -f \
-          -o "$WORK/$name" $PY benchmarks/profile_kernels.py --seq 4096 \
-          --iters 1 --no-trace --mode $mode --impls $impls
-        ncu --import "$WORK/$name.ncu-rep" --page source --csv \
-          --print-source sass > "$WORK/$name.csv" 2>> "$WORK/ncu.log" \
-          || ncu --import "$WORK/$name.ncu-rep" --page source --csv \
-          > "$WORK/$name.csv" 2>> "$WORK/ncu.log"
-        gzip -f "$WORK/$name.csv"
+        nsight ncu-source "ncu-source-$tag" "source --print-source sass" \
+          --source -k 'regex:mosaic|sdpa' --section SourceCounters \
+          --section WarpStateStats -- --mode $mode --impls $impls
       done ;;
     parity-fp8-pv)
       # FP8 for P V only (Q Kᵀ in bf16: its error does not grow with the
