@@ -215,8 +215,8 @@ def stall_table(csv_text: str, top: int = 6) -> str:
 
 
 def source_table(csv_text: str, top: int = 12) -> str:
-  """Markdown of ``ncu --page source --csv --print-source sass`` (``gpu_session.sh
-  ncu-source``): per kernel, the warps' stall samples by reason, by opcode
+  """Markdown of ``ncu --page source --csv --print-source sass``
+  (``gpu_session.sh ncu-source``): per kernel, the warps' stall samples by reason, by opcode
   (each opcode's largest reasons) and the ``top`` instructions with the most
   samples. Samples count every warp, the producer's waits for free slots
   included (its ``SYNCS.PHASECHK`` loop's ``BRA``), so compare the compute
@@ -250,8 +250,8 @@ def source_table(csv_text: str, top: int = 12) -> str:
             "|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -samples(r))[:top]:
       largest = sorted(((count(r, k), k[6:]) for k in reasons), reverse=True)
-      out.append(f"| `{r['Source'].strip()[:60]}` | {r['Instructions Executed']}"
-                 f" | {pct(samples(r))} | " + ", ".join(
+      out.append(f"| `{r['Source'].strip()[:60]}` | "
+                 f"{r['Instructions Executed']} | {pct(samples(r))} | " + ", ".join(
                      f"{k} {pct(n)}" for n, k in largest[:3]) + " |")
     out.append("")
   if not out:

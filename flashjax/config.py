@@ -199,16 +199,17 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                    seq_kv: int | None = None) -> Config:
   """Per-head-dim defaults.
 
-  ``head_dim`` is the padded (power of 2) head dim the kernels see, ``itemsize``
-  the input dtype's bytes (of the 16-bit inputs under an FP8 policy); ``causal``
-  and ``fp8`` (an FP8 forward; ``fp8_qk=False``: only P and V in FP8) pick
-  the Hopper forward's tiling; ``banded``
-  (default: ``causal``): whether a causal or window bound makes the query
-  tiles' work unequal, which keeps the forward off the persistent grid;
-  ``seq_kv`` (None: tiles for 4k) picks the causal Hopper forward's K/V tile. The
-  16-bit choices for 64 and 128 are the fastest of benchmarks/tune_blocks.py on the
-  H100 (bf16, batch 4 × seq 4096, causal and not); wider dtypes shrink the
-  portable kernels' tiles until their pipeline's shared memory fits.
+  ``head_dim`` is the padded (power of 2) head dim the kernels see,
+  ``itemsize`` the input dtype's bytes (of the 16-bit inputs under an FP8
+  policy); ``causal`` and ``fp8`` (an FP8 forward; ``fp8_qk=False``: only P
+  and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
+  ``causal``): whether a causal or window bound makes the query tiles' work
+  unequal, which keeps the forward off the persistent grid; ``seq_kv``
+  (None: tiles for 4k) picks the causal Hopper forward's K/V tile. The
+  16-bit choices for 64 and 128 are the fastest of
+  benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
+  and not); wider dtypes shrink the portable kernels' tiles until their
+  pipeline's shared memory fits.
   """
   if head_dim <= 64:
     # fwd 64×64 was fastest non-causal (1.51 ms) and within 3% causal; bwd 64×64

@@ -135,5 +135,6 @@ def test_only_unbanded_forwards_are_persistent_by_default(causal, window,
   plan, _, _ = make_plan(q, k, k, causal=causal, window=window,
                          backend="mosaic")
   assert plan.config.mosaic.persistent is persistent
-  # 300 keys: causal takes 128-row tiles below 4k (results/raw/tune-short-h200.json)
+  # 300 keys: causal takes 128-row tiles below 4k
+  # (benchmarks/results/raw/tune-short-h200.json)
   assert plan.config.mosaic.block_kv == (128 if causal else 256)

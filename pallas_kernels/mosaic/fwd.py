@@ -19,7 +19,8 @@ loop with the q·k descale folded into each row's unit and P scaled by the
 format's largest value (both in the exponent's FMA, no multiply per entry,
 :func:`common.online_softmax_step`; m stays in raw Q Kᵀ units, l sums the
 scaled P, so O needs only V's descale), P rounded to FP8, and V transposed by
-XLA to ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma operands must be K-major). P stays the register
+XLA to ``[batch, kv_heads, d, seq_kv]`` before the kernel (8-bit wgmma
+operands must be K-major). P stays the register
 operand: jax 0.11.2 cannot relayout the accumulator into the 8-bit operand
 layout, so the accumulator's registers are read as that layout as they are
 (:func:`pipeline.fp8_register_operand`), which permutes P's columns within
