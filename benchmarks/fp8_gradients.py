@@ -82,14 +82,18 @@ def policy_inputs(q, k, v, fp8_qk: bool = True):
   return q, k + k_mean, quantised(v)
 
 
-def emulate(q, k, v, *, causal, fmt="float8_e4m3fn", p_rounding=True):
-  """The FP8 kernels' math in float32 on (dequantised) inputs: S exact, P
-  rounded to ``fmt`` after scaling by its largest value (``p_rounding``,
-  :func:`pallas_kernels.common.fp8_p_scale`), O = P V / l."""
+def emulate(q, k, v, *, causal, fmt="float8_e4m3fn", p_rounding=True,
+            softcap=None):
+  """The FP8 kernels' math in float32 on (dequantised) inputs: S exact
+  (``softcap``: c · tanh(S / c)), P rounded to ``fmt`` after scaling by its
+  largest value (``p_rounding``, :func:`pallas_kernels.common.fp8_p_scale`),
+  O = P V / l."""
   group = q.shape[2] // k.shape[2]
   k, v = (jnp.repeat(x, group, axis=2) for x in (k, v))
   hi = jax.lax.Precision.HIGHEST
   s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=hi) / np.sqrt(q.shape[-1])
+  if softcap is not None:
+    s = softcap * jnp.tanh(s / softcap)
   mask = dense(MaskSpec(q.shape[1], k.shape[1], causal=causal))[:, None]
   s = jnp.where(mask, s, -jnp.inf)
   m = jnp.max(s, axis=-1, keepdims=True)

@@ -48,25 +48,32 @@ def logits(qk, *, scale: float, softcap: float | None):
   return t * (softcap * LOG2E), t
 
 
-def folds(scale: float, softcap: float | None) -> bool:
-  """Whether the forward keeps its logits as raw Q Kᵀ and folds the scale
-  into the exponent's FMA (:func:`fwd_logits`)."""
+def _folds(scale: float, softcap: float | None) -> bool:
   return softcap is None and scale > 0
 
 
-def fwd_unit(scale: float, softcap: float | None) -> float:
-  """The unit of the forward's logits x (:func:`fwd_logits`): S2 = x · unit."""
-  return scale * LOG2E if folds(scale, softcap) else 1.0
+def fwd_unit(scale: float, softcap: float | None, qk_descale=None):
+  """The unit of the forward's logits x (:func:`fwd_logits`): S2 = x · unit.
+  ``qk_descale``: FP8's q·k descale (a scalar, or per row ``[block_q]``),
+  folded in with the scale, so it costs no multiply per entry."""
+  if not _folds(scale, softcap):
+    return 1.0
+  unit = scale * LOG2E
+  return unit if qk_descale is None else qk_descale * unit
 
 
-def fwd_logits(qk, *, scale: float, softcap: float | None):
+def fwd_logits(qk, *, scale: float, softcap: float | None, qk_descale=None):
   """The forward's logits x of a raw ``Q Kᵀ`` tile (float32), S2 = x ·
   :func:`fwd_unit`. Without a soft cap (and with a positive scale) x is
-  ``Q Kᵀ`` itself: :func:`online_softmax_step` folds the scale into one FMA
-  per entry, ``exp2(x · unit - m · unit)``, where scaling first costs a
-  multiply and a subtract (FlashAttention 2's trick). Otherwise x = S2."""
-  if folds(scale, softcap):
+  ``Q Kᵀ`` itself: :func:`online_softmax_step` folds the scale (and FP8's
+  ``qk_descale``) into one FMA per entry, ``exp2(x · unit - m · unit)``,
+  where scaling first costs a multiply and a subtract (FlashAttention 2's
+  trick). Otherwise x = S2, of the descaled Q Kᵀ."""
+  if _folds(scale, softcap):
     return qk
+  if qk_descale is not None:
+    qk = qk * (qk_descale if jnp.ndim(qk_descale) == 0 else
+               lax.broadcast_in_dim(qk_descale, qk.shape, [0]))
   return logits(qk, scale=scale, softcap=softcap)[0]
 
 

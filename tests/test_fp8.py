@@ -54,7 +54,16 @@ def test_causal_fp8_tiles_for_long_sequences():
                     "mosaic", config=long)
 
 
-def check_fp8_forward(fmt, causal, shape, per_head, backend, config=None):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp8_with_softcap(backend):
+  """With a soft cap the scale does not fold into the exponent: the q·k
+  descale (here per head) multiplies S before the tanh."""
+  check_fp8_forward("float8_e4m3fn", True, (1, 200, 333, 8, 2, 128), True,
+                    backend, softcap=2.0)
+
+
+def check_fp8_forward(fmt, causal, shape, per_head, backend, config=None,
+                      softcap=None):
   """The FP8 forward on e4m3/e5m2 inputs against the float32 reference on the
   dequantised inputs, within twice the error of rounding P to the format
   (the emulation) plus FLOOR."""
@@ -64,11 +73,12 @@ def check_fp8_forward(fmt, causal, shape, per_head, backend, config=None):
                                   for x in (q, k, v))
   o = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
                          v_descale=vd, causal=causal, backend=backend,
-                         config=config)
+                         config=config, softcap=softcap)
   assert o.dtype == jnp.bfloat16 and o.shape == q.shape
   deq = [fp8.dequantize(x, s) for x, s in ((q8, qd), (k8, kd), (v8, vd))]
-  ref = emulate(*deq, causal=causal, fmt=fmt, p_rounding=False)
-  emu = emulate(*deq, causal=causal, fmt=fmt)
+  ref = emulate(*deq, causal=causal, fmt=fmt, p_rounding=False,
+                softcap=softcap)
+  emu = emulate(*deq, causal=causal, fmt=fmt, softcap=softcap)
   err = float(jnp.max(jnp.abs(o.astype(jnp.float32) - ref)))
   slack = float(jnp.max(jnp.abs(emu - ref)))
   assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)

@@ -96,8 +96,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # FP8: P comes out of the softmax scaled by the format's largest value
   p_dtype, p_scale = ((fp8, common.fp8_p_scale(fp8)) if fp8 else
                       (q_ref.dtype, 1.0))
-  unit = common.fwd_unit(plan.scale, plan.softcap)     # S2 = s · unit
-  folds = common.folds(plan.scale, plan.softcap)      # x = raw Q Kᵀ
+  # S2 = x · unit (FP8: the q·k descale folded in per row)
+  unit = functools.partial(common.fwd_unit, plan.scale, plan.softcap)
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
   pingpong = pipeline.PingPong(wg, schedule)
 
@@ -128,13 +128,6 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
               jnp.zeros((BLOCK_Q,), jnp.float32),
               descale(0) if fp8 and plan.fp8_qk else None, p)
 
-    def row_unit(qk_descale):
-      # S2 = s · unit per row: FP8's q·k descale folded in when the scale
-      # folds (m is then kept in raw Q Kᵀ units), else applied to S first
-      if qk_descale is None or not folds:
-        return unit
-      return qk_descale * unit
-
     def ids_of(j, masked):
       # segment ids of the rows and of tile j, read first so that their latency
       # hides behind the wait for K and the Q Kᵀ wgmma
@@ -145,15 +138,13 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def softmax(s, j, m, l, qk_descale, ids, masked):
       # S = Q Kᵀ -> P (float32; :func:`rounded` for the P V product), m, l,
       # alpha
-      if qk_descale is not None and not folds:   # FP8 Q and K, soft cap
-        s = s * lax.broadcast_in_dim(qk_descale, s.shape, [0])
-      # logits, S2 = s · unit (softcap: c · tanh(scale · Q Kᵀ / c))
-      s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap)
+      # logits, S2 = x · unit (softcap: c · tanh(scale · Q Kᵀ / c))
+      s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap,
+                            qk_descale=qk_descale)
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
       # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P)
-      return common.online_softmax_step(s, m, l, row_unit(qk_descale),
-                                        p_scale)
+      return common.online_softmax_step(s, m, l, unit(qk_descale), p_scale)
 
     def rounded(p):
       # P for the P V product: 16-bit, or FP8's scaled P, rounded to FP8 by
@@ -269,7 +260,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def finish(carry):
       # O = acc / l (FP8: · v descale), L = m + log l; O goes out
       # through shared memory.
-      o, lse = common.finalize(*carry[:3], row_unit(carry[3]), p_scale)
+      o, lse = common.finalize(*carry[:3], unit(carry[3]), p_scale)
       if fp8:
         o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
       pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),

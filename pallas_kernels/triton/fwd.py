@@ -34,7 +34,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
   qk_descale = (descale_ref[0] * descale_ref[1] if fp8 is not None and fp8_qk
                 else None)
   p_scale = 1.0 if fp8 is None else common.fp8_p_scale(fp8)
-  unit = common.fwd_unit(scale, softcap)        # S2 = s · unit
+  # S2 = x · unit (FP8: the q·k descale folded in)
+  unit = common.fwd_unit(scale, softcap, qk_descale)
 
   def body(j, carry):
     acc, m, l = carry
@@ -43,9 +44,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, descale_ref, o_ref,
     v = v_ref[pl.ds(kv_start, block_kv), :]
     # S = scale · Q Kᵀ (log2 units: s · unit), invisible entries -inf
     qk = common.dot(q, k, trans_b=True, precision=precision)
-    if qk_descale is not None:
-      qk = qk * qk_descale
-    s = common.fwd_logits(qk, scale=scale, softcap=softcap)
+    s = common.fwd_logits(qk, scale=scale, softcap=softcap,
+                          qk_descale=qk_descale)
     if needs_mask:
       kv_seg = (None if kv_seg_ref is None
                 else kv_seg_ref[pl.ds(kv_start, block_kv)])
