@@ -143,11 +143,16 @@ def cuda_runtime():
   raise OSError("libcudart not found: cannot mark the range for ncu")
 
 
-def ncu_table(csv_text: str) -> str:
-  """Markdown table of ``ncu --csv --page details`` output (lines that are
-  not CSV rows, such as ncu's ``==PROF==`` log, are skipped)."""
-  rows = csv.DictReader(io.StringIO("\n".join(
+def _csv_rows(csv_text: str):
+  """The rows of ncu's CSV output, skipping lines that are not CSV (its
+  ``==PROF==`` log)."""
+  return csv.DictReader(io.StringIO("\n".join(
       line for line in csv_text.splitlines() if line.startswith('"'))))
+
+
+def ncu_table(csv_text: str) -> str:
+  """Markdown table of ``ncu --csv --page details`` output."""
+  rows = _csv_rows(csv_text)
   launches: dict[int, dict] = {}
   for row in rows:
     launch = launches.setdefault(int(row["ID"]), {
@@ -195,8 +200,7 @@ def stall_table(csv_text: str, top: int = 6) -> str:
   (largest ``top``, and their sum over every reason), and the busiest
   pipelines (% of peak over active cycles). Rows after the header whose ID is
   not a number (ncu's units row) are skipped."""
-  rows = [r for r in csv.DictReader(io.StringIO("\n".join(
-      line for line in csv_text.splitlines() if line.startswith('"'))))
+  rows = [r for r in _csv_rows(csv_text)
           if r.get("ID", "").strip().isdigit()]
   if not rows:
     raise ValueError("no ncu raw rows in the CSV")
