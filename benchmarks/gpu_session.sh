@@ -34,8 +34,11 @@
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
 #   opts-registers  240 registers a compute thread (forward, backward)
 #              against the default 232, forward+backward (~4 min)
-#   train      bench_train at 1k, 4k, 16k and 32k (dense's out-of-memory point
-#              on a 141 GB H200 is past 16k) (~9 min)
+#   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
+#              540 s ended during 32k's dense case, after flash's)
+#   train-more bench_train at 2k and 8k, and cuDNN at 32k (dense runs out of
+#              memory from 16k on the H200 too), merged with `--merge` into
+#              train's table afterwards (~6 min)
 #   parity     flashjax-train --compare dense flash-fp8, 600 steps (~6.5 min:
 #              2 of them compiling the three models)
 #   profile    GPU time per kernel of one forward+backward, ours vs cuDNN's,
@@ -212,6 +215,11 @@ for s in "$@"; do
     train)
       step train timeout 540 $PY benchmarks/bench_train.py \
         --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;
+    train-more)
+      step train-more timeout 400 $PY benchmarks/bench_train.py \
+        --seqs 2048 8192 --timeout 120 --out "$WORK/train-2k8k"
+      step train-more timeout 150 $PY benchmarks/bench_train.py \
+        --seqs 32768 --attentions cudnn --timeout 140 --out "$WORK/train-32k" ;;
     parity)
       step parity timeout 400 $PY -m examples.train --preset gpu \
         --compare dense flash-fp8 --steps 600 --sample-tokens 100 \
