@@ -7,7 +7,9 @@ each attention, a fresh process builds the model, compiles the jitted train
 step, runs ``--warmup`` steps, then times ``--steps`` steps enqueued back to back
 (one block at the end). Peak memory is XLA's memory analysis of the compiled
 step (arguments + outputs + temporaries). A case that does not fit records its
-error (e.g. dense attention's out-of-memory point). Writes PREFIX.json, PREFIX.md
+error (e.g. dense attention's out-of-memory point); an attention that ran out
+of memory is not run at longer sequences (its memory grows with the length at
+a fixed number of tokens), its row saying so. Writes PREFIX.json, PREFIX.md
 and PREFIX.png (steps/s and peak memory against seq).
 """
 
@@ -71,6 +73,19 @@ def run_case(args) -> dict:
   return row
 
 
+def out_of_memory(row) -> bool:
+  return "RESOURCE_EXHAUSTED" in row.get("error", "")
+
+
+def not_run(attention: str, seq: int, batch: int, oom: dict) -> dict | None:
+  """The row of a case left out because ``attention`` ran out of memory at a
+  shorter sequence (``oom``: attention -> that seq), or None to run it."""
+  if attention in oom and oom[attention] < seq:
+    return dict(attention=attention, seq=seq, batch=batch,
+                error=f"not run: out of memory at seq {oom[attention]}")
+  return None
+
+
 def table(rows) -> str:
   kinds = list(dict.fromkeys(r["attention"] for r in rows))
   lines = ["| seq × batch | " + " | ".join(
@@ -83,7 +98,9 @@ def table(rows) -> str:
       r = case.get(k, {})
       cells.append(f"{r['steps_per_s']:.2f} ({r['peak_bytes'] / 2**30:.1f})"
                    if "steps_per_s" in r else "—" if not r else
-                   "timeout" if r["error"].startswith("timeout") else "OOM/error")
+                   "timeout" if r["error"].startswith("timeout") else
+                   "not run (OOM below)" if r["error"].startswith("not run")
+                   else "OOM/error")
     ratio = lambda other: (
         f"{case['flash']['steps_per_s'] / case[other]['steps_per_s']:.2f}"
         if "steps_per_s" in case.get("flash", {})
@@ -104,7 +121,8 @@ def plot(rows, path) -> None:
   for i, kind in enumerate(dict.fromkeys(r["attention"] for r in rows)):
     ok = sorted((r["seq"], r) for r in rows
                 if r["attention"] == kind and "steps_per_s" in r)
-    failed = [r["seq"] for r in rows if r["attention"] == kind and "error" in r]
+    failed = [r["seq"] for r in rows if r["attention"] == kind
+              and "error" in r and not r["error"].startswith("not run")]
     color = f"C{i}"
     if ok:
       seqs = [s for s, _ in ok]
@@ -162,13 +180,19 @@ def main(argv=None):
     plot(rows, Path(args.out).with_suffix(".png"))
     print(table(rows))
     return
-  rows = []
+  rows, oom = [], {}
   shared = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
             if k in ("tokens", "layers", "d_model", "heads", "kv_heads",
                      "dtype", "warmup", "steps")]
   shared.append("--remat" if args.remat else "--no-remat")
   for seq in args.seqs:
     for attention in args.attentions:
+      batch = max(1, args.tokens // seq)
+      row = not_run(attention, seq, batch, oom)
+      if row is not None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        continue
       cmd = [sys.executable, __file__, f"--attention={attention}",
              f"--seq={seq}", *shared]
       try:
@@ -176,12 +200,13 @@ def main(argv=None):
                               timeout=args.timeout)
         lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
         row = (json.loads(lines[-1]) if lines else dict(
-            attention=attention, seq=seq, batch=max(1, args.tokens // seq),
+            attention=attention, seq=seq, batch=batch,
             error=f"exit {done.returncode}: {done.stderr.strip()[-200:]}"))
       except subprocess.TimeoutExpired:
-        row = dict(attention=attention, seq=seq,
-                   batch=max(1, args.tokens // seq),
+        row = dict(attention=attention, seq=seq, batch=batch,
                    error=f"timeout after {args.timeout} s")
+      if out_of_memory(row):
+        oom.setdefault(attention, seq)
       rows.append(row)
       print(json.dumps(row), flush=True)
       write(Path(args.out), " ".join(sys.argv), rows)   # after every case

@@ -35,10 +35,11 @@
 #   opts-registers  240 registers a compute thread (forward, backward)
 #              against the default 232, forward+backward (~4 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
-#              540 s ended during 32k's dense case, after flash's)
-#   train-more bench_train at 2k and 8k, and cuDNN at 32k (dense runs out of
-#              memory from 16k on the H200 too), merged with `--merge` into
-#              train's table afterwards (~6 min)
+#              540 s ended during 32k's dense case, after flash's; dense's
+#              cases past its out-of-memory point are now left out)
+#   train-more bench_train at 2k and 8k, and cuDNN at 32k (in case train's
+#              time runs out before it), merged with `--merge` into train's
+#              table afterwards (~6 min)
 #   parity     flashjax-train --compare dense flash-fp8, 600 steps (~6.5 min:
 #              2 of them compiling the three models)
 #   profile    GPU time per kernel of one forward+backward, ours vs cuDNN's,

@@ -166,6 +166,25 @@ def test_bench_train_runs_a_case_and_merges(tmp_path):
   assert (tmp_path / "merged.png").stat().st_size > 0
 
 
+def test_bench_train_leaves_out_lengths_past_an_out_of_memory():
+  """Once an attention runs out of memory, bench_train.py records its longer
+  sequences as not run (saying where it ran out) instead of compiling them
+  to fail again; shorter ones and other attentions still run."""
+  from benchmarks import bench_train
+  row = dict(attention="dense", seq=16384, batch=2, error=(
+      "JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to "
+      "allocate 157.93GiB"))
+  assert bench_train.out_of_memory(row)
+  assert not bench_train.out_of_memory(dict(error="timeout after 120 s"))
+  oom = {"dense": 16384}
+  skipped = bench_train.not_run("dense", 32768, 1, oom)
+  assert skipped["error"] == "not run: out of memory at seq 16384"
+  assert bench_train.not_run("dense", 16384, 2, oom) is None
+  assert bench_train.not_run("flash", 32768, 1, oom) is None
+  table = bench_train.table([row, skipped])
+  assert "| 32768 × 1 | not run (OOM below) |" in table
+
+
 def test_fp8_attention_trains_beside_bf16_and_dense(tmp_path, text_file):
   """--compare dense flash-fp8 flash-fp8-pv on bf16: the FP8-forward models
   (all of it, and P V only) learn and their losses stay within the 1% the
