@@ -77,13 +77,20 @@ def out_of_memory(row) -> bool:
   return "RESOURCE_EXHAUSTED" in row.get("error", "")
 
 
+NOT_RUN = "not run: out of memory at seq "
+
+
 def not_run(attention: str, seq: int, batch: int, oom: dict) -> dict | None:
   """The row of a case left out because ``attention`` ran out of memory at a
   shorter sequence (``oom``: attention -> that seq), or None to run it."""
   if attention in oom and oom[attention] < seq:
     return dict(attention=attention, seq=seq, batch=batch,
-                error=f"not run: out of memory at seq {oom[attention]}")
+                error=f"{NOT_RUN}{oom[attention]}")
   return None
+
+
+def was_left_out(row) -> bool:
+  return row.get("error", "").startswith(NOT_RUN)
 
 
 def table(rows) -> str:
@@ -99,8 +106,7 @@ def table(rows) -> str:
       cells.append(f"{r['steps_per_s']:.2f} ({r['peak_bytes'] / 2**30:.1f})"
                    if "steps_per_s" in r else "—" if not r else
                    "timeout" if r["error"].startswith("timeout") else
-                   "not run (OOM below)" if r["error"].startswith("not run")
-                   else "OOM/error")
+                   "not run (OOM below)" if was_left_out(r) else "OOM/error")
     ratio = lambda other: (
         f"{case['flash']['steps_per_s'] / case[other]['steps_per_s']:.2f}"
         if "steps_per_s" in case.get("flash", {})
@@ -122,7 +128,7 @@ def plot(rows, path) -> None:
     ok = sorted((r["seq"], r) for r in rows
                 if r["attention"] == kind and "steps_per_s" in r)
     failed = [r["seq"] for r in rows if r["attention"] == kind
-              and "error" in r and not r["error"].startswith("not run")]
+              and "error" in r and not was_left_out(r)]
     color = f"C{i}"
     if ok:
       seqs = [s for s, _ in ok]
@@ -188,23 +194,8 @@ def main(argv=None):
   for seq in args.seqs:
     for attention in args.attentions:
       batch = max(1, args.tokens // seq)
-      row = not_run(attention, seq, batch, oom)
-      if row is not None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        continue
-      cmd = [sys.executable, __file__, f"--attention={attention}",
-             f"--seq={seq}", *shared]
-      try:
-        done = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.timeout)
-        lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
-        row = (json.loads(lines[-1]) if lines else dict(
-            attention=attention, seq=seq, batch=batch,
-            error=f"exit {done.returncode}: {done.stderr.strip()[-200:]}"))
-      except subprocess.TimeoutExpired:
-        row = dict(attention=attention, seq=seq, batch=batch,
-                   error=f"timeout after {args.timeout} s")
+      row = not_run(attention, seq, batch, oom) or run_in_subprocess(
+          attention, seq, batch, shared, args.timeout)
       if out_of_memory(row):
         oom.setdefault(attention, seq)
       rows.append(row)
@@ -212,6 +203,23 @@ def main(argv=None):
       write(Path(args.out), " ".join(sys.argv), rows)   # after every case
   plot(rows, Path(args.out).with_suffix(".png"))
   print(table(rows))
+
+
+def run_in_subprocess(attention: str, seq: int, batch: int, shared,
+                      timeout: int) -> dict:
+  """One case in a fresh process (its row, or an error row)."""
+  cmd = [sys.executable, __file__, f"--attention={attention}", f"--seq={seq}",
+         *shared]
+  try:
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return dict(attention=attention, seq=seq, batch=batch,
+                error=f"timeout after {timeout} s")
+  lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+  return json.loads(lines[-1]) if lines else dict(
+      attention=attention, seq=seq, batch=batch,
+      error=f"exit {done.returncode}: {done.stderr.strip()[-200:]}")
 
 
 def write(out: Path, command: str, rows) -> None:
