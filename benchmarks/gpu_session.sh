@@ -34,6 +34,9 @@
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
 #   opts-registers  240 registers a compute thread (forward, backward)
 #              against the default 232, forward+backward (~4 min)
+#   opts-prefetch  the forward's prefetch_q (the producer loads Q, the
+#              next tile's early) compiled, then timed against the default
+#              and cuDNN, bf16 and FP8 (~8 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
 #              540 s ended during 32k's dense case, after flash's; dense's
 #              cases past its out-of-memory point are now left out)
@@ -213,6 +216,29 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal false true --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-registers" ;;
+    opts-prefetch)
+      # MosaicBlocks(prefetch_q=True) (the producer loads Q, the next tile's
+      # during the current one's last P V; O's store left in flight): compiled
+      # (bitwise the default's output), then timed against the default and
+      # cuDNN: bf16 non-causal (persistent) d 128 and 64 at 1k / 4k / 16k;
+      # causal (one tile a CTA, or persistent in mirrored pairs) at 1k / 2k;
+      # FP8 d 128 at 4k / 16k (~8 min)
+      step opts-prefetch env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 150 \
+        $PY -m pytest -n 2 -v -p no:cacheprovider $HUNG 140 \
+        tests/test_mosaic.py -k prefetch
+      step opts-prefetch timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+prefetch_q=True cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 1024 4096 16384 \
+        --causal false --modes fwd --matmul 0 --out "$WORK/opts-prefetch-nc"
+      step opts-prefetch timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+prefetch_q=True \
+        flashjax_mosaic+persistent=True flashjax_mosaic+persistent=True+prefetch_q=True \
+        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 1024 2048 \
+        --causal true --modes fwd --matmul 0 --out "$WORK/opts-prefetch-causal"
+      step opts-prefetch timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+prefetch_q=True cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal false true \
+        --modes fwd --matmul 0 --out "$WORK/opts-prefetch-fp8" ;;
     train)
       step train timeout 540 $PY benchmarks/bench_train.py \
         --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;

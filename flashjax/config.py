@@ -97,7 +97,12 @@ class MosaicBlocks:
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
-  step late). ``compute_registers``:
+  step late). ``prefetch_q`` (forward): the producer warpgroup loads each
+  tile's Q (:class:`pallas_kernels.mosaic.pipeline.Owned`), the next tile's
+  as soon as the compute warpgroups issued their last Q Kᵀ, and O goes out
+  through its own shared-memory tile, its store left in flight; on a
+  persistent grid the next tile's Q then lands while the current one's last
+  P V and epilogue run. ``compute_registers``:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
@@ -115,6 +120,7 @@ class MosaicBlocks:
   fused_dq: bool = False
   deferred_waits: bool = False
   intra_wg_overlap: bool = False
+  prefetch_q: bool = False
   compute_registers: int = 232
 
   def __post_init__(self):
@@ -137,8 +143,9 @@ class MosaicBlocks:
   def smem_bytes(self, head_dim: int, itemsize: int, backward: bool = False,
                  fp8: bool = False, fp8_qk: bool = True) -> int:
     """Shared memory of the forward kernel, or (``backward``) the larger of the
-    dQ and dK/dV kernels, compiled: owned tiles (Q, with O written over it; Q
-    and dO; K and V) and the streamed stages (P and dS stay in registers; the
+    dQ and dK/dV kernels, compiled: owned tiles (Q, with O written over it
+    unless ``prefetch_q`` gives O its own; Q and dO; K and V) and the
+    streamed stages (P and dS stay in registers; the
     1-D L/D tiles and barriers fit in the slack). ``itemsize``: the inputs'
     bytes; ``fp8``: the FP8 forward (1-byte Q, K, V, and an O tile of
     ``itemsize`` bytes of its own; with ``fp8_qk=False`` Q and K keep
@@ -149,7 +156,7 @@ class MosaicBlocks:
       return (wgs * rows * head_dim * (qk_bytes + itemsize)
               + self.stages * self.block_kv * head_dim * (qk_bytes + 1))
     if not backward:
-      return (wgs * rows * head_dim
+      return ((1 + self.prefetch_q) * wgs * rows * head_dim
               + self.stages * 2 * self.block_kv * head_dim) * itemsize
     if not self.fused_dq:      # the larger of the dQ and dK/dV kernels
       streamed = max(self.block_kv, self.block_q_dkv)

@@ -258,6 +258,75 @@ def test_intra_wg_overlap(case):
     assert text.count("custom_call @mosaic_gpu") == 3
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_prefetch_q(overlap):
+  """``MosaicBlocks(prefetch_q=True)``: the producer loads each tile's Q
+  (the next one's once both warpgroups issued their last Q Kᵀ; none for a
+  tile with no visible key), O goes out through its own tile, its store left
+  in flight. Only the order of loads and stores changes, so O and L equal
+  the default forward's to the bit (which the parity suite checks against
+  the reference). In the interpreter (race detector on) the MQA case's
+  tiles, empty ones included, on a persistent grid (2 CTAs walk several
+  tiles) and one tile a CTA, with and without the intra-warpgroup overlap;
+  the FP8 forward likewise (packed segments, GQA); the compiled form lowers
+  for CUDA, persistent or not."""
+  case = CASES[1]
+  q, k, v = (jax.random.normal(key, shape, jnp.float16) for key, shape in zip(
+      jax.random.split(jax.random.key(3), 3),
+      [(1, case.seq_q, case.num_q_heads, case.head_dim),
+       *[(1, case.seq_kv, case.num_kv_heads, case.head_dim)] * 2]))
+  base = flashjax.default_config(case.head_dim, causal=True)
+
+  def forward(config, *args, **kwargs):
+    if jax.default_backend() != "gpu":
+      interpret_pallas_call.reset_gpu_interpret_mode_state()
+    o, lse = jax.jit(lambda *a: flashjax.attention(
+        *a, backend="mosaic", config=config, return_lse=True,
+        **kwargs))(*args)
+    if jax.default_backend() != "gpu":
+      assert not interpret_pallas_call.get_races().races_found
+    return np.asarray(o, np.float32), np.asarray(lse)
+
+  for persistent in (True, False):
+    blocks = dataclasses.replace(base.mosaic, block_kv=64,
+                                 persistent=persistent,
+                                 intra_wg_overlap=overlap)
+    config = lambda **kw: dataclasses.replace(
+        base, mosaic=dataclasses.replace(blocks, **kw))
+    want = forward(config(), q, k, v, causal=True)
+    got = forward(config(prefetch_q=True), q, k, v, causal=True)
+    for w, g in zip(want, got):
+      np.testing.assert_array_equal(g, w)
+
+  # FP8 (its O tile was its own already): GQA, causal, packed segments
+  from flashjax import fp8
+  q, k, v = (jax.random.normal(key, (1, 333, h, 128), jnp.bfloat16)
+             for key, h in zip(jax.random.split(jax.random.key(4), 3),
+                               (4, 2, 2)))
+  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x) for x in (q, k, v))
+  seg = jnp.repeat(jnp.arange(3, dtype=jnp.int32), 111)[None]
+  fp8_base = flashjax.default_config(128, causal=True, fp8=True)
+  fp8_config = lambda **kw: dataclasses.replace(fp8_base, mosaic=(
+      dataclasses.replace(fp8_base.mosaic, block_kv=128, persistent=True,
+                          intra_wg_overlap=overlap, **kw)))
+  args = dict(q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
+              q_segment_ids=seg)
+  want = forward(fp8_config(), q8, k8, v8, **args)
+  got = forward(fp8_config(prefetch_q=True), q8, k8, v8, **args)
+  for w, g in zip(want, got):
+    np.testing.assert_array_equal(g, w)
+
+  for persistent in (False, True):
+    compiled = dataclasses.replace(base, mosaic=dataclasses.replace(
+        base.mosaic, block_kv=128, persistent=persistent,
+        intra_wg_overlap=overlap, prefetch_q=True))
+    q = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
+    text = lower_for_h100(lambda q: flashjax.attention(
+        q, q, q, causal=not persistent, backend="mosaic", config=compiled,
+        interpret=False), q).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
+
+
 FUSED_CASES = CASES + [
     # non-causal GQA, more key tiles than stages, several query heads per CTA
     Case(dtype="float16", batch=1, seq_q=256, seq_kv=384, num_q_heads=4,

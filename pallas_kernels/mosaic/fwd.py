@@ -71,22 +71,25 @@ from pallas_kernels.mosaic import pipeline
 
 
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
-               q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barrier,
+               q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barriers,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
                block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
-               overlap: bool):
+               overlap: bool, prefetch_q: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
   # [batch, seq_kv]); descale_ref: None or (FP8) float32 [heads, 2, BLOCK_Q],
   # each head's q·k descale and v descale, repeated per row.
   # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
-  # (FP8: O is not in Q's dtype); k_smem/v_smem are the streamed K/V slots;
+  # (FP8: O is not in Q's dtype; prefetch_q: the next tile's Q may be landing
+  # in q_smem); k_smem/v_smem are the streamed K/V slots;
   # p_smem: P's tile per warpgroup for an SS wgmma (the interpreter), None
   # when P is the register operand. tiles: the CTA's (head, query tile,
   # batch) tiles. overlap: FlashAttention 3's intra-warpgroup overlap (step j
   # issues S_j = Q K_jᵀ and P_{j-1} V_{j-1} together and computes P_j while
-  # P_{j-1} V_{j-1} runs; V is read one step late).
+  # P_{j-1} V_{j-1} runs; V is read one step late). q_barriers: each
+  # warpgroup's Q barrier (it loads its own Q), or (prefetch_q: the producer
+  # loads Q, :class:`pipeline.Owned`) the pair (full, free).
   wg = lax.axis_index("wg")
   fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
@@ -115,7 +118,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                         optimized=False)
 
     def init():
-      pipeline.load_owned(q_barrier.at[wg], [(q_ref.at[b, rows, h], q_tile)])
+      if not prefetch_q:
+        pipeline.load_owned(q_barriers.at[wg], [(q_ref.at[b, rows, h], q_tile)])
       # carry: acc, m, l, FP8's q·k descale per row (loaded once), and (overlap,
       # P a register operand) the last step's P
       p = None
@@ -184,6 +188,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       sync.wait(0)
       s = qk(slot)
       sync.release(0)                    # K's slot can be refilled
+      sync.release_owned()               # (prefetch_q) and, last, Q's
       p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
       acc = rescale(acc, alpha)
       # the softmax is done before the hand-over (the order matters for speed,
@@ -213,6 +218,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       pingpong.wait()
       s = qk(slot)
       sync.release(0)
+      sync.release_owned()
       p, m, l, _ = softmax(s, j, m, l, qk_descale, ids, masked)
       return acc, m, l, qk_descale, keep(rounded(p))  # acc is 0: no rescale
 
@@ -228,6 +234,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
         acc = acc + pipeline.wgmma_ss(p_operand, v_operand(sync.prev),
                                       acc.shape)
         sync.release(0)
+        sync.release_owned()
         p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
         p = rounded(p)
       else:
@@ -240,6 +247,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
           pingpong.signal()
           s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
           sync.release(0)                # K's slot can be refilled
+          sync.release_owned()
           p, m_new, l_new, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
           return (plgpu.wgmma_accumulator_load(acc_ref), rounded(p), m_new,
                   l_new, alpha)
@@ -264,13 +272,17 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       if fp8:
         o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
       pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
-                      (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])])
+                      (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])],
+                     wait=not prefetch_q)
 
     w = pipeline.kv_work(
         plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
         batch=b, kv_head=kv_head, block_kv=block_kv,
         num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish,
         v_transposed=bool(fp8))
+    if prefetch_q:
+      w = dataclasses.replace(w, owned_src=lambda i: q_ref.at[
+          b, pl.ds(cta_start + i * BLOCK_Q, BLOCK_Q), h])
     if not overlap:
       return w
     return dataclasses.replace(w, first=first_step, step=overlapped_step,
@@ -286,9 +298,18 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       # first, which takes that hand-over back at the end.
       start=lambda: pl.when(wg == 1)(
           pingpong.signal if overlap else pingpong.wait),
-      end=lambda: pl.when(wg == 0)(
-          pingpong.wait if overlap else pingpong.signal),
-      compute_registers=plan.config.mosaic.compute_registers)
+      end=functools.partial(end, wg, pingpong, overlap, prefetch_q),
+      compute_registers=plan.config.mosaic.compute_registers,
+      owned=pipeline.Owned(q_smem, *q_barriers) if prefetch_q else None)
+
+
+def end(wg, pingpong, overlap: bool, prefetch_q: bool):
+  """A compute warpgroup's last act: warpgroup 0 takes the ping-pong's last
+  hand-over back (:func:`fwd_kernel`'s ``start``); with ``prefetch_q`` each
+  waits for its last O store, left in flight."""
+  pl.when(wg == 0)(pingpong.wait if overlap else pingpong.signal)
+  if prefetch_q:
+    plgpu.wait_smem_to_gmem(0)
 
 
 def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
@@ -322,7 +343,8 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
                                   blocks.persistent)
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
-                             overlap=blocks.intra_wg_overlap)
+                             overlap=blocks.intra_wg_overlap,
+                             prefetch_q=blocks.prefetch_q)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8
@@ -341,14 +363,16 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
                 jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],
       scratch_types=(
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), q.dtype),
-          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), plan.dtype) if fp8
-          else None,
+          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), plan.dtype)
+          if fp8 or blocks.prefetch_q else None,
           plgpu.SMEM((stages, bkv, head_dim), k.dtype),
           plgpu.SMEM((stages, *v_tile), v.dtype),
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), fp8 or q.dtype)
           if plan.interpret else None,
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q), jnp.float32),
-          plgpu.Barrier(num_barriers=COMPUTE_WGS),
+          (plgpu.Barrier(num_barriers=COMPUTE_WGS),
+           plgpu.Barrier(num_barriers=COMPUTE_WGS)) if blocks.prefetch_q
+          else plgpu.Barrier(num_barriers=COMPUTE_WGS),
           # the ping-pong's: named hardware barriers when compiled
           plgpu.Barrier(num_barriers=2) if plan.interpret else None,
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),

@@ -56,6 +56,22 @@ class Stream:
 
 
 @dataclasses.dataclass(frozen=True)
+class Owned:
+  """A tile each compute warpgroup reads for a whole output tile (the
+  forward's Q), loaded by the producer: ``smem`` ``[COMPUTE_WGS, ...]``,
+  ``full`` and ``free`` one barrier per warpgroup (``free``: one arrival).
+  The producer loads a tile's Q after issuing its first K/V loads, once the
+  warpgroup released the last one (:attr:`Sync.release_owned`, after its last
+  Q Kᵀ), so on a persistent grid the next tile's Q lands while the current
+  tile's last P V and epilogue run. A tile with no streamed step (all its
+  K/V tiles masked) loads and frees none."""
+
+  smem: object
+  full: object
+  free: object
+
+
+@dataclasses.dataclass(frozen=True)
 class Work:
   """What a CTA does for one output tile: walk streamed tiles ``[lo, hi)``,
   tile j of stream i read from ``srcs[i](j)`` (a GMEM view). ``init()``
@@ -67,7 +83,9 @@ class Work:
   needs the mask. ``first`` (optional, like ``step``): steps the first tile
   instead of ``step`` (masked if any tile may be); ``drain(carry, sync)``
   (with lagged streams): after the last step, when there was one, reads the
-  lagged streams' last tile (``sync.wait_prev``) and returns the carry."""
+  lagged streams' last tile (``sync.wait_prev``) and returns the carry.
+  ``owned_src(i)`` (with :class:`Owned`): the GMEM view of compute warpgroup
+  i's owned tile."""
 
   lo: object
   hi: object
@@ -78,6 +96,7 @@ class Work:
   full: object = None
   first: Callable | None = None
   drain: Callable | None = None
+  owned_src: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +106,10 @@ class Sync:
   reads it; the loop releases what the step did not. ``count``: the CTA's
   steps before this one (over all its tiles), int32. For a lagged stream i,
   ``wait_prev(i)``/``release_prev(i)`` do the same for the previous step's
-  slot ``prev`` (not in a tile's first step)."""
+  slot ``prev`` (not in a tile's first step). ``release_owned()`` (with
+  :class:`Owned`, at the step's top level): the warpgroup no longer reads its
+  owned tile, if this is the tile's last step (else the loop calls it after
+  the step)."""
 
   wait: Callable
   release: Callable
@@ -95,6 +117,7 @@ class Sync:
   wait_prev: Callable | None = None
   release_prev: Callable | None = None
   prev: object = None
+  release_owned: Callable | None = None
 
 
 def _distinct(barriers):
@@ -173,10 +196,11 @@ class Tiles:
 
 
 def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
-                  start=None, end=None):
+                  start=None, end=None, owned: Owned | None = None):
   """Run the producer and the compute warpgroups over the CTA's tiles:
   ``work(index)`` gives the :class:`Work` of tile ``index``; ``streams``
-  the :class:`Stream` s it reads. ``start()``/``end()``: run by each compute
+  the :class:`Stream` s it reads; ``owned``: an :class:`Owned` tile the
+  producer loads too (else each warpgroup loads its own in ``init``). ``start()``/``end()``: run by each compute
   warpgroup before its first tile and after its last. ``compute_registers``:
   each compute thread's registers (``setmaxnreg``); the producer's threads
   get what is left of the CTA's (``LAUNCH_REGISTERS`` a thread)."""
@@ -205,6 +229,16 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
             if stream.free is free:
               plgpu.copy_gmem_to_smem(src(j), stream.smem.at[slot],
                                       stream.full.at[slot])
+        if owned is not None:
+          @pl.when(j == w.lo)
+          def _():
+            # the tile's owned tiles, behind its first K/V
+            for i in range(COMPUTE_WGS):
+              @pl.when(done > 0)        # an earlier tile loaded one
+              def _():
+                plgpu.barrier_wait(owned.free.at[i])
+              plgpu.copy_gmem_to_smem(w.owned_src(i), owned.smem.at[i],
+                                      owned.full.at[i])
       lax.fori_loop(w.lo, w.hi, load, None)
       return done + jnp.maximum(w.hi - w.lo, 0)
     total = tiles.run(tile)
@@ -214,15 +248,20 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
       def drain(n, _, free=free):
         plgpu.barrier_wait(free.at[lax.rem(n, stages)])
       lax.fori_loop(jnp.maximum(0, total - stages), total, drain, None)
+    if owned is not None:
+      @pl.when(total > 0)
+      def _():
+        for i in range(COMPUTE_WGS):
+          plgpu.barrier_wait(owned.free.at[i])
 
   @pl.when(wg < COMPUTE_WGS)
   def _compute():
     plgpu.set_max_registers(compute_registers, action="increase")
 
-    def sync_at(count, step=True):
+    def sync_at(count, step=True, last=False):
       # the Sync of the CTA's step ``count``: the current slot's streams (not
       # the lagged ones) and the previous slot's lagged ones; ``step=False``:
-      # only the latter (a tile's drain)
+      # only the latter (a tile's drain). ``last``: the tile's last step.
       slot = lax.rem(count, stages)
       prev = lax.rem(count + stages - 1, stages)
       released = []
@@ -232,11 +271,17 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
         if not any(free is r for r in released):
           plgpu.barrier_arrive(free.at[slot])
           released.append(free)
+
+      def release_owned():
+        if owned is not None and not any(r is owned for r in released):
+          pl.when(last)(lambda: plgpu.barrier_arrive(owned.free.at[wg]))
+          released.append(owned)
       sync = Sync(
           wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
           release=release, count=count,
           wait_prev=lambda i: plgpu.barrier_wait(streams[i].full.at[prev]),
-          release_prev=lambda i: release(i, prev), prev=prev)
+          release_prev=lambda i: release(i, prev), prev=prev,
+          release_owned=release_owned)
 
       def release_rest(first):
         for i, stream in enumerate(streams):
@@ -244,6 +289,8 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
             release(i)
           elif stream.lagged and not first:
             release(i, prev)
+        if step:
+          release_owned()
       return slot, sync, release_rest
 
     def tile(index, done):
@@ -252,13 +299,16 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
       def loop(start, stop, carry, masked, first=False):
         step = w.first if first else w.step
         def body(j, carry):
-          slot, sync, release_rest = sync_at(done + j - w.lo)
+          slot, sync, release_rest = sync_at(done + j - w.lo,
+                                             last=j == w.hi - 1)
           carry = step(j, slot, sync, carry, masked)
           release_rest(first)
           return carry
         return lax.fori_loop(start, stop, body, carry)
 
       carry = w.init()
+      if owned is not None:
+        pl.when(w.hi > w.lo)(lambda: plgpu.barrier_wait(owned.full.at[wg]))
       lo = w.lo
       if w.first is not None:
         # the first tile alone (masked if any tile may be), then the rest
@@ -423,17 +473,22 @@ def load_owned(barrier, copies):
   plgpu.barrier_wait(barrier)
 
 
-def store(copies):
+def store(copies, wait: bool = True):
   """Registers -> SMEM -> GMEM for ``copies`` ([(value, smem, gmem)]), waited
-  for in full. (Waiting only until TMA has read shared memory, as JAX's
-  Hopper matmul does, would let a persistent CTA start its next tile sooner:
-  not yet run on a GPU, so not taken.)"""
+  for in full; ``wait=False``: left in flight (a persistent CTA goes on to its
+  next tile), waiting first only until the previous store has read shared
+  memory (as JAX's Hopper matmul does); the caller waits for the last one
+  (``plgpu.wait_smem_to_gmem(0)``) before the kernel ends. The smem tiles
+  must then be written by nothing else."""
+  if not wait:
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
   for value, smem, _ in copies:
     smem[...] = value.astype(smem.dtype)
   plgpu.commit_smem()
   for _, smem, dst in copies:
     plgpu.copy_smem_to_gmem(smem, dst)
-  plgpu.wait_smem_to_gmem(0)
+  if wait:
+    plgpu.wait_smem_to_gmem(0)
 
 
 def barriers(num_streams: int, stages: int, num_free: int = 1):
