@@ -37,6 +37,8 @@
 #   opts-prefetch  the forward's prefetch_q (the producer loads Q, the
 #              next tile's early) compiled, then timed against the default
 #              and cuDNN, bf16 and FP8 (~8 min)
+#   causal-long  the causal forward's persistent grid from 4k keys (bf16
+#              d 128 and 64, FP8), and FP8 without the prefetch (~2 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
 #              540 s ended during 32k's dense case, after flash's; dense's
 #              cases past its out-of-memory point are now left out)
@@ -239,6 +241,22 @@ for s in "$@"; do
         --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+prefetch_q=True cudnn_fp8 \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal false true \
         --modes fwd --matmul 0 --out "$WORK/opts-prefetch-fp8" ;;
+    causal-long)
+      # the causal forward's persistent grid (mirrored pairs) from 4k keys,
+      # with the prefetch (the default since opts-prefetch): d 128 (128-row
+      # K/V tiles), d 64 at 128 rows (256, its default, did not finish
+      # persistent: results/debug-hang-h200.md), FP8 d 128; and the FP8
+      # forward without the prefetch (which lost 4% causal at 16k) (~2 min)
+      step causal-long timeout 80 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+persistent=True \
+        flashjax_mosaic+persistent=True+block_kv=128 cudnn --dtypes bfloat16 \
+        --head-dims 128 64 --seqs 4096 16384 --causal true --modes fwd \
+        --matmul 0 --out "$WORK/causal-long"
+      step causal-long timeout 60 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+persistent=True \
+        flashjax_fp8_mosaic+prefetch_q=False cudnn_fp8 --dtypes bfloat16 \
+        --head-dims 128 --seqs 4096 16384 --causal true --modes fwd \
+        --matmul 0 --out "$WORK/causal-long-fp8" ;;
     train)
       step train timeout 540 $PY benchmarks/bench_train.py \
         --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;

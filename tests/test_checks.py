@@ -119,22 +119,26 @@ def test_default_configs_fit_shared_memory(head_dim, itemsize, causal):
     assert need <= flashjax.config.SMEM_BYTES
 
 
-@pytest.mark.parametrize("causal,window,persistent", [
-    (False, None, True), (False, (None, None), True), (True, None, False),
-    (False, (None, 3), False), (False, (128, 0), False), (False, (64, None),
-                                                          False)])
-def test_only_unbanded_forwards_are_persistent_by_default(causal, window,
-                                                          persistent):
-  """A causal or window band makes query tiles' work unequal: the default
-  Hopper forward then takes one tile per CTA (a banded persistent grid with
-  d 64's 256-row K/V tiles did not finish on the H200,
-  benchmarks/results/debug-hang-h200.md)."""
+@pytest.mark.parametrize("causal,window,seq_kv,persistent", [
+    (False, None, 300, True), (False, (None, None), 300, True),
+    (True, None, 300, True), (True, None, 4096, False),
+    (False, (None, 3), 300, False), (False, (128, 0), 300, False),
+    (False, (64, None), 300, False)])
+def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
+  """The default Hopper forward walks its tiles on a persistent grid without
+  a band, and causal below 4k keys (mirrored pairs of 128-row K/V tiles,
+  faster there on the H200: benchmarks/results/raw/opts-prefetch-h200.md);
+  other bands take one tile per CTA (a banded persistent grid with d 64's
+  256-row K/V tiles did not finish on the H200,
+  benchmarks/results/debug-hang-h200.md). Q is prefetched in all."""
   from flashjax.checks import make_plan
   q = jnp.zeros((2, 150, 4, 64), jnp.bfloat16)
-  k = jnp.zeros((2, 300, 4, 64), jnp.bfloat16)
+  k = jnp.zeros((2, seq_kv, 4, 64), jnp.bfloat16)
   plan, _, _ = make_plan(q, k, k, causal=causal, window=window,
                          backend="mosaic")
   assert plan.config.mosaic.persistent is persistent
-  # 300 keys: causal takes 128-row tiles below 4k
+  assert plan.config.mosaic.prefetch_q
+  # causal takes 128-row tiles below 4k
   # (benchmarks/results/raw/tune-short-h200.json)
-  assert plan.config.mosaic.block_kv == (128 if causal else 256)
+  assert plan.config.mosaic.block_kv == (128 if causal and seq_kv < 4096
+                                         else 256)

@@ -260,15 +260,16 @@ def test_intra_wg_overlap(case):
 
 @pytest.mark.parametrize("overlap", [False, True])
 def test_prefetch_q(overlap):
-  """``MosaicBlocks(prefetch_q=True)``: the producer loads each tile's Q
-  (the next one's once both warpgroups issued their last Q Kᵀ; none for a
-  tile with no visible key), O goes out through its own tile, its store left
-  in flight. Only the order of loads and stores changes, so O and L equal
-  the default forward's to the bit (which the parity suite checks against
-  the reference). In the interpreter (race detector on) the MQA case's
-  tiles, empty ones included, on a persistent grid (2 CTAs walk several
-  tiles) and one tile a CTA, with and without the intra-warpgroup overlap;
-  the FP8 forward likewise (packed segments, GQA); the compiled form lowers
+  """``MosaicBlocks(prefetch_q=True)`` (the default forward's): the producer
+  loads each tile's Q (the next one's once both warpgroups issued their last
+  Q Kᵀ; none for a tile with no visible key), O goes out through its own
+  tile, its store left in flight. Only the order of loads and stores
+  changes, so O and L equal those of ``prefetch_q=False`` to the bit (which
+  the parity suite checked against the reference before the prefetch). In
+  the interpreter (race detector on) the MQA case's tiles, empty ones
+  included, on a persistent grid (2 CTAs walk several tiles) and one tile a
+  CTA, with and without the intra-warpgroup overlap; the FP8 forward
+  likewise (packed segments, GQA); the compiled form lowers
   for CUDA, persistent or not."""
   case = CASES[1]
   q, k, v = (jax.random.normal(key, shape, jnp.float16) for key, shape in zip(
@@ -293,7 +294,7 @@ def test_prefetch_q(overlap):
                                  intra_wg_overlap=overlap)
     config = lambda **kw: dataclasses.replace(
         base, mosaic=dataclasses.replace(blocks, **kw))
-    want = forward(config(), q, k, v, causal=True)
+    want = forward(config(prefetch_q=False), q, k, v, causal=True)
     got = forward(config(prefetch_q=True), q, k, v, causal=True)
     for w, g in zip(want, got):
       np.testing.assert_array_equal(g, w)
@@ -311,7 +312,7 @@ def test_prefetch_q(overlap):
                           intra_wg_overlap=overlap, **kw)))
   args = dict(q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
               q_segment_ids=seg)
-  want = forward(fp8_config(), q8, k8, v8, **args)
+  want = forward(fp8_config(prefetch_q=False), q8, k8, v8, **args)
   got = forward(fp8_config(prefetch_q=True), q8, k8, v8, **args)
   for w, g in zip(want, got):
     np.testing.assert_array_equal(g, w)
