@@ -1,6 +1,6 @@
 """Which Hopper kernel hangs on the GPU in one test case, and under which options.
 
-    python benchmarks/debug_hang.py [--case window|persistent] [--timeout 90]
+    python benchmarks/debug_hang.py [--case window|persistent|softcap] [--timeout 90]
 
 ``tests/test_attention.py::test_parity[bfloat16-b2-sq150-skv300-h4:4-d64-
 winNone-3-mosaic]`` started and never finished in two compiled runs (v6 on an
@@ -33,12 +33,13 @@ import flashjax
 mode, fwd_opts, bwd_opts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 case = json.loads(sys.argv[4])
 b, sq, skv, h, kvh, d = (case[n] for n in ("b", "sq", "skv", "h", "kvh", "d"))
-mask_kw = dict(causal=case["causal"], window=tuple(case["window"]))
+mask_kw = dict(causal=case["causal"], softcap=case.get("softcap"),
+               window=case["window"] and tuple(case["window"]))
 keys = jax.random.split(jax.random.key(0), 4)
 q = jax.random.normal(keys[0], (b, sq, h, d), jnp.bfloat16)
 k, v = (jax.random.normal(kk, (b, skv, kvh, d), jnp.bfloat16) for kk in keys[1:3])
 do = jax.random.normal(keys[3], (b, sq, h, d), jnp.bfloat16)
-config = flashjax.default_config(d, causal=case["causal"])
+config = flashjax.default_config(d, causal=case["causal"], seq_kv=skv)
 config = dataclasses.replace(
     config, mosaic=dataclasses.replace(config.mosaic, **fwd_opts),
     mosaic_bwd=dataclasses.replace(config.mosaic_bwd, **bwd_opts))
@@ -96,6 +97,17 @@ CASES = {
         ("fwd", {"block_kv": 64, "intra_wg_overlap": True}, {}),
         ("fwd_bwd", {}, {"block_kv": 64, "persistent": True}),
         ("fwd_bwd", {}, {"block_kv": 64}),
+    ]),
+    # tests/test_attention.py's d 64 causal softcap case, whose worker ended
+    # on the H200 once Q was prefetched and short causal forwards went
+    # persistent (results/raw/tests-prefetch-h200.log): which of the two.
+    "softcap": (dict(b=2, sq=113, skv=203, h=8, kvh=2, d=64, causal=True,
+                     window=None, softcap=20.0), [
+        ("fwd", {}, {}),
+        ("fwd", {"prefetch_q": False}, {}),
+        ("fwd", {"persistent": False}, {}),
+        ("fwd", {"persistent": False, "prefetch_q": False}, {}),
+        ("fwd_bwd", {}, {}),
     ]),
 }
 
