@@ -271,15 +271,14 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # results/raw/opts-prefetch-h200.md, one process): non-causal 0.241 ms vs
   # 0.268 at d 128 1k, 0.888 vs 0.926 at 4k, 3.575 vs 3.581 at 16k; d 64
   # 0.299 vs 0.342 at 1k; FP8 0.611 vs 0.639 at 4k.
-  # Persistent without a band, and (with the prefetch, mirrored pairs) causal
-  # below 4k keys, where 128-row K/V tiles are taken: d 64 1k 0.212 ms vs
-  # 0.277 (prefetch alone), d 128 1k 0.160 vs 0.186, 2k 0.261 vs 0.279 (same
-  # file). Other banded masks stay on one tile a CTA: at d 64 (256-row K/V
-  # tiles) the banded persistent grid did not finish on the H200
-  # (results/debug-hang-h200.md).
+  # Persistent only without a band. A banded mask's persistent grid (mirrored
+  # pairs) was faster with the prefetch causal below 4k keys (d 64 1k 0.212
+  # ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k 0.261 vs 0.279, same file) but
+  # does not finish on the H200 in some cases, with 128-row K/V tiles too
+  # (d 64 causal softcap, results/raw/debug-hang-softcap-h200.log; d 64
+  # window (None, 3) with 256-row tiles, results/debug-hang-h200.md).
   banded = causal if banded is None else banded
-  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2,
-                        persistent=not banded or (short and fwd_kv <= 128),
+  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not banded,
                         prefetch_q=True)
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
