@@ -108,10 +108,11 @@ class MosaicBlocks:
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
   so the default stays 232).
 
-  Two non-default tilings did not finish compiled on the H200 in one test
-  case (d 64, window (None, 3); benchmarks/results/debug-hang-h200.md):
-  ``persistent=True`` with a banded mask and ``block_kv=256``, and
-  ``block_q_dkv=128``. The defaults avoid both."""
+  Non-default tilings that did not finish compiled on the H200:
+  ``persistent=True`` with a banded mask (d 64 window (None, 3) with
+  ``block_kv=256``, benchmarks/results/debug-hang-h200.md; d 64 causal with a
+  softcap at ``block_kv=128``, results/raw/debug-hang-softcap-h200.log), and
+  ``block_q_dkv=128`` (the window case). The defaults avoid both."""
 
   block_kv: int = 64
   stages: int = 2

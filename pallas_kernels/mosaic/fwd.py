@@ -33,7 +33,19 @@ wgmma and only P V runs in FP8 (no q·k descale).
 band): one CTA per SM walks the (head, query tile, batch) tiles, its K/V
 pipeline running on from one tile to the next (:class:`pipeline.Tiles`);
 with a band it takes query tiles in mirrored pairs, so every CTA gets the
-same work.
+same work. That banded form passes in the interpreter but did not finish on
+the H200 in two cases (d 64 causal with a softcap, 128-row K/V tiles:
+results/raw/debug-hang-softcap-h200.log; d 64 window (None, 3), 256-row
+tiles: results/debug-hang-h200.md), cause unknown: not a default.
+
+``MosaicBlocks(prefetch_q=True)`` (the default): the producer warpgroup
+loads each tile's Q too (:class:`pipeline.Owned`), the next tile's as soon
+as both compute warpgroups have read their last S = Q Kᵀ, and O (and L)
+leave through a tile of their own, the store left in flight until the next
+one's (FlashAttention 3's epilogue), so on a persistent grid a tile's Q load
+and O store overlap the neighbouring tiles' matmuls. On the H200 it took d
+128 non-causal from 0.93 to 0.98× cuDNN at 4k and 0.98 to 1.09× at 1k
+(results/raw/opts-prefetch-nc-h200.md).
 
 ``MosaicBlocks(intra_wg_overlap=True)`` (FlashAttention 3's intra-warpgroup
 overlap): step j issues S_j = Q K_jᵀ together with P_{j-1} V_{j-1} and
@@ -44,9 +56,9 @@ memory). The ping-pong then hands over after each pair.
 
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
-The banded persistent grid (mirrored pairs) is off by default: untimed, and
-with d 64's 256-row K/V tiles it did not finish on the H200
-(benchmarks/results/debug-hang-h200.md; 128-row tiles ran). The intra-warpgroup
+The banded persistent grid (mirrored pairs) is off by default (above),
+though with the prefetch it was 8-30% faster causal at 1k / 2k
+(results/raw/opts-prefetch-causal-h200.md). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and compiled on the
 H200 (``tests/test_mosaic.py``); timed there (results/tune-mosaic-fwd-h200.json)
 it gained 1-2% at d 128 and lost 10-23% at d 64: off by default.
