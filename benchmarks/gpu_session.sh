@@ -39,6 +39,8 @@
 #   opts-prefetch  the forward's prefetch_q (the producer loads Q, the
 #              next tile's early) compiled, then timed against the default
 #              and cuDNN, bf16 and FP8 (~8 min)
+#   opts-fwd   the forward's intra-warpgroup overlap and 240 registers over
+#              its prefetching default, against cuDNN (~4 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
 #              d 128 and 64, FP8), and FP8 without the prefetch (~2 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
@@ -246,6 +248,16 @@ for s in "$@"; do
         --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+prefetch_q=True cudnn_fp8 \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal false true \
         --modes fwd --matmul 0 --out "$WORK/opts-prefetch-fp8" ;;
+    opts-fwd)
+      # the forward's untimed options over its prefetching default: the
+      # intra-warpgroup overlap (+1-2% at d 128 before the prefetch) and 240
+      # registers a compute thread, bf16 d 128 and 64, 1k / 4k / 16k, causal
+      # and not, against cuDNN (~4 min)
+      step opts-fwd timeout 280 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+intra_wg_overlap=True \
+        flashjax_mosaic+compute_registers=240 cudnn --dtypes bfloat16 \
+        --head-dims 128 64 --seqs 1024 4096 16384 --causal false true \
+        --modes fwd --matmul 0 --out "$WORK/opts-fwd" ;;
     causal-long)
       # the causal forward's persistent grid (mirrored pairs) from 4k keys,
       # with the prefetch (the default since opts-prefetch): d 128 (128-row
