@@ -99,14 +99,19 @@ CASES = {
         ("fwd_bwd", {}, {"block_kv": 64}),
     ]),
     # tests/test_attention.py's d 64 causal softcap case, whose worker ended
-    # on the H200 once Q was prefetched and short causal forwards went
-    # persistent (results/raw/tests-prefetch-h200.log): which of the two.
+    # on the H200 when short causal forwards were persistent (mirrored pairs;
+    # results/raw/tests-prefetch-h200.log): there the persistent forward did
+    # not finish with or without the Q prefetch, one tile a CTA did
+    # (results/raw/debug-hang-softcap-h200.log). Now one tile a CTA is the
+    # default; the pairs run through one copy of the tile body
+    # (pipeline.Tiles.run), and 240 registers a compute thread test the
+    # spill hypothesis (results/debug-hang-h200.md).
     "softcap": (dict(b=2, sq=113, skv=203, h=8, kvh=2, d=64, causal=True,
                      window=None, softcap=20.0), [
         ("fwd", {}, {}),
-        ("fwd", {"prefetch_q": False}, {}),
-        ("fwd", {"persistent": False}, {}),
-        ("fwd", {"persistent": False, "prefetch_q": False}, {}),
+        ("fwd", {"persistent": True}, {}),
+        ("fwd", {"persistent": True, "prefetch_q": False}, {}),
+        ("fwd", {"persistent": True, "compute_registers": 240}, {}),
         ("fwd_bwd", {}, {}),
     ]),
 }

@@ -19,7 +19,8 @@
 #              persistent-grid and overlap tests ran past their time limit
 #              (~3 min; a fwd_bwd piece takes ~50 s on a fresh machine)
 #   hang-softcap  the same for test_attention.py's d 64 causal softcap case,
-#              whose worker ended once the forward prefetched Q (~6 min at most)
+#              whose persistent (paired) forward did not finish, then the
+#              pieces' ptxas register and spill lines (~9 min at most)
 #   ptxas      the same pieces compiled only, with ptxas's register and spill
 #              lines per kernel (~3 min: a fwd_bwd piece takes ~50 s)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
@@ -178,7 +179,9 @@ for s in "$@"; do
         --case persistent --timeout 90 ;;
     hang-softcap)
       step hang-softcap timeout 380 $PY benchmarks/debug_hang.py \
-        --case softcap --timeout 70 ;;
+        --case softcap --timeout 70
+      step hang-softcap timeout 200 $PY benchmarks/debug_hang.py --ptxas \
+        --case softcap --timeout 60 ;;
     hang)
       step hang timeout 400 $PY benchmarks/debug_hang.py --timeout 75
       step hang-test env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 90 \

@@ -184,14 +184,17 @@ class Tiles:
     a, n = self.paired, self.grid[self.paired]
 
     def pair(info, carry):
+      # tile i, then its mirror (odd n: the middle tile is its own mirror,
+      # run once), through one copy of ``body``: the kernel holds one tile's
+      # code, not two
       i = info.index
       mirror = (*i[:a], n - 1 - i[a], *i[a + 1:])
-      done = body(i, carry)
-      if n % 2 == 0:
-        return body(mirror, done)
-      # odd n: the middle tile is its own mirror, run once
-      return lax.cond(mirror[a] != i[a], lambda d: body(mirror, d),
-                      lambda d: d, done)
+      count = 2 if n % 2 == 0 else jnp.where(mirror[a] != i[a], 2, 1)
+
+      def one(k, done):
+        return body(tuple(jnp.where(k == 0, x, y) for x, y in zip(i, mirror)),
+                    done)
+      return lax.fori_loop(0, count, one, carry)
     return walk(self._walk())(pair)
 
 
