@@ -109,6 +109,9 @@ def test_causal_d64_tiles_by_length():
     ("mosaic", flashjax.MosaicBlocks(block_kv=256, stages=3), 416),
     # 3 stages of 128-row K/V tiles fit the forward (224 KiB), not dQ
     ("mosaic_bwd", flashjax.MosaicBlocks(block_kv=128, stages=3), 256),
+    # ... nor the forward once O has its own tile (the prefetch)
+    ("mosaic", flashjax.MosaicBlocks(block_kv=128, stages=3, prefetch_q=True),
+     256),
 ])
 def test_tiling_over_shared_memory_is_refused(field, blocks, kib):
   config = dataclasses.replace(flashjax.default_config(128), **{field: blocks})
