@@ -142,3 +142,25 @@ def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   # (benchmarks/results/raw/tune-short-h200.json)
   assert plan.config.mosaic.block_kv == (128 if causal and seq_kv < 4096
                                          else 256)
+
+
+def test_banded_persistent_grid_warns_when_compiled():
+  """The banded persistent grid did not finish on the H200 in some cases: a
+  compiled call that asks for it is warned; the defaults never do."""
+  import dataclasses
+  import warnings
+  from flashjax.checks import make_plan
+  q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
+  config = flashjax.default_config(64, causal=True)
+  paired = dataclasses.replace(config, mosaic=dataclasses.replace(
+      config.mosaic, persistent=True))
+  with pytest.warns(RuntimeWarning, match=r"persistent=True\) with a causal"):
+    make_plan(q, q, q, causal=True, backend="mosaic", config=paired,
+              interpret=False)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for causal, window in ((True, None), (False, (8, 8)), (False, None)):
+      make_plan(q, q, q, causal=causal, window=window, backend="mosaic",
+                interpret=False)
+    make_plan(q, q, q, causal=True, backend="mosaic", config=paired,
+              interpret=True)
