@@ -1,6 +1,6 @@
 """Which Hopper kernel hangs on the GPU in one test case, and under which options.
 
-    python benchmarks/debug_hang.py [--case window|persistent|softcap] [--timeout 90]
+    python benchmarks/debug_hang.py [--case window|persistent|softcap] [--timeout 90] [--pieces I ...]
 
 ``tests/test_attention.py::test_parity[bfloat16-b2-sq150-skv300-h4:4-d64-
 winNone-3-mosaic]`` started and never finished in two compiled runs (v6 on an
@@ -83,6 +83,10 @@ CASES = {
         ("fwd", {"persistent": True}, {}),
         ("fwd", {"persistent": True, "block_kv": 128}, {}),
         ("fwd_bwd", {"persistent": False}, {}),
+        # the register split: more for the producer (56; compute 224), or
+        # more for the compute warpgroups (240; producer 24)
+        ("fwd", {"persistent": True, "compute_registers": 224}, {}),
+        ("fwd", {"persistent": True, "compute_registers": 240}, {}),
         ("fwd_bwd", {"persistent": False}, {"block_q_dkv": 128}),
     ]),
     # tests/test_mosaic.py's CASES[0], whose persistent-grid and
@@ -102,15 +106,21 @@ CASES = {
     # on the H200 when short causal forwards were persistent (mirrored pairs;
     # results/raw/tests-prefetch-h200.log): there the persistent forward did
     # not finish with or without the Q prefetch, one tile a CTA did
-    # (results/raw/debug-hang-softcap-h200.log). Now one tile a CTA is the
-    # default; the pairs run through one copy of the tile body
-    # (pipeline.Tiles.run), and 240 registers a compute thread test the
-    # spill hypothesis (results/debug-hang-h200.md).
+    # (results/raw/debug-hang-softcap-h200.log). Its 113 query rows are one
+    # tile, so each CTA of the persistent grid runs one tile, as without it:
+    # the kernels differ in code (loops, dynamic indices and phases), not in
+    # work. Now the pairs run through one copy of the tile body
+    # (pipeline.Tiles.run), and the register split is varied: ptxas failing
+    # to fit a warpgroup's code in its setmaxnreg budget can leave the other
+    # warpgroups' setmaxnreg.inc waiting for ever (triton-lang/triton#9786).
+    # The producer gets 504 - 2 · compute_registers: 40 by default, 56 at
+    # 224, 72 at 216, 24 at 240.
     "softcap": (dict(b=2, sq=113, skv=203, h=8, kvh=2, d=64, causal=True,
                      window=None, softcap=20.0), [
         ("fwd", {}, {}),
         ("fwd", {"persistent": True}, {}),
-        ("fwd", {"persistent": True, "prefetch_q": False}, {}),
+        ("fwd", {"persistent": True, "compute_registers": 224}, {}),
+        ("fwd", {"persistent": True, "compute_registers": 216}, {}),
         ("fwd", {"persistent": True, "compute_registers": 240}, {}),
         ("fwd_bwd", {}, {}),
     ]),
@@ -136,10 +146,14 @@ def main(argv=None):
                       "and report ptxas's register and spill lines per kernel")
   parser.add_argument("--case", choices=sorted(CASES), default="window",
                       help="the test case and its pieces")
+  parser.add_argument("--pieces", type=int, nargs="*",
+                      help="run only these pieces of the case (0-based)")
   args = parser.parse_args(argv)
   env = dict(os.environ, MOSAIC_GPU_DUMP_PTXAS="1") if args.ptxas else None
   case, pieces = CASES[args.case]
-  for mode, fwd_opts, bwd_opts in pieces:
+  for i, (mode, fwd_opts, bwd_opts) in enumerate(pieces):
+    if args.pieces is not None and i not in args.pieces:
+      continue
     row = dict(mode=mode, fwd=fwd_opts, bwd=bwd_opts)
     try:
       out = subprocess.run(

@@ -21,6 +21,10 @@
 #   hang-softcap  the same for test_attention.py's d 64 causal softcap case,
 #              whose persistent (paired) forward did not finish, then the
 #              pieces' ptxas register and spill lines (~9 min at most)
+#   hang-registers  the softcap case's persistent forward (and the window
+#              case's at 256-row K/V tiles) under other register splits
+#              (compute 224 / 216 / 240, the producer 56 / 72 / 24), then
+#              their ptxas lines (~8 min at most)
 #   ptxas      the same pieces compiled only, with ptxas's register and spill
 #              lines per kernel (~3 min: a fwd_bwd piece takes ~50 s)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
@@ -182,6 +186,13 @@ for s in "$@"; do
         --case softcap --timeout 70
       step hang-softcap timeout 200 $PY benchmarks/debug_hang.py --ptxas \
         --case softcap --timeout 60 ;;
+    hang-registers)
+      step hang-registers timeout 280 $PY benchmarks/debug_hang.py \
+        --case softcap --pieces 0 1 2 3 4 --timeout 55
+      step hang-registers timeout 120 $PY benchmarks/debug_hang.py \
+        --case window --pieces 5 6 --timeout 55
+      step hang-registers timeout 100 $PY benchmarks/debug_hang.py --ptxas \
+        --case softcap --pieces 1 2 4 --timeout 45 ;;
     hang)
       step hang timeout 400 $PY benchmarks/debug_hang.py --timeout 75
       step hang-test env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 90 \
