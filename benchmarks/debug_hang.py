@@ -148,9 +148,15 @@ def main(argv=None):
                       help="the test case and its pieces")
   parser.add_argument("--pieces", type=int, nargs="*",
                       help="run only these pieces of the case (0-based)")
+  parser.add_argument("--override", nargs="*", default=[], metavar="KEY=JSON",
+                      help="change the case's shape or mask, e.g. kvh=8 softcap=null")
   args = parser.parse_args(argv)
   env = dict(os.environ, MOSAIC_GPU_DUMP_PTXAS="1") if args.ptxas else None
   case, pieces = CASES[args.case]
+  case = dict(case, **{k: json.loads(v) for k, v in
+                       (item.split("=", 1) for item in args.override)})
+  if args.override:
+    print(json.dumps(dict(case=case)), flush=True)
   for i, (mode, fwd_opts, bwd_opts) in enumerate(pieces):
     if args.pieces is not None and i not in args.pieces:
       continue

@@ -25,6 +25,8 @@
 #              case's at 256-row K/V tiles) under other register splits
 #              (compute 224 / 216 / 240, the producer 56 / 72 / 24), then
 #              their ptxas lines (~8 min at most)
+#   hang-narrow  the softcap case's persistent forward without GQA, without
+#              the softcap, with one batch row, with 113 keys (~5 min at most)
 #   ptxas      the same pieces compiled only, with ptxas's register and spill
 #              lines per kernel (~3 min: a fwd_bwd piece takes ~50 s)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
@@ -51,6 +53,7 @@
 #   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
 #              540 s ended during 32k's dense case, after flash's; dense's
 #              cases past its out-of-memory point are now left out)
+#   train-cudnn  bench_train, flash against cuDNN only, 1k / 4k / 16k (~5 min)
 #   train-more bench_train at 2k and 8k, and cuDNN at 32k (in case train's
 #              time runs out before it), merged with `--merge` into train's
 #              table afterwards (~6 min)
@@ -193,6 +196,13 @@ for s in "$@"; do
         --case window --pieces 5 6 --timeout 55
       step hang-registers timeout 100 $PY benchmarks/debug_hang.py --ptxas \
         --case softcap --pieces 1 2 4 --timeout 45 ;;
+    hang-narrow)
+      # the softcap case's persistent forward with one thing changed: no
+      # GQA (8 K/V heads), no softcap, one batch row, 113 keys (~5 min)
+      for o in kvh=8 softcap=null b=1 skv=113; do
+        step hang-narrow timeout 100 $PY benchmarks/debug_hang.py \
+          --case softcap --pieces 1 --timeout 55 --override $o
+      done ;;
     hang)
       step hang timeout 400 $PY benchmarks/debug_hang.py --timeout 75
       step hang-test env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 90 \
@@ -291,6 +301,12 @@ for s in "$@"; do
     train)
       step train timeout 540 $PY benchmarks/bench_train.py \
         --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;
+    train-cudnn)
+      # flash against cuDNN only (dense's rows and out-of-memory point come
+      # from `train`), 1k / 4k / 16k (~5 min)
+      step train-cudnn timeout 380 $PY benchmarks/bench_train.py \
+        --seqs 1024 4096 16384 --attentions flash cudnn --timeout 120 \
+        --out "$WORK/train-cudnn" ;;
     train-more)
       step train-more timeout 400 $PY benchmarks/bench_train.py \
         --seqs 2048 8192 --timeout 120 --out "$WORK/train-2k8k"
