@@ -126,6 +126,33 @@ CASES = {
     ]),
 }
 
+def warpgroup_steps(case, block_kv: int, per_warpgroup: bool) -> list:
+  """Per query tile (128 rows) of ``case``: each compute warpgroup's K/V
+  steps, "M" masked or "U" not, as the forward's loop runs them: with the
+  split of masked tiles ``per_warpgroup`` (each warpgroup's 64 rows apart,
+  the kernels before the fifteenth session) or over the CTA's rows (now)."""
+  from flashjax.masks import MaskSpec
+  window = case["window"] and tuple(case["window"])
+  mask = MaskSpec(case["sq"], case["skv"], causal=case["causal"],
+                  window=window, has_segments=case.get("segments", False))
+  num_kv = -(-case["skv"] // block_kv)
+  tiles = []
+  for cta in range(0, -(-case["sq"] // 128) * 128, 128):
+    lo, hi = (int(x) for x in mask.kv_block_range(cta, 128, block_kv, num_kv))
+    steps = []
+    for wg in range(2):
+      if mask.is_trivial(num_kv * block_kv):
+        steps.append("U" * max(hi - lo, 0))
+        continue
+      rows = (cta + 64 * wg, 64) if per_warpgroup else (cta, 128)
+      a, b = (int(x) for x in mask.kv_full_range(*rows, block_kv))
+      a = min(max(a, lo), hi)
+      b = min(max(b, a), hi)
+      steps.append("M" * (a - lo) + "U" * (b - a) + "M" * (hi - b))
+    tiles.append(steps)
+  return tiles
+
+
 def _reports(stdout) -> dict:
   """The JSON lines a piece printed (all of them, or those before it was cut)."""
   if isinstance(stdout, bytes):
@@ -148,6 +175,10 @@ def main(argv=None):
                       help="the test case and its pieces")
   parser.add_argument("--pieces", type=int, nargs="*",
                       help="run only these pieces of the case (0-based)")
+  parser.add_argument("--steps", type=int, metavar="BLOCK_KV",
+                      help="run nothing: print each warpgroup's masked (M) and "
+                      "unmasked (U) K/V steps per query tile at these K/V tiles, "
+                      "split per warpgroup (before) and per CTA (now)")
   parser.add_argument("--override", nargs="*", default=[], metavar="KEY=JSON",
                       help="change the case's shape or mask, e.g. kvh=8 softcap=null")
   args = parser.parse_args(argv)
@@ -157,6 +188,11 @@ def main(argv=None):
                        (item.split("=", 1) for item in args.override)})
   if args.override:
     print(json.dumps(dict(case=case)), flush=True)
+  if args.steps:
+    print(json.dumps(dict(case=case, block_kv=args.steps, **{
+        split: warpgroup_steps(case, args.steps, split == "per_warpgroup")
+        for split in ("per_warpgroup", "per_cta")})))
+    return
   for i, (mode, fwd_opts, bwd_opts) in enumerate(pieces):
     if args.pieces is not None and i not in args.pieces:
       continue

@@ -233,9 +233,9 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     warnings.warn(
         "flashjax: MosaicBlocks(persistent=True) with a causal or window band "
         "(query tiles in mirrored pairs) did not finish on the H200 in some "
-        "cases (benchmarks/results/debug-hang-h200.md, results/raw/"
-        "debug-hang-softcap-h200.log); the default configs keep banded masks "
-        "on one tile per CTA.", RuntimeWarning, stacklevel=3)
+        "cases, and the change meant to fix that has not run on a GPU yet "
+        "(benchmarks/results/debug-hang-h200.md); the default configs keep "
+        "banded masks on one tile per CTA.", RuntimeWarning, stacklevel=3)
   return plan, q_segment_ids, kv_segment_ids
 
 

@@ -275,9 +275,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # Persistent only without a band. A banded mask's persistent grid (mirrored
   # pairs) was faster with the prefetch causal below 4k keys (d 64 1k 0.212
   # ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k 0.261 vs 0.279, same file) but
-  # does not finish on the H200 in some cases, with 128-row K/V tiles too
-  # (d 64 causal softcap, results/raw/debug-hang-softcap-h200.log; d 64
-  # window (None, 3) with 256-row tiles, results/debug-hang-h200.md).
+  # did not finish on the H200 in some cases (results/debug-hang-h200.md:
+  # d 64 window (None, 3) at 256-row tiles, which spills; causal 113 queries
+  # over 203 keys at 128, whose warpgroups ran different steps, since made
+  # the same but not yet run compiled).
   banded = causal if banded is None else banded
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not banded,
                         prefetch_q=True)

@@ -208,7 +208,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
 
     w = pipeline.kv_work(
-        plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
+        plan.mask, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
         batch=b, kv_head=kv_head, block_kv=block_kv,
         num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish)
     if not overlap:

@@ -34,9 +34,12 @@ band): one CTA per SM walks the (head, query tile, batch) tiles, its K/V
 pipeline running on from one tile to the next (:class:`pipeline.Tiles`);
 with a band it takes query tiles in mirrored pairs, so every CTA gets the
 same work. That banded form passes in the interpreter but did not finish on
-the H200 in two cases (d 64 causal with a softcap, 128-row K/V tiles:
-results/raw/debug-hang-softcap-h200.log; d 64 window (None, 3), 256-row
-tiles: results/debug-hang-h200.md), cause unknown: not a default.
+the H200 in two cases (results/debug-hang-h200.md): d 64 window (None, 3) at
+256-row K/V tiles, which spills at 232 registers and finished at 240; and
+causal with 113 queries over 203 keys, where the two warpgroups ran
+different steps (one masked, one not) into the ping-pong's named barriers.
+Both warpgroups now mask the same tiles (:func:`pipeline.kv_work`), not yet
+run on a GPU: the banded persistent grid is not a default.
 
 ``MosaicBlocks(prefetch_q=True)`` (the default): the producer warpgroup
 loads each tile's Q too (:class:`pipeline.Owned`), the next tile's as soon
@@ -288,7 +291,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                      wait=not prefetch_q)
 
     w = pipeline.kv_work(
-        plan.mask, wg=wg, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
+        plan.mask, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
         batch=b, kv_head=kv_head, block_kv=block_kv,
         num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish,
         v_transposed=bool(fp8))

@@ -343,19 +343,25 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
       end()
 
 
-def kv_work(mask, *, wg, cta_start, k_ref, v_ref, batch, kv_head,
+def kv_work(mask, *, cta_start, k_ref, v_ref, batch, kv_head,
             block_kv: int, num_kv_blocks: int, init, step, finish,
             v_transposed: bool = False) -> Work:
   """The :class:`Work` of a query tile (the forward and dQ kernels; streams
   0: K, 1: V): the K/V tiles that some row of the CTA's ``COMPUTE_WGS · 64``
   query rows from ``cta_start`` can see under ``mask``; the rest are
-  skipped. Each compute warpgroup masks only the tiles its own 64 rows do not
-  fully see. ``v_transposed``: V is ``[batch, kv_heads, d, seq_kv]`` (FP8)
-  and its tiles ``[d, block_kv]``."""
+  skipped. Tiles some row of the CTA does not fully see are masked, in both
+  compute warpgroups alike, so at every step both run the same code (as
+  FlashAttention 3's masking steps do): the forward's ping-pong meets at the
+  same named-barrier instructions. Masking each warpgroup's 64 rows apart
+  let them run different steps (one masked, one not) when the diagonal's
+  offset is not a multiple of 64, and the one causal forward seen not to
+  finish on the H200 without spilling was such a case
+  (results/debug-hang-h200.md). ``v_transposed``: V is ``[batch, kv_heads,
+  d, seq_kv]`` (FP8) and its tiles ``[d, block_kv]``."""
   lo, hi = mask.kv_block_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
                                block_kv, num_kv_blocks)
   full = (None if mask.is_trivial(num_kv_blocks * block_kv) else
-          mask.kv_full_range(cta_start + wg * MOSAIC_BLOCK_Q, MOSAIC_BLOCK_Q,
+          mask.kv_full_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
                              block_kv))
   rows = lambda j: pl.ds(j * block_kv, block_kv)
   return Work(
