@@ -114,7 +114,10 @@ CASES = {
     # to fit a warpgroup's code in its setmaxnreg budget can leave the other
     # warpgroups' setmaxnreg.inc waiting for ever (triton-lang/triton#9786).
     # The producer gets 504 - 2 · compute_registers: 40 by default, 56 at
-    # 224, 72 at 216, 24 at 240.
+    # 224, 72 at 216, 24 at 240. On the H200 (fifteenth session,
+    # results/debug-hang-h200.md) every split hung with nothing spilled, as
+    # did --override kvh=8, softcap=null and b=1; skv=113 finished: at 203
+    # keys the two warpgroups ran different steps (--steps 128).
     "softcap": (dict(b=2, sq=113, skv=203, h=8, kvh=2, d=64, causal=True,
                      window=None, softcap=20.0), [
         ("fwd", {}, {}),
