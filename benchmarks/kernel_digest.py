@@ -6,7 +6,8 @@
 
 Lowers every default Hopper kernel for CUDA against an abstract H100 (the
 forward, dQ and dK/dV or the fused backward, for head dim 64/128, bf16/fp16,
-no mask / causal / causal + segment ids; the FP8 forward, causal and not) and
+no mask / causal / causal + segment ids; the FP8 forward, causal and not;
+since v12 also bf16 and FP8 causal at 1k, whose forward tiling differs) and
 hashes each Mosaic GPU module printed as MLIR without source locations, so a
 moved line or a renamed helper does not change it, and any change to what the
 GPU compiles does. ``--check FILE`` compares with a record written when the
@@ -47,25 +48,30 @@ SEQ, BATCH, HEADS, KV_HEADS = 4096, 2, 4, 2
 
 
 def cases():
-  """name -> (head_dim, dtype, causal, segment ids, fp8)."""
+  """name -> (head_dim, dtype, causal, segment ids, fp8, seq): at ``SEQ``,
+  and causal at 1k too (below 4k keys the causal forward's tiling differs:
+  ``default_config(..., seq_kv=)``)."""
   out = {}
   for d in (64, 128):
     for dtype in ("bfloat16", "float16"):
       for masking in ("none", "causal", "causal+segments"):
         out[f"d{d}-{dtype}-{masking}-grad"] = (
-            d, dtype, masking != "none", "segments" in masking, False)
+            d, dtype, masking != "none", "segments" in masking, False, SEQ)
     for masking in ("none", "causal"):
       out[f"d{d}-bfloat16-{masking}-fp8"] = (d, "bfloat16", masking != "none",
-                                            False, True)
+                                            False, True, SEQ)
+    for kind in ("grad", "fp8"):
+      out[f"d{d}-bfloat16-causal-1k-{kind}"] = (d, "bfloat16", True, False,
+                                                kind == "fp8", 1024)
   return out
 
 
-def lowered(head_dim, dtype, causal, segments, fp8):
+def lowered(head_dim, dtype, causal, segments, fp8, seq):
   """The StableHLO module of the case's call: the FP8 forward, or the
   gradient (forward + backward) of a 16-bit one, lowered for CUDA."""
-  q = jax.ShapeDtypeStruct((BATCH, SEQ, HEADS, head_dim), jnp.dtype(dtype))
-  kv = jax.ShapeDtypeStruct((BATCH, SEQ, KV_HEADS, head_dim), jnp.dtype(dtype))
-  ids = jax.ShapeDtypeStruct((BATCH, SEQ), jnp.int32) if segments else None
+  q = jax.ShapeDtypeStruct((BATCH, seq, HEADS, head_dim), jnp.dtype(dtype))
+  kv = jax.ShapeDtypeStruct((BATCH, seq, KV_HEADS, head_dim), jnp.dtype(dtype))
+  ids = jax.ShapeDtypeStruct((BATCH, seq), jnp.int32) if segments else None
 
   def attend(q, k, v, ids):
     return flashjax.attention(q, k, v, causal=causal, q_segment_ids=ids,
@@ -149,7 +155,7 @@ def main(argv=None):
     print(f"{len(got) - len(differ)} of {len(got)} cases compile to the "
           f"kernels of {args.check}")
     for name in differ:
-      print(f"  differs: {name}")
+      print(f"  {'differs' if name in want else 'not in the record'}: {name}")
     sys.exit(1 if differ else 0)
 
 
