@@ -12,6 +12,10 @@
 #              tilings) + FP8, then the long sequences (-v: a cut run still
 #              names what passed) (~7 min)
 #   tests-fp8  tests/test_fp8.py compiled (~2 min)
+#   tests-banded  the causal and window Hopper cases of test_attention.py
+#              compiled (~2 min)
+#   hang-check the banded persistent forwards that hung (softcap case at
+#              232 and 240 registers, window case at 256-row tiles) (~3 min)
 #   hang       benchmarks/debug_hang.py: which kernel of the window (None, 3)
 #              test case hangs compiled, under which options, compiling or
 #              running; then that test case (~7.5 min at most)
@@ -170,6 +174,18 @@ for s in "$@"; do
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 110 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 100 \
         tests/test_large.py -k mosaic ;;
+    tests-banded)
+      step tests-banded env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 200 \
+        $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
+        tests/test_attention.py -k "mosaic and (causal or win)" ;;
+    hang-check)
+      # the banded persistent forwards that hung, with both warpgroups
+      # masking the same tiles (fifteenth session): the softcap case at the
+      # default split and at 240, the window case at 256-row tiles (~3 min)
+      step hang-check timeout 150 $PY benchmarks/debug_hang.py \
+        --case softcap --pieces 1 4 --timeout 55
+      step hang-check timeout 80 $PY benchmarks/debug_hang.py \
+        --case window --pieces 1 --timeout 55 ;;
     tests-fp8)
       step tests-fp8 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 200 \
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 tests/test_fp8.py ;;
