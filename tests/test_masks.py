@@ -14,7 +14,8 @@ bound = st.one_of(st.none(), st.integers(0, 70))
 @settings(max_examples=200, deadline=None)
 @given(seq_q=st.integers(1, 200), seq_kv=st.integers(1, 200),
        causal=st.booleans(), window=st.one_of(st.none(), st.tuples(bound, bound)),
-       block_q=st.sampled_from([16, 64]), block_kv=st.sampled_from([16, 32]))
+       block_q=st.sampled_from([16, 64, 128]),
+       block_kv=st.sampled_from([16, 32, 128]))
 def test_ranges_match_the_predicate(seq_q, seq_kv, causal, window, block_q,
                                     block_kv):
   spec = MaskSpec(seq_q, seq_kv, causal=causal, window=window)
