@@ -353,10 +353,10 @@ def kv_work(mask, *, cta_start, k_ref, v_ref, batch, kv_head,
   compute warpgroups alike, so at every step both run the same code (as
   FlashAttention 3's masking steps do): the forward's ping-pong meets at the
   same named-barrier instructions. Masking each warpgroup's 64 rows apart
-  let them run different steps (one masked, one not) when the diagonal's
-  offset is not a multiple of 64, and the one causal forward seen not to
-  finish on the H200 without spilling was such a case
-  (results/debug-hang-h200.md). ``v_transposed``: V is ``[batch, kv_heads,
+  let them run different steps (one masked, one not) when a band's edge
+  crossed a K/V tile boundary between the two warpgroups' rows (113 queries
+  over 203 keys, causal), and the one causal forward seen not to finish on
+  the H200 without spilling was such a case (results/debug-hang-h200.md). ``v_transposed``: V is ``[batch, kv_heads,
   d, seq_kv]`` (FP8) and its tiles ``[d, block_kv]``."""
   lo, hi = mask.kv_block_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
                                block_kv, num_kv_blocks)
