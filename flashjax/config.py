@@ -108,11 +108,14 @@ class MosaicBlocks:
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
   so the default stays 232).
 
-  Non-default tilings that did not finish compiled on the H200:
-  ``persistent=True`` with a banded mask (d 64 window (None, 3) with
-  ``block_kv=256``, benchmarks/results/debug-hang-h200.md; d 64 causal with a
-  softcap at ``block_kv=128``, results/raw/debug-hang-softcap-h200.log), and
-  ``block_q_dkv=128`` (the window case). The defaults avoid both."""
+  ``persistent=True`` with a banded mask did not finish compiled on the
+  H200 in two cases (benchmarks/results/debug-hang-h200.md): d 64 window
+  (None, 3) with ``block_kv=256``, which spills at 232 registers and
+  finished at 240; and causal 113 queries over 203 keys, whose two
+  warpgroups then ran different steps (both now mask the same tiles, not
+  yet run compiled). The defaults keep banded masks on one tile per CTA.
+  ``block_q_dkv=128``, which did not finish on the window case in the
+  eighth session, finished in the fifteenth."""
 
   block_kv: int = 64
   stages: int = 2

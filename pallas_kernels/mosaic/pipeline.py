@@ -203,8 +203,9 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
   """Run the producer and the compute warpgroups over the CTA's tiles:
   ``work(index)`` gives the :class:`Work` of tile ``index``; ``streams``
   the :class:`Stream` s it reads; ``owned``: an :class:`Owned` tile the
-  producer loads too (else each warpgroup loads its own in ``init``). ``start()``/``end()``: run by each compute
-  warpgroup before its first tile and after its last. ``compute_registers``:
+  producer loads too (else each warpgroup loads its own in ``init``).
+  ``start()``/``end()``: run by each compute warpgroup before its first
+  tile and after its last. ``compute_registers``:
   each compute thread's registers (``setmaxnreg``); the producer's threads
   get what is left of the CTA's (``LAUNCH_REGISTERS`` a thread)."""
   stages = streams[0].smem.shape[0]
@@ -356,8 +357,9 @@ def kv_work(mask, *, cta_start, k_ref, v_ref, batch, kv_head,
   let them run different steps (one masked, one not) when a band's edge
   crossed a K/V tile boundary between the two warpgroups' rows (113 queries
   over 203 keys, causal), and the one causal forward seen not to finish on
-  the H200 without spilling was such a case (results/debug-hang-h200.md). ``v_transposed``: V is ``[batch, kv_heads,
-  d, seq_kv]`` (FP8) and its tiles ``[d, block_kv]``."""
+  the H200 without spilling was such a case (results/debug-hang-h200.md).
+  ``v_transposed``: V is ``[batch, kv_heads, d, seq_kv]`` (FP8) and its
+  tiles ``[d, block_kv]``."""
   lo, hi = mask.kv_block_range(cta_start, COMPUTE_WGS * MOSAIC_BLOCK_Q,
                                block_kv, num_kv_blocks)
   full = (None if mask.is_trivial(num_kv_blocks * block_kv) else
