@@ -52,6 +52,8 @@
 #              and cuDNN, bf16 and FP8 (~8 min)
 #   opts-fwd   the forward's intra-warpgroup overlap and 240 registers over
 #              its prefetching default, against cuDNN (~4 min)
+#   short-causal  the causal forward below 4k keys, persistent (the
+#              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
 #              d 128 and 64, FP8), and FP8 without the prefetch (~2 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
@@ -298,6 +300,18 @@ for s in "$@"; do
         flashjax_mosaic+compute_registers=240 cudnn --dtypes bfloat16 \
         --head-dims 128 64 --seqs 1024 4096 16384 --causal false true \
         --modes fwd --matmul 0 --out "$WORK/opts-fwd" ;;
+    short-causal)
+      # the causal forward below 4k keys, persistent (mirrored pairs, the
+      # default since the sixteenth session) against one tile a CTA and
+      # cuDNN, bf16 and fp16, d 128 and 64; FP8 d 128 likewise (~3 min)
+      step short-causal timeout 110 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+persistent=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 64 --seqs 1024 2048 \
+        --causal true --modes fwd --matmul 0 --out "$WORK/short-causal"
+      step short-causal timeout 60 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+persistent=True \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 1024 2048 \
+        --causal true --modes fwd --matmul 0 --out "$WORK/short-causal-fp8" ;;
     causal-long)
       # the causal forward's persistent grid (mirrored pairs) from 4k keys,
       # with the prefetch (the default since opts-prefetch): d 128 (128-row

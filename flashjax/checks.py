@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -228,14 +227,6 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
       backend=backend,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
       config=config, fp8=fp8, fp8_inputs=fp8_inputs, fp8_qk=fp8_qk)
-  if (backend == "mosaic" and mask.banded and not plan.interpret
-      and (config.mosaic.persistent or config.mosaic_bwd.persistent)):
-    warnings.warn(
-        "flashjax: MosaicBlocks(persistent=True) with a causal or window band "
-        "(query tiles in mirrored pairs) did not finish on the H200 in some "
-        "cases, and the change meant to fix that has not run on a GPU yet "
-        "(benchmarks/results/debug-hang-h200.md); the default configs keep "
-        "banded masks on one tile per CTA.", RuntimeWarning, stacklevel=3)
   return plan, q_segment_ids, kv_segment_ids
 
 

@@ -108,14 +108,12 @@ class MosaicBlocks:
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
   so the default stays 232).
 
-  ``persistent=True`` with a banded mask did not finish compiled on the
-  H200 in two cases (benchmarks/results/debug-hang-h200.md): d 64 window
-  (None, 3) with ``block_kv=256``, which spills at 232 registers and
-  finished at 240; and causal 113 queries over 203 keys, whose two
-  warpgroups then ran different steps (both now mask the same tiles, not
-  yet run compiled). The defaults keep banded masks on one tile per CTA.
-  ``block_q_dkv=128``, which did not finish on the window case in the
-  eighth session, finished in the fifteenth."""
+  ``persistent=True`` with a banded mask pairs each query tile with its
+  mirror (equal work a CTA). It did not finish compiled on the H200 while
+  the two compute warpgroups could mask different K/V tiles
+  (benchmarks/results/debug-hang-h200.md); both now mask the same tiles
+  and the cases that hung finish (results/raw/hang-check-session16-h200.log).
+  The defaults take it causal below 4k keys."""
 
   block_kv: int = 64
   stages: int = 2
@@ -275,15 +273,18 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # results/raw/opts-prefetch-h200.md, one process): non-causal 0.241 ms vs
   # 0.268 at d 128 1k, 0.888 vs 0.926 at 4k, 3.575 vs 3.581 at 16k; d 64
   # 0.299 vs 0.342 at 1k; FP8 0.611 vs 0.639 at 4k.
-  # Persistent only without a band. A banded mask's persistent grid (mirrored
-  # pairs) was faster with the prefetch causal below 4k keys (d 64 1k 0.212
-  # ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k 0.261 vs 0.279, same file) but
-  # did not finish on the H200 in some cases (results/debug-hang-h200.md:
-  # d 64 window (None, 3) at 256-row tiles, which spills; causal 113 queries
-  # over 203 keys at 128, whose warpgroups ran different steps, since made
-  # the same but not yet run compiled).
+  # Persistent without a band, and causal below 4k keys: a banded mask's
+  # persistent grid walks the query tiles in mirrored pairs, faster with the
+  # prefetch there (d 64 1k 0.212 ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k
+  # 0.261 vs 0.279, same file) and even at 4k (d 128 0.474 vs 0.474,
+  # results/raw/causal-long-h200.md). It once did not finish on the H200
+  # (results/debug-hang-h200.md) when the two compute warpgroups masked
+  # different tiles; since they mask the same ones it finished compiled
+  # (results/raw/hang-check-session16-h200.log). Windows stay on one tile per
+  # CTA (not timed persistent).
   banded = causal if banded is None else banded
-  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=not banded,
+  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2,
+                        persistent=not banded or (short and not fp8),
                         prefetch_q=True)
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),

@@ -121,16 +121,14 @@ def test_default_configs_fit_shared_memory(head_dim, itemsize, causal):
 
 @pytest.mark.parametrize("causal,window,seq_kv,persistent", [
     (False, None, 300, True), (False, (None, None), 300, True),
-    (True, None, 300, False), (True, None, 4096, False),
+    (True, None, 300, True), (True, None, 4096, False),
     (False, (None, 3), 300, False), (False, (128, 0), 300, False),
     (False, (64, None), 300, False)])
 def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   """The default Hopper forward walks its tiles on a persistent grid without
-  a band; a causal or window band makes query tiles' work unequal and takes
-  one tile per CTA (the banded persistent grid, mirrored pairs, did not
-  finish on the H200 in some cases: benchmarks/results/debug-hang-h200.md,
-  benchmarks/results/raw/debug-hang-softcap-h200.log). Q is prefetched in
-  all."""
+  a band and, causal, below 4k keys (query tiles in mirrored pairs); from 4k
+  keys causal, and with a window, one tile per CTA. Q is prefetched in all
+  (benchmarks/results/raw/opts-prefetch-causal-h200.md)."""
   from flashjax.checks import make_plan
   q = jnp.zeros((2, 150, 4, 64), jnp.bfloat16)
   k = jnp.zeros((2, seq_kv, 4, 64), jnp.bfloat16)
@@ -142,25 +140,3 @@ def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   # (benchmarks/results/raw/tune-short-h200.json)
   assert plan.config.mosaic.block_kv == (128 if causal and seq_kv < 4096
                                          else 256)
-
-
-def test_banded_persistent_grid_warns_when_compiled():
-  """The banded persistent grid did not finish on the H200 in some cases: a
-  compiled call that asks for it is warned; the defaults never do."""
-  import dataclasses
-  import warnings
-  from flashjax.checks import make_plan
-  q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
-  config = flashjax.default_config(64, causal=True)
-  paired = dataclasses.replace(config, mosaic=dataclasses.replace(
-      config.mosaic, persistent=True))
-  with pytest.warns(RuntimeWarning, match=r"persistent=True\) with a causal"):
-    make_plan(q, q, q, causal=True, backend="mosaic", config=paired,
-              interpret=False)
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    for causal, window in ((True, None), (False, (8, 8)), (False, None)):
-      make_plan(q, q, q, causal=causal, window=window, backend="mosaic",
-                interpret=False)
-    make_plan(q, q, q, causal=True, backend="mosaic", config=paired,
-              interpret=True)

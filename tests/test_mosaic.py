@@ -21,12 +21,6 @@ from flashjax.config import MOSAIC_COMPUTE_WGS
 from harness import Case, check_attention
 from test_lowering import lower_for_h100
 
-# The persistent grid's tests ask for it with banded masks on purpose (the
-# warning itself: test_checks.py).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:flashjax.*persistent=True.*with a causal or window band:"
-    "RuntimeWarning")
-
 # test_attention.py runs the whole parity grid on backend="mosaic" too; these
 # add the race detector's verdict on cases that reuse pipeline slots (more
 # streamed tiles than pipeline stages) in every kernel. One batch element:
