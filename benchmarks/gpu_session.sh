@@ -303,7 +303,8 @@ for s in "$@"; do
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and
-      # cuDNN, bf16 and fp16, d 128 and 64; FP8 d 128 likewise (~3 min)
+      # cuDNN, bf16 and fp16, d 128 and 64; FP8 d 128 likewise (~3 min; 110 s
+      # ended in fp16 d 64)
       step short-causal timeout 110 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+persistent=False cudnn \
         --dtypes bfloat16 float16 --head-dims 128 64 --seqs 1024 2048 \

@@ -276,15 +276,17 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # Persistent without a band, and causal below 4k keys: a banded mask's
   # persistent grid walks the query tiles in mirrored pairs, faster with the
   # prefetch there (d 64 1k 0.212 ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k
-  # 0.261 vs 0.279, same file) and even at 4k (d 128 0.474 vs 0.474,
-  # results/raw/causal-long-h200.md). It once did not finish on the H200
-  # (results/debug-hang-h200.md) when the two compute warpgroups masked
-  # different tiles; since they mask the same ones it finished compiled
-  # (results/raw/hang-check-session16-h200.log). Windows stay on one tile per
-  # CTA (not timed persistent).
+  # 0.261 vs 0.279, same file; sixteenth session, results/raw/short-causal-
+  # h200.md: d 64 1k 0.210 vs 0.270, 2k 0.357 vs 0.444; FP8 d 128
+  # short-causal-fp8-h200.md: 1k 0.161 vs 0.191, 2k 0.233 vs 0.258), even at
+  # 4k (d 128 0.474 vs 0.474, results/raw/causal-long-h200.md). It once did
+  # not finish on the H200 (results/debug-hang-h200.md) when the two compute
+  # warpgroups masked different tiles; since they mask the same ones it
+  # finished compiled (results/raw/hang-check-session16-h200.log). Windows
+  # stay on one tile per CTA (not timed persistent).
   banded = causal if banded is None else banded
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2,
-                        persistent=not banded or (short and not fp8),
+                        persistent=not banded or short,
                         prefetch_q=True)
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
