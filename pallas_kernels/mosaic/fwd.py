@@ -29,17 +29,15 @@ each 16, and the same transpose puts V's keys in that order
 Under the policy's ``fp8_qk=False`` Q and K stay 16-bit: S is the 16-bit
 wgmma and only P V runs in FP8 (no q·k descale).
 
-``MosaicBlocks(persistent=True)`` (the default with no causal or window
-band): one CTA per SM walks the (head, query tile, batch) tiles, its K/V
-pipeline running on from one tile to the next (:class:`pipeline.Tiles`);
-with a band it takes query tiles in mirrored pairs, so every CTA gets the
-same work. That banded form passes in the interpreter but did not finish on
-the H200 in two cases (results/debug-hang-h200.md): d 64 window (None, 3) at
-256-row K/V tiles, which spills at 232 registers and finished at 240; and
-causal with 113 queries over 203 keys, where the two warpgroups ran
-different steps (one masked, one not) into the ping-pong's named barriers.
-Both warpgroups now mask the same tiles (:func:`pipeline.kv_work`), not yet
-run on a GPU: the banded persistent grid is not a default.
+``MosaicBlocks(persistent=True)`` (the default with no band, and causal
+below 4k keys): one CTA per SM walks the (head, query tile, batch) tiles,
+its K/V pipeline running on from one tile to the next
+(:class:`pipeline.Tiles`); with a band it takes query tiles in mirrored
+pairs, so every CTA gets the same work. The two compute warpgroups mask the
+same K/V tiles (:func:`pipeline.kv_work`): when they ran different steps
+into the ping-pong's named barriers, the banded form did not finish on the
+H200 (results/debug-hang-h200.md; fixed, results/raw/hang-check-session16-
+h200.log).
 
 ``MosaicBlocks(prefetch_q=True)`` (the default): the producer warpgroup
 loads each tile's Q too (:class:`pipeline.Owned`), the next tile's as soon
