@@ -45,6 +45,8 @@
 #   bench-fp16 the same in fp16, with JAX's attention_mgpu (~8 min)
 #   bench-bwd  forward+backward, d 128, bf16 and fp16, against cuDNN (~2 min)
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
+#   opts-fused-causal  the fused backward causal (2 and 3 stages) against
+#              the two-kernel default, d 128 and 64, 4k / 16k (~3 min)
 #   opts-registers  240 registers a compute thread (forward, backward)
 #              against the default 232, forward+backward (~4 min)
 #   opts-prefetch  the forward's prefetch_q (the producer loads Q, the
@@ -257,6 +259,17 @@ for s in "$@"; do
         --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic --dtypes bfloat16 \
         --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
         --out "$WORK/fp8" ;;
+    opts-fused-causal)
+      # the fused backward (dQ reduce-added by the dK/dV kernel, 5 matmuls a
+      # tile pair) causal, 2 and 3 stages, against the two-kernel default;
+      # it lost on the H100 in the sixth session (2.76 ms vs 2.01), before
+      # the deferred waits and the prefetch (~3 min)
+      step opts-fused-causal timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.fused_dq=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3 cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
+        --causal true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-fused-causal" ;;
     opts-registers)
       # 240 registers a compute thread (the producer keeps 24; default 232
       # and 40): the backward spilled (results/ncu-h200), forward+backward,
