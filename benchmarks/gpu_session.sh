@@ -327,12 +327,15 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 1024 2048 \
         --causal true --modes fwd --matmul 0 --out "$WORK/short-causal-fp8" ;;
     causal-long)
-      # the causal forward's persistent grid (mirrored pairs) from 4k keys,
-      # with the prefetch (the default since opts-prefetch): d 128 (128-row
-      # K/V tiles), d 64 at 128 rows (256, its default, did not finish
-      # persistent: results/debug-hang-h200.md), FP8 d 128; and the FP8
-      # forward without the prefetch (which lost 4% causal at 16k) (~2 min)
-      step causal-long timeout 80 $PY benchmarks/bench_attention.py \
+      # the causal forward's persistent grid (mirrored pairs) from 4k keys
+      # (below 4k the default since the sixteenth session), with the
+      # prefetch: d 128 (128-row K/V tiles), d 64 at its default 256 rows
+      # (which did not finish persistent until both warpgroups masked the
+      # same tiles: results/raw/hang-check-session16-h200.log) and at 128,
+      # FP8 d 128; and the FP8 forward without the prefetch (which lost 4%
+      # causal at 16k) (~2 min; the fifteenth session's 80 s ended after
+      # d 128)
+      step causal-long timeout 150 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+persistent=True \
         flashjax_mosaic+persistent=True+block_kv=128 cudnn --dtypes bfloat16 \
         --head-dims 128 64 --seqs 4096 16384 --causal true --modes fwd \
