@@ -47,6 +47,8 @@
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
 #   opts-fused-causal  the fused backward causal (2 and 3 stages) against
 #              the two-kernel default, d 128 and 64, 4k / 16k (~3 min)
+#   opts-bwd-d64  the d 64 backward fused and/or with 128-row query
+#              tiles (FlashAttention 3's d 64 tiling), 4k / 16k (~4.5 min)
 #   opts-registers  240 registers a compute thread (forward, backward)
 #              against the default 232, forward+backward (~4 min)
 #   opts-prefetch  the forward's prefetch_q (the producer loads Q, the
@@ -270,6 +272,18 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal true --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-fused-causal" ;;
+    opts-bwd-d64)
+      # the d 64 backward as FlashAttention 3 tiles it (fused dQ, 128-row
+      # query tiles: S is 64 keys x 128 queries a warpgroup) and its halves,
+      # against the two-kernel default with 64-row query tiles; 128 rows
+      # finished on the window case in the fifteenth session (~4.5 min)
+      step opts-bwd-d64 timeout 280 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.fused_dq=True \
+        flashjax_mosaic+bwd.block_q_dkv=128 \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.block_q_dkv=128 cudnn \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-bwd-d64" ;;
     opts-registers)
       # 240 registers a compute thread (the producer keeps 24; default 232
       # and 40): the backward spilled (results/ncu-h200), forward+backward,
