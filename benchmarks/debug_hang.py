@@ -117,7 +117,9 @@ CASES = {
     # 224, 72 at 216, 24 at 240. On the H200 (fifteenth session,
     # results/debug-hang-h200.md) every split hung with nothing spilled, as
     # did --override kvh=8, softcap=null and b=1; skv=113 finished: at 203
-    # keys the two warpgroups ran different steps (--steps 128).
+    # keys the two warpgroups ran different steps (--steps 128). Since both
+    # mask over the CTA's rows it finishes (sixteenth session,
+    # results/raw/hang-check-session16-h200.log).
     "softcap": (dict(b=2, sq=113, skv=203, h=8, kvh=2, d=64, causal=True,
                      window=None, softcap=20.0), [
         ("fwd", {}, {}),

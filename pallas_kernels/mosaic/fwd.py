@@ -57,9 +57,10 @@ memory). The ping-pong then hands over after each pair.
 
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
-The banded persistent grid (mirrored pairs) is off by default (above),
-though with the prefetch it was 8-30% faster causal at 1k / 2k
-(results/raw/opts-prefetch-causal-h200.md). The intra-warpgroup
+The banded persistent grid (mirrored pairs) is the default causal below 4k
+keys, 7-29% faster there than one tile a CTA
+(results/raw/short-causal-h200.md); windows keep one tile a CTA (not
+timed). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and compiled on the
 H200 (``tests/test_mosaic.py``); timed there (results/tune-mosaic-fwd-h200.json)
 it gained 1-2% at d 128 and lost 10-23% at d 64: off by default.
