@@ -113,7 +113,7 @@ class MosaicBlocks:
   the two compute warpgroups could mask different K/V tiles
   (benchmarks/results/debug-hang-h200.md); both now mask the same tiles
   and the cases that hung finish (results/raw/hang-check-session16-h200.log).
-  The defaults take it causal below 4k keys."""
+  The defaults take it causal up to 8k keys."""
 
   block_kv: int = 64
   stages: int = 2
@@ -213,8 +213,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   policy); ``causal`` and ``fp8`` (an FP8 forward; ``fp8_qk=False``: only P
   and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
   ``causal``): whether a causal or window bound makes the query tiles' work
-  unequal, which keeps the forward off the persistent grid; ``seq_kv``
-  (None: tiles for 4k) picks the causal Hopper forward's K/V tile. The
+  unequal, which keeps the forward off the persistent grid (causal up to 8k
+  keys excepted: mirrored pairs); ``seq_kv`` (None: as at 16k keys) picks
+  the causal Hopper forward's K/V tile and grid. The
   16-bit choices for 64 and 128 are the fastest of
   benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
   and not); wider dtypes shrink the portable kernels' tiles until their
@@ -261,6 +262,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # (results/raw/fp8-causal-h200.md): 256 rows 1.366 ms vs 1.483 at 16k,
   # 0.491 vs 0.461 at 4k, 0.283 vs 0.198 at 1k (8k not timed).
   short = causal and seq_kv is not None and seq_kv < 4096
+  # causal on the persistent grid (mirrored pairs of query tiles) up to 8k keys
+  paired = causal and seq_kv is not None and seq_kv <= 8192
   long = seq_kv is not None and seq_kv >= 16384
   if fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
@@ -273,7 +276,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # results/raw/opts-prefetch-h200.md, one process): non-causal 0.241 ms vs
   # 0.268 at d 128 1k, 0.888 vs 0.926 at 4k, 3.575 vs 3.581 at 16k; d 64
   # 0.299 vs 0.342 at 1k; FP8 0.611 vs 0.639 at 4k.
-  # Persistent without a band, and causal below 4k keys: a banded mask's
+  # Persistent without a band, and causal up to 8k keys: a banded mask's
   # persistent grid walks the query tiles in mirrored pairs, faster with the
   # prefetch there (d 64 1k 0.212 ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k
   # 0.261 vs 0.279, same file; sixteenth session, results/raw/short-causal-
@@ -282,11 +285,17 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 4k (d 128 0.474 vs 0.474, results/raw/causal-long-h200.md). It once did
   # not finish on the H200 (results/debug-hang-h200.md) when the two compute
   # warpgroups masked different tiles; since they mask the same ones it
-  # finished compiled (results/raw/hang-check-session16-h200.log). Windows
-  # stay on one tile per CTA (not timed persistent).
+  # finished compiled (results/raw/hang-check-session16-h200.log). At 4k keys
+  # too (seventeenth session, results/raw/causal-long-session17-h200.md, one
+  # process): d 64 0.638 ms vs 0.709 one tile a CTA (256-row tiles), d 128
+  # 0.452 vs 0.469, FP8 d 128 0.393 vs 0.421; at 8k (causal-8k-h200.md)
+  # d 64 1.207 vs 1.269, d 128 0.848 vs 0.879, FP8 0.691 vs 0.713; at 16k
+  # it loses (d 128 1.856 vs 1.710, FP8 1.427 vs 1.285; d 64 2.359 vs
+  # 2.386), so up to 8k keys (between 8k and 16k not timed). Windows stay
+  # on one tile per CTA (not timed persistent).
   banded = causal if banded is None else banded
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2,
-                        persistent=not banded or short,
+                        persistent=not banded or paired,
                         prefetch_q=True)
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),

@@ -121,14 +121,16 @@ def test_default_configs_fit_shared_memory(head_dim, itemsize, causal):
 
 @pytest.mark.parametrize("causal,window,seq_kv,persistent", [
     (False, None, 300, True), (False, (None, None), 300, True),
-    (True, None, 300, True), (True, None, 4096, False),
+    (True, None, 300, True), (True, None, 4096, True),
+    (True, None, 8192, True), (True, None, 16384, False),
     (False, (None, 3), 300, False), (False, (128, 0), 300, False),
     (False, (64, None), 300, False)])
 def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   """The default Hopper forward walks its tiles on a persistent grid without
-  a band and, causal, below 4k keys (query tiles in mirrored pairs); from 4k
+  a band and, causal, up to 8k keys (query tiles in mirrored pairs); above 8k
   keys causal, and with a window, one tile per CTA. Q is prefetched in all
-  (benchmarks/results/raw/opts-prefetch-causal-h200.md)."""
+  (benchmarks/results/raw/opts-prefetch-causal-h200.md,
+  causal-long-session17-h200.md, causal-8k-h200.md)."""
   from flashjax.checks import make_plan
   q = jnp.zeros((2, 150, 4, 64), jnp.bfloat16)
   k = jnp.zeros((2, seq_kv, 4, 64), jnp.bfloat16)

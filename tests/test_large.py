@@ -18,6 +18,8 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
 @pytest.mark.parametrize("case", [
     Case(dtype="bfloat16", batch=1, seq_q=4096, seq_kv=4096, num_q_heads=8,
          num_kv_heads=2, head_dim=128, causal=True),
+    Case(dtype="bfloat16", batch=1, seq_q=6000, seq_kv=6000, num_q_heads=4,
+         num_kv_heads=2, head_dim=64, causal=True),
     Case(dtype="float16", batch=1, seq_q=8192, seq_kv=8192, num_q_heads=4,
          num_kv_heads=4, head_dim=64),
     Case(dtype="bfloat16", batch=1, seq_q=16384, seq_kv=16384, num_q_heads=2,

@@ -30,7 +30,7 @@ Under the policy's ``fp8_qk=False`` Q and K stay 16-bit: S is the 16-bit
 wgmma and only P V runs in FP8 (no q·k descale).
 
 ``MosaicBlocks(persistent=True)`` (the default with no band, and causal
-below 4k keys): one CTA per SM walks the (head, query tile, batch) tiles,
+up to 8k keys): one CTA per SM walks the (head, query tile, batch) tiles,
 its K/V pipeline running on from one tile to the next
 (:class:`pipeline.Tiles`); with a band it takes query tiles in mirrored
 pairs, so every CTA gets the same work. The two compute warpgroups mask the
@@ -57,8 +57,8 @@ memory). The ping-pong then hands over after each pair.
 
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
-The banded persistent grid (mirrored pairs) is the default causal below 4k
-keys, 7-29% faster there than one tile a CTA
+The banded persistent grid (mirrored pairs) is the default causal up to 8k
+keys, 3-29% faster there than one tile a CTA
 (results/raw/short-causal-h200.md); windows keep one tile a CTA (not
 timed). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and compiled on the
