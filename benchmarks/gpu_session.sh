@@ -11,6 +11,7 @@
 #   tests      the core parity suite compiled on the Hopper kernels (default
 #              tilings) + FP8, then the long sequences (-v: a cut run still
 #              names what passed) (~7 min)
+#   tests-large  the long sequences alone (the end of `tests`; ~2 min)
 #   tests-fp8  tests/test_fp8.py compiled (~2 min)
 #   tests-banded  the causal and window Hopper cases of test_attention.py
 #              compiled (~2 min)
@@ -178,10 +179,11 @@ for s in "$@"; do
     tests)
       step tests env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 330 \
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
-        tests/test_attention.py tests/test_fp8.py -k "mosaic or fp8"
-      step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 110 \
-        $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 100 \
-        tests/test_large.py -k mosaic ;;
+        tests/test_attention.py tests/test_fp8.py -k "mosaic or fp8" ;&
+    tests-large)
+      step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 150 \
+        $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
+        tests/test_large.py -k "mosaic or fp8" ;;
     tests-banded)
       step tests-banded env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 200 \
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \

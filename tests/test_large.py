@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from harness import BACKENDS, Case, check_backend
+from test_fp8 import check_fp8_forward
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
                                 reason="long sequences run on the GPU only")
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
          num_kv_heads=2, head_dim=128, causal=True),
     Case(dtype="bfloat16", batch=1, seq_q=6000, seq_kv=6000, num_q_heads=4,
          num_kv_heads=2, head_dim=64, causal=True),
+    Case(dtype="float16", batch=2, seq_q=5000, seq_kv=5000, num_q_heads=4,
+         num_kv_heads=4, head_dim=128, causal=True, segments="packed"),
     Case(dtype="float16", batch=1, seq_q=8192, seq_kv=8192, num_q_heads=4,
          num_kv_heads=4, head_dim=64),
     Case(dtype="bfloat16", batch=1, seq_q=16384, seq_kv=16384, num_q_heads=2,
@@ -32,3 +35,11 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_long_sequences(case, backend):
   check_backend(case, backend)
+
+
+def test_long_causal_fp8_forward():
+  """The Hopper FP8 forward, causal at 5000 keys: query tiles in mirrored
+  pairs on the persistent grid (the default up to 8k keys), per-head
+  scales, GQA."""
+  check_fp8_forward("float8_e4m3fn", True, (1, 5000, 5000, 4, 2, 128), True,
+                    "mosaic")
