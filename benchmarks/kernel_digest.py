@@ -7,7 +7,8 @@
 Lowers every default Hopper kernel for CUDA against an abstract H100 (the
 forward, dQ and dK/dV or the fused backward, for head dim 64/128, bf16/fp16,
 no mask / causal / causal + segment ids; the FP8 forward, causal and not;
-since v12 also bf16 and FP8 causal at 1k, whose forward tiling differs) and
+since v12 also bf16 and FP8 causal at 1k, since v14 at 16k: the causal
+forward's tiling follows the length) and
 hashes each Mosaic GPU module printed as MLIR without source locations, so a
 moved line or a renamed helper does not change it, and any change to what the
 GPU compiles does. ``--check FILE`` compares with a record written when the
@@ -49,8 +50,10 @@ SEQ, BATCH, HEADS, KV_HEADS = 4096, 2, 4, 2
 
 def cases():
   """name -> (head_dim, dtype, causal, segment ids, fp8, seq): at ``SEQ``,
-  and causal at 1k too (below 4k keys the causal forward's tiling differs:
-  ``default_config(..., seq_kv=)``)."""
+  and causal at 1k and (since v14) 16k too: the causal forward's tiling
+  follows the length (``default_config(..., seq_kv=)``: 128-row K/V tiles
+  below 4k keys, the persistent grid up to 8k, FP8's 256-row tiles from
+  16k)."""
   out = {}
   for d in (64, 128):
     for dtype in ("bfloat16", "float16"):
@@ -61,8 +64,9 @@ def cases():
       out[f"d{d}-bfloat16-{masking}-fp8"] = (d, "bfloat16", masking != "none",
                                             False, True, SEQ)
     for kind in ("grad", "fp8"):
-      out[f"d{d}-bfloat16-causal-1k-{kind}"] = (d, "bfloat16", True, False,
-                                                kind == "fp8", 1024)
+      for name, seq in (("1k", 1024), ("16k", 16384)):
+        out[f"d{d}-bfloat16-causal-{name}-{kind}"] = (
+            d, "bfloat16", True, False, kind == "fp8", seq)
   return out
 
 
