@@ -290,9 +290,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # process): d 64 0.638 ms vs 0.709 one tile a CTA (256-row tiles), d 128
   # 0.452 vs 0.469, FP8 d 128 0.393 vs 0.421; at 8k (causal-8k-h200.md)
   # d 64 1.207 vs 1.269, d 128 0.848 vs 0.879, FP8 0.691 vs 0.713; at 16k
-  # it loses (d 128 1.856 vs 1.710, FP8 1.427 vs 1.285; d 64 2.359 vs
-  # 2.386), so up to 8k keys (between 8k and 16k not timed). Windows stay
-  # on one tile per CTA (not timed persistent).
+  # it loses at d 128 (1.856 vs 1.710) and FP8 (1.427 vs 1.285), d 64 about
+  # even (2.359 vs 2.386), so up to 8k keys (between 8k and 16k not timed).
+  # Windows stay on one tile per CTA (not timed persistent).
   banded = causal if banded is None else banded
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2,
                         persistent=not banded or paired,
