@@ -61,10 +61,8 @@
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
 #              d 128 and 64, FP8), and FP8 without the prefetch (~2 min)
-#   causal-8k  the causal forward at 8k keys, one tile a CTA (the default
-#              there) against the persistent grid, bf16 and FP8 (~1.5 min)
-#   causal-12k the same at 12k keys, between 8k (persistent won) and 16k
-#              (lost) (~1.5 min)
+#   causal-8k, causal-12k  the causal forward at 8k / 12k keys, the
+#              default against the persistent grid, bf16 and FP8 (~1.5 min)
 #   train      bench_train at 1k, 4k, 16k and 32k (~9 min: on the H200 its
 #              540 s ended during 32k's dense case, after flash's; dense's
 #              cases past its out-of-memory point are now left out)
@@ -365,32 +363,20 @@ for s in "$@"; do
         flashjax_fp8_mosaic+prefetch_q=False cudnn_fp8 --dtypes bfloat16 \
         --head-dims 128 --seqs 4096 16384 --causal true --modes fwd \
         --matmul 0 --out "$WORK/causal-long-fp8" ;;
-    causal-8k)
-      # the causal forward at 8k keys, the first length on one tile a CTA
-      # since the seventeenth session (persistent below 8k: it won at 4k and
-      # lost at 16k, causal-long), against the persistent grid: bf16 d 128
-      # and 64, FP8 d 128 (~1.5 min)
-      step causal-8k timeout 100 $PY benchmarks/bench_attention.py \
+    causal-8k|causal-12k)
+      # the causal forward's grid at 8k or 12k keys, between 4k (persistent
+      # won, causal-long) and 16k (lost): the default (persistent up to 8k
+      # keys since the seventeenth session, one tile a CTA above) against the
+      # persistent grid, bf16 d 128 and 64, FP8 d 128 (~1.5 min)
+      seq=8192; [ "$s" = causal-12k ] && seq=12288
+      step "$s" timeout 100 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+persistent=True cudnn \
-        --dtypes bfloat16 --head-dims 128 64 --seqs 8192 --causal true \
-        --modes fwd --matmul 0 --out "$WORK/causal-8k"
-      step causal-8k timeout 60 $PY benchmarks/bench_attention.py \
+        --dtypes bfloat16 --head-dims 128 64 --seqs $seq --causal true \
+        --modes fwd --matmul 0 --out "$WORK/$s"
+      step "$s" timeout 60 $PY benchmarks/bench_attention.py \
         --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+persistent=True \
-        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 8192 --causal true \
-        --modes fwd --matmul 0 --out "$WORK/causal-8k-fp8" ;;
-    causal-12k)
-      # where between 8k (persistent won) and 16k (lost) the causal
-      # forward's grid should switch: 12k keys, the default (one tile a
-      # CTA there) against the persistent grid, bf16 d 128 and 64, FP8
-      # (~1.5 min)
-      step causal-12k timeout 100 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+persistent=True cudnn \
-        --dtypes bfloat16 --head-dims 128 64 --seqs 12288 --causal true \
-        --modes fwd --matmul 0 --out "$WORK/causal-12k"
-      step causal-12k timeout 60 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+persistent=True \
-        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 12288 --causal true \
-        --modes fwd --matmul 0 --out "$WORK/causal-12k-fp8" ;;
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs $seq --causal true \
+        --modes fwd --matmul 0 --out "$WORK/$s-fp8" ;;
     train)
       step train timeout 540 $PY benchmarks/bench_train.py \
         --seqs 1024 4096 16384 32768 --timeout 120 --out "$WORK/train" ;;
