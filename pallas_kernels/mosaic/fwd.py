@@ -59,8 +59,8 @@ Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
 The banded persistent grid (mirrored pairs) is the default causal up to 8k
 keys, 3-29% faster there than one tile a CTA
-(results/raw/short-causal-h200.md); windows keep one tile a CTA (not
-timed). The intra-warpgroup
+(results/raw/short-causal-h200.md, causal-long-session17-h200.md,
+causal-8k-h200.md); windows keep one tile a CTA (not timed). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and compiled on the
 H200 (``tests/test_mosaic.py``); timed there (results/tune-mosaic-fwd-h200.json)
 it gained 1-2% at d 128 and lost 10-23% at d 64: off by default.
