@@ -52,6 +52,8 @@
 #              tiles (FlashAttention 3's d 64 tiling), 4k / 16k (~4.5 min)
 #   opts-registers  240 registers a compute thread (forward, backward)
 #              against the default 232, forward+backward (~4 min)
+#   opts-fold  the backward's S and dP accumulators started at -L2/u and -D
+#              (fold_stats) against zero starts, forward+backward (~4 min)
 #   opts-prefetch  the forward's prefetch_q (the producer loads Q, the
 #              next tile's early) compiled, then timed against the default
 #              and cuDNN, bf16 and FP8 (~8 min)
@@ -298,6 +300,15 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal false true --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-registers" ;;
+    opts-fold)
+      # the backward's accumulators started at -L2/u and -D (fold_stats, the
+      # default since the eighteenth session) against zero starts, bf16
+      # forward+backward, d 128 and 64, 4k / 16k, causal and not, with
+      # ptxas's register and spill lines of each compiled kernel (~4 min)
+      step opts-fold env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.fold_stats=False cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 --out "$WORK/opts-fold" ;;
     opts-prefetch)
       # MosaicBlocks(prefetch_q=True) (the producer loads Q, the next tile's
       # during the current one's last P V; O's store left in flight): compiled

@@ -106,7 +106,11 @@ class MosaicBlocks:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
-  so the default stays 232).
+  so the default stays 232). ``fold_stats`` (backward): the S and dP
+  accumulators start at ``-L2 / u`` and ``-D`` (:func:`pallas_kernels.mosaic.
+  bwd._starts`) instead of zero, so the per-row statistics (in the dK/dV
+  kernel 16 registers each, a vector over the tile's queries) are not live
+  while the step computes P and dS, and no subtraction runs per entry.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -124,6 +128,7 @@ class MosaicBlocks:
   intra_wg_overlap: bool = False
   prefetch_q: bool = False
   compute_registers: int = 232
+  fold_stats: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -307,7 +312,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   fused = head_dim > 64 and not causal
   mosaic_bwd = MosaicBlocks(block_kv=128, stages=3 if fused else 2,
                             block_q_dkv=64, fused_dq=fused,
-                            deferred_waits=head_dim > 64)
+                            deferred_waits=head_dim > 64, fold_stats=True)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

@@ -160,6 +160,13 @@ def lse_log2_for_recompute(lse):
   return jnp.where(lse == -jnp.inf, jnp.inf, lse * LOG2E)
 
 
+def recompute_unit(scale: float, softcap: float | None):
+  """The backward's S unit u when L folds into S's accumulator (no softcap, a
+  positive scale): the accumulator starts at ``-L2 / u`` and ``u · (start +
+  Q Kᵀ) = S2 - L2``; None when it does not fold."""
+  return scale * LOG2E if _folds(scale, softcap) else None
+
+
 def softcap_grad(ds, t):
   """dS w.r.t. the raw ``scale·QKᵀ``: ``dS ∘ (1 - t²)`` under soft-capping."""
   return ds if t is None else ds * (1.0 - t * t)

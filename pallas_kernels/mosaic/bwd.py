@@ -69,6 +69,41 @@ def _scores(plan: Plan, qk):
   return common.logits(qk, scale=plan.scale, softcap=plan.softcap)
 
 
+def _starts(plan: Plan, lse2, delta, shape, dim: int):
+  """The S and dP accumulators' starting values under ``fold_stats``: S's
+  ``-L2 / u`` (:func:`common.recompute_unit`; None under a softcap) and dP's
+  ``-D``, the row (dQ) or column (dK/dV) vectors spread along ``dim``. The
+  accumulators then hold ``S2 - L2`` (once scaled by u) and ``dP - D``: the
+  vectors die when the step's products are issued, and no subtraction runs
+  per entry. (None, None) with the option off."""
+  if not plan.config.mosaic_bwd.fold_stats:
+    return None, None
+  unit = common.recompute_unit(plan.scale, plan.softcap)
+  spread = lambda x: lax.broadcast_in_dim(x, shape, [dim])
+  return (None if unit is None else spread(lse2 * (-1.0 / unit)),
+          spread(-delta))
+
+
+def _probabilities(plan: Plan, acc, s_start, lse2, dim: int, mask):
+  """``(P, t)``: P = exp2(S2 - L2) from S's accumulator, which started at
+  ``s_start`` (:func:`_starts`) or at zero; t as :func:`_scores`'s. ``mask``
+  sets the invisible entries of S2 - L2 to -inf."""
+  if s_start is not None:
+    x, t = acc * common.recompute_unit(plan.scale, plan.softcap), None
+  else:
+    s, t = _scores(plan, acc)
+    x = s - lax.broadcast_in_dim(lse2, acc.shape, [dim])
+  return jnp.exp2(mask(x)), t
+
+
+def _grad_scores(p, dp, dp_start, delta, t, dim: int):
+  """dS = P ∘ (dP - D) (w.r.t. the raw scores under a softcap), dP's
+  accumulator having started at ``dp_start`` (-D) or at zero."""
+  if dp_start is None:
+    dp = dp - lax.broadcast_in_dim(delta, dp.shape, [dim])
+  return common.softcap_grad(p * dp, t)
+
+
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               dq_ref, q_smem, do_smem, lse_smem, delta_smem, ds_smem, k_smem,
               v_smem, owned_barrier, k_full, v_full, k_free, v_free, *,
@@ -115,27 +150,26 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           seg_refs[0].at[b, rows], seg_refs[1].at[b, pl.ds(j * block_kv,
                                                             block_kv)])
 
-    def probabilities(j, qk, lse2, ids, masked):
+    def probabilities(j, acc, lse2, s_start, ids, masked):
       # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
-      s, t = _scores(plan, qk)
-      if masked:
-        s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
-      return jnp.exp2(s - lax.broadcast_in_dim(lse2, shape, [0])), t
+      mask = lambda x: pipeline.mask_scores(
+          plan.mask, x, q_start, j * block_kv, ids) if masked else x
+      return _probabilities(plan, acc, s_start, lse2, 0, mask)
 
-    def grad_scores(p, t, dp, delta):
+    def grad_scores(p, t, dp, dp_start, delta):
       # dS = P ∘ (dP - D), rounded for the dQ product
-      return common.softcap_grad(
-          p * (dp - lax.broadcast_in_dim(delta, shape, [0])),
-          t).astype(q_ref.dtype)
+      return _grad_scores(p, dp, dp_start, delta, t, 0).astype(q_ref.dtype)
 
     def scores_and_grads(j, slot, sync, lse2, delta, ids, masked):
       # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
+      starts = _starts(plan, lse2, delta, shape, 0)
       (p, t), dp = pipeline.wgmma_ss_pair(
           (q_tile, k_smem.at[slot].T, shape),
           (do_tile, v_smem.at[slot].T, shape),
-          lambda qk: probabilities(j, qk, lse2, ids, masked))
+          lambda acc: probabilities(j, acc, lse2, starts[0], ids, masked),
+          starts, in_place=not plan.interpret)
       sync.release(1)                    # V's slot can be refilled
-      return grad_scores(p, t, dp, delta)
+      return grad_scores(p, t, dp, starts[1], delta)
 
     def tile_grads(j, slot, sync, carry, masked):
       # dS of tile j, its K and V awaited
@@ -177,19 +211,24 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         dq = dq + pipeline.wgmma_ss(ds_operand, k_prev, dq.shape)
         ds = scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
       else:
+        s_start, dp_start = _starts(plan, lse2, delta, shape, 0)
+
         def run(dq_acc, s_acc, dp_acc):
           # S_j, dP_j and dQ += dS_{j-1} K_{j-1} issued together; P_j is
           # computed while dP_j runs, dS_j while dQ's product does
           dq_acc[...] = dq
+          for acc, start in ((s_acc, s_start), (dp_acc, dp_start)):
+            if start is not None:
+              acc[...] = start
           plgpu.wgmma(s_acc, q_tile, k_smem.at[slot].T)
           plgpu.wgmma(dp_acc, do_tile, v_smem.at[slot].T)
           plgpu.wgmma(dq_acc, ds_operand, k_prev)
           p, t = probabilities(
-              j, plgpu.wgmma_accumulator_load(s_acc, wait_n=2), lse2, ids,
-              masked)
+              j, plgpu.wgmma_accumulator_load(s_acc, wait_n=2), lse2,
+              s_start, ids, masked)
           dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)
           sync.release(1)                # V's slot can be refilled
-          ds = grad_scores(p, t, dp, delta)
+          ds = grad_scores(p, t, dp, dp_start, delta)
           return plgpu.wgmma_accumulator_load(dq_acc), ds
         dq, ds = pl.run_scoped(run, plgpu.ACC(dq.shape, jnp.float32),
                                plgpu.ACC(shape, jnp.float32),
@@ -327,20 +366,19 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           plgpu.load(lse_smem.at[slot], layout=COL))
       delta = plgpu.load(delta_smem.at[slot], layout=COL)
       q_slot, do_slot = q_smem.at[slot], do_smem.at[slot]
+      st_start, dpt_start = _starts(plan, lse2, delta, shape, 1)
 
-      def probabilities(kq):
+      def probabilities(acc):
         # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf;
         # Pᵀ = exp2(Sᵀ - L)
-        st, t = _scores(plan, kq)
-        if masked:
-          st = pipeline.mask_scores(plan.mask, st, kv_start, i * block_q, ids,
-                                    rows_are_keys=True)
-        return jnp.exp2(st - lax.broadcast_in_dim(lse2, shape, [1])), t
+        mask = lambda x: pipeline.mask_scores(
+            plan.mask, x, kv_start, i * block_q, ids,
+            rows_are_keys=True) if masked else x
+        return _probabilities(plan, acc, st_start, lse2, 1, mask)
 
       def grad_scores(pt, dpt, t):
         # dSᵀ = Pᵀ ∘ (dPᵀ - D)
-        return common.softcap_grad(
-            pt * (dpt - lax.broadcast_in_dim(delta, shape, [1])), t)
+        return _grad_scores(pt, dpt, dpt_start, delta, t, 1)
 
       if deferred:
         def products(accs):
@@ -364,7 +402,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
         zeros = lambda shape: plgpu.layout_cast(
             jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
-        accs = [dv, dk, zeros(shape), zeros(shape)]
+        accs = [dv, dk, *(zeros(shape) if x is None else x
+                          for x in (st_start, dpt_start))]
         if dq_ref is not None:
           accs.append(zeros((block_q, width)))
         dv, dk, *_ = pl.run_state(products)(
@@ -372,9 +411,9 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         return dk, dv
 
       # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ runs
-      (pt, t), dpt = pipeline.wgmma_ss_pair((k_tile, q_slot.T, shape),
-                                            (v_tile, do_slot.T, shape),
-                                            probabilities)
+      (pt, t), dpt = pipeline.wgmma_ss_pair(
+          (k_tile, q_slot.T, shape), (v_tile, do_slot.T, shape),
+          probabilities, (st_start, dpt_start), in_place=not plan.interpret)
       # dV += Pᵀ dO
       dv = pipeline.mma_acc(dv, pt.astype(q_ref.dtype), do_slot, pt_tile,
                             in_place=not plan.interpret)

@@ -518,17 +518,27 @@ def wgmma_ss(a, b, shape):
   return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
 
-def wgmma_ss_pair(first, second, between):
+def wgmma_ss_pair(first, second, between, starts=(None, None), *,
+                  in_place: bool = True):
   """Two products on the tensor cores, both operands in shared memory, issued
   back to back: ``between(x)`` runs on the first's result while the second is
   still in flight (FlashAttention 3's intra-warpgroup overlap). ``first``,
-  ``second``: ``(a, b, shape)``. Returns ``(between(a1 @ b1), a2 @ b2)``, the
-  products float32."""
+  ``second``: ``(a, b, shape)``. Returns ``(between(x1 + a1 @ b1), x2 + a2 @
+  b2)``, float32, where ``starts = (x1, x2)`` are the accumulators' starting
+  values (None: zeros), accumulated onto in place (``in_place``, compiled) or
+  added after (the interpreter, which has no in-place accumulator)."""
+  def plus(x, start):
+    return x if in_place or start is None else x + start
+
   def run(x_ref, y_ref):
+    for ref, start in zip((x_ref, y_ref), starts):
+      if in_place and start is not None:
+        ref[...] = start
     plgpu.wgmma(x_ref, first[0], first[1])
     plgpu.wgmma(y_ref, second[0], second[1])
-    out = between(plgpu.wgmma_accumulator_load(x_ref, wait_n=1))
-    return out, y_ref[...]
+    out = between(plus(plgpu.wgmma_accumulator_load(x_ref, wait_n=1),
+                       starts[0]))
+    return out, plus(y_ref[...], starts[1])
   return pl.run_scoped(run, plgpu.ACC(first[2], jnp.float32),
                        plgpu.ACC(second[2], jnp.float32))
 
