@@ -117,7 +117,7 @@ class MosaicBlocks:
   the two compute warpgroups could mask different K/V tiles
   (benchmarks/results/debug-hang-h200.md); both now mask the same tiles
   and the cases that hung finish (results/raw/hang-check-session16-h200.log).
-  The defaults take it causal up to 8k keys."""
+  The defaults take it causal up to 12k keys."""
 
   block_kv: int = 64
   stages: int = 2
@@ -218,7 +218,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   policy); ``causal`` and ``fp8`` (an FP8 forward; ``fp8_qk=False``: only P
   and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
   ``causal``): whether a causal or window bound makes the query tiles' work
-  unequal, which keeps the forward off the persistent grid (causal up to 8k
+  unequal, which keeps the forward off the persistent grid (causal up to 12k
   keys excepted: mirrored pairs); ``seq_kv`` (None: as at 16k keys) picks
   the causal Hopper forward's K/V tile and grid. The
   16-bit choices for 64 and 128 are the fastest of
@@ -267,8 +267,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # (results/raw/fp8-causal-h200.md): 256 rows 1.366 ms vs 1.483 at 16k,
   # 0.491 vs 0.461 at 4k, 0.283 vs 0.198 at 1k (8k not timed).
   short = causal and seq_kv is not None and seq_kv < 4096
-  # causal on the persistent grid (mirrored pairs of query tiles) up to 8k keys
-  paired = causal and seq_kv is not None and seq_kv <= 8192
+  # causal on the persistent grid (mirrored pairs of query tiles) up to 12k keys
+  paired = causal and seq_kv is not None and seq_kv <= 12288
   long = seq_kv is not None and seq_kv >= 16384
   if fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
@@ -281,7 +281,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # results/raw/opts-prefetch-h200.md, one process): non-causal 0.241 ms vs
   # 0.268 at d 128 1k, 0.888 vs 0.926 at 4k, 3.575 vs 3.581 at 16k; d 64
   # 0.299 vs 0.342 at 1k; FP8 0.611 vs 0.639 at 4k.
-  # Persistent without a band, and causal up to 8k keys: a banded mask's
+  # Persistent without a band, and causal up to 12k keys: a banded mask's
   # persistent grid walks the query tiles in mirrored pairs, faster with the
   # prefetch there (d 64 1k 0.212 ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k
   # 0.261 vs 0.279, same file; sixteenth session, results/raw/short-causal-
@@ -296,7 +296,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 0.452 vs 0.469, FP8 d 128 0.393 vs 0.421; at 8k (causal-8k-h200.md)
   # d 64 1.207 vs 1.269, d 128 0.848 vs 0.879, FP8 0.691 vs 0.713; at 16k
   # it loses at d 128 (1.856 vs 1.710) and FP8 (1.427 vs 1.285), d 64 about
-  # even (2.359 vs 2.386), so up to 8k keys (between 8k and 16k not timed).
+  # even (2.359 vs 2.386). At 12k (eighteenth session,
+  # results/raw/causal-12k-h200.md) it wins: d 64 1.279 vs 1.370, d 128 0.935
+  # vs 0.976, FP8 0.753 vs 0.793; so up to 12k keys (12k-16k not timed).
   # Windows stay on one tile per CTA (not timed persistent).
   banded = causal if banded is None else banded
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2,
@@ -309,10 +311,17 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # d 64 alone they gained nothing (4.682 vs 4.650, 2.622 vs 2.606); fused
   # with them d 64 ran 2.5-2.8% faster (4.532, 2.534), within the H100's
   # earlier noise for the fused kernel, whose dQ sum order varies: not taken.
+  # The S and dP accumulators started at -L2/u and -D (fold_stats), d 128
+  # (eighteenth session, results/raw/opts-fold-h200.md, forward+backward,
+  # bf16, one process): non-causal (fused) 3.614 ms vs 3.805 at 4k, 13.685 vs
+  # 14.703 at 16k (ptxas: 16 bytes spilled vs 92), causal 2.113 vs 2.138 and
+  # 7.461 vs 7.497; at d 64, where nothing spills either way, it loses
+  # 1.6-2.7% (4.788 vs 4.711, 2.646 vs 2.577 at 4k): d 128 only.
   fused = head_dim > 64 and not causal
   mosaic_bwd = MosaicBlocks(block_kv=128, stages=3 if fused else 2,
                             block_q_dkv=64, fused_dq=fused,
-                            deferred_waits=head_dim > 64, fold_stats=True)
+                            deferred_waits=head_dim > 64,
+                            fold_stats=head_dim > 64)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

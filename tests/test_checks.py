@@ -119,18 +119,30 @@ def test_default_configs_fit_shared_memory(head_dim, itemsize, causal):
     assert need <= flashjax.config.SMEM_BYTES
 
 
+@pytest.mark.parametrize("head_dim,fold", [(64, False), (128, True)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_folds_stats_at_d128(head_dim, fold, causal):
+  """The Hopper backward's S and dP accumulators start at -L2/u and -D at
+  d 128, where it took the spills from 92 to 16 bytes and forward+backward
+  from 14.70 to 13.69 ms at 16k; at d 64 it lost 2-3%
+  (benchmarks/results/raw/opts-fold-h200.md)."""
+  config = flashjax.default_config(head_dim, causal=causal)
+  assert config.mosaic_bwd.fold_stats is fold
+
+
 @pytest.mark.parametrize("causal,window,seq_kv,persistent", [
     (False, None, 300, True), (False, (None, None), 300, True),
     (True, None, 300, True), (True, None, 4096, True),
-    (True, None, 8192, True), (True, None, 16384, False),
+    (True, None, 8192, True), (True, None, 12288, True),
+    (True, None, 16384, False),
     (False, (None, 3), 300, False), (False, (128, 0), 300, False),
     (False, (64, None), 300, False)])
 def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   """The default Hopper forward walks its tiles on a persistent grid without
-  a band and, causal, up to 8k keys (query tiles in mirrored pairs); above 8k
-  keys causal, and with a window, one tile per CTA. Q is prefetched in all
-  (benchmarks/results/raw/opts-prefetch-causal-h200.md,
-  causal-long-session17-h200.md, causal-8k-h200.md)."""
+  a band and, causal, up to 12k keys (query tiles in mirrored pairs); above
+  12k keys causal, and with a window, one tile per CTA. Q is prefetched in
+  all (benchmarks/results/raw/opts-prefetch-causal-h200.md,
+  causal-long-session17-h200.md, causal-8k-h200.md, causal-12k-h200.md)."""
   from flashjax.checks import make_plan
   q = jnp.zeros((2, 150, 4, 64), jnp.bfloat16)
   k = jnp.zeros((2, seq_kv, 4, 64), jnp.bfloat16)

@@ -39,7 +39,7 @@ def test_long_sequences(case, backend):
 
 def test_long_causal_fp8_forward():
   """The Hopper FP8 forward, causal at 5000 keys: query tiles in mirrored
-  pairs on the persistent grid (the default up to 8k keys), per-head
+  pairs on the persistent grid (the default up to 12k keys), per-head
   scales, GQA."""
   check_fp8_forward("float8_e4m3fn", True, (1, 5000, 5000, 4, 2, 128), True,
                     "mosaic")

@@ -37,8 +37,15 @@ registers, in the interpreter kept in shared memory), as the forward does
 with P V. Both are lowered for CUDA, (the overlap) run in the interpreter with the
 race detector, and pass compiled on the H200 (tests/test_mosaic.py).
 
+``MosaicBlocks(fold_stats=True)``: the S and dP accumulators start at
+``-L2 / u`` and ``-D`` (:func:`_starts`) rather than zero, so L and D (in
+the dK/dV kernel, column vectors of 16 registers a thread each) are not live
+while P and dS are computed, and no subtraction runs per entry.
+
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
-non-causal, two kernels elsewhere; deferred waits at d 128; the dQ overlap
+non-causal, two kernels elsewhere; deferred waits and folded statistics at
+d 128 (the latter cut the fused kernel's spills from 92 to 16 bytes,
+results/raw/opts-fold-h200.md); the dQ overlap
 off (slower in every tuned case on the H200) and the persistent grid off
 (it gained nothing on the H100).
 """
