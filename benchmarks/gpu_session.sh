@@ -36,6 +36,8 @@
 #              lines per kernel (~3 min: a fwd_bwd piece takes ~50 s)
 #   tests-options  tests/test_mosaic.py compiled: the options off by default
 #              (persistent, fused, intra-warpgroup overlap, deferred waits) (~6-9 min)
+#   tests-fold the backward options at d 128 (dQ overlap, fused dQ,
+#              deferred waits) with the folded statistics compiled (~4 min)
 #   tune-fwd   the forward's untimed option (intra-warpgroup overlap) against
 #              the default tiling, bf16 d 128 and 64, causal and not (~4 min)
 #   tune-bwd   the backward's (deferred waits, dQ overlap) against the default (~5 min)
@@ -209,6 +211,12 @@ for s in "$@"; do
       step tests-options env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 560 \
         $PY -m pytest -n 4 -v -p no:cacheprovider $HUNG 300 \
         tests/test_mosaic.py ;;
+    tests-fold)
+      # the backward options that run with the folded statistics at d 128
+      # (dQ overlap, fused dQ, deferred waits) compiled (~4 min at most)
+      step tests-fold env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 250 \
+        $PY -m pytest -n 4 -v -p no:cacheprovider $HUNG 200 \
+        tests/test_mosaic.py -k "intra_wg_overlap or fused_dq or deferred" ;;
     hang-persistent)
       step hang-persistent timeout 360 $PY benchmarks/debug_hang.py \
         --case persistent --timeout 90 ;;
