@@ -391,6 +391,42 @@ def plot(rows, path):
   plt.close(fig)
 
 
+def joined_table(parts) -> str:
+  """Markdown: the README's table, one column group per result file (one
+  dtype each), TFLOP/s with ×cuDNN in brackets (cuDNN's own bare); rows by
+  head dim (widest first), mode, causal, seq."""
+  names = lambda rows: list(dict.fromkeys(r["impl"] for r in rows))
+  groups = [(part["rows"][0]["dtype"], names(part["rows"]),
+             {(*case_key(r), r["impl"]): r for r in part["rows"]})
+            for part in parts]
+  cases = sorted({case_key(r)[1:] + (r["b"], r["h"]) for part in parts
+                  for r in part["rows"]},
+                 key=lambda c: (-c[0], c[2], c[1], c[3]))
+  short = {"flashjax_mosaic": "flashjax", "cudnn": "cuDNN",
+           "tokamax_mosaic": "tokamax", "jax_attention_mgpu": "attention_mgpu"}
+  head = ["b×s×h, d", "causal", "mode"] + [
+      (f"{ {'bfloat16': 'bf16', 'float16': 'fp16'}.get(dtype, dtype)}: "
+       if i == 0 else "")
+      + short.get(n, n) for dtype, impls, _ in groups
+      for i, n in enumerate(impls)]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for d, causal, mode, s, b, h in cases:
+    cells = [f"{b}×{s}×{h}, {d}", "yes" if causal else "no",
+             "fwd+bwd" if mode == "fwd_bwd" else mode]
+    for dtype, impls, by_case in groups:
+      ref = by_case.get((dtype, d, causal, mode, s, "cudnn"), {}).get("ms")
+      for n in impls:
+        r = by_case.get((dtype, d, causal, mode, s, n), {})
+        if "ms" not in r:
+          cells.append("n/a")
+        elif n == "cudnn" or not ref:
+          cells.append(f"{r['tflops']:.0f}")
+        else:
+          cells.append(f"{r['tflops']:.0f} ({ref / r['ms']:.2f})")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def write_results(rows, meta, out: Path, with_plot: bool):
   """PREFIX.json (meta + rows), PREFIX.md (tables) and PREFIX.png (plot)."""
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -438,8 +474,14 @@ def main(argv=None):
                  help="benchmark nothing: join the rows of these result files "
                       "(runs split to fit a time limit) into --out; a row of a "
                       "later file replaces the same case of an earlier one")
+  p.add_argument("--joined", nargs="+", metavar="JSON",
+                 help="benchmark nothing: print the README's table joining "
+                      "these result files (one dtype each), TFLOP/s (×cuDNN)")
   args = p.parse_args(argv)
   out = Path(args.out)
+  if args.joined:
+    print(joined_table([json.loads(Path(f).read_text()) for f in args.joined]))
+    return
   if args.merge:
     parts = [json.loads(Path(f).read_text()) for f in args.merge]
     meta = dict(parts[0]["meta"], command=" ; ".join(

@@ -123,3 +123,26 @@ def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
   assert "| BRA | 30.0% | mio 30.0%, wait 0.0% |" in ours
   assert "| `MUFU.EX2 R1, R1` | 64 | 60.0% | wait 40.0%, mio 20.0% |" in ours
   assert "| FADD | 100.0% | wait 100.0%, mio 0.0% |" in cudnn
+
+
+def test_joined_table_puts_dtypes_side_by_side():
+  """bench_attention.py --joined (the README's table): a column group per
+  file, TFLOP/s with ×cuDNN of the same file, cuDNN bare, n/a where an impl
+  has no time; the wider head dim first."""
+  def row(impl, dtype, d, ms, tflops):
+    r = dict(impl=impl, dtype=dtype, b=4, s=4096, h=2048 // d, d=d,
+             causal=False, mode="fwd")
+    return r if ms is None else dict(r, ms=ms, tflops=tflops)
+  bf16 = dict(rows=[row("flashjax_mosaic", "bfloat16", 64, 1.0, 500),
+                    row("cudnn", "bfloat16", 64, 1.1, 450),
+                    row("flashjax_mosaic", "bfloat16", 128, 2.0, 600),
+                    row("cudnn", "bfloat16", 128, 2.2, 550)])
+  fp16 = dict(rows=[row("flashjax_mosaic", "float16", 64, 1.0, 500),
+                    row("cudnn", "float16", 64, 0.9, 560),
+                    row("flashjax_mosaic", "float16", 128, None, None),
+                    row("cudnn", "float16", 128, 2.0, 610)])
+  lines = bench_attention.joined_table([bf16, fp16]).splitlines()
+  assert lines[0] == ("| b×s×h, d | causal | mode | bf16: flashjax | cuDNN "
+                      "| fp16: flashjax | cuDNN |")
+  assert lines[2] == "| 4×4096×16, 128 | no | fwd | 600 (1.10) | 550 | n/a | 610 |"
+  assert lines[3] == "| 4×4096×32, 64 | no | fwd | 500 (1.10) | 450 | 500 (0.90) | 560 |"
