@@ -56,6 +56,9 @@
 #              against the default 232, forward+backward (~4 min)
 #   opts-fold  the backward's S and dP accumulators started at -L2/u and -D
 #              (fold_stats) against zero starts, forward+backward (~4 min)
+#   opts-bwd-next  backward tilings with the folded statistics: fused and
+#              64-row dQ-kernel K/V tiles at d 128 causal, fused at d 64
+#              (~4 min)
 #   opts-prefetch  the forward's prefetch_q (the producer loads Q, the
 #              next tile's early) compiled, then timed against the default
 #              and cuDNN, bf16 and FP8 (~8 min)
@@ -317,6 +320,24 @@ for s in "$@"; do
         --impls flashjax_mosaic flashjax_mosaic+bwd.fold_stats=False cudnn \
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal false true --modes fwd_bwd --matmul 0 --out "$WORK/opts-fold" ;;
+    opts-bwd-next)
+      # with the folded statistics: at d 128 causal the fused backward (3
+      # stages; it lost 14-22% before them, when it spilled most) and 64-row
+      # K/V tiles in the dQ kernel (its 64 x 128 S, dP and dQ tiles spill);
+      # at d 64 the fused backward, folded and not (~4 min)
+      step opts-bwd-next env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3 \
+        flashjax_mosaic+bwd.block_kv=64 cudnn --dtypes bfloat16 \
+        --head-dims 128 --seqs 4096 16384 --causal true --modes fwd_bwd \
+        --matmul 0 --out "$WORK/opts-bwd-next-d128"
+      step opts-bwd-next env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.fold_stats=True cudnn \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-bwd-next-d64" ;;
     opts-prefetch)
       # MosaicBlocks(prefetch_q=True) (the producer loads Q, the next tile's
       # during the current one's last P V; O's store left in flight): compiled
