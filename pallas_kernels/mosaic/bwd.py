@@ -223,10 +223,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         def run(dq_acc, s_acc, dp_acc):
           # S_j, dP_j and dQ += dS_{j-1} K_{j-1} issued together; P_j is
           # computed while dP_j runs, dS_j while dQ's product does
-          dq_acc[...] = dq
-          for acc, start in ((s_acc, s_start), (dp_acc, dp_start)):
-            if start is not None:
-              acc[...] = start
+          pipeline.start_accs((dq_acc, s_acc, dp_acc), (dq, s_start, dp_start))
           plgpu.wgmma(s_acc, q_tile, k_smem.at[slot].T)
           plgpu.wgmma(dp_acc, do_tile, v_smem.at[slot].T)
           plgpu.wgmma(dq_acc, ds_operand, k_prev)

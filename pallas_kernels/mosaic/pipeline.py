@@ -518,6 +518,14 @@ def wgmma_ss(a, b, shape):
   return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
 
+def start_accs(refs, starts):
+  """Writes each accumulator's starting value (None: it stays zero) into its
+  scoped ``plgpu.ACC`` ref before the wgmmas accumulate onto it (compiled)."""
+  for ref, start in zip(refs, starts):
+    if start is not None:
+      ref[...] = start
+
+
 def wgmma_ss_pair(first, second, between, starts=(None, None), *,
                   in_place: bool = True):
   """Two products on the tensor cores, both operands in shared memory, issued
@@ -531,9 +539,8 @@ def wgmma_ss_pair(first, second, between, starts=(None, None), *,
     return x if in_place or start is None else x + start
 
   def run(x_ref, y_ref):
-    for ref, start in zip((x_ref, y_ref), starts):
-      if in_place and start is not None:
-        ref[...] = start
+    if in_place:
+      start_accs((x_ref, y_ref), starts)
     plgpu.wgmma(x_ref, first[0], first[1])
     plgpu.wgmma(y_ref, second[0], second[1])
     out = between(plus(plgpu.wgmma_accumulator_load(x_ref, wait_n=1),
