@@ -64,6 +64,9 @@
 #              and cuDNN, bf16 and FP8 (~8 min)
 #   opts-fwd   the forward's intra-warpgroup overlap and 240 registers over
 #              its prefetching default, against cuDNN (~4 min)
+#   opts-handover  the forward's ping-pong handing over at a tile's last P V
+#              (early_handover) compiled, then timed against the default and
+#              cuDNN, bf16 / FP8 (~5 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -371,6 +374,27 @@ for s in "$@"; do
         flashjax_mosaic+compute_registers=240 cudnn --dtypes bfloat16 \
         --head-dims 128 64 --seqs 1024 4096 16384 --causal false true \
         --modes fwd --matmul 0 --out "$WORK/opts-fwd" ;;
+    opts-handover)
+      # MosaicBlocks(early_handover=True): the forward's ping-pong hands over
+      # at a tile's last P V, so each warpgroup's epilogue overlaps the
+      # other's matmuls; compiled (bitwise the default's O and L), then timed
+      # against the default and cuDNN: bf16 d 128 and 64, 1k / 4k / 16k,
+      # causal and not; FP8 d 128 4k / 16k (~5 min). (The nineteenth
+      # session's first run, its hand-overs behind a branch, also timed causal
+      # 16k on the persistent grid with it: results/raw/opts-handover-
+      # branch-causal16k-h200.md.)
+      step opts-handover env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 100 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 90 tests/test_mosaic.py \
+        -k early_handover
+      step opts-handover timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+early_handover=True cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 1024 4096 16384 \
+        --causal false true --modes fwd --matmul 0 --out "$WORK/opts-handover"
+      step opts-handover timeout 80 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+early_handover=True \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --matmul 0 \
+        --out "$WORK/opts-handover-fp8" ;;
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and

@@ -102,7 +102,12 @@ class MosaicBlocks:
   as soon as the compute warpgroups issued their last Q Kᵀ, and O goes out
   through its own shared-memory tile, its store left in flight; on a
   persistent grid the next tile's Q then lands while the current one's last
-  P V and epilogue run. ``compute_registers``:
+  P V and epilogue run. ``early_handover`` (forward, without the
+  intra-warpgroup overlap): the compute warpgroups' ping-pong hands over
+  when a tile's last P V is issued rather than after the next tile's first
+  Q Kᵀ, so one warpgroup's epilogue (O's store, the next Q's wait) overlaps
+  the other's last P V and first Q Kᵀ instead of holding it back.
+  ``compute_registers``:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
@@ -127,6 +132,7 @@ class MosaicBlocks:
   deferred_waits: bool = False
   intra_wg_overlap: bool = False
   prefetch_q: bool = False
+  early_handover: bool = False
   compute_registers: int = 232
   fold_stats: bool = False
 

@@ -337,6 +337,50 @@ def test_prefetch_q(overlap):
     assert text.count("custom_call @mosaic_gpu") == 1
 
 
+def test_early_handover():
+  """``MosaicBlocks(early_handover=True)``: the forward's ping-pong hands
+  over when a tile's last P V is issued, not after the next tile's first
+  Q Kᵀ (each warpgroup's steps then hand over once more than they wait;
+  warpgroup 0 ends with a wait, or with a signal when its CTA had no step).
+  Only the order of the warpgroups' matmuls changes, so O and L equal those
+  without it to the bit. In the interpreter (race and deadlock checks on
+  the ping-pong's barriers) the MQA case's tiles, empty ones included, on a
+  persistent grid (2 CTAs walk several tiles) and one tile a CTA; the
+  compiled form lowers for CUDA, persistent or not."""
+  case = CASES[1]
+  q, k, v = (jax.random.normal(key, shape, jnp.float16) for key, shape in zip(
+      jax.random.split(jax.random.key(5), 3),
+      [(1, case.seq_q, case.num_q_heads, case.head_dim),
+       *[(1, case.seq_kv, case.num_kv_heads, case.head_dim)] * 2]))
+  base = flashjax.default_config(case.head_dim, causal=True)
+
+  def forward(config):
+    if jax.default_backend() != "gpu":
+      interpret_pallas_call.reset_gpu_interpret_mode_state()
+    o, lse = jax.jit(lambda *a: flashjax.attention(
+        *a, backend="mosaic", config=config, return_lse=True,
+        causal=True))(q, k, v)
+    if jax.default_backend() != "gpu":
+      assert not interpret_pallas_call.get_races().races_found
+    return np.asarray(o, np.float32), np.asarray(lse)
+
+  for persistent in (True, False):
+    config = lambda early: dataclasses.replace(base, mosaic=dataclasses.replace(
+        base.mosaic, block_kv=64, persistent=persistent,
+        early_handover=early))
+    for w, g in zip(forward(config(False)), forward(config(True))):
+      np.testing.assert_array_equal(g, w)
+
+  for persistent in (False, True):
+    compiled = dataclasses.replace(base, mosaic=dataclasses.replace(
+        base.mosaic, block_kv=128, persistent=persistent, early_handover=True))
+    q_abstract = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
+    text = lower_for_h100(lambda q: flashjax.attention(
+        q, q, q, causal=not persistent, backend="mosaic", config=compiled,
+        interpret=False), q_abstract).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
+
+
 FUSED_CASES = CASES + [
     # non-causal GQA, more key tiles than stages, several query heads per CTA
     Case(dtype="float16", batch=1, seq_q=256, seq_kv=384, num_q_heads=4,

@@ -48,6 +48,13 @@ and O store overlap the neighbouring tiles' matmuls. On the H200 it took d
 128 non-causal from 0.93 to 0.98× cuDNN at 4k and 0.98 to 1.09× at 1k
 (results/raw/opts-prefetch-nc-h200.md).
 
+``MosaicBlocks(early_handover=True)``: the ping-pong hands over when a
+tile's last P V is issued (a predicated ``bar.arrive``) instead of after the
+next tile's first Q Kᵀ, which then hands over nothing (but the CTA's very
+first). Without it, a warpgroup's last P V of a tile waits until the other
+has stored its O, waited for its next Q and issued its next Q Kᵀ, so the
+tensor cores idle through each warpgroup's epilogue in turn, once per tile.
+
 ``MosaicBlocks(intra_wg_overlap=True)`` (FlashAttention 3's intra-warpgroup
 overlap): step j issues S_j = Q K_jᵀ together with P_{j-1} V_{j-1} and
 computes P_j while the latter runs; V is read one step late (a lagged
@@ -88,7 +95,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barriers,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
                block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
-               overlap: bool, prefetch_q: bool):
+               overlap: bool, prefetch_q: bool, early_handover: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
@@ -103,7 +110,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # issues S_j = Q K_jᵀ and P_{j-1} V_{j-1} together and computes P_j while
   # P_{j-1} V_{j-1} runs; V is read one step late). q_barriers: each
   # warpgroup's Q barrier (it loads its own Q), or (prefetch_q: the producer
-  # loads Q, :class:`pipeline.Owned`) the pair (full, free).
+  # loads Q, :class:`pipeline.Owned`) the pair (full, free). early_handover:
+  # the ping-pong hands over at a tile's last P V (not with overlap).
   wg = lax.axis_index("wg")
   fp8 = plan.fp8
   head_dim = q_ref.shape[-1]
@@ -188,11 +196,11 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       # FP8: V's tile is [d, block_kv], K-major as wgmma needs
       return v_smem.at[slot].T if fp8 else v_smem.at[slot]
 
-    def qk(slot):
+    def qk(slot, signal=True):
       # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
       def run(acc_ref):
         plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
-        pingpong.signal()
+        pingpong.signal(when=None if signal is True else signal)
         return acc_ref[...]
       return pl.run_scoped(run, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
 
@@ -200,7 +208,10 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       acc, m, l, qk_descale, _ = carry
       ids = ids_of(j, masked)
       sync.wait(0)
-      s = qk(slot)
+      # early_handover: a tile's first Q Kᵀ does not hand over (the last
+      # tile's last P V did), except the CTA's very first
+      s = qk(slot, signal=True if not early_handover else
+             jnp.logical_or(jnp.logical_not(sync.first), sync.count == 0))
       sync.release(0)                    # K's slot can be refilled
       sync.release_owned()               # (prefetch_q) and, last, Q's
       p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
@@ -210,9 +221,14 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       acc, m, l, p = lax.optimization_barrier((acc, m, l, rounded(p)))
       sync.wait(1)
       pingpong.wait()                    # the other's Q Kᵀ is issued
-      # acc += P V
-      acc = pipeline.mma_acc(acc, pv_operand(p), v_operand(slot), p_tile,
-                             in_place=not plan.interpret)
+      # acc += P V (early_handover: the tile's last one hands over as soon as
+      # it is issued, so the other warpgroup's last P V follows it and each
+      # warpgroup's epilogue overlaps the other's matmuls)
+      acc = pipeline.mma_acc(
+          acc, pv_operand(p), v_operand(slot), p_tile,
+          in_place=not plan.interpret,
+          issued=(lambda: pingpong.signal(when=sync.last))
+          if early_handover else None)
       return acc, m, l, qk_descale, None
 
     # overlap: P_{j-1} is carried (registers) or kept in p_tile (the
@@ -312,16 +328,26 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       # first, which takes that hand-over back at the end.
       start=lambda: pl.when(wg == 1)(
           pingpong.signal if overlap else pingpong.wait),
-      end=functools.partial(end, wg, pingpong, overlap, prefetch_q),
+      end=functools.partial(end, wg, pingpong, overlap, prefetch_q,
+                            early_handover),
       compute_registers=plan.config.mosaic.compute_registers,
       owned=pipeline.Owned(q_smem, *q_barriers) if prefetch_q else None)
 
 
-def end(wg, pingpong, overlap: bool, prefetch_q: bool):
-  """A compute warpgroup's last act: warpgroup 0 takes the ping-pong's last
-  hand-over back (:func:`fwd_kernel`'s ``start``); with ``prefetch_q`` each
-  waits for its last O store, left in flight."""
-  pl.when(wg == 0)(pingpong.wait if overlap else pingpong.signal)
+def end(wg, pingpong, overlap: bool, prefetch_q: bool, early_handover: bool,
+        total):
+  """A compute warpgroup's last act after ``total`` steps: warpgroup 0 takes
+  the ping-pong's last hand-over back (:func:`fwd_kernel`'s ``start``; with
+  ``early_handover`` each warpgroup's steps hand over once more than they
+  wait, so warpgroup 0 ends with a wait, or with no step a signal); with
+  ``prefetch_q`` each waits for its last O store, left in flight."""
+  if overlap:
+    pl.when(wg == 0)(pingpong.wait)
+  elif early_handover:
+    pl.when((wg == 0) & (total > 0))(pingpong.wait)
+    pl.when((wg == 0) & (total == 0))(pingpong.signal)
+  else:
+    pl.when(wg == 0)(pingpong.signal)
   if prefetch_q:
     plgpu.wait_smem_to_gmem(0)
 
@@ -358,7 +384,9 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
                              overlap=blocks.intra_wg_overlap,
-                             prefetch_q=blocks.prefetch_q)
+                             prefetch_q=blocks.prefetch_q,
+                             early_handover=blocks.early_handover
+                             and not blocks.intra_wg_overlap)
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8

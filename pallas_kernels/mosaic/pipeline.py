@@ -109,7 +109,8 @@ class Sync:
   slot ``prev`` (not in a tile's first step). ``release_owned()`` (with
   :class:`Owned`, at the step's top level): the warpgroup no longer reads its
   owned tile, if this is the tile's last step (else the loop calls it after
-  the step)."""
+  the step). ``first``, ``last``: whether this is the tile's first or last
+  step (bool scalars)."""
 
   wait: Callable
   release: Callable
@@ -118,6 +119,8 @@ class Sync:
   release_prev: Callable | None = None
   prev: object = None
   release_owned: Callable | None = None
+  first: object = None
+  last: object = None
 
 
 def _distinct(barriers):
@@ -204,8 +207,8 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
   ``work(index)`` gives the :class:`Work` of tile ``index``; ``streams``
   the :class:`Stream` s it reads; ``owned``: an :class:`Owned` tile the
   producer loads too (else each warpgroup loads its own in ``init``).
-  ``start()``/``end()``: run by each compute warpgroup before its first
-  tile and after its last. ``compute_registers``:
+  ``start()``/``end(total)``: run by each compute warpgroup before its
+  first tile and after its last (``total``: the CTA's streamed steps, int32). ``compute_registers``:
   each compute thread's registers (``setmaxnreg``); the producer's threads
   get what is left of the CTA's (``LAUNCH_REGISTERS`` a thread)."""
   stages = streams[0].smem.shape[0]
@@ -262,10 +265,11 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
   def _compute():
     plgpu.set_max_registers(compute_registers, action="increase")
 
-    def sync_at(count, step=True, last=False):
+    def sync_at(count, step=True, first=False, last=False):
       # the Sync of the CTA's step ``count``: the current slot's streams (not
       # the lagged ones) and the previous slot's lagged ones; ``step=False``:
-      # only the latter (a tile's drain). ``last``: the tile's last step.
+      # only the latter (a tile's drain). ``first``, ``last``: the tile's
+      # first or last step.
       slot = lax.rem(count, stages)
       prev = lax.rem(count + stages - 1, stages)
       released = []
@@ -285,7 +289,7 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
           release=release, count=count,
           wait_prev=lambda i: plgpu.barrier_wait(streams[i].full.at[prev]),
           release_prev=lambda i: release(i, prev), prev=prev,
-          release_owned=release_owned)
+          release_owned=release_owned, first=first, last=last)
 
       def release_rest(first):
         for i, stream in enumerate(streams):
@@ -304,6 +308,7 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
         step = w.first if first else w.step
         def body(j, carry):
           slot, sync, release_rest = sync_at(done + j - w.lo,
+                                             first=j == w.lo,
                                              last=j == w.hi - 1)
           carry = step(j, slot, sync, carry, masked)
           release_rest(first)
@@ -339,9 +344,9 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
       return done + jnp.maximum(w.hi - w.lo, 0)
     if start is not None:
       start()
-    tiles.run(tile)
+    total = tiles.run(tile)
     if end is not None:
-      end()
+      end(total)
 
 
 def kv_work(mask, *, cta_start, k_ref, v_ref, batch, kv_head,
@@ -378,14 +383,25 @@ def kv_work(mask, *, cta_start, k_ref, v_ref, batch, kv_head,
 _NAMED_BARRIER_BASE = 4
 
 
-def _named_barrier(op: str, barrier_id, num_threads: int):
+def _named_barrier(op: str, barrier_id, num_threads: int, when=None):
   """``bar.{op} barrier_id, num_threads`` (op: "arrive" or "sync") by every
-  thread of the calling warpgroup; ``barrier_id`` an int32 scalar."""
-  @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
-  def run(_, idx):
-    mgpu_utils.inline_ptx(f"bar.{op} $0, {num_threads};",
-                           idx.registers[()], convergent=True)
-  run(barrier_id)
+  thread of the calling warpgroup; ``barrier_id`` an int32 scalar. ``when``
+  (a bool scalar, the same in every thread): the instruction is predicated
+  on it, with no branch around it (a branch between a wgmma and its wait
+  cost the d 64 forward 4-6%)."""
+  if when is None:
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
+    def run(_, idx):
+      mgpu_utils.inline_ptx(f"bar.{op} $0, {num_threads};",
+                             idx.registers[()], convergent=True)
+    run(barrier_id)
+    return
+
+  @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,) * 2)
+  def run_when(_, idx, pred):
+    mgpu_utils.inline_ptx(f"bar.{op} $0, {num_threads};", idx.registers[()],
+                           predicate=pred.registers[()], convergent=True)
+  run_when(barrier_id, when)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,7 +413,10 @@ class PingPong:
   matmuls hold the tensor cores. Warpgroup 1 starts with a ``wait()``,
   warpgroup 0 ends with a ``signal()``, once per CTA: a persistent CTA's
   steps run on from one tile to the next, so a signal is never two ahead of
-  its wait (both warpgroups walk the same tiles, empty ones included).
+  its wait (both warpgroups walk the same tiles, empty ones included). The
+  forward's ``early_handover`` moves each tile's first hand-over to the
+  previous tile's last P V (:func:`pallas_kernels.mosaic.fwd.end` balances
+  the count).
 
   Compiled (``mbarriers=None``): two named hardware barriers, one per waiting
   warpgroup (``bar.arrive``/``bar.sync`` over both warpgroups' threads), as
@@ -409,12 +428,17 @@ class PingPong:
   wg: object
   mbarriers: object = None
 
-  def signal(self):
+  def signal(self, when=None):
+    """Hand over; ``when`` (a bool scalar): only if it holds (compiled: a
+    predicated ``bar.arrive``, no branch)."""
     if self.mbarriers is None:
       _named_barrier("arrive", _NAMED_BARRIER_BASE + 1 - self.wg,
-                     COMPUTE_WGS * 128)
-    else:
+                     COMPUTE_WGS * 128, when)
+    elif when is None:
       plgpu.barrier_arrive(self.mbarriers.at[1 - self.wg])
+    else:
+      pl.when(when)(
+          lambda: plgpu.barrier_arrive(self.mbarriers.at[1 - self.wg]))
 
   def wait(self):
     if self.mbarriers is None:
@@ -574,7 +598,7 @@ def fp8_register_operand(p):
   return regroup(p)
 
 
-def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True):
+def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True, issued=None):
   """``acc + a @ b`` on the tensor cores: ``a`` a register array in the
   accumulator's layout (P or dS, 16-bit or FP8), ``b`` in shared memory,
   ``acc`` float32.
@@ -585,16 +609,23 @@ def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True):
   CPU interpreter can run.
   ``in_place``: accumulate into ``acc`` (compiled); else add a fresh product
   to it (the interpreter cannot run an in-place accumulator).
+  ``issued()`` (optional): run once the product is issued, before it is
+  awaited (the interpreter's SS form: after).
   """
   if a_smem is not None:
     a_smem[...] = a
     plgpu.commit_smem()
     a = a_smem
   if not in_place:
-    return acc + wgmma_ss(a, b, acc.shape)
+    acc = acc + wgmma_ss(a, b, acc.shape)
+    if issued is not None:
+      issued()
+    return acc
 
   def run(acc_ref):
     plgpu.wgmma(acc_ref, a, b)
+    if issued is not None:
+      issued()
   return pl.run_state(run)(plgpu.ACC.init(acc))
 
 
