@@ -106,7 +106,9 @@ class MosaicBlocks:
   intra-warpgroup overlap): the compute warpgroups' ping-pong hands over
   when a tile's last P V is issued rather than after the next tile's first
   Q Kᵀ, so one warpgroup's epilogue (O's store, the next Q's wait) overlaps
-  the other's last P V and first Q Kᵀ instead of holding it back.
+  the other's last P V and first Q Kᵀ instead of holding it back (the
+  default for the 16-bit forward on one tile a CTA; on the persistent grid
+  it lost at d 64, results/raw/opts-handover-h200.md).
   ``compute_registers``:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
@@ -306,10 +308,19 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # results/raw/causal-12k-h200.md) it wins: d 64 1.279 vs 1.370, d 128 0.935
   # vs 0.976, FP8 0.753 vs 0.793; so up to 12k keys (12k-16k not timed).
   # Windows stay on one tile per CTA (not timed persistent).
+  # The ping-pong's early hand-over at a tile's end (nineteenth session,
+  # results/raw/opts-handover-h200.md and opts-handover-branch-h200.md, two
+  # processes) wins on one tile a CTA: causal 16k d 128 1.796 ms vs 1.840
+  # (1.779 vs 1.817), d 64 2.347 vs 2.411 (2.375 vs 2.412). On the persistent
+  # grid it loses at d 64 non-causal (1.149 vs 1.071 at 4k, 4.664 vs 4.456
+  # at 16k) and is noise at d 128 (4k 0.932 vs 0.876 in one process, 0.873
+  # vs 0.919 in the other); FP8 causal 16k loses (1.323 vs 1.273, 1.319 vs
+  # 1.281; opts-handover-fp8-h200.md): 16-bit, one tile a CTA only.
   banded = causal if banded is None else banded
-  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2,
-                        persistent=not banded or paired,
-                        prefetch_q=True)
+  persistent = not banded or paired
+  mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
+                        prefetch_q=True,
+                        early_handover=not persistent and not fp8)
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
   # 1.958 vs 2.028 causal (two kernels); in the benchmark after the change

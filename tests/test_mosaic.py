@@ -346,7 +346,13 @@ def test_early_handover():
   without it to the bit. In the interpreter (race and deadlock checks on
   the ping-pong's barriers) the MQA case's tiles, empty ones included, on a
   persistent grid (2 CTAs walk several tiles) and one tile a CTA; the
-  compiled form lowers for CUDA, persistent or not."""
+  compiled form lowers for CUDA, persistent or not. The defaults take it
+  on one tile a CTA, 16-bit (causal above 12k keys, windows) only."""
+  early = lambda **kw: flashjax.default_config(128, **kw).mosaic.early_handover
+  assert early(causal=True, seq_kv=16384)
+  assert not early(causal=True, seq_kv=4096)          # persistent (paired)
+  assert not early(causal=False, seq_kv=16384)        # persistent
+  assert not early(causal=True, seq_kv=16384, fp8=True)
   case = CASES[1]
   q, k, v = (jax.random.normal(key, shape, jnp.float16) for key, shape in zip(
       jax.random.split(jax.random.key(5), 3),

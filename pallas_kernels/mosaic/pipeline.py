@@ -387,8 +387,8 @@ def _named_barrier(op: str, barrier_id, num_threads: int, when=None):
   """``bar.{op} barrier_id, num_threads`` (op: "arrive" or "sync") by every
   thread of the calling warpgroup; ``barrier_id`` an int32 scalar. ``when``
   (a bool scalar, the same in every thread): the instruction is predicated
-  on it, with no branch around it (a branch between a wgmma and its wait
-  cost the d 64 forward 4-6%)."""
+  on it, with no branch around it (it may sit between a wgmma and its
+  wait)."""
   if when is None:
     @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
     def run(_, idx):
