@@ -378,15 +378,18 @@ for s in "$@"; do
       # MosaicBlocks(early_handover=True): the forward's ping-pong hands over
       # at a tile's last P V, so each warpgroup's epilogue overlaps the
       # other's matmuls; compiled (bitwise the default's O and L), then timed
-      # against the default and cuDNN: bf16 d 128 and 64, 1k / 4k / 16k,
-      # causal and not; FP8 d 128 4k / 16k (~5 min). (The nineteenth
-      # session's first run, its hand-overs behind a branch, also timed causal
-      # 16k on the persistent grid with it: results/raw/opts-handover-
-      # branch-causal16k-h200.md.)
+      # (with ptxas's register, spill and wgmma-serialisation lines: does the
+      # predicated hand-over inside the P V scope cost the persistent d 64
+      # forward its 4-7%?) against the default and cuDNN: bf16 d 128 and 64,
+      # 1k / 4k / 16k, causal and not; FP8 d 128 4k / 16k (~5 min). (The
+      # nineteenth session's first run, its hand-overs behind a branch, also
+      # timed causal 16k on the persistent grid with it: results/raw/opts-
+      # handover-branch-causal16k-h200.md.)
       step opts-handover env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 100 \
         $PY -m pytest -v -p no:cacheprovider $HUNG 90 tests/test_mosaic.py \
         -k early_handover
-      step opts-handover timeout 200 $PY benchmarks/bench_attention.py \
+      step opts-handover env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 $PY \
+        benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+early_handover=True cudnn \
         --dtypes bfloat16 --head-dims 128 64 --seqs 1024 4096 16384 \
         --causal false true --modes fwd --matmul 0 --out "$WORK/opts-handover"
