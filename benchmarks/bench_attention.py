@@ -8,8 +8,13 @@ Shapes are FlashAttention's benchmark set: 16k tokens per batch, hidden 2048
 ``impl, dtype, b, s, h, kv_h, d, causal, mode, ms, tflops, peak_bytes, relerr``
 and a markdown table with the ratio to cuDNN from the same run.
 
-* Timing: compile and warm up, then enqueue ``--iters`` calls rotating over 3
-  input sets and block once; the median of ``--repeats`` such runs.
+* Timing: a case's impls are all compiled and warmed up first; then one
+  untimed round and ``--repeats`` timed rounds, each timing every impl in turn
+  (the order rotating from round to round): enqueue ``--iters`` calls
+  rotating over 3 input sets and block once. Each impl's median over the
+  rounds is reported. Interleaved so that a drift of the GPU's clock over
+  the case (it idles while the next impl compiles) falls on every impl
+  alike, not on whichever ran first after a compile.
 * FLOPs: 4·b·s²·h·d, halved for causal, ×3.5 for fwd_bwd (fwd + bwd = 1 + 2.5).
 * peak_bytes: XLA's memory analysis of the compiled call (arguments + outputs +
   temporaries), i.e. what the call needs on the device.
@@ -205,17 +210,41 @@ def make_call(fn, mode):
   return jax.jit(lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do))
 
 
-def time_call(call, input_sets, iters, repeats):
+def warm_up(call, input_sets):
+  """One call on each input set (a call that fails at run time raises here)."""
   for args in input_sets:
     jax.block_until_ready(call(*args))
-  runs = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for i in range(iters):
-      out = call(*input_sets[i % len(input_sets)])
-    jax.block_until_ready(out)
-    runs.append((time.perf_counter() - start) / iters * 1e3)
-  return statistics.median(runs)
+
+
+def one_run(call, input_sets, iters):
+  """ms per call: ``iters`` calls enqueued over the input sets, blocked once."""
+  start = time.perf_counter()
+  for i in range(iters):
+    out = call(*input_sets[i % len(input_sets)])
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / iters * 1e3
+
+
+def time_calls(calls, iters, repeats):
+  """Median ms of each warmed-up call of ``calls`` ({name: (compiled, input
+  sets)}) over ``repeats`` rounds, after one untimed round; a round runs
+  :func:`one_run` of every call in turn, starting one further along each
+  round."""
+  names = list(calls)
+  runs = {name: [] for name in names}
+  for r in range(repeats + 1):
+    k = r % len(names)
+    for name in names[k:] + names[:k]:
+      ms = one_run(*calls[name], iters)
+      if r:
+        runs[name].append(ms)
+  return {name: statistics.median(ms) for name, ms in runs.items()}
+
+
+def time_call(call, input_sets, iters, repeats):
+  """:func:`time_calls` of one call, warmed up first."""
+  warm_up(call, input_sets)
+  return time_calls({"call": (call, input_sets)}, iters, repeats)["call"]
 
 
 def peak_bytes(compiled):
@@ -259,28 +288,39 @@ def bench(args):
           sets = [tuple(jax.random.normal(keys[4 * i + j], (b, s, h, d),
                                           jnp.dtype(dtype)) for j in range(4))
                   for i in range(3)]
+          fns, errs = {}, {}
           for name in args.impls:
-            fn = resolve(name, causal)
-            fp8_impl = base_name(name) in FP8_IMPLS
+            fns[name] = resolve(name, causal)
             try:
-              err = relerr(fn, *sets[0][:3], causal, fp8_impl)
+              errs[name] = relerr(fns[name], *sets[0][:3], causal,
+                                  base_name(name) in FP8_IMPLS)
             except Exception as e:  # noqa: BLE001 - record, keep going
-              err = None
+              errs[name] = None
               print(f"  {name} relerr failed: {describe(e, 120)}", flush=True)
-            for mode in args.modes:
+          for mode in args.modes:
+            # every impl compiled and warmed up, then timed in turns
+            rows, calls = [], {}
+            for name in args.impls:
+              fp8_impl = base_name(name) in FP8_IMPLS
               if fp8_impl and mode != "fwd":
                 continue        # FP8 attention is forward only
               row = dict(impl=name, dtype=dtype, b=b, s=s, h=h, kv_h=h, d=d,
-                         causal=causal, mode=mode, relerr=err)
+                         causal=causal, mode=mode, relerr=errs[name])
               inputs = [fp8_inputs(*x[:3]) if fp8_impl else
                         x if mode == "fwd_bwd" else x[:3] for x in sets]
               try:
-                call = make_call(fn, mode).lower(*inputs[0]).compile()
+                call = make_call(fns[name], mode).lower(*inputs[0]).compile()
                 row["peak_bytes"] = peak_bytes(call)
-                row["ms"] = time_call(call, inputs, args.iters, args.repeats)
-                row["tflops"] = flops(b, s, h, d, causal, mode) / row["ms"] / 1e9
+                warm_up(call, inputs)
+                calls[name] = (call, inputs)
               except Exception as e:  # noqa: BLE001 - OOM / unsupported: record
                 row["error"] = describe(e)
+              rows.append(row)
+            times = time_calls(calls, args.iters, args.repeats)
+            for row in rows:
+              if row["impl"] in times:
+                row["ms"] = times[row["impl"]]
+                row["tflops"] = flops(b, s, h, d, causal, mode) / row["ms"] / 1e9
               print(json.dumps(row), flush=True)
               yield row
 
