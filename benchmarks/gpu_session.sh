@@ -66,7 +66,7 @@
 #              next tile's early) compiled, then timed against the default
 #              and cuDNN, bf16 and FP8 (~8 min)
 #   opts-fwd   the forward's intra-warpgroup overlap and 240 registers over
-#              its prefetching default, against cuDNN (~4 min)
+#              its prefetching default, d 128, against cuDNN (~3 min)
 #   opts-handover  the forward's ping-pong handing over at a tile's last P V
 #              (early_handover) compiled, then timed against the default and
 #              cuDNN, bf16 / FP8 (~5 min)
@@ -368,14 +368,15 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal false true \
         --modes fwd --matmul 0 --out "$WORK/opts-prefetch-fp8" ;;
     opts-fwd)
-      # the forward's untimed options over its prefetching default: the
-      # intra-warpgroup overlap (+1-2% at d 128 before the prefetch) and 240
-      # registers a compute thread, bf16 d 128 and 64, 1k / 4k / 16k, causal
-      # and not, against cuDNN (~4 min)
-      step opts-fwd timeout 280 $PY benchmarks/bench_attention.py \
+      # the forward's untimed options over its prefetching default at d 128,
+      # where the target is furthest: the intra-warpgroup overlap (+1-2%
+      # before the prefetch; it lost 10-23% at d 64) and 240 registers a
+      # compute thread, bf16, 4k / 16k, causal and not, against cuDNN
+      # (~3 min)
+      step opts-fwd timeout 200 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+intra_wg_overlap=True \
         flashjax_mosaic+compute_registers=240 cudnn --dtypes bfloat16 \
-        --head-dims 128 64 --seqs 1024 4096 16384 --causal false true \
+        --head-dims 128 --seqs 4096 16384 --causal false true \
         --modes fwd --matmul 0 --out "$WORK/opts-fwd" ;;
     opts-handover)
       # MosaicBlocks(early_handover=True): the forward's ping-pong hands over
