@@ -267,6 +267,47 @@ def test_intra_wg_overlap(case):
     assert text.count("custom_call @mosaic_gpu") == 3
 
 
+def mqa_inputs(seed):
+  """Q, K, V of the MQA case (CASES[1]: causal, seq_q > seq_kv, so some
+  query tiles see no key), float16."""
+  case = CASES[1]
+  return tuple(
+      jax.random.normal(key, shape, jnp.float16) for key, shape in zip(
+          jax.random.split(jax.random.key(seed), 3),
+          [(1, case.seq_q, case.num_q_heads, case.head_dim),
+           *[(1, case.seq_kv, case.num_kv_heads, case.head_dim)] * 2]))
+
+
+def forward_bits(config, *args, **kwargs):
+  """O (as float32) and L of the Hopper forward under ``config``; on the CPU
+  with the interpreter's race detector's verdict."""
+  if jax.default_backend() != "gpu":
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+  o, lse = jax.jit(lambda *a: flashjax.attention(
+      *a, backend="mosaic", config=config, return_lse=True, **kwargs))(*args)
+  if jax.default_backend() != "gpu":
+    assert not interpret_pallas_call.get_races().races_found
+  return np.asarray(o, np.float32), np.asarray(lse)
+
+
+def assert_same_bits(want, got):
+  for w, g in zip(want, got):
+    np.testing.assert_array_equal(g, w)
+
+
+def assert_forward_lowers(base, **blocks):
+  """The forward under ``base`` with ``blocks`` (128-row K/V tiles) lowers for
+  CUDA, one tile a CTA (causal) and persistent (non-causal)."""
+  for persistent in (False, True):
+    compiled = dataclasses.replace(base, mosaic=dataclasses.replace(
+        base.mosaic, block_kv=128, persistent=persistent, **blocks))
+    q = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
+    text = lower_for_h100(lambda q: flashjax.attention(
+        q, q, q, causal=not persistent, backend="mosaic", config=compiled,
+        interpret=False), q).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 def test_prefetch_q(overlap):
   """``MosaicBlocks(prefetch_q=True)`` (the default forward's): the producer
@@ -280,33 +321,18 @@ def test_prefetch_q(overlap):
   CTA, with and without the intra-warpgroup overlap; the FP8 forward
   likewise (packed segments, GQA); the compiled form lowers
   for CUDA, persistent or not."""
-  case = CASES[1]
-  q, k, v = (jax.random.normal(key, shape, jnp.float16) for key, shape in zip(
-      jax.random.split(jax.random.key(3), 3),
-      [(1, case.seq_q, case.num_q_heads, case.head_dim),
-       *[(1, case.seq_kv, case.num_kv_heads, case.head_dim)] * 2]))
-  base = flashjax.default_config(case.head_dim, causal=True)
-
-  def forward(config, *args, **kwargs):
-    if jax.default_backend() != "gpu":
-      interpret_pallas_call.reset_gpu_interpret_mode_state()
-    o, lse = jax.jit(lambda *a: flashjax.attention(
-        *a, backend="mosaic", config=config, return_lse=True,
-        **kwargs))(*args)
-    if jax.default_backend() != "gpu":
-      assert not interpret_pallas_call.get_races().races_found
-    return np.asarray(o, np.float32), np.asarray(lse)
-
+  q, k, v = mqa_inputs(3)
+  base = flashjax.default_config(CASES[1].head_dim, causal=True)
   for persistent in (True, False):
     blocks = dataclasses.replace(base.mosaic, block_kv=64,
                                  persistent=persistent,
                                  intra_wg_overlap=overlap)
     config = lambda **kw: dataclasses.replace(
         base, mosaic=dataclasses.replace(blocks, **kw))
-    want = forward(config(prefetch_q=False), q, k, v, causal=True)
-    got = forward(config(prefetch_q=True), q, k, v, causal=True)
-    for w, g in zip(want, got):
-      np.testing.assert_array_equal(g, w)
+    assert_same_bits(forward_bits(config(prefetch_q=False), q, k, v,
+                                  causal=True),
+                     forward_bits(config(prefetch_q=True), q, k, v,
+                                  causal=True))
 
   # FP8 (its O tile was its own already): GQA, causal, packed segments
   from flashjax import fp8
@@ -321,20 +347,12 @@ def test_prefetch_q(overlap):
                           intra_wg_overlap=overlap, **kw)))
   args = dict(q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
               q_segment_ids=seg)
-  want = forward(fp8_config(prefetch_q=False), q8, k8, v8, **args)
-  got = forward(fp8_config(prefetch_q=True), q8, k8, v8, **args)
-  for w, g in zip(want, got):
-    np.testing.assert_array_equal(g, w)
+  assert_same_bits(forward_bits(fp8_config(prefetch_q=False), q8, k8, v8,
+                                **args),
+                   forward_bits(fp8_config(prefetch_q=True), q8, k8, v8,
+                                **args))
 
-  for persistent in (False, True):
-    compiled = dataclasses.replace(base, mosaic=dataclasses.replace(
-        base.mosaic, block_kv=128, persistent=persistent,
-        intra_wg_overlap=overlap, prefetch_q=True))
-    q = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
-    text = lower_for_h100(lambda q: flashjax.attention(
-        q, q, q, causal=not persistent, backend="mosaic", config=compiled,
-        interpret=False), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 1
+  assert_forward_lowers(base, intra_wg_overlap=overlap, prefetch_q=True)
 
 
 def test_early_handover():
@@ -353,38 +371,16 @@ def test_early_handover():
   assert not early(causal=True, seq_kv=4096)          # persistent (paired)
   assert not early(causal=False, seq_kv=16384)        # persistent
   assert not early(causal=True, seq_kv=16384, fp8=True)
-  case = CASES[1]
-  q, k, v = (jax.random.normal(key, shape, jnp.float16) for key, shape in zip(
-      jax.random.split(jax.random.key(5), 3),
-      [(1, case.seq_q, case.num_q_heads, case.head_dim),
-       *[(1, case.seq_kv, case.num_kv_heads, case.head_dim)] * 2]))
-  base = flashjax.default_config(case.head_dim, causal=True)
-
-  def forward(config):
-    if jax.default_backend() != "gpu":
-      interpret_pallas_call.reset_gpu_interpret_mode_state()
-    o, lse = jax.jit(lambda *a: flashjax.attention(
-        *a, backend="mosaic", config=config, return_lse=True,
-        causal=True))(q, k, v)
-    if jax.default_backend() != "gpu":
-      assert not interpret_pallas_call.get_races().races_found
-    return np.asarray(o, np.float32), np.asarray(lse)
-
+  q, k, v = mqa_inputs(5)
+  base = flashjax.default_config(CASES[1].head_dim, causal=True)
   for persistent in (True, False):
     config = lambda early: dataclasses.replace(base, mosaic=dataclasses.replace(
         base.mosaic, block_kv=64, persistent=persistent,
         early_handover=early))
-    for w, g in zip(forward(config(False)), forward(config(True))):
-      np.testing.assert_array_equal(g, w)
+    assert_same_bits(forward_bits(config(False), q, k, v, causal=True),
+                     forward_bits(config(True), q, k, v, causal=True))
 
-  for persistent in (False, True):
-    compiled = dataclasses.replace(base, mosaic=dataclasses.replace(
-        base.mosaic, block_kv=128, persistent=persistent, early_handover=True))
-    q_abstract = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
-    text = lower_for_h100(lambda q: flashjax.attention(
-        q, q, q, causal=not persistent, backend="mosaic", config=compiled,
-        interpret=False), q_abstract).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 1
+  assert_forward_lowers(base, early_handover=True)
 
 
 FUSED_CASES = CASES + [

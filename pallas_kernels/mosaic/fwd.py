@@ -196,11 +196,12 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       # FP8: V's tile is [d, block_kv], K-major as wgmma needs
       return v_smem.at[slot].T if fp8 else v_smem.at[slot]
 
-    def qk(slot, signal=True):
+    def qk(slot, handover=None):
       # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
+      # (handover: a bool scalar, if it may)
       def run(acc_ref):
         plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
-        pingpong.signal(when=None if signal is True else signal)
+        pingpong.signal(when=handover)
         return acc_ref[...]
       return pl.run_scoped(run, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
 
@@ -210,8 +211,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       sync.wait(0)
       # early_handover: a tile's first Q Kᵀ does not hand over (the last
       # tile's last P V did), except the CTA's very first
-      s = qk(slot, signal=True if not early_handover else
-             jnp.logical_or(jnp.logical_not(sync.first), sync.count == 0))
+      s = qk(slot, handover=jnp.logical_or(jnp.logical_not(sync.first),
+                                           sync.count == 0)
+             if early_handover else None)
       sync.release(0)                    # K's slot can be refilled
       sync.release_owned()               # (prefetch_q) and, last, Q's
       p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)

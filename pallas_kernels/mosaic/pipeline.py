@@ -208,9 +208,10 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
   the :class:`Stream` s it reads; ``owned``: an :class:`Owned` tile the
   producer loads too (else each warpgroup loads its own in ``init``).
   ``start()``/``end(total)``: run by each compute warpgroup before its
-  first tile and after its last (``total``: the CTA's streamed steps, int32). ``compute_registers``:
-  each compute thread's registers (``setmaxnreg``); the producer's threads
-  get what is left of the CTA's (``LAUNCH_REGISTERS`` a thread)."""
+  first tile and after its last (``total``: the CTA's streamed steps,
+  int32). ``compute_registers``: each compute thread's registers
+  (``setmaxnreg``); the producer's threads get what is left of the CTA's
+  (``LAUNCH_REGISTERS`` a thread)."""
   stages = streams[0].smem.shape[0]
   frees = _distinct([stream.free for stream in streams])
 
@@ -389,19 +390,14 @@ def _named_barrier(op: str, barrier_id, num_threads: int, when=None):
   (a bool scalar, the same in every thread): the instruction is predicated
   on it, with no branch around it (it may sit between a wgmma and its
   wait)."""
-  if when is None:
-    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,))
-    def run(_, idx):
-      mgpu_utils.inline_ptx(f"bar.{op} $0, {num_threads};",
-                             idx.registers[()], convergent=True)
-    run(barrier_id)
-    return
+  args = (barrier_id,) if when is None else (barrier_id, when)
 
-  @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,) * 2)
-  def run_when(_, idx, pred):
-    mgpu_utils.inline_ptx(f"bar.{op} $0, {num_threads};", idx.registers[()],
-                           predicate=pred.registers[()], convergent=True)
-  run_when(barrier_id, when)
+  @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WG_SPLAT,) * len(args))
+  def run(_, idx, *pred):
+    mgpu_utils.inline_ptx(
+        f"bar.{op} $0, {num_threads};", idx.registers[()],
+        predicate=pred[0].registers[()] if pred else None, convergent=True)
+  run(*args)
 
 
 @dataclasses.dataclass(frozen=True)
