@@ -70,9 +70,6 @@
 #   opts-handover  the forward's ping-pong handing over at a tile's last P V
 #              (early_handover) compiled, then timed against the default and
 #              cuDNN, bf16 / FP8 (~5 min)
-#   opts-exp2poly  the forward's exponentials partly on the FMA units
-#              (exp2_poly_columns) compiled, then timed against the default
-#              and cuDNN, bf16 d 64 / 128 and FP8 d 128, 4k / 16k (~8 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -405,33 +402,6 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-handover-fp8" ;;
-    opts-exp2poly)
-      # MosaicBlocks(exp2_poly_columns=n): the last n columns of each P tile
-      # by a polynomial on the FMA units, not the MUFU pipe's ex2
-      # (FlashAttention 4's trick; the exponentials bound the step at d 64
-      # and in FP8), compiled, then timed with ptxas's register and spill
-      # lines against the default and cuDNN (~8 min)
-      step opts-exp2poly env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 100 \
-        $PY -m pytest -v -p no:cacheprovider $HUNG 90 tests/test_mosaic.py \
-        -k exp2_poly
-      step opts-exp2poly env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
-        benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+exp2_poly_columns=32 \
-        flashjax_mosaic+exp2_poly_columns=64 \
-        flashjax_mosaic+exp2_poly_columns=96 cudnn --dtypes bfloat16 \
-        --head-dims 64 --seqs 4096 16384 --causal false true --modes fwd \
-        --matmul 0 --out "$WORK/opts-exp2poly-d64"
-      step opts-exp2poly timeout 110 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+exp2_poly_columns=16 \
-        flashjax_mosaic+exp2_poly_columns=32 cudnn --dtypes bfloat16 \
-        --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
-        --matmul 0 --out "$WORK/opts-exp2poly-d128"
-      step opts-exp2poly timeout 110 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+exp2_poly_columns=32 \
-        flashjax_fp8_mosaic+exp2_poly_columns=64 cudnn_fp8 \
-        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
-        --causal false true --modes fwd --matmul 0 \
-        --out "$WORK/opts-exp2poly-fp8" ;;
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and

@@ -118,12 +118,6 @@ class MosaicBlocks:
   bwd._starts`) instead of zero, so the per-row statistics (in the dK/dV
   kernel 16 registers each, a vector over the tile's queries) are not live
   while the step computes P and dS, and no subtraction runs per entry.
-  ``exp2_poly_columns`` (forward): the last that many columns of each P
-  tile are exponentiated by a polynomial on the FMA units instead of the
-  MUFU pipe's ``ex2`` (:func:`pallas_kernels.common.exp2_poly`,
-  FlashAttention 4's trick): where the exponentials take as long as the
-  matmuls (FP8, d 64), part of their work moves to idle units. A multiple
-  of 8 below ``block_kv``; 0 (the default) leaves every entry to ``ex2``.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -143,7 +137,6 @@ class MosaicBlocks:
   early_handover: bool = False
   compute_registers: int = 232
   fold_stats: bool = False
-  exp2_poly_columns: int = 0
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -154,11 +147,6 @@ class MosaicBlocks:
                        f"{self.block_q_dkv}.")
     if self.stages < 2:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
-    if (self.exp2_poly_columns % 8 or
-        not 0 <= self.exp2_poly_columns < self.block_kv):
-      raise ValueError(
-          f"MosaicBlocks.exp2_poly_columns must be a multiple of 8 from 0 to "
-          f"below block_kv={self.block_kv}, got {self.exp2_poly_columns}.")
     # the producer keeps at least 24 (setmaxnreg takes multiples of 8)
     most = ((MOSAIC_COMPUTE_WGS + 1) * LAUNCH_REGISTERS - 24) // MOSAIC_COMPUTE_WGS
     if (self.compute_registers % 8 or

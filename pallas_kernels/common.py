@@ -105,47 +105,6 @@ def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
   return jnp.where(spec.predicate(q_idx, k_idx, q_seg, kv_seg), s, -jnp.inf)
 
 
-# exp2(f) = 1 + f·(c1 + f·(c2 + f·c3)) on [-1/2, 1/2]: relative error below
-# 1.1e-4 (bf16 rounds P to 2^-9, fp16 to 2^-11), and exactly 1 at f = 0, so
-# exp2 of an integer (-127: a masked entry) is exact
-_EXP2_POLY = (0.6932880878448486, 0.242200568318367, 0.05497624725103378)
-# 1.5 · 2^23: x + it rounds x to an integer in the low mantissa bits
-_ROUND_MAGIC = 12582912.0
-
-
-def exp2_poly(x):
-  """``exp2(x)`` on the FMA and integer units, no ``ex2`` (FlashAttention 4's
-  software exponential): x = n + f with n = round(x), f in [-1/2, 1/2];
-  2^f by a degree-3 polynomial, 2^n added into its exponent bits. For
-  x <= 9 (the forward's exponents; -inf and x <= -127 give exactly 0).
-  About 9 instructions an entry where ``ex2`` takes 1 slot of the
-  quarter-rate MUFU pipe: worth it only for a share of a tile."""
-  x = jnp.maximum(x, -127.0)
-  # n = round(x) (as the float t's low bits), f = x - n; the barrier keeps
-  # XLA (the interpreter) from folding (x + c) - c to x
-  t = lax.optimization_barrier(x + _ROUND_MAGIC)
-  f = x - (t - _ROUND_MAGIC)
-  c1, c2, c3 = _EXP2_POLY
-  p = 1.0 + f * (c1 + f * (c2 + f * c3))
-  # 2^n · p: n added to p's exponent (t's bits << 23 keep n's low 9 bits)
-  bits = (lax.bitcast_convert_type(p, jnp.int32)
-          + lax.shift_left(lax.bitcast_convert_type(t, jnp.int32),
-                           jnp.int32(23)))
-  return lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def exp2(x, poly_columns: int = 0):
-  """``exp2`` of a tile ``[rows, cols]``, its last ``poly_columns`` columns
-  by :func:`exp2_poly` (a multiple of 8: the wgmma accumulator's column
-  tile), the others by ``ex2``: where the exponentials bound a step (FP8,
-  d 64), the FMA units take a share of the MUFU pipe's work."""
-  if not poly_columns:
-    return jnp.exp2(x)
-  split = x.shape[1] - poly_columns
-  return jnp.concatenate([jnp.exp2(x[:, :split]), exp2_poly(x[:, split:])],
-                         axis=1)
-
-
 def _scaled(m2, p_scale: float):
   """A row term m2 (log2 units) less log2(p_scale): exp2(x - it) is p_scale ·
   exp2(x - m2). Nothing is added for p_scale = 1 (16-bit kernels)."""
@@ -153,15 +112,14 @@ def _scaled(m2, p_scale: float):
 
 
 def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
-                        p_scale: float = 1.0, poly_columns: int = 0):
+                        p_scale: float = 1.0):
   """One step of the online softmax over a tile of logits S2 = s · unit
   (log2 units; ``unit > 0``, :func:`fwd_unit`, or per row ``[block_q]``:
   the FP8 forward folds each row's q·k descale into it, so a descale costs
   no multiply per entry). ``p_scale``: P comes out
   multiplied by it (FP8's :func:`fp8_p_scale`) at no cost, in the FMA's row
   term; l sums the scaled P, so ``acc / l`` is unchanged and
-  :func:`finalize` takes the scale out of L. ``poly_columns``: P's last
-  columns by :func:`exp2_poly` (:func:`exp2`).
+  :func:`finalize` takes the scale out of L.
 
   s ``[block_q, block_kv]`` (-inf where masked), m_prev/l_prev ``[block_q]``;
   m is kept in s's units. Returns ``(P, m_new, l_new, alpha)`` where the
@@ -174,8 +132,7 @@ def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
   # P = p_scale · exp2(S - m_new) (one FMA and an exp2 per entry),
   # alpha = exp2(m_prev - m_new)
   entry_unit = unit if jnp.ndim(unit) == 0 else unit[:, None]
-  p = exp2(s * entry_unit - _scaled(m_safe * unit, p_scale)[:, None],
-           poly_columns)
+  p = jnp.exp2(s * entry_unit - _scaled(m_safe * unit, p_scale)[:, None])
   alpha = jnp.exp2((m_prev - m_safe) * unit)
   # l_new = alpha · l_prev + rowsum(P)
   l_new = alpha * l_prev + jnp.sum(p, axis=1)

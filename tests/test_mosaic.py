@@ -152,8 +152,6 @@ def test_forward_takes_three_stages_of_128_rows_at_d128():
     (dict(block_q_dkv=256), "block_q_dkv must be 64 or 128"),
     (dict(compute_registers=248), "multiple of 8 from 168 to 240, got 248"),
     (dict(compute_registers=236), "compute_registers must be a multiple of 8"),
-    (dict(exp2_poly_columns=12), "exp2_poly_columns must be a multiple of 8"),
-    (dict(block_kv=64, exp2_poly_columns=64), "below block_kv=64, got 64"),
 ])
 def test_bad_mosaic_blocks(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -383,62 +381,6 @@ def test_early_handover():
                      forward_bits(config(True), q, k, v, causal=True))
 
   assert_forward_lowers(base, early_handover=True)
-
-
-def test_exp2_poly():
-  """:func:`common.exp2_poly` (``exp2`` on the FMA units): relative error
-  below 1.1e-4 over the forward's exponents (bf16 rounds P to 2^-9, fp16 to
-  2^-11), exactly 0 for a masked entry (-inf) and below -127, never NaN or
-  negative; eager and under jit (the interpreter's XLA, which would fold
-  the rounding's (x + c) - c without the barrier). :func:`common.exp2`
-  takes the last columns from it, the others from ``exp2``."""
-  from pallas_kernels import common
-  x = jnp.concatenate([jnp.linspace(-140.0, 9.0, 300001, dtype=jnp.float32),
-                       jnp.array([-jnp.inf, -127.0, -0.5, 0.5], jnp.float32)])
-  exact = np.exp2(np.asarray(x, np.float64))
-  for f in (common.exp2_poly, jax.jit(common.exp2_poly)):
-    y = np.asarray(f(x), np.float64)
-    normal = exact >= 2.0 ** -126
-    assert np.max(np.abs(y - exact)[normal] / exact[normal]) < 1.1e-4
-    assert np.all(y[np.asarray(x) <= -127] == 0.0)
-    assert np.all(np.isfinite(y)) and np.all(y >= 0)
-  tile = jax.random.uniform(jax.random.key(0), (64, 128), jnp.float32, -20, 0)
-  mixed = np.asarray(common.exp2(tile, poly_columns=32))
-  np.testing.assert_array_equal(mixed[:, :96], np.asarray(jnp.exp2(tile))[:, :96])
-  np.testing.assert_array_equal(mixed[:, 96:],
-                                np.asarray(common.exp2_poly(tile[:, 96:])))
-
-
-def test_exp2_poly_columns():
-  """``MosaicBlocks(exp2_poly_columns=n)``: the forward exponentiates the
-  last n columns of each P tile by :func:`common.exp2_poly`. The parity
-  rule holds (O, L and the gradients, which recompute P with ``exp2`` from
-  that L) in the interpreter, race detector on: the MQA case (fully masked
-  rows must stay 0), persistent, and the FP8 forward (GQA, causal, per-head
-  descales) against its emulation. The compiled form lowers for CUDA, 16-bit
-  and FP8."""
-  config = flashjax.default_config(CASES[1].head_dim, causal=True)
-  config = dataclasses.replace(config, mosaic=dataclasses.replace(
-      config.mosaic, block_kv=64, persistent=True, exp2_poly_columns=16))
-  check_without_races(CASES[1], config)
-
-  from test_fp8 import check_fp8_forward
-  fp8_config = flashjax.default_config(128, causal=True, fp8=True)
-  fp8_config = dataclasses.replace(fp8_config, mosaic=dataclasses.replace(
-      fp8_config.mosaic, block_kv=128, exp2_poly_columns=32))
-  check_fp8_forward("float8_e4m3fn", True, (1, 200, 333, 8, 2, 128), True,
-                    "mosaic", config=fp8_config)
-
-  assert_forward_lowers(flashjax.default_config(128, causal=True),
-                        exp2_poly_columns=32)
-  fp8_config = dataclasses.replace(fp8_config, mosaic=dataclasses.replace(
-      fp8_config.mosaic, block_kv=256, exp2_poly_columns=64))
-  kv = jax.ShapeDtypeStruct((1, 300, 2, 128), jnp.float8_e4m3fn)
-  text = lower_for_h100(lambda q8, k8, v8, d: flashjax.attention(
-      q8, k8, v8, q_descale=d, k_descale=d, v_descale=d, interpret=False,
-      backend="mosaic", config=fp8_config), kv.update(shape=(1, 300, 4, 128)),
-      kv, kv, jax.ShapeDtypeStruct((), jnp.float32)).as_text()
-  assert text.count("custom_call @mosaic_gpu") == 1
 
 
 FUSED_CASES = CASES + [

@@ -170,10 +170,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
       # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P)
-      # (exp2_poly_columns of P's columns by a polynomial, not ex2)
-      return common.online_softmax_step(
-          s, m, l, unit(qk_descale), p_scale,
-          poly_columns=plan.config.mosaic.exp2_poly_columns)
+      return common.online_softmax_step(s, m, l, unit(qk_descale), p_scale)
 
     def rounded(p):
       # P for the P V product: 16-bit, or FP8's scaled P, rounded to FP8 by
