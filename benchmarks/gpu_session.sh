@@ -70,6 +70,11 @@
 #   opts-handover  the forward's ping-pong handing over at a tile's last P V
 #              (early_handover) compiled, then timed against the default and
 #              cuDNN, bf16 / FP8 (~5 min)
+#   opts-split-dq  the fused backward at d 64 with dQ's columns split
+#              between the warpgroups (split_dq: half the float32 dQ
+#              reduce-added per step) compiled, then timed forward+backward
+#              against the two-kernel default, the fused form without the
+#              split, and cuDNN, bf16 d 64, 4k / 16k (~5 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -402,6 +407,23 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-handover-fp8" ;;
+    opts-split-dq)
+      # MosaicBlocks(split_dq=True): at d 64 the fused backward reduce-adds
+      # 32 KiB of float32 dQ per CTA step (each warpgroup all 64 columns
+      # over its own 64 keys); split as at d 128 it is half that. Compiled,
+      # then timed (ptxas lines) against the two-kernel default, fused
+      # without the split, fused+split with deferred waits, and cuDNN
+      step opts-split-dq env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 150 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 120 tests/test_mosaic.py \
+        -k "split_dq or fused_dq_backward"
+      step opts-split-dq env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.deferred_waits=True \
+        cudnn --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-split-dq" ;;
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and

@@ -118,6 +118,10 @@ class MosaicBlocks:
   bwd._starts`) instead of zero, so the per-row statistics (in the dK/dV
   kernel 16 registers each, a vector over the tile's queries) are not live
   while the step computes P and dS, and no subtraction runs per entry.
+  ``split_dq`` (fused backward): below d 128 too, the two warpgroups share
+  their dSᵀ and each takes half of dQ's columns over both warpgroups' keys
+  (:func:`fused_dq_columns`; at d >= 128 the fused kernel always does),
+  which halves the float32 dQ the kernel reduce-adds per step.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -137,6 +141,7 @@ class MosaicBlocks:
   early_handover: bool = False
   compute_registers: int = 232
   fold_stats: bool = False
+  split_dq: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -182,16 +187,19 @@ class MosaicBlocks:
     return ((2 * wgs * rows * head_dim
              + self.stages * 2 * self.block_q_dkv * head_dim
              + 2 * wgs * rows * self.block_q_dkv) * itemsize
-            + wgs * self.block_q_dkv * fused_dq_columns(head_dim) * 4)
+            + wgs * self.block_q_dkv
+            * fused_dq_columns(head_dim, self.split_dq) * 4)
 
 
-def fused_dq_columns(head_dim: int) -> int:
-  """dQ columns per warpgroup in the fused backward: at d >= 128 the two
-  warpgroups share their dSᵀ and each takes a half of the columns over both
-  warpgroups' keys (one 128-key reduction per tile); below, a half would be
-  narrower than a 128-byte swizzle row of K, so each takes all of them over
-  its own 64 keys."""
-  return head_dim // MOSAIC_COMPUTE_WGS if head_dim >= 128 else head_dim
+def fused_dq_columns(head_dim: int, split: bool = False) -> int:
+  """dQ columns per warpgroup in the fused backward: at d >= 128 (or
+  ``split``, :class:`MosaicBlocks`' ``split_dq``) the two warpgroups share
+  their dSᵀ and each takes a half of the columns over both warpgroups' keys
+  (one 128-key reduction per tile); otherwise each takes all of them over
+  its own 64 keys (two 64-key reductions per tile)."""
+  if head_dim >= 128 or split:
+    return head_dim // MOSAIC_COMPUTE_WGS
+  return head_dim
 
 
 @dataclasses.dataclass(frozen=True)

@@ -424,6 +424,32 @@ def test_fused_dq_backward(case, persistent):
   assert text.count("custom_call @mosaic_gpu") == 2
 
 
+def test_split_dq():
+  """``MosaicBlocks(split_dq=True)`` at d 64: the fused backward's two
+  warpgroups share their dSᵀ and each takes half of dQ's columns (32: a
+  64-byte row of K's tile) over both warpgroups' keys, as at d 128. In the
+  interpreter (race detector on) the MQA case (causal, fully masked rows,
+  each key tile seen by every query head); the compiled form lowers for
+  CUDA, one tile a CTA and persistent."""
+  case = CASES[1]
+  config = flashjax.default_config(case.head_dim, causal=case.causal)
+  config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+      config.mosaic_bwd, block_kv=64, fused_dq=True, split_dq=True))
+  check_without_races(case, config)
+
+  for persistent in (False, True):
+    compiled = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+        config.mosaic_bwd, block_kv=128, persistent=persistent))
+
+    def loss(q):
+      return jnp.sum(flashjax.attention(
+          q, q, q, causal=True, backend="mosaic", config=compiled,
+          interpret=False).astype(jnp.float32))
+    q = jax.ShapeDtypeStruct((2, 1000, 4, 64), jnp.bfloat16)
+    text = lower_for_h100(jax.grad(loss), q).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 2
+
+
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_deferred_waits(head_dim, fused):

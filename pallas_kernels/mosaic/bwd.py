@@ -20,7 +20,8 @@ The dK/dV kernel also computes dQ += dS K per step, 5 matmuls per tile pair
 instead of 7, dSᵀ going through shared memory (double-buffered by step
 parity) as the transposed operand. At d 128 the warpgroups share their dSᵀ
 (a barrier per buffer) and each takes half of dQ's columns over both
-warpgroups' keys; at d 64 each takes all columns over its own keys
+warpgroups' keys; at d 64 each takes all columns over its own keys, or,
+with ``split_dq``, half of them as at d 128, which halves the dQ traffic
 (:func:`flashjax.config.fused_dq_columns`). The float32 result is
 reduce-added into a zeroed dQ buffer by TMA; XLA scales and casts it after.
 Mosaic GPU's interpreter has no TMA reduction, so there each key tile writes
@@ -285,7 +286,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   # a barrier per parity, and one for the end of a tile.
   wg = lax.axis_index("wg")
   head_dim = k_ref.shape[-1]
-  width = fused_dq_columns(head_dim)
+  width = fused_dq_columns(head_dim, plan.config.mosaic_bwd.split_dq)
   shared = width < head_dim        # dSᵀ goes to both warpgroups' products
   # the step's products awaited once at its end (compiled), or each in turn
   deferred = deferred_waits and not plan.interpret
@@ -519,7 +520,8 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
           plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=4, stages=stages),
           *((plgpu.SMEM((2, COMPUTE_WGS, BLOCK_Q, bq), q.dtype),
-             plgpu.SMEM((COMPUTE_WGS, bq, fused_dq_columns(head_dim)),
+             plgpu.SMEM((COMPUTE_WGS, bq,
+                         fused_dq_columns(head_dim, blocks.split_dq)),
                         jnp.float32),
              plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=3))
             if fused else (None, None, None))),
