@@ -120,7 +120,7 @@ class MosaicBlocks:
   while the step computes P and dS, and no subtraction runs per entry.
   ``split_dq`` (fused backward): below d 128 too, the two warpgroups share
   their dSᵀ and each takes half of dQ's columns over both warpgroups' keys
-  (:func:`fused_dq_columns`; at d >= 128 the fused kernel always does),
+  (:meth:`dq_columns`; at d >= 128 the fused kernel always does),
   which halves the float32 dQ the kernel reduce-adds per step.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
@@ -187,19 +187,17 @@ class MosaicBlocks:
     return ((2 * wgs * rows * head_dim
              + self.stages * 2 * self.block_q_dkv * head_dim
              + 2 * wgs * rows * self.block_q_dkv) * itemsize
-            + wgs * self.block_q_dkv
-            * fused_dq_columns(head_dim, self.split_dq) * 4)
+            + wgs * self.block_q_dkv * self.dq_columns(head_dim) * 4)
 
-
-def fused_dq_columns(head_dim: int, split: bool = False) -> int:
-  """dQ columns per warpgroup in the fused backward: at d >= 128 (or
-  ``split``, :class:`MosaicBlocks`' ``split_dq``) the two warpgroups share
-  their dSᵀ and each takes a half of the columns over both warpgroups' keys
-  (one 128-key reduction per tile); otherwise each takes all of them over
-  its own 64 keys (two 64-key reductions per tile)."""
-  if head_dim >= 128 or split:
-    return head_dim // MOSAIC_COMPUTE_WGS
-  return head_dim
+  def dq_columns(self, head_dim: int) -> int:
+    """dQ columns per warpgroup in the fused backward: at d >= 128 (or with
+    ``split_dq``) the two warpgroups share their dSᵀ and each takes a half
+    of the columns over both warpgroups' keys (one 128-key reduction per
+    tile); otherwise each takes all of them over its own 64 keys (two
+    64-key reductions per tile)."""
+    if head_dim >= 128 or self.split_dq:
+      return head_dim // MOSAIC_COMPUTE_WGS
+    return head_dim
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,19 @@ def check_without_races(case, config):
     assert not interpret_pallas_call.get_races().races_found
 
 
+def grad_kernels(config, head_dim, dtype, causal, seq=1000):
+  """Mosaic GPU kernels in the gradient of self-attention ``[2, seq, 4,
+  head_dim]`` under ``config``, lowered for CUDA against an abstract H100
+  (the forward's and the backward's: 2 fused, 3 otherwise)."""
+  def loss(q):
+    return jnp.sum(flashjax.attention(
+        q, q, q, causal=causal, backend="mosaic", config=config,
+        interpret=False).astype(jnp.float32))
+  q = jax.ShapeDtypeStruct((2, seq, 4, head_dim), jnp.dtype(dtype))
+  return lower_for_h100(jax.grad(loss), q).as_text().count(
+      "custom_call @mosaic_gpu")
+
+
 @pytest.mark.skipif(jax.default_backend() == "gpu",
                     reason="the race detector is part of the CPU interpreter")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -215,14 +228,9 @@ def test_persistent_grid(case):
                                      persistent=True))
   check_without_races(case, config)
 
-  def loss(q):
-    return jnp.sum(flashjax.attention(
-        q, q, q, causal=case.causal, backend="mosaic", config=config,
-        interpret=False).astype(jnp.float32))
   for seq in (1000, 1100):          # 8 and 9 tiles of 128 rows
-    q = jax.ShapeDtypeStruct((2, seq, 4, case.head_dim), jnp.dtype(case.dtype))
-    text = lower_for_h100(jax.grad(loss), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 3
+    assert grad_kernels(config, case.head_dim, case.dtype, case.causal,
+                        seq) == 3
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -256,15 +264,8 @@ def test_intra_wg_overlap(case):
                                    persistent=persistent),
         mosaic_bwd=dataclasses.replace(config.mosaic_bwd, block_kv=128,
                                        persistent=persistent))
-
-    def loss(q):
-      return jnp.sum(flashjax.attention(
-          q, q, q, causal=case.causal, backend="mosaic", config=compiled,
-          interpret=False).astype(jnp.float32))
-    q = jax.ShapeDtypeStruct((2, 1000, 4, case.head_dim),
-                             jnp.dtype(case.dtype))
-    text = lower_for_h100(jax.grad(loss), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 3
+    assert grad_kernels(compiled, case.head_dim, case.dtype,
+                        case.causal) == 3
 
 
 def mqa_inputs(seed):
@@ -440,14 +441,7 @@ def test_split_dq():
   for persistent in (False, True):
     compiled = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
         config.mosaic_bwd, block_kv=128, persistent=persistent))
-
-    def loss(q):
-      return jnp.sum(flashjax.attention(
-          q, q, q, causal=True, backend="mosaic", config=compiled,
-          interpret=False).astype(jnp.float32))
-    q = jax.ShapeDtypeStruct((2, 1000, 4, 64), jnp.bfloat16)
-    text = lower_for_h100(jax.grad(loss), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 2
+    assert grad_kernels(compiled, 64, "bfloat16", causal=True) == 2
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -22,7 +22,7 @@ parity) as the transposed operand. At d 128 the warpgroups share their dSᵀ
 (a barrier per buffer) and each takes half of dQ's columns over both
 warpgroups' keys; at d 64 each takes all columns over its own keys, or,
 with ``split_dq``, half of them as at d 128, which halves the dQ traffic
-(:func:`flashjax.config.fused_dq_columns`). The float32 result is
+(:meth:`flashjax.config.MosaicBlocks.dq_columns`). The float32 result is
 reduce-added into a zeroed dQ buffer by TMA; XLA scales and casts it after.
 Mosaic GPU's interpreter has no TMA reduction, so there each key tile writes
 its own dQ part (per warpgroup) and XLA sums the parts: the one place the
@@ -65,7 +65,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from flashjax.checks import Plan
 from flashjax.config import MOSAIC_BLOCK_Q as BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
-from flashjax.config import fused_dq_columns
 from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
 
@@ -282,11 +281,11 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   # in the interpreter (no TMA reduction) each (key tile, warpgroup) writes
   # its own part.
   # ds_smem [2, 2, BLOCK_Q, block_q]: both warpgroups' dSᵀ, by step parity;
-  # dq_smem [2, block_q, fused_dq_columns(d)] float32; ds_ready (when shared):
-  # a barrier per parity, and one for the end of a tile.
+  # dq_smem [2, block_q, MosaicBlocks.dq_columns(d)] float32; ds_ready (when
+  # shared): a barrier per parity, and one for the end of a tile.
   wg = lax.axis_index("wg")
   head_dim = k_ref.shape[-1]
-  width = fused_dq_columns(head_dim, plan.config.mosaic_bwd.split_dq)
+  width = plan.config.mosaic_bwd.dq_columns(head_dim)
   shared = width < head_dim        # dSᵀ goes to both warpgroups' products
   # the step's products awaited once at its end (compiled), or each in turn
   deferred = deferred_waits and not plan.interpret
@@ -520,8 +519,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
           plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=4, stages=stages),
           *((plgpu.SMEM((2, COMPUTE_WGS, BLOCK_Q, bq), q.dtype),
-             plgpu.SMEM((COMPUTE_WGS, bq,
-                         fused_dq_columns(head_dim, blocks.split_dq)),
+             plgpu.SMEM((COMPUTE_WGS, bq, blocks.dq_columns(head_dim)),
                         jnp.float32),
              plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=3))
             if fused else (None, None, None))),
