@@ -75,6 +75,9 @@
 #              reduce-added per step) compiled, then timed forward+backward
 #              against the two-kernel default, the fused form without the
 #              split, and cuDNN, bf16 d 64, 4k / 16k (~5 min)
+#   opts-split-dq-len  fused + split_dq at d 64 by length (1k-16k), 2 and 3
+#              stages, against the default and cuDNN, then the named
+#              kernels' GPU times at 16k (~7 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -424,6 +427,26 @@ for s in "$@"; do
         cudnn --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
         --causal false true --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-split-dq" ;;
+    opts-split-dq-len)
+      # the fused, split-dQ backward at d 64 (opts-split-dq's winner at 16k)
+      # by length, 2 and 3 stages, against the default and cuDNN, then the
+      # GPU time per kernel (named since the twenty-first session) at 16k
+      step opts-split-dq-len timeout 330 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.stages=3 \
+        cudnn --dtypes bfloat16 --head-dims 64 --seqs 1024 4096 8192 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-split-dq-len"
+      for c in "" --causal; do
+        step opts-split-dq-len timeout 60 $PY benchmarks/profile_kernels.py \
+          --head-dim 64 $c --impls flashjax_mosaic \
+          flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True cudnn \
+          --out "$WORK/kernels-split-d64${c:+-causal}"
+      done
+      step opts-split-dq-len timeout 60 $PY benchmarks/profile_kernels.py \
+        --head-dim 128 --causal --impls flashjax_mosaic cudnn \
+        --out "$WORK/kernels-named-d128-causal" ;;
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and

@@ -523,7 +523,8 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
                         jnp.float32),
              plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=3))
             if fused else (None, None, None))),
-      compiler_params=params, interpret=interpret)
+      compiler_params=params, interpret=interpret,
+      kernel_name="flashjax_dkdv_dq" if fused else "flashjax_dkdv")
   if fused:
     # dQ's float32 sum, zeroed, reduce-added into by the dK/dV kernel (in the
     # interpreter, one part per key tile and warpgroup, summed here); run_state
@@ -556,6 +557,6 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
           plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
-      compiler_params=params, interpret=interpret,
+      compiler_params=params, interpret=interpret, kernel_name="flashjax_dq",
   )(q, k, v, do, lse, delta, seg_refs)
   return dq, dk, dv

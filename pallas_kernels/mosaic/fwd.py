@@ -422,5 +422,6 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
       compiler_params=pipeline.compiler_params(plan),
       interpret=interpret,
+      kernel_name="flashjax_fwd_fp8" if fp8 else "flashjax_fwd",
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)
