@@ -75,6 +75,7 @@
 #              reduce-added per step) compiled, then timed forward+backward
 #              against the two-kernel default, the fused form without the
 #              split, and cuDNN, bf16 d 64, 4k / 16k (~5 min)
+#   tests-d64-bwd  d 64's backward by length and split_dq compiled (~2 min)
 #   opts-split-dq-len  fused + split_dq at d 64 by length (1k-16k), 2 and 3
 #              stages, against the default and cuDNN, then the named
 #              kernels' GPU times at 16k (~7 min)
@@ -202,7 +203,7 @@ for s in "$@"; do
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
         tests/test_attention.py tests/test_fp8.py -k "mosaic or fp8" ;&
     tests-large)
-      step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 150 \
+      step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 210 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
         tests/test_large.py -k "mosaic or fp8" ;;
     tests-banded)
@@ -427,6 +428,12 @@ for s in "$@"; do
         cudnn --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
         --causal false true --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-split-dq" ;;
+    tests-d64-bwd)
+      # d 64's backward by length (fused, split dQ from 4k keys, causal 16k)
+      # and split_dq compiled against the reference (~2 min)
+      step tests-d64-bwd env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 240 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 200 tests/test_mosaic.py \
+        -k "split_dq or d64_backward_by_length" ;;
     opts-split-dq-len)
       # the fused, split-dQ backward at d 64 (opts-split-dq's winner at 16k)
       # by length, 2 and 3 stages, against the default and cuDNN, then the
@@ -500,7 +507,7 @@ for s in "$@"; do
       # flash against cuDNN only (dense's rows and out-of-memory point come
       # from `train`), 1k / 4k / 16k (~5 min)
       step train-cudnn timeout 380 $PY benchmarks/bench_train.py \
-        --seqs 1024 4096 16384 --attentions flash cudnn --timeout 120 \
+        --seqs ${TRAIN_SEQS:-1024 4096 16384} --attentions flash cudnn --timeout 120 \
         --out "$WORK/train-cudnn" ;;
     train-more)
       step train-more timeout 400 $PY benchmarks/bench_train.py \

@@ -233,8 +233,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
   ``causal``): whether a causal or window bound makes the query tiles' work
   unequal, which keeps the forward off the persistent grid (causal up to 12k
-  keys excepted: mirrored pairs); ``seq_kv`` (None: as at 16k keys) picks
-  the causal Hopper forward's K/V tile and grid. The
+  keys excepted: mirrored pairs); ``seq_kv`` picks the causal Hopper
+  forward's K/V tile and grid and d 64's backward kernels (None: the causal
+  forward's grid as at 16k keys, the FP8 causal forward's K/V tile and d
+  64's backward as below 4k). The
   16-bit choices for 64 and 128 are the fastest of
   benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
   and not); wider dtypes shrink the portable kernels' tiles until their
@@ -340,9 +342,20 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 14.703 at 16k (ptxas: 16 bytes spilled vs 92), causal 2.113 vs 2.138 and
   # 7.461 vs 7.497; at d 64, where nothing spills either way, it loses
   # 1.6-2.7% (4.788 vs 4.711, 2.646 vs 2.577 at 4k): d 128 only.
-  fused = head_dim > 64 and not causal
-  mosaic_bwd = MosaicBlocks(block_kv=128, stages=3 if fused else 2,
-                            block_q_dkv=64, fused_dq=fused,
+  # d 64 by length (twenty-first session, bf16 forward+backward, one process
+  # each, results/raw/opts-split-dq-len-h200.md and opts-split-dq-h200.md):
+  # fused with dQ's columns split between the warpgroups (split_dq), 3
+  # stages, non-causal: 4.484 ms vs 4.739 for the two kernels at 4k, 8.927 vs
+  # 9.304 at 8k, 17.440 vs 18.387 at 16k, but 1.330 vs 1.313 at 1k; causal
+  # (2 stages; 3 lose) at 16k 9.184 vs 9.465 (9.024 vs 9.450 in the other
+  # process), even at 8k (4.823 vs 4.850), behind at 4k (2.620 vs 2.573).
+  # Without a length (seq_kv=None) d 64 keeps the two kernels.
+  split = (head_dim <= 64 and seq_kv is not None and
+           seq_kv >= (16384 if causal else 4096))
+  fused = (head_dim > 64 and not causal) or split
+  mosaic_bwd = MosaicBlocks(block_kv=128,
+                            stages=3 if fused and not causal else 2,
+                            block_q_dkv=64, fused_dq=fused, split_dq=split,
                             deferred_waits=head_dim > 64,
                             fold_stats=head_dim > 64)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),

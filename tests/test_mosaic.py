@@ -124,6 +124,32 @@ def test_causal_d64_tiles_by_length():
                   backend="mosaic", config=long)
 
 
+def test_d64_backward_by_length():
+  """d 64's backward (flashjax.default_config by ``seq_kv``): two kernels
+  below 4k keys (causal: below 16k, and without a length), then one fused
+  kernel with dQ's columns split between the warpgroups, 3 stages
+  non-causal, 2 causal. The non-causal form lowers for CUDA here
+  (test_split_dq lowers the causal one and runs split_dq in the
+  interpreter); on a GPU both run against the reference (GQA, odd
+  lengths)."""
+  def bwd(causal, seq_kv):
+    blocks = flashjax.default_config(64, causal=causal,
+                                     seq_kv=seq_kv).mosaic_bwd
+    return blocks.fused_dq, blocks.split_dq, blocks.stages
+  assert [bwd(False, 2048), bwd(False, 4096), bwd(True, 8192),
+          bwd(True, 16384), bwd(True, None)] == [
+              (False, False, 2), (True, True, 3), (False, False, 2),
+              (True, True, 2), (False, False, 2)]
+  for causal in (False, True):
+    config = flashjax.default_config(64, causal=causal, seq_kv=16384)
+    if not causal:
+      assert grad_kernels(config, 64, "bfloat16", causal=False) == 2
+    if jax.default_backend() == "gpu":
+      check_attention(Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=333,
+                           num_q_heads=4, num_kv_heads=2, causal=causal),
+                      backend="mosaic", config=config)
+
+
 @pytest.mark.parametrize("field,blocks,kib", [
     ("mosaic", flashjax.MosaicBlocks(block_kv=256, stages=3), 416),
     # 3 stages of 128-row K/V tiles fit the forward (224 KiB), not dQ
