@@ -79,6 +79,8 @@
 #   opts-split-dq-len  fused + split_dq at d 64 by length (1k-16k), 2 and 3
 #              stages, against the default and cuDNN, then the named
 #              kernels' GPU times at 16k (~7 min)
+#   profile-fp8  the FP8 forward's GPU time per kernel (its kernel, V's
+#              transpose) against cuDNN FP8's, 4k / 16k (~1.5 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -525,6 +527,16 @@ for s in "$@"; do
       for d in 128 64; do for c in "" --causal; do
         step profile timeout 120 $PY benchmarks/profile_kernels.py --head-dim $d \
           $c --impls flashjax_mosaic cudnn --out "$WORK/kernels-d$d${c:+-causal}"
+      done; done ;;
+    profile-fp8)
+      # GPU time per kernel of the FP8 forward (flashjax_fwd_fp8 and the XLA
+      # fusions around it: V's transpose into the kernel's key order) against
+      # cuDNN's FP8 forward, d 128, 4k and 16k, causal and not (~1.5 min)
+      for seq in 4096 16384; do for c in "" --causal; do
+        step profile-fp8 timeout 60 $PY benchmarks/profile_kernels.py \
+          --mode fwd --seq $seq --head-dim 128 $c \
+          --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic \
+          --out "$WORK/kernels-fp8-$seq${c:+-causal}"
       done; done ;;
     ncu)
       # Nsight Compute on one forward+backward each, ours and cuDNN's, d 128
