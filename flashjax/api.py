@@ -119,8 +119,11 @@ def explain(q, k, v, **kwargs) -> str:
   if plan.backend == "reference":
     return "reference: dense jnp attention (O(N^2) memory)"
   mode = "interpret mode (CPU)" if plan.interpret else "compiled"
+  kernels = (mosaic_kernels.kernel_name(bool(plan.fp8)),
+             " + ".join(mosaic_kernels.kernel_names(plan.config.mosaic_bwd)))
   tiles = (f"Mosaic GPU, 2+1 warpgroups, CTA tiles {2 * MOSAIC_BLOCK_Q} rows, "
-           f"forward {plan.config.mosaic}, backward {plan.config.mosaic_bwd}"
+           f"forward {kernels[0]} {plan.config.mosaic}, backward {kernels[1]} "
+           f"{plan.config.mosaic_bwd}"
            if plan.backend == "mosaic" else
            f"Triton-lowered, fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}")
   return (f"{plan.backend}: Pallas kernels, {mode}; {tiles}; "

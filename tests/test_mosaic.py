@@ -131,7 +131,7 @@ def test_d64_backward_by_length():
   non-causal, 2 causal. The non-causal form lowers for CUDA here
   (test_split_dq lowers the causal one and runs split_dq in the
   interpreter); on a GPU both run against the reference (GQA, odd
-  lengths)."""
+  lengths); flashjax.explain names the kernels."""
   def bwd(causal, seq_kv):
     blocks = flashjax.default_config(64, causal=causal,
                                      seq_kv=seq_kv).mosaic_bwd
@@ -140,6 +140,12 @@ def test_d64_backward_by_length():
           bwd(True, 16384), bwd(True, None)] == [
               (False, False, 2), (True, True, 3), (False, False, 2),
               (True, True, 2), (False, False, 2)]
+  # flashjax.explain names the kernels that run (as profilers show them)
+  q = jax.ShapeDtypeStruct((1, 4096, 2, 64), jnp.bfloat16)
+  assert "backward flashjax_dkdv_dq MosaicBlocks(" in flashjax.explain(
+      q, q, q, backend="mosaic")
+  assert "backward flashjax_dkdv + flashjax_dq MosaicBlocks(" in (
+      flashjax.explain(q, q, q, backend="mosaic", causal=True))
   for causal in (False, True):
     config = flashjax.default_config(64, causal=causal, seq_kv=16384)
     if not causal:

@@ -65,6 +65,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from flashjax.checks import Plan
 from flashjax.config import MOSAIC_BLOCK_Q as BLOCK_Q
 from flashjax.config import MOSAIC_COMPUTE_WGS as COMPUTE_WGS
+from flashjax.config import MosaicBlocks
 from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
 
@@ -109,6 +110,13 @@ def _grad_scores(p, dp, dp_start, delta, t, dim: int):
   if dp_start is None:
     dp = dp - lax.broadcast_in_dim(delta, dp.shape, [dim])
   return common.softcap_grad(p * dp, t)
+
+
+def kernel_names(blocks: MosaicBlocks) -> tuple[str, ...]:
+  """The backward's kernel names (in profiles and Nsight, suffixed
+  ``_mosaic_gpu_kernel``): dK/dV's, then dQ's unless ``fused_dq``."""
+  return ("flashjax_dkdv_dq",) if blocks.fused_dq else ("flashjax_dkdv",
+                                                         "flashjax_dq")
 
 
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
@@ -524,7 +532,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
              plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=3))
             if fused else (None, None, None))),
       compiler_params=params, interpret=interpret,
-      kernel_name="flashjax_dkdv_dq" if fused else "flashjax_dkdv")
+      kernel_name=kernel_names(blocks)[0])
   if fused:
     # dQ's float32 sum, zeroed, reduce-added into by the dK/dV kernel (in the
     # interpreter, one part per key tile and warpgroup, summed here); run_state
@@ -557,6 +565,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
           plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
-      compiler_params=params, interpret=interpret, kernel_name="flashjax_dq",
+      compiler_params=params, interpret=interpret,
+      kernel_name=kernel_names(blocks)[1],
   )(q, k, v, do, lse, delta, seg_refs)
   return dq, dk, dv

@@ -91,6 +91,12 @@ from pallas_kernels import common
 from pallas_kernels.mosaic import pipeline
 
 
+def kernel_name(fp8: bool) -> str:
+  """The forward's kernel name (in profiles and Nsight, suffixed
+  ``_mosaic_gpu_kernel``)."""
+  return "flashjax_fwd_fp8" if fp8 else "flashjax_fwd"
+
+
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barriers,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
@@ -422,6 +428,6 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
       compiler_params=pipeline.compiler_params(plan),
       interpret=interpret,
-      kernel_name="flashjax_fwd_fp8" if fp8 else "flashjax_fwd",
+      kernel_name=kernel_name(fp8),
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)
