@@ -81,6 +81,8 @@
 #              kernels' GPU times at 16k (~7 min)
 #   profile-fp8  the FP8 forward's GPU time per kernel (its kernel, V's
 #              transpose) against cuDNN FP8's, 4k / 16k (~1.5 min)
+#   ncu-fused  Nsight on the fused backward against the two kernels, d 128
+#              4k, causal and not: why it loses causal (~5 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -545,6 +547,23 @@ for s in "$@"; do
       for c in "" --causal; do
         nsight ncu "ncu-d128${c:+-causal}" details --summarize --set detailed \
           -- $c --impls flashjax_mosaic cudnn
+      done ;;
+    ncu-fused)
+      # the fused backward (flashjax_dkdv_dq, 5 matmuls a tile pair) beside
+      # the two kernels (7), d 128 4k: by its times it ran ~545 effective
+      # TFLOP/s non-causal and ~380 causal where the two kernels run ~700
+      # (twenty-first session's arithmetic, results/raw/opts-bwd-next-d128-
+      # h200.md): Nsight details, then the stall reasons per issue (~5 min)
+      for c in "" --causal; do
+        nsight ncu-fused "ncu-fused-d128${c:+-causal}" details --summarize \
+          --set detailed -- $c --mode fwd_bwd --impls \
+          flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3 \
+          flashjax_mosaic+bwd.fused_dq=False
+        nsight ncu-fused "ncu-fused-stalls-d128${c:+-causal}" raw --stalls \
+          --metrics \
+          'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
+          -- $c --mode fwd_bwd --impls \
+          flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3
       done ;;
     ncu-fp8)
       # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16

@@ -30,6 +30,10 @@ registers per thread, local-memory spills and shared memory per block.
 (``gpu_session.sh ncu-stalls``): per launch, the warps' stalled cycles per
 issued instruction by reason. ``--source CSV[.gz]`` tabulates the source
 page's per-SASS-instruction stall samples (``gpu_session.sh ncu-source``).
+``--ptxas LOG`` tabulates the ptxas lines a run with
+``MOSAIC_GPU_DUMP_PTXAS=1`` logged: per kernel, its stack frame and spills,
+by step (``python benchmarks/profile_kernels.py --ptxas
+benchmarks/results/raw/opts-bwd-next-h200.log``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import gzip
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -263,6 +268,31 @@ def source_table(csv_text: str, top: int = 12) -> str:
   return "\n".join(out)
 
 
+def ptxas_table(log_text: str) -> str:
+  """Markdown of ptxas's lines in a log (``MOSAIC_GPU_DUMP_PTXAS=1``): per
+  kernel compiled, in order, its stack frame and spill stores/loads, under
+  the ``== step: command`` header that ran it (gpu_session.sh's logs). The
+  Hopper kernels are named since the twenty-first session (``flashjax_fwd``,
+  ``flashjax_dkdv``, ...; ``anonymous`` before)."""
+  props = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack "
+                     r"frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+  parts = re.split(r"(?m)^== (.*)$", log_text)   # text, header, text, ...
+  out = []
+  for header, chunk in zip(["(before any step)"] + parts[1::2], parts[::2]):
+    kernels = props.findall(chunk)
+    if not kernels:
+      continue
+    out += [f"`{header[:160]}`", "",
+            "| # | kernel | stack frame | spill stores | spill loads |",
+            "|---|---|---|---|---|"]
+    out += [f"| {i} | `{name}` | {stack} | {stores} | {loads} |"
+            for i, (name, stack, stores, loads) in enumerate(kernels)]
+    out.append("")
+  if not out:
+    raise ValueError("no ptxas 'Function properties' lines in the log")
+  return "\n".join(out)
+
+
 def table(rows) -> str:
   lines = ["| impl | kernel | calls | µs per call | share |",
            "|---|---|---|---|---|"]
@@ -300,9 +330,14 @@ def main(argv=None):
   p.add_argument("--source", metavar="CSV[.gz]",
                  help="instead: tabulate ncu's per-instruction stall samples "
                       "(source page; PREFIX.md)")
+  p.add_argument("--ptxas", metavar="LOG",
+                 help="instead: tabulate ptxas's spill lines in a log "
+                      "(MOSAIC_GPU_DUMP_PTXAS=1; PREFIX.md)")
   args = p.parse_args(argv)
-  if args.summarize or args.stalls or args.source:
-    if args.source:
+  if args.summarize or args.stalls or args.source or args.ptxas:
+    if args.ptxas:
+      md = ptxas_table(Path(args.ptxas).read_text())
+    elif args.source:
       opener = gzip.open if args.source.endswith(".gz") else open
       with opener(args.source, "rt") as f:
         md = source_table(f.read())

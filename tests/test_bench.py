@@ -96,6 +96,31 @@ def test_profile_kernels_tabulates_ncu_stalls(tmp_path):
   assert lines[3].startswith("| 1 | `cudnn_fprop` | 1.30 | wait 0.90,")
 
 
+def test_profile_kernels_tabulates_ptxas_spills(tmp_path):
+  """--ptxas on a gpu_session.sh log with ptxas's lines: per step, each
+  kernel's stack frame and spills in compile order; a step without ptxas
+  lines is left out."""
+  from benchmarks import profile_kernels
+  props = lambda name, stack, st, ld: (
+      f"ptxas info    : Compiling entry function '{name}' for 'sm_90a'\n"
+      f"ptxas info    : Function properties for {name}\n"
+      f"    {stack} bytes stack frame, {st} bytes spill stores, {ld} bytes "
+      f"spill loads\nptxas info    : Used 168 registers, used 16 barriers\n")
+  log = ("== tests: python3 -m pytest tests/test_mosaic.py\n1 passed\n"
+         "== opts: python3 benchmarks/bench_attention.py --impls a b\n"
+         + props("flashjax_fwd_mosaic_gpu", 0, 0, 0)
+         + props("flashjax_dkdv_mosaic_gpu", 112, 168, 192)
+         + '{"impl": "a", "ms": 1.0}\n')
+  (tmp_path / "run.log").write_text(log)
+  profile_kernels.main(["--ptxas", str(tmp_path / "run.log"),
+                        "--out", str(tmp_path / "ptxas")])
+  lines = (tmp_path / "ptxas.md").read_text().splitlines()
+  assert lines[0] == "`opts: python3 benchmarks/bench_attention.py --impls a b`"
+  assert lines[4:6] == ["| 0 | `flashjax_fwd_mosaic_gpu` | 0 | 0 | 0 |",
+                        "| 1 | `flashjax_dkdv_mosaic_gpu` | 112 | 168 | 192 |"]
+  assert "tests:" not in "\n".join(lines)
+
+
 def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
   """--source on ncu's ``--page source --csv --print-source sass`` layout
   (a "Kernel Name" line before each kernel's table, gzipped): per kernel the
