@@ -83,6 +83,8 @@
 #              transpose) against cuDNN FP8's, 4k / 16k (~1.5 min)
 #   ncu-fused  Nsight on the fused backward against the two kernels, d 128
 #              4k, causal and not: why it loses causal (~5 min)
+#   opts-index-vectors  masked steps' index tiles from broadcast vectors,
+#              compiled, then timed causal against the default (~6 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -458,6 +460,22 @@ for s in "$@"; do
       step opts-split-dq-len timeout 60 $PY benchmarks/profile_kernels.py \
         --head-dim 128 --causal --impls flashjax_mosaic cudnn \
         --out "$WORK/kernels-named-d128-causal" ;;
+    opts-index-vectors)
+      # MosaicBlocks(index_vectors=True): masked steps' index tiles from
+      # broadcast vectors (about half the index arithmetic). Compiled test,
+      # then causal forward+backward against the default and cuDNN with
+      # ptxas's spill lines, tabulated per kernel (~6 min)
+      step opts-index-vectors env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 \
+        timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 120 \
+        tests/test_mosaic.py -k index_vectors
+      step opts-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+index_vectors=True+bwd.index_vectors=True cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
+        --causal true --modes fwd fwd_bwd --matmul 0 \
+        --out "$WORK/opts-index-vectors"
+      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-index-vectors.log" \
+        --out "$WORK/opts-index-vectors-ptxas" > /dev/null ;;
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and

@@ -122,6 +122,11 @@ class MosaicBlocks:
   their dSᵀ and each takes half of dQ's columns over both warpgroups' keys
   (:meth:`dq_columns`; at d >= 128 the fused kernel always does),
   which halves the float32 dQ the kernel reduce-adds per step.
+  ``index_vectors``: a masked step's row and column index tiles are index
+  vectors broadcast over the other axis rather than an iota per entry
+  (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
+  index registers live; written in the twenty-first session, not yet run on
+  a GPU).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -142,6 +147,7 @@ class MosaicBlocks:
   compute_registers: int = 232
   fold_stats: bool = False
   split_dq: bool = False
+  index_vectors: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

@@ -476,6 +476,26 @@ def test_split_dq():
     assert grad_kernels(compiled, 64, "bfloat16", causal=True) == 2
 
 
+def test_index_vectors():
+  """``MosaicBlocks(index_vectors=True)``: masked steps build their index
+  tiles from broadcast row and column vectors. The same mask: in the
+  interpreter (race detector on) the forward and both backward kernels on
+  a causal window with packed segments and GQA (odd lengths, fully masked
+  rows), and lowered for CUDA, fused backward too."""
+  vectors = lambda blocks, **kw: dataclasses.replace(
+      blocks, index_vectors=True, **kw)
+  config = flashjax.default_config(64, causal=True)
+  config = dataclasses.replace(config, mosaic=vectors(config.mosaic),
+                               mosaic_bwd=vectors(config.mosaic_bwd))
+  check_without_races(Case(dtype="float16", batch=1, seq_q=190, seq_kv=150,
+                           num_q_heads=4, num_kv_heads=2, causal=True,
+                           window=(60, 0), segments="packed"), config)
+  for fused in (False, True):
+    compiled = dataclasses.replace(config, mosaic_bwd=vectors(
+        config.mosaic_bwd, fused_dq=fused, split_dq=fused))
+    assert grad_kernels(compiled, 64, "bfloat16", causal=True) == 3 - fused
+
+
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_deferred_waits(head_dim, fused):

@@ -168,7 +168,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     def probabilities(j, acc, lse2, s_start, ids, masked):
       # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
       mask = lambda x: pipeline.mask_scores(
-          plan.mask, x, q_start, j * block_kv, ids) if masked else x
+          plan.mask, x, q_start, j * block_kv, ids,
+          vectors=plan.config.mosaic_bwd.index_vectors) if masked else x
       return _probabilities(plan, acc, s_start, lse2, 0, mask)
 
     def grad_scores(p, t, dp, dp_start, delta):
@@ -384,8 +385,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf;
         # Pᵀ = exp2(Sᵀ - L)
         mask = lambda x: pipeline.mask_scores(
-            plan.mask, x, kv_start, i * block_q, ids,
-            rows_are_keys=True) if masked else x
+            plan.mask, x, kv_start, i * block_q, ids, rows_are_keys=True,
+            vectors=plan.config.mosaic_bwd.index_vectors) if masked else x
         return _probabilities(plan, acc, st_start, lse2, 1, mask)
 
       def grad_scores(pt, dpt, t):

@@ -174,7 +174,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       s = common.fwd_logits(s, scale=plan.scale, softcap=plan.softcap,
                             qk_descale=qk_descale)
       if masked:
-        s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids)
+        s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids,
+                                 vectors=plan.config.mosaic.index_vectors)
       # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P)
       return common.online_softmax_step(s, m, l, unit(qk_descale), p_scale)
 
