@@ -462,7 +462,7 @@ for s in "$@"; do
         --out "$WORK/kernels-named-d128-causal" ;;
     opts-index-vectors)
       # MosaicBlocks(index_vectors=True): masked steps' index tiles from
-      # broadcast vectors (about half the index arithmetic). Compiled test,
+      # broadcast vectors (less index arithmetic). Compiled test,
       # then causal forward+backward against the default and cuDNN with
       # ptxas's spill lines, tabulated per kernel (~6 min)
       step opts-index-vectors env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 \
@@ -568,10 +568,10 @@ for s in "$@"; do
       done ;;
     ncu-fused)
       # the fused backward (flashjax_dkdv_dq, 5 matmuls a tile pair) beside
-      # the two kernels (7), d 128 4k: by its times it ran ~545 effective
-      # TFLOP/s non-causal and ~380 causal where the two kernels run ~700
-      # (twenty-first session's arithmetic, results/raw/opts-bwd-next-d128-
-      # h200.md): Nsight details, then the stall reasons per issue (~5 min)
+      # the two kernels (7), d 128 4k: by its times it ran ~560 effective
+      # TFLOP/s non-causal and ~375 causal where the two kernels run ~740
+      # (README, Benchmarks: the backward counted in matmuls): Nsight
+      # details, then the stall reasons per issue (~5 min)
       for c in "" --causal; do
         nsight ncu-fused "ncu-fused-d128${c:+-causal}" details --summarize \
           --set detailed -- $c --mode fwd_bwd --impls \

@@ -629,8 +629,8 @@ def index_tiles(row_start, col_start, shape, vectors: bool = False):
   """int32 row and column index tiles in the wgmma accumulator layout: an
   iota per entry, or (``vectors``, :attr:`MosaicBlocks.index_vectors`) an
   index vector (a value per row / column a thread holds) broadcast over the
-  other axis, which lowers to about half the index arithmetic in a masked
-  step (the d 128 causal dK/dV kernel: 346 ``arith.addi`` against 558)."""
+  other axis: one index per row and per column a thread holds rather than
+  one per entry, so less index arithmetic in a masked step."""
   def iota(dim, start):
     if not vectors:
       return start + plgpu.broadcasted_iota(jnp.int32, shape, dim,
