@@ -628,9 +628,9 @@ def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True, issued=None):
 def index_tiles(row_start, col_start, shape, vectors: bool = False):
   """int32 row and column index tiles in the wgmma accumulator layout: an
   iota per entry, or (``vectors``, :attr:`MosaicBlocks.index_vectors`) an
-  index vector (a value per row / column a thread holds) broadcast over the
-  other axis: one index per row and per column a thread holds rather than
-  one per entry, so less index arithmetic in a masked step."""
+  index vector broadcast over the other axis, one index per row and per
+  column a thread holds rather than one per entry (less index arithmetic in
+  a masked step)."""
   def iota(dim, start):
     if not vectors:
       return start + plgpu.broadcasted_iota(jnp.int32, shape, dim,
