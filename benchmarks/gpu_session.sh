@@ -174,6 +174,15 @@ step() {
   pack
 }
 
+mosaic_tests() {
+  # mosaic_tests STEP SECONDS [pytest args]: tests/test_mosaic.py compiled
+  # (an option's tests before its timing), each test cut after SECONDS - 30
+  local s=$1 t=$2
+  shift 2
+  step "$s" env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout "$t" \
+    $PY -m pytest -v -p no:cacheprovider $HUNG $((t - 30)) tests/test_mosaic.py "$@"
+}
+
 nsight() {
   # nsight STEP NAME PAGE TABLE [ncu options] -- [profile_kernels options]:
   # Nsight Compute on one call of each impl (4k), the report's PAGE ("details",
@@ -368,9 +377,7 @@ for s in "$@"; do
       # cuDNN: bf16 non-causal (persistent) d 128 and 64 at 1k / 4k / 16k;
       # causal (one tile a CTA, or persistent in mirrored pairs) at 1k / 2k;
       # FP8 d 128 at 4k / 16k (~8 min)
-      step opts-prefetch env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 150 \
-        $PY -m pytest -n 2 -v -p no:cacheprovider $HUNG 140 \
-        tests/test_mosaic.py -k prefetch
+      mosaic_tests opts-prefetch 150 -n 2 -k prefetch
       step opts-prefetch timeout 150 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+prefetch_q=True cudnn \
         --dtypes bfloat16 --head-dims 128 64 --seqs 1024 4096 16384 \
@@ -406,9 +413,7 @@ for s in "$@"; do
       # nineteenth session's first run, its hand-overs behind a branch, also
       # timed causal 16k on the persistent grid with it: results/raw/opts-
       # handover-branch-causal16k-h200.md.)
-      step opts-handover env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 100 \
-        $PY -m pytest -v -p no:cacheprovider $HUNG 90 tests/test_mosaic.py \
-        -k early_handover
+      mosaic_tests opts-handover 100 -k early_handover
       step opts-handover env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
         benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+early_handover=True cudnn \
@@ -425,9 +430,7 @@ for s in "$@"; do
       # over its own 64 keys); split as at d 128 it is half that. Compiled,
       # then timed (ptxas lines) against the two-kernel default, fused
       # without the split, fused+split with deferred waits, and cuDNN
-      step opts-split-dq env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 150 \
-        $PY -m pytest -v -p no:cacheprovider $HUNG 120 tests/test_mosaic.py \
-        -k "split_dq or fused_dq_backward"
+      mosaic_tests opts-split-dq 150 -k "split_dq or fused_dq_backward"
       step opts-split-dq env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+bwd.fused_dq=True \
@@ -439,9 +442,7 @@ for s in "$@"; do
     tests-d64-bwd)
       # d 64's backward by length (fused, split dQ from 4k keys, causal 16k)
       # and split_dq compiled against the reference (~2 min)
-      step tests-d64-bwd env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 timeout 240 \
-        $PY -m pytest -v -p no:cacheprovider $HUNG 200 tests/test_mosaic.py \
-        -k "split_dq or d64_backward_by_length" ;;
+      mosaic_tests tests-d64-bwd 240 -k "split_dq or d64_backward_by_length" ;;
     opts-split-dq-len)
       # the fused, split-dQ backward at d 64 (opts-split-dq's winner at 16k)
       # by length, 2 and 3 stages, against the default and cuDNN, then the
@@ -467,9 +468,7 @@ for s in "$@"; do
       # broadcast vectors (less index arithmetic). Compiled test,
       # then causal forward+backward against the default and cuDNN with
       # ptxas's spill lines, tabulated per kernel (~6 min)
-      step opts-index-vectors env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 \
-        timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 120 \
-        tests/test_mosaic.py -k index_vectors
+      mosaic_tests opts-index-vectors 150 -k index_vectors
       step opts-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+index_vectors=True+bwd.index_vectors=True cudnn \
@@ -484,9 +483,7 @@ for s in "$@"; do
       # Q/dO tiles (and, fused, reduce-add the same dQ tiles) together.
       # Compiled test, then causal forward+backward, two kernels and fused,
       # against the default and cuDNN, d 128 and 64 (~7 min)
-      step opts-descending env XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 \
-        timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 120 \
-        tests/test_mosaic.py -k dkdv_descending
+      mosaic_tests opts-descending 150 -k dkdv_descending
       step opts-descending timeout 400 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+bwd.dkdv_descending=True \
         flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.dkdv_descending=True \

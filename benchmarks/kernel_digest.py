@@ -42,6 +42,14 @@ from jax._src.lib.mlir import ir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flashjax  # noqa: E402
+from pallas_kernels import mosaic as mosaic_kernels  # noqa: E402
+
+# the Hopper kernels' names, longest first (``flashjax_fwd_fp8`` before
+# ``flashjax_fwd``), as a pattern
+KERNEL_NAMES = r"\b(?:%s)" % "|".join(sorted({
+    mosaic_kernels.kernel_name(fp8) for fp8 in (False, True)} | {
+    name for fused in (False, True) for name in mosaic_kernels.kernel_names(
+        flashjax.MosaicBlocks(fused_dq=fused))}, key=len, reverse=True))
 
 H100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3",
                                    platform="gpu", num_cores=132)
@@ -123,8 +131,7 @@ def normalized(text: str) -> str:
   is a symbol, not code, so records from before the names still check."""
   text = re.sub(r'mosaic_gpu\.dump_basename = "[^"]*"',
                 'mosaic_gpu.dump_basename = ""', text)
-  return re.sub(r'\bflashjax_(?:fwd_fp8|fwd|dkdv_dq|dkdv|dq)(?=_mosaic_gpu\b|\b)',
-                "anonymous", text)
+  return re.sub(KERNEL_NAMES, "anonymous", text)
 
 
 def digests(only: str | None = None) -> tuple[dict, dict]:
