@@ -85,8 +85,6 @@
 #              4k, causal and not: why it loses causal (~5 min)
 #   opts-index-vectors  masked steps' index tiles from broadcast vectors,
 #              compiled, then timed causal against the default (~6 min)
-#   opts-descending  the dK/dV kernel's query tiles last first (causal L2
-#              reuse), compiled, then timed two kernels and fused (~7 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -477,20 +475,6 @@ for s in "$@"; do
         --out "$WORK/opts-index-vectors"
       $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-index-vectors.log" \
         --out "$WORK/opts-index-vectors-ptxas" > /dev/null ;;
-    opts-descending)
-      # MosaicBlocks(dkdv_descending=True): the dK/dV kernel walks its query
-      # tiles last first, so under a causal mask a wave's CTAs read the same
-      # Q/dO tiles (and, fused, reduce-add the same dQ tiles) together.
-      # Compiled test, then causal forward+backward, two kernels and fused,
-      # against the default and cuDNN, d 128 and 64 (~7 min)
-      mosaic_tests opts-descending 150 -k dkdv_descending
-      step opts-descending timeout 400 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.dkdv_descending=True \
-        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.dkdv_descending=True \
-        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.stages=3+bwd.dkdv_descending=True \
-        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
-        --causal true --modes fwd_bwd --matmul 0 \
-        --out "$WORK/opts-descending" ;;
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and

@@ -126,14 +126,7 @@ class MosaicBlocks:
   vectors broadcast over the other axis rather than an iota per entry
   (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
   index registers live; written in the twenty-first session, not yet run on
-  a GPU). ``dkdv_descending`` (backward): the dK/dV kernel (fused or not)
-  walks its query tiles last first. Under a causal mask a head's CTAs start
-  at their diagonals, two query tiles apart, so walking upwards they read
-  each Q and dO tile (and, fused, reduce-add each dQ tile) at different
-  times, a wave's reuse spread past what L2 holds; walking down from the
-  last tile they read the same tiles together until each reaches its
-  diagonal, whose masked tiles then come last (written in the twenty-first
-  session, not yet run on a GPU).
+  a GPU).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -155,7 +148,6 @@ class MosaicBlocks:
   fold_stats: bool = False
   split_dq: bool = False
   index_vectors: bool = False
-  dkdv_descending: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

@@ -497,24 +497,6 @@ def test_index_vectors():
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_dkdv_descending(fused):
-  """``MosaicBlocks(dkdv_descending=True)``: the dK/dV kernel walks its
-  query tiles last first (its masked diagonal tiles last), fused or not. In
-  the interpreter (race detector on) the MQA case (causal, fully masked
-  rows; the fused form's dQ sum then adds in the reverse order), and
-  lowered for CUDA."""
-  case = CASES[1]
-  config = flashjax.default_config(case.head_dim, causal=case.causal)
-  config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
-      config.mosaic_bwd, block_kv=64, fused_dq=fused, split_dq=fused,
-      dkdv_descending=True))
-  check_without_races(case, config)
-  compiled = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
-      config.mosaic_bwd, block_kv=128))
-  assert grad_kernels(compiled, 64, "bfloat16", causal=True) == 3 - fused
-
-
-@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_deferred_waits(head_dim, fused):
   """``MosaicBlocks(deferred_waits=True)``: the dK/dV step keeps dV's and

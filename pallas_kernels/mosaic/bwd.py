@@ -280,7 +280,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                 do_smem, lse_smem, delta_smem, owned_barrier, q_full, do_full,
                 lse_full, delta_full, q_free, ds_smem, dq_smem, ds_ready, *,
                 plan: Plan, block_q: int, num_q_blocks: int, needs_mask: bool,
-                tiles: pipeline.Tiles, deferred_waits: bool, descending: bool):
+                tiles: pipeline.Tiles, deferred_waits: bool):
   # k_ref/v_ref/dk_ref/dv_ref: [batch, seq_kv, kv_heads, d]; q_ref/do_ref:
   # [batch, seq_q, heads, d]; lse_ref/delta_ref: [batch, heads, seq_q]. Each
   # compute warpgroup owns BLOCK_Q keys; the streamed query tiles have block_q
@@ -312,18 +312,15 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     q_lo, q_hi = plan.mask.q_block_range(cta_start, COMPUTE_WGS * BLOCK_Q,
                                          block_q, num_q_blocks)
     steps = plan.group * (q_hi - q_lo)
-    # descending: step j takes pair steps - 1 - j, the last query tile first
-    pair = (lambda j: steps - 1 - j) if descending else (lambda j: j)
 
     def head_and_tile(j):
-      j = pair(j)
       t = lax.div(j, jnp.int32(plan.group))
       return kv_head * plan.group + (j - t * plan.group), q_lo + t
 
     def full_range():
       a, b = plan.mask.q_full_range(kv_start, BLOCK_Q, block_q)
-      a, b = ((jnp.clip(x, q_lo, q_hi) - q_lo) * plan.group for x in (a, b))
-      return (steps - b, steps - a) if descending else (a, b)
+      return tuple((jnp.clip(x, q_lo, q_hi) - q_lo) * plan.group
+                   for x in (a, b))
 
     def init():
       pipeline.load_owned(owned_barrier.at[wg],
@@ -519,8 +516,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
       functools.partial(dkdv_kernel, plan=plan, block_q=bq,
                         num_q_blocks=seq_q // bq, needs_mask=needs_mask,
                         tiles=dkdv_tiles,
-                        deferred_waits=blocks.deferred_waits,
-                        descending=blocks.dkdv_descending),
+                        deferred_waits=blocks.deferred_waits),
       **dkdv_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
