@@ -570,7 +570,9 @@ for s in "$@"; do
       # the two kernels (7), d 128 4k: by its times it ran ~560 effective
       # TFLOP/s non-causal and ~375 causal where the two kernels run ~740
       # (README, Benchmarks: the backward counted in matmuls): Nsight
-      # details, then the stall reasons per issue (~5 min)
+      # details, then the stall reasons per issue, and ptxas's spill lines per
+      # kernel (~5 min)
+      export MOSAIC_GPU_DUMP_PTXAS=1
       for c in "" --causal; do
         nsight ncu-fused "ncu-fused-d128${c:+-causal}" details --summarize \
           --set detailed -- $c --mode fwd_bwd --impls \
@@ -581,7 +583,10 @@ for s in "$@"; do
           'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
           -- $c --mode fwd_bwd --impls \
           flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3
-      done ;;
+      done
+      unset MOSAIC_GPU_DUMP_PTXAS
+      $PY benchmarks/profile_kernels.py --ptxas "$WORK/ncu-fused.log" \
+        --out "$WORK/ncu-fused-ptxas" > /dev/null ;;
     ncu-fp8)
       # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16
       # forward, d 128 4k non-causal (~2 min)
