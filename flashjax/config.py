@@ -93,7 +93,10 @@ class MosaicBlocks:
   while dSᵀ is computed, and dK's while (fused) dSᵀ is handed over and dQ's
   product issued; the step awaits them once, at its end (FlashAttention 3's
   order; the interpreter, which has no in-place accumulator, runs the step
-  in the plain order). ``intra_wg_overlap`` (forward, and the backward's dQ
+  in the plain order). ``masked_plain`` (with ``deferred_waits``): masked
+  steps await each product in turn, fewer accumulators live where the mask
+  is computed (the fused kernel's causal steps spill otherwise; written in
+  the twenty-second session). ``intra_wg_overlap`` (forward, and the backward's dQ
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
@@ -122,11 +125,11 @@ class MosaicBlocks:
   their dSᵀ and each takes half of dQ's columns over both warpgroups' keys
   (:meth:`dq_columns`; at d >= 128 the fused kernel always does),
   which halves the float32 dQ the kernel reduce-adds per step.
-  ``index_vectors``: a masked step's row and column index tiles are index
-  vectors broadcast over the other axis rather than an iota per entry
+  ``index_vectors``: under a banded mask (causal or a window), a masked
+  step's row and column index tiles are index vectors broadcast over the
+  other axis rather than an iota per entry
   (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
-  index registers live; written in the twenty-first session, not yet run on
-  a GPU).
+  index registers live: the backward's spills go).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -148,6 +151,7 @@ class MosaicBlocks:
   fold_stats: bool = False
   split_dq: bool = False
   index_vectors: bool = False
+  masked_plain: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -356,6 +360,13 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # (2 stages; 3 lose) at 16k 9.184 vs 9.465 (9.024 vs 9.450 in the other
   # process), even at 8k (4.823 vs 4.850), behind at 4k (2.620 vs 2.573).
   # Without a length (seq_kv=None) d 64 keeps the two kernels.
+  # Masked steps' index tiles from broadcast vectors, backward only
+  # (twenty-second session, results/raw/opts-index-vectors-h200.md, bf16
+  # causal, one process): ptxas's spills go (dK/dV 168 bytes stored to 8, dQ
+  # 436 to 0, d 128) and forward+backward gains: d 128 2.103 ms vs 2.144 at
+  # 4k, 7.605 vs 7.678 at 16k, d 64 9.125 vs 9.338 at 16k (2.608 vs 2.610 at
+  # 4k). The forward, which spills nothing either way, is even or loses (d
+  # 128 16k 1.859 vs 1.825): iotas there.
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
   fused = (head_dim > 64 and not causal) or split
@@ -363,7 +374,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                             stages=3 if fused and not causal else 2,
                             block_q_dkv=64, fused_dq=fused, split_dq=split,
                             deferred_waits=head_dim > 64,
-                            fold_stats=head_dim > 64)
+                            fold_stats=head_dim > 64, index_vectors=True)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

@@ -481,7 +481,9 @@ def test_index_vectors():
   tiles from broadcast row and column vectors. The same mask: in the
   interpreter (race detector on) the forward and both backward kernels on
   a causal window with packed segments and GQA (odd lengths, fully masked
-  rows), and lowered for CUDA, fused backward too."""
+  rows), and lowered for CUDA, fused backward too; non-causal with padded
+  keys (a length bound alone, where the vector form's layout search ran out
+  of fuel and the iotas stay) as well."""
   vectors = lambda blocks, **kw: dataclasses.replace(
       blocks, index_vectors=True, **kw)
   config = flashjax.default_config(64, causal=True)
@@ -494,19 +496,23 @@ def test_index_vectors():
     compiled = dataclasses.replace(config, mosaic_bwd=vectors(
         config.mosaic_bwd, fused_dq=fused, split_dq=fused))
     assert grad_kernels(compiled, 64, "bfloat16", causal=True) == 3 - fused
+  assert grad_kernels(config, 64, "bfloat16", causal=False) == 3
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused,masked_plain",
+                         [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_deferred_waits(head_dim, fused):
+def test_deferred_waits(head_dim, fused, masked_plain):
   """``MosaicBlocks(deferred_waits=True)``: the dK/dV step keeps dV's and
   dK's products in flight (compiled only; the interpreter runs the plain
   order, which the parity tests cover), lowered for CUDA with causal masking
-  and segment ids, fused or not; on a GPU also run against the reference
+  and segment ids, fused or not, and fused with the masked steps in the
+  plain order (``masked_plain``); on a GPU also run against the reference
   (GQA, causal, a window, packed segments)."""
   config = flashjax.default_config(head_dim, causal=True)
   config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
-      config.mosaic_bwd, fused_dq=fused, deferred_waits=True))
+      config.mosaic_bwd, fused_dq=fused, deferred_waits=True,
+      masked_plain=masked_plain))
   if jax.default_backend() == "gpu":
     check_attention(dataclasses.replace(CASES[2], head_dim=head_dim),
                     backend="mosaic", config=config)

@@ -656,8 +656,13 @@ def mask_scores(mask, s, row_start, col_start, ids=None, *,
   at index ``row_start``, its columns at ``col_start``; ``ids``: the rows' and
   the columns' segment ids (:func:`load_ids`), or None.
   ``rows_are_keys``: a ``[keys, queries]`` tile (dK/dV); ``vectors``: the
-  index tiles from broadcast vectors (:func:`index_tiles`)."""
-  rows, cols = index_tiles(row_start, col_start, s.shape, vectors)
+  index tiles from broadcast vectors (:func:`index_tiles`) where the mask
+  compares rows with columns (a band). A length or segment bound alone keeps
+  the iotas: there the vector form does not lower (Mosaic GPU's layout
+  search runs out of fuel; twenty-second session,
+  results/raw/tests-session22-h200.log)."""
+  rows, cols = index_tiles(row_start, col_start, s.shape,
+                           vectors and mask.banded)
   seg = () if ids is None else (
       lax.broadcast_in_dim(ids[0], s.shape, [0]),
       lax.broadcast_in_dim(ids[1], s.shape, [1]))
