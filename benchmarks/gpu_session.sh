@@ -83,8 +83,10 @@
 #              transpose) against cuDNN FP8's, 4k / 16k (~1.5 min)
 #   ncu-fused  Nsight on the fused backward against the two kernels, d 128
 #              4k, causal and not: why it loses causal (~5 min)
-#   opts-index-vectors  masked steps' index tiles from broadcast vectors,
-#              compiled, then timed causal against the default (~6 min)
+#   opts-index-vectors  masked steps' index tiles from broadcast vectors
+#              (the backward's default since the twenty-second session)
+#              against iotas, and in the forward too, compiled, then
+#              timed causal (~6 min)
 #   short-causal  the causal forward below 4k keys, persistent (the
 #              default) vs one tile a CTA vs cuDNN, bf16/fp16/FP8 (~3 min)
 #   causal-long  the causal forward's persistent grid from 4k keys (bf16
@@ -310,15 +312,20 @@ for s in "$@"; do
         --out "$WORK/fp8" ;;
     opts-fused-causal)
       # the fused backward (dQ reduce-added by the dK/dV kernel, 5 matmuls a
-      # tile pair) causal, 2 and 3 stages, against the two-kernel default;
-      # it lost on the H100 in the sixth session (2.76 ms vs 2.01), before
-      # the deferred waits and the prefetch (~3 min)
-      step opts-fused-causal timeout 200 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.fused_dq=True \
-        flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3 cudnn \
+      # tile pair) causal, 2 and 3 stages, against the default, with ptxas's
+      # spill lines per kernel; it lost on the H100 in the sixth session (2.76
+      # ms vs 2.01), and in the twenty-second (d 128: 7.839 ms vs 7.726 at
+      # 16k, spilling 452 bytes; results/raw/opts-fused-iv-h200.md, the
+      # same impls on v17 with bwd.index_vectors=True) (~3 min)
+      step opts-fused-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.stages=3 cudnn \
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal true --modes fwd_bwd --matmul 0 \
-        --out "$WORK/opts-fused-causal" ;;
+        --out "$WORK/opts-fused-causal"
+      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-fused-causal.log" \
+        --out "$WORK/opts-fused-causal-ptxas" > /dev/null ;;
     opts-bwd-d64)
       # the d 64 backward as FlashAttention 3 tiles it (fused dQ, 128-row
       # query tiles: S is 64 keys x 128 queries a warpgroup) and its halves,
@@ -463,13 +470,17 @@ for s in "$@"; do
         --out "$WORK/kernels-named-d128-causal" ;;
     opts-index-vectors)
       # MosaicBlocks(index_vectors=True): masked steps' index tiles from
-      # broadcast vectors (less index arithmetic). Compiled test,
-      # then causal forward+backward against the default and cuDNN with
-      # ptxas's spill lines, tabulated per kernel (~6 min)
+      # broadcast vectors (less index arithmetic; the backward's default since
+      # the twenty-second session, whose run of this step compared v17's
+      # iotas with vectors in both passes: results/raw/opts-index-vectors-
+      # h200.md). Compiled test, then causal forward+backward, the default
+      # against the backward's iotas and the forward's vectors, and cuDNN,
+      # with ptxas's spill lines, tabulated per kernel (~6 min)
       mosaic_tests opts-index-vectors 150 -k index_vectors
       step opts-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+index_vectors=True+bwd.index_vectors=True cudnn \
+        flashjax_mosaic+bwd.index_vectors=False \
+        flashjax_mosaic+index_vectors=True cudnn \
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal true --modes fwd fwd_bwd --matmul 0 \
         --out "$WORK/opts-index-vectors"

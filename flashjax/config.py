@@ -93,10 +93,7 @@ class MosaicBlocks:
   while dSᵀ is computed, and dK's while (fused) dSᵀ is handed over and dQ's
   product issued; the step awaits them once, at its end (FlashAttention 3's
   order; the interpreter, which has no in-place accumulator, runs the step
-  in the plain order). ``masked_plain`` (with ``deferred_waits``): masked
-  steps await each product in turn, fewer accumulators live where the mask
-  is computed (the fused kernel's causal steps spill otherwise; written in
-  the twenty-second session). ``intra_wg_overlap`` (forward, and the backward's dQ
+  in the plain order). ``intra_wg_overlap`` (forward, and the backward's dQ
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
@@ -151,7 +148,6 @@ class MosaicBlocks:
   fold_stats: bool = False
   split_dq: bool = False
   index_vectors: bool = False
-  masked_plain: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

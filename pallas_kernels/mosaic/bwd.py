@@ -394,7 +394,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         # dSᵀ = Pᵀ ∘ (dPᵀ - D)
         return _grad_scores(pt, dpt, dpt_start, delta, t, 1)
 
-      if deferred and not (masked and plan.config.mosaic_bwd.masked_plain):
+      if deferred:
         def products(accs):
           dv_acc, dk_acc, st_acc, dpt_acc, *dq_acc = accs
           # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ
