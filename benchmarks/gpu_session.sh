@@ -51,8 +51,9 @@
 #   bench-fp16 the same in fp16, with JAX's attention_mgpu (~8 min)
 #   bench-bwd  forward+backward, d 128, bf16 and fp16, against cuDNN (~2 min)
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
-#   opts-fused-causal  the fused backward causal (2 and 3 stages) against
-#              the two-kernel default, d 128 and 64, 4k / 16k (~3 min)
+#   opts-fused-causal  the fused backward causal (2 and 3 stages, and 240
+#              registers) against the two-kernel default, d 128 and 64,
+#              4k / 16k, with ptxas's spill lines (~4 min)
 #   opts-bwd-d64  the d 64 backward fused and/or with 128-row query
 #              tiles (FlashAttention 3's d 64 tiling), 4k / 16k (~4.5 min)
 #   opts-registers  240 registers a compute thread (forward, backward)
@@ -316,10 +317,14 @@ for s in "$@"; do
       # spill lines per kernel; it lost on the H100 in the sixth session (2.76
       # ms vs 2.01), and in the twenty-second (d 128: 7.839 ms vs 7.726 at
       # 16k, spilling 452 bytes; results/raw/opts-fused-iv-h200.md, the
-      # same impls on v17 with bwd.index_vectors=True) (~3 min)
-      step opts-fused-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 $PY \
+      # same impls on v17 with bwd.index_vectors=True); and both with 240
+      # registers a compute thread, which the fused kernel's spills may want
+      # (~4 min)
+      step opts-fused-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 260 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.compute_registers=240 \
         flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.compute_registers=240 \
         flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.stages=3 cudnn \
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal true --modes fwd_bwd --matmul 0 \
