@@ -311,7 +311,6 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     # so the tiles this warpgroup's keys fully see are one range of j.
     q_lo, q_hi = plan.mask.q_block_range(cta_start, COMPUTE_WGS * BLOCK_Q,
                                          block_q, num_q_blocks)
-    steps = plan.group * (q_hi - q_lo)
 
     def head_and_tile(j):
       t = lax.div(j, jnp.int32(plan.group))
@@ -458,7 +457,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       return head, pl.ds(i * block_q, block_q)
 
     return pipeline.Work(
-        lo=0, hi=steps, init=init, step=step,
+        lo=0, hi=plan.group * (q_hi - q_lo), init=init, step=step,
         finish=finish, full=full_range() if needs_mask else None,
         srcs=(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
               lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
