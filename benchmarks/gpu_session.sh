@@ -71,6 +71,9 @@
 #   opts-handover  the forward's ping-pong handing over at a tile's last P V
 #              (early_handover) compiled, then timed against the default and
 #              cuDNN, bf16 / FP8 (~5 min)
+#   opts-poly-exp2  the forward's exponentials of P's first key columns on
+#              the FMA units (poly_exp2) compiled, then timed against the
+#              default and cuDNN, FP8 and bf16 (~5 min)
 #   opts-split-dq  the fused backward at d 64 with dQ's columns split
 #              between the warpgroups (split_dq: half the float32 dQ
 #              reduce-added per step) compiled, then timed forward+backward
@@ -434,6 +437,27 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-handover-fp8" ;;
+    opts-poly-exp2)
+      # MosaicBlocks(poly_exp2=n): the forward's unmasked steps take the
+      # exponentials of P's first n key columns on the FMA units
+      # (common.exp2_poly) instead of ex2, which at d 128 FP8 keeps the
+      # special function unit as busy as the tensor cores. Compiled, then
+      # timed against the default and cuDNN (FP8) with ptxas's lines: FP8
+      # d 128 4k / 16k (256-row tiles non-causal, 128 causal below 16k),
+      # bf16 d 128 and 64 (~5 min)
+      mosaic_tests opts-poly-exp2 120 -k exp2
+      step opts-poly-exp2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
+        benchmarks/bench_attention.py --impls flashjax_fp8_mosaic \
+        flashjax_fp8_mosaic+poly_exp2=32 flashjax_fp8_mosaic+poly_exp2=64 \
+        flashjax_fp8_mosaic+poly_exp2=96 cudnn_fp8 --dtypes bfloat16 \
+        --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
+        --matmul 0 --out "$WORK/opts-poly-exp2-fp8"
+      step opts-poly-exp2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+poly_exp2=16 flashjax_mosaic+poly_exp2=32 cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
+        --causal false true --modes fwd --matmul 0 \
+        --out "$WORK/opts-poly-exp2" ;;
     opts-split-dq)
       # MosaicBlocks(split_dq=True): at d 64 the fused backward reduce-adds
       # 32 KiB of float32 dQ per CTA step (each warpgroup all 64 columns
