@@ -441,10 +441,11 @@ for s in "$@"; do
       # MosaicBlocks(poly_exp2=n): the forward's unmasked steps take the
       # exponentials of P's first n key columns on the FMA units
       # (common.exp2_poly) instead of ex2, which at d 128 FP8 keeps the
-      # special function unit as busy as the tensor cores. Compiled, then
-      # timed against the default and cuDNN (FP8) with ptxas's lines: FP8
-      # d 128 4k / 16k (256-row tiles non-causal, 128 causal below 16k),
-      # bf16 d 128 and 64 (~5 min)
+      # special function unit as busy as the tensor cores (bf16 at d 64
+      # too: half the matmul per score). Compiled, then timed against the
+      # default and cuDNN (FP8) with ptxas's lines: FP8 d 128 4k / 16k
+      # (256-row tiles, 128 causal below 16k), bf16 d 128 (128-row tiles)
+      # and 64 (256) (~5 min)
       mosaic_tests opts-poly-exp2 120 -k exp2
       step opts-poly-exp2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
         benchmarks/bench_attention.py --impls flashjax_fp8_mosaic \
@@ -454,7 +455,7 @@ for s in "$@"; do
         --matmul 0 --out "$WORK/opts-poly-exp2-fp8"
       step opts-poly-exp2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+poly_exp2=16 flashjax_mosaic+poly_exp2=32 cudnn \
+        flashjax_mosaic+poly_exp2=32 flashjax_mosaic+poly_exp2=64 cudnn \
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-poly-exp2" ;;
