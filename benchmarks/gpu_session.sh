@@ -74,6 +74,8 @@
 #   opts-poly-exp2  the forward's exponentials of P's first key columns on
 #              the FMA units (poly_exp2) compiled, then timed against the
 #              default and cuDNN, FP8 and bf16 (~5 min)
+#   dump-fused the fused backward's PTX and SASS, d 128 causal and not, for
+#              reading its spills here (~1 min)
 #   opts-split-dq  the fused backward at d 64 with dQ's columns split
 #              between the warpgroups (split_dq: half the float32 dQ
 #              reduce-added per step) compiled, then timed forward+backward
@@ -459,6 +461,17 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-poly-exp2" ;;
+    dump-fused)
+      # the fused backward's PTX and SASS (Mosaic GPU's dumps, one file per
+      # kernel and form), d 128 causal and not, bf16 4k, for reading its
+      # spills off the GPU (ptxas -v and nvdisasm here) (~1 min)
+      mkdir -p "$WORK/dump-fused"
+      step dump-fused env MOSAIC_GPU_DUMP_TO="$WORK/dump-fused" \
+        MOSAIC_GPU_DUMP_PTX=1 MOSAIC_GPU_DUMP_SASS=1 MOSAIC_GPU_DUMP_PTXAS=1 \
+        timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal true false \
+        --modes fwd_bwd --matmul 0 --repeats 1 --out "$WORK/dump-fused" ;;
     opts-split-dq)
       # MosaicBlocks(split_dq=True): at d 64 the fused backward reduce-adds
       # 32 KiB of float32 dQ per CTA step (each warpgroup all 64 columns

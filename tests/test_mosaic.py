@@ -457,34 +457,36 @@ def test_poly_exp2():
 
   base = flashjax.default_config(128, causal=True)
   assert_forward_lowers(base, poly_exp2=64)
-  fp8_config = flashjax.default_config(128, causal=True, fp8=True)
-  fp8_config = dataclasses.replace(fp8_config, mosaic=dataclasses.replace(
-      fp8_config.mosaic, poly_exp2=64))
 
-  def fp8_forward(config, interpret):
-    return lambda q8, k8, v8, d: flashjax.attention(
-        q8, k8, v8, q_descale=d, k_descale=d, v_descale=d, causal=True,
-        backend="mosaic", config=config, interpret=interpret)
+  def fp8_config(causal, poly_exp2):
+    config = flashjax.default_config(128, causal=causal, fp8=True)
+    return dataclasses.replace(config, mosaic=dataclasses.replace(
+        config.mosaic, poly_exp2=poly_exp2))
+
+  def fp8_forward(config, causal):
+    return lambda q8, k8, v8, qd, kd, vd: flashjax.attention(
+        q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=causal,
+        backend="mosaic", config=config, interpret=False)
   kv = jax.ShapeDtypeStruct((1, 300, 2, 128), jnp.float8_e4m3fn)
-  text = lower_for_h100(fp8_forward(fp8_config, False),
-                        kv.update(shape=(1, 300, 4, 128)), kv, kv,
-                        jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+  d = jax.ShapeDtypeStruct((), jnp.float32)
+  text = lower_for_h100(fp8_forward(fp8_config(True, 64), True),
+                        kv.update(shape=(1, 300, 4, 128)), kv, kv, d, d,
+                        d).as_text()
   assert text.count("custom_call @mosaic_gpu") == 1
 
   if jax.default_backend() == "gpu":
+    # 128-row K/V tiles causal (persistent), 256 non-causal
     from flashjax import fp8
     keys = jax.random.split(jax.random.key(11), 3)
-    q, k, v = (jax.random.normal(key, (1, 2048, 4, 128), jnp.float32)
-               for key in keys)
-    (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x) for x in (q, k, v))
-    want = flashjax.attention(*(fp8.dequantize(x, d) for x, d in
-                                ((q8, qd), (k8, kd), (v8, vd))),
-                              causal=True, backend="reference")
-    err = lambda config: float(jnp.linalg.norm(flashjax.attention(
-        q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=True,
-        backend="mosaic", config=config).astype(jnp.float32) - want))
-    default = flashjax.default_config(128, causal=True, fp8=True)
-    assert err(fp8_config) < 1.1 * err(default)
+    inputs = [fp8.quantize(jax.random.normal(key, (1, 2048, 4, 128)))
+              for key in keys]
+    args = [x for x, _ in inputs] + [d for _, d in inputs]
+    for causal in (True, False):
+      want = flashjax.attention(*(fp8.dequantize(x, d) for x, d in inputs),
+                                causal=causal, backend="reference")
+      err = lambda n: float(jnp.linalg.norm(fp8_forward(
+          fp8_config(causal, n), causal)(*args).astype(jnp.float32) - want))
+      assert err(64) < 1.1 * err(0)
 
 
 FUSED_CASES = CASES + [
