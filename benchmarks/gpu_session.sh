@@ -74,6 +74,8 @@
 #   opts-poly-exp2  the forward's exponentials of P's first key columns on
 #              the FMA units (poly_exp2) compiled, then timed against the
 #              default and cuDNN, FP8 and bf16 (~5 min)
+#   opts-poly-exp2-bwd  the same in the backward's recomputed P,
+#              forward+backward bf16 (~4 min)
 #   dump-fused the fused backward's PTX and SASS, d 128 causal and not, for
 #              reading its spills here (~1 min)
 #   opts-split-dq  the fused backward at d 64 with dQ's columns split
@@ -461,6 +463,16 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-poly-exp2" ;;
+    opts-poly-exp2-bwd)
+      # the same split in the backward's recomputed P (dQ and dK/dV kernels,
+      # or the fused one), forward+backward bf16 d 128 and 64, 4k / 16k,
+      # against the default and cuDNN (~4 min)
+      step opts-poly-exp2-bwd env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.poly_exp2=16 flashjax_mosaic+bwd.poly_exp2=32 \
+        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-poly-exp2-bwd" ;;
     dump-fused)
       # the fused backward's PTX and SASS (Mosaic GPU's dumps, one file per
       # kernel and form), d 128 causal and not, bf16 4k, for reading its

@@ -126,9 +126,10 @@ class MosaicBlocks:
   step's row and column index tiles are index vectors broadcast over the
   other axis rather than an iota per entry
   (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
-  index registers live: the backward's spills go). ``poly_exp2`` (forward):
-  of each step's P without masked entries, this many key columns (a multiple
-  of 8) take their exponential as a polynomial on the FMA units
+  index registers live: the backward's spills go). ``poly_exp2``: of each
+  step's P without masked entries (the forward's, the backward's
+  recomputed one, there at most the tile's columns), this many columns (a
+  multiple of 8) take their exponential as a polynomial on the FMA units
   (:func:`pallas_kernels.common.exp2_poly`) rather than the special function
   unit's ``ex2``, which the FP8 forward at d 128 keeps as busy as the tensor
   cores (FlashAttention 4's split); masked steps keep ``ex2``, so a fully

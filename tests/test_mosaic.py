@@ -439,24 +439,30 @@ def test_exp2_poly():
 
 
 def test_poly_exp2():
-  """``MosaicBlocks(poly_exp2=n)``: the forward's unmasked steps take the
-  exponentials of P's first n key columns from :func:`common.exp2_poly`
-  (the FMA units) and the rest from ``ex2``; masked steps keep ``ex2``. In
-  the interpreter (race detector on) every column of the MQA case's
-  unmasked steps, with fully masked rows and empty tiles, against the
-  float32 reference at the usual tolerance (gradients too: the backward
-  recomputes P with ``ex2``); lowered for CUDA at 64 of 128 columns,
-  16-bit and FP8. On a GPU also the FP8 forward: its error against the
-  reference stays that of ``ex2`` (P's relative change, 1e-4, is far below
-  FP8's rounding)."""
+  """``MosaicBlocks(poly_exp2=n)``: the unmasked steps take the
+  exponentials of P's first n columns from :func:`common.exp2_poly` (the
+  FMA units) and the rest from ``ex2``; masked steps keep ``ex2``. In the
+  interpreter (race detector on) every column of the MQA case's unmasked
+  steps, forward and both backward kernels, with fully masked rows and
+  empty tiles, against the float32 reference at the usual tolerance;
+  lowered for CUDA at 64 of 128 columns: the 16-bit forward, the gradient
+  (two backward kernels causal, the fused one at d 128 non-causal) and the
+  FP8 forward. On a GPU also the FP8 forward at 2048 keys: its error
+  against the reference stays that of ``ex2`` (P's relative change, 1e-4,
+  is far below FP8's rounding)."""
   case = CASES[1]
   config = flashjax.default_config(case.head_dim, causal=case.causal)
-  config = dataclasses.replace(config, mosaic=dataclasses.replace(
-      config.mosaic, block_kv=64, poly_exp2=64))
+  poly = lambda blocks, **kw: dataclasses.replace(blocks, poly_exp2=64, **kw)
+  config = dataclasses.replace(config, mosaic=poly(config.mosaic, block_kv=64),
+                               mosaic_bwd=poly(config.mosaic_bwd))
   check_without_races(case, config)
 
   base = flashjax.default_config(128, causal=True)
   assert_forward_lowers(base, poly_exp2=64)
+  for causal in (True, False):
+    grad = flashjax.default_config(128, causal=causal)
+    grad = dataclasses.replace(grad, mosaic_bwd=poly(grad.mosaic_bwd))
+    assert grad_kernels(grad, 128, "bfloat16", causal) == (3 if causal else 2)
 
   def fp8_config(causal, poly_exp2):
     config = flashjax.default_config(128, causal=causal, fp8=True)
