@@ -96,19 +96,18 @@ def _starts(plan: Plan, lse2, delta, shape, dim: int):
           spread(-delta))
 
 
-def _probabilities(plan: Plan, acc, s_start, lse2, dim: int, masked: bool,
-                   mask):
+def _probabilities(plan: Plan, acc, s_start, lse2, dim: int, mask):
   """``(P, t)``: P = exp2(S2 - L2) from S's accumulator, which started at
   ``s_start`` (:func:`_starts`) or at zero; t as :func:`_scores`'s. ``mask``
-  sets the invisible entries of S2 - L2 to -inf (``masked`` steps); in the
-  others P's first ``poly_exp2`` columns (at most the tile's) come from
-  the FMA units (:func:`common.exp2_split`)."""
+  sets the invisible entries of S2 - L2 to -inf (masked steps); without one
+  (None) P's first ``poly_exp2`` columns (at most the tile's) come from the
+  FMA units (:func:`common.exp2_split`)."""
   if s_start is not None:
     x, t = acc * common.recompute_unit(plan.scale, plan.softcap), None
   else:
     s, t = _scores(plan, acc)
     x = s - lax.broadcast_in_dim(lse2, acc.shape, [dim])
-  if masked:
+  if mask is not None:
     return jnp.exp2(mask(x)), t
   poly = min(plan.config.mosaic_bwd.poly_exp2, x.shape[1])
   return common.exp2_split(x, poly), t
@@ -177,10 +176,10 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     def probabilities(j, acc, lse2, s_start, ids, masked):
       # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
-      mask = lambda x: pipeline.mask_scores(
+      mask = (lambda x: pipeline.mask_scores(
           plan.mask, x, q_start, j * block_kv, ids,
-          vectors=plan.config.mosaic_bwd.index_vectors)
-      return _probabilities(plan, acc, s_start, lse2, 0, masked, mask)
+          vectors=plan.config.mosaic_bwd.index_vectors)) if masked else None
+      return _probabilities(plan, acc, s_start, lse2, 0, mask)
 
     def grad_scores(p, t, dp, dp_start, delta):
       # dS = P ∘ (dP - D), rounded for the dQ product
@@ -394,10 +393,10 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       def probabilities(acc):
         # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf;
         # Pᵀ = exp2(Sᵀ - L)
-        mask = lambda x: pipeline.mask_scores(
+        mask = (lambda x: pipeline.mask_scores(
             plan.mask, x, kv_start, i * block_q, ids, rows_are_keys=True,
-            vectors=plan.config.mosaic_bwd.index_vectors)
-        return _probabilities(plan, acc, st_start, lse2, 1, masked, mask)
+            vectors=plan.config.mosaic_bwd.index_vectors)) if masked else None
+        return _probabilities(plan, acc, st_start, lse2, 1, mask)
 
       def grad_scores(pt, dpt, t):
         # dSᵀ = Pᵀ ∘ (dPᵀ - D)
