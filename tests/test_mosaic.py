@@ -448,9 +448,8 @@ def test_poly_exp2():
   lowered for CUDA at 64 of 128 columns: the 16-bit forward and the
   gradient (two backward kernels causal, the fused one at d 128 non-causal;
   the FP8 forward in test_fp8.py's lowering test). On a GPU also the FP8
-  forward at 2048 keys: its error
-  against the reference stays that of ``ex2`` (P's relative change, 1e-4,
-  is far below FP8's rounding)."""
+  forward at 2048 keys: its error against the reference stays that of
+  ``ex2`` (P's relative change, 1e-4, is far below FP8's rounding)."""
   case = CASES[1]
   config = flashjax.default_config(case.head_dim, causal=case.causal)
   poly = lambda blocks, **kw: dataclasses.replace(blocks, poly_exp2=64, **kw)
