@@ -71,13 +71,8 @@
 #   opts-handover  the forward's ping-pong handing over at a tile's last P V
 #              (early_handover) compiled, then timed against the default and
 #              cuDNN, bf16 / FP8 (~5 min)
-#   opts-poly-exp2  the forward's exponentials of P's first key columns on
-#              the FMA units (poly_exp2) compiled, then timed against the
-#              default and cuDNN, FP8 and bf16 (~5 min)
-#   opts-poly-exp2-bwd  the same in the backward's recomputed P,
-#              forward+backward bf16 (~4 min)
-#   dump-fused the fused backward's PTX and SASS, d 128 causal and not, for
-#              reading its spills here (~1 min)
+#   dump-fused the fused backward's PTX and ptxas lines, d 128 causal, for
+#              reading its spills here with ptxas and nvdisasm (~1 min)
 #   opts-split-dq  the fused backward at d 64 with dQ's columns split
 #              between the warpgroups (split_dq: half the float32 dQ
 #              reduce-added per step) compiled, then timed forward+backward
@@ -441,49 +436,19 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-handover-fp8" ;;
-    opts-poly-exp2)
-      # MosaicBlocks(poly_exp2=n): the forward's unmasked steps take the
-      # exponentials of P's first n key columns on the FMA units
-      # (common.exp2_poly) instead of ex2, which at d 128 FP8 keeps the
-      # special function unit as busy as the tensor cores (bf16 at d 64
-      # too: half the matmul per score). Compiled, then timed against the
-      # default and cuDNN (FP8) with ptxas's lines: FP8 d 128 4k / 16k
-      # (256-row tiles, 128 causal below 16k), bf16 d 128 (128-row tiles)
-      # and 64 (256) (~5 min)
-      mosaic_tests opts-poly-exp2 120 -k exp2
-      step opts-poly-exp2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
-        benchmarks/bench_attention.py --impls flashjax_fp8_mosaic \
-        flashjax_fp8_mosaic+poly_exp2=32 flashjax_fp8_mosaic+poly_exp2=64 \
-        flashjax_fp8_mosaic+poly_exp2=96 cudnn_fp8 --dtypes bfloat16 \
-        --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
-        --matmul 0 --out "$WORK/opts-poly-exp2-fp8"
-      step opts-poly-exp2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
-        benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+poly_exp2=32 flashjax_mosaic+poly_exp2=64 cudnn \
-        --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
-        --causal false true --modes fwd --matmul 0 \
-        --out "$WORK/opts-poly-exp2" ;;
-    opts-poly-exp2-bwd)
-      # the same split in the backward's recomputed P (dQ and dK/dV kernels,
-      # or the fused one), forward+backward bf16 d 128 and 64, 4k / 16k,
-      # against the default and cuDNN (~4 min)
-      step opts-poly-exp2-bwd env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
-        benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+bwd.poly_exp2=16 flashjax_mosaic+bwd.poly_exp2=32 \
-        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
-        --causal false true --modes fwd_bwd --matmul 0 \
-        --out "$WORK/opts-poly-exp2-bwd" ;;
     dump-fused)
-      # the fused backward's PTX and SASS (Mosaic GPU's dumps, one file per
-      # kernel and form), d 128 causal and not, bf16 4k, for reading its
-      # spills off the GPU (ptxas -v and nvdisasm here) (~1 min)
-      mkdir -p "$WORK/dump-fused"
-      step dump-fused env MOSAIC_GPU_DUMP_TO="$WORK/dump-fused" \
-        MOSAIC_GPU_DUMP_PTX=1 MOSAIC_GPU_DUMP_SASS=1 MOSAIC_GPU_DUMP_PTXAS=1 \
-        timeout 120 $PY benchmarks/bench_attention.py \
+      # the fused backward's PTX (Mosaic GPU's dump), d 128 causal, bf16 4k,
+      # for reading its spills off the GPU: ptxas -v and nvdisasm here (the
+      # GPU image has no nvdisasm, so no SASS there). Only its files, xz'd:
+      # the whole dump, MLIR pass logs included, is ~350 MB (~1 min)
+      dump=$(mktemp -d)
+      step dump-fused env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
+        MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
-        --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal true false \
-        --modes fwd_bwd --matmul 0 --repeats 1 --out "$WORK/dump-fused" ;;
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal true \
+        --modes fwd_bwd --matmul 0 --repeats 1 --out "$WORK/dump-fused"
+      (cd "$dump" && tar cJf "$WORK/dump-fused.tar.xz" \
+        $(ls | grep dkdv_dq | grep -v mlir-passes)) ;;
     opts-split-dq)
       # MosaicBlocks(split_dq=True): at d 64 the fused backward reduce-adds
       # 32 KiB of float32 dQ per CTA step (each warpgroup all 64 columns

@@ -126,14 +126,7 @@ class MosaicBlocks:
   step's row and column index tiles are index vectors broadcast over the
   other axis rather than an iota per entry
   (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
-  index registers live: the backward's spills go). ``poly_exp2``: of each
-  step's P without masked entries (the forward's, the backward's
-  recomputed one, there at most the tile's columns), this many columns (a
-  multiple of 8) take their exponential as a polynomial on the FMA units
-  (:func:`pallas_kernels.common.exp2_poly`) rather than the special function
-  unit's ``ex2``, which the FP8 forward at d 128 keeps as busy as the tensor
-  cores (FlashAttention 4's split); masked steps keep ``ex2``, so a fully
-  masked row still gives exactly 0.
+  index registers live: the backward's spills go).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -155,12 +148,8 @@ class MosaicBlocks:
   fold_stats: bool = False
   split_dq: bool = False
   index_vectors: bool = False
-  poly_exp2: int = 0
 
   def __post_init__(self):
-    if self.poly_exp2 % 8 or not 0 <= self.poly_exp2 <= self.block_kv:
-      raise ValueError(f"MosaicBlocks.poly_exp2 must be a multiple of 8 from 0 "
-                       f"to block_kv={self.block_kv}, got {self.poly_exp2}.")
     if self.block_kv not in (64, 128, 256):
       raise ValueError(f"MosaicBlocks.block_kv must be 64, 128 or 256 (a wgmma "
                        f"N), got {self.block_kv}.")

@@ -111,57 +111,15 @@ def _scaled(m2, p_scale: float):
   return m2 if p_scale == 1.0 else m2 - math.log2(p_scale)
 
 
-# 2^f for f in [-1/2, 1/2]: 1 + f (c1 + f (c2 + f c3)), fitted for relative
-# error (at most 1.02e-4, below a bf16 half-ulp; FlashAttention 4's degree)
-EXP2_POLY = (0.6932829022407532, 0.24221037328243256, 0.05500858277082443)
-# 1.5 · 2^23: x + it rounds x to the nearest integer n, held in its low
-# mantissa bits (so shifting its bits left by 23 gives n's exponent field)
-_ROUND = 12582912.0
-
-
-def exp2_poly(x):
-  """2^x on the FMA and integer units only (no ``ex2``), float32: x = n + f
-  with n = round(x), 2^n added to the exponent bits of a polynomial in f
-  (Cody-Waite; :data:`EXP2_POLY`). x is clamped at -126, so entries below
-  give about 2^-126 rather than 0: only for finite logits of unmasked tiles,
-  whose row max keeps x <= log2 of FP8's P scale."""
-  x = jnp.maximum(x, -126.0)
-  # (XLA, which runs the interpreters, folds (x + c) - c to x: the barrier
-  # keeps the rounding; compiled it emits no instruction)
-  t = lax.optimization_barrier(x + _ROUND)
-  f = x - (t - _ROUND)                            # f in [-1/2, 1/2]
-  c1, c2, c3 = EXP2_POLY
-  p = 1.0 + f * (c1 + f * (c2 + f * c3))
-  n_bits = lax.shift_left(lax.bitcast_convert_type(t, jnp.int32),
-                          jnp.int32(23))
-  return lax.bitcast_convert_type(
-      lax.bitcast_convert_type(p, jnp.int32) + n_bits, jnp.float32)
-
-
-def exp2_split(x, poly_columns: int = 0):
-  """``exp2`` of a tile ``[rows, cols]``, its first ``poly_columns`` columns
-  by :func:`exp2_poly` (the FMA units), the rest by ``ex2`` (the special
-  function unit): the two run side by side when ``ex2`` alone would hold the
-  step up (FP8 at d 128: as many ``ex2`` as the tensor cores' matmul time)."""
-  if not poly_columns:
-    return jnp.exp2(x)
-  if poly_columns == x.shape[1]:
-    return exp2_poly(x)
-  return jnp.concatenate([exp2_poly(x[:, :poly_columns]),
-                          jnp.exp2(x[:, poly_columns:])], axis=1)
-
-
 def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
-                        p_scale: float = 1.0, poly_columns: int = 0):
+                        p_scale: float = 1.0):
   """One step of the online softmax over a tile of logits S2 = s · unit
   (log2 units; ``unit > 0``, :func:`fwd_unit`, or per row ``[block_q]``:
   the FP8 forward folds each row's q·k descale into it, so a descale costs
   no multiply per entry). ``p_scale``: P comes out
   multiplied by it (FP8's :func:`fp8_p_scale`) at no cost, in the FMA's row
   term; l sums the scaled P, so ``acc / l`` is unchanged and
-  :func:`finalize` takes the scale out of L. ``poly_columns``: P's first
-  columns by :func:`exp2_poly` (:func:`exp2_split`; tiles without masked
-  entries only).
+  :func:`finalize` takes the scale out of L.
 
   s ``[block_q, block_kv]`` (-inf where masked), m_prev/l_prev ``[block_q]``;
   m is kept in s's units. Returns ``(P, m_new, l_new, alpha)`` where the
@@ -174,8 +132,7 @@ def online_softmax_step(s, m_prev, l_prev, unit: float = 1.0,
   # P = p_scale · exp2(S - m_new) (one FMA and an exp2 per entry),
   # alpha = exp2(m_prev - m_new)
   entry_unit = unit if jnp.ndim(unit) == 0 else unit[:, None]
-  p = exp2_split(s * entry_unit - _scaled(m_safe * unit, p_scale)[:, None],
-                 poly_columns)
+  p = jnp.exp2(s * entry_unit - _scaled(m_safe * unit, p_scale)[:, None])
   alpha = jnp.exp2((m_prev - m_safe) * unit)
   # l_new = alpha · l_prev + rowsum(P)
   l_new = alpha * l_prev + jnp.sum(p, axis=1)

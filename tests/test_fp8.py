@@ -409,14 +409,12 @@ def test_policy_with_16_bit_logits_lowers_for_cuda(backend, head_dim, causal):
     ("mosaic", 128, "float8_e4m3fn", False, {}),     # 256-row K/V tiles
     ("mosaic", 64, "float8_e5m2", False, {}),
     ("mosaic", 128, "float8_e4m3fn", True, {"intra_wg_overlap": True}),
-    ("mosaic", 128, "float8_e4m3fn", True, {"poly_exp2": 64}),
 ])
 def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, blocks):
   """Compiled-mode lowering of both FP8 forwards with their default tilings
   against an abstract H100 (for Mosaic GPU: 8-bit wgmma operand layouts, V's
-  K-major tile, SMEM), with the intra-warpgroup overlap (P V in flight
-  while the next P is computed), and with P's first columns' exponentials
-  on the FMA units (``poly_exp2``, tests/test_mosaic.py::test_poly_exp2)."""
+  K-major tile, SMEM), and with the intra-warpgroup overlap (P V in flight
+  while the next P is computed)."""
   import dataclasses
   config = None
   if blocks:

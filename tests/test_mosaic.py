@@ -19,7 +19,6 @@ from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 import flashjax
 from flashjax.config import MOSAIC_COMPUTE_WGS
 from harness import Case, check_attention
-from pallas_kernels import common
 from test_lowering import lower_for_h100
 
 # test_attention.py runs the whole parity grid on backend="mosaic" too; these
@@ -198,9 +197,6 @@ def test_forward_takes_three_stages_of_128_rows_at_d128():
     (dict(block_q_dkv=256), "block_q_dkv must be 64 or 128"),
     (dict(compute_registers=248), "multiple of 8 from 168 to 240, got 248"),
     (dict(compute_registers=236), "compute_registers must be a multiple of 8"),
-    (dict(poly_exp2=12), "poly_exp2 must be a multiple of 8 from 0 to "
-                         "block_kv=64, got 12"),
-    (dict(block_kv=128, poly_exp2=256), "to block_kv=128, got 256"),
 ])
 def test_bad_mosaic_blocks(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -418,69 +414,6 @@ def test_early_handover():
                      forward_bits(config(True), q, k, v, causal=True))
 
   assert_forward_lowers(base, early_handover=True)
-
-
-def test_exp2_poly():
-  """The polynomial exp2 (:func:`common.exp2_poly`: round, a degree-3
-  polynomial, the exponent bits) within its fitted relative error, 1.02e-4,
-  over the logits an unmasked step meets (FP8's P scale lifts them up to
-  log2 448); below -126 it gives 2^-126. :func:`common.exp2_split` takes a
-  tile's first columns from it and the rest from ``exp2``."""
-  x = np.concatenate([np.linspace(-126, 9, 100001), [-400.0, -0.5, 0.5]])
-  # jitted, as in a kernel: XLA must not fold the rounding away
-  got = np.asarray(jax.jit(common.exp2_poly)(jnp.asarray(x, jnp.float32)),
-                   np.float64)
-  want = np.exp2(np.maximum(np.asarray(x, np.float32), -126.0))
-  assert np.max(np.abs(got / want - 1)) < 1.02e-4
-  tile = jnp.asarray(x[:64 * 128].reshape(64, 128), jnp.float32)
-  split = common.exp2_split(tile, 48)
-  np.testing.assert_array_equal(split[:, :48], common.exp2_poly(tile[:, :48]))
-  np.testing.assert_array_equal(split[:, 48:], jnp.exp2(tile[:, 48:]))
-
-
-def test_poly_exp2():
-  """``MosaicBlocks(poly_exp2=n)``: the unmasked steps take the
-  exponentials of P's first n columns from :func:`common.exp2_poly` (the
-  FMA units) and the rest from ``ex2``; masked steps keep ``ex2``. In the
-  interpreter (race detector on) every column of the MQA case's unmasked
-  steps, forward and both backward kernels, with fully masked rows and
-  empty tiles, against the float32 reference at the usual tolerance;
-  lowered for CUDA at 64 of 128 columns: the 16-bit forward and the
-  gradient (two backward kernels causal, the fused one at d 128 non-causal;
-  the FP8 forward in test_fp8.py's lowering test). On a GPU also the FP8
-  forward at 2048 keys: its error against the reference stays that of
-  ``ex2`` (P's relative change, 1e-4, is far below FP8's rounding)."""
-  case = CASES[1]
-  config = flashjax.default_config(case.head_dim, causal=case.causal)
-  poly = lambda blocks, **kw: dataclasses.replace(blocks, poly_exp2=64, **kw)
-  config = dataclasses.replace(config, mosaic=poly(config.mosaic, block_kv=64),
-                               mosaic_bwd=poly(config.mosaic_bwd))
-  check_without_races(case, config)
-
-  base = flashjax.default_config(128, causal=True)
-  assert_forward_lowers(base, poly_exp2=64)
-  for causal in (True, False):
-    grad = flashjax.default_config(128, causal=causal)
-    grad = dataclasses.replace(grad, mosaic_bwd=poly(grad.mosaic_bwd))
-    assert grad_kernels(grad, 128, "bfloat16", causal) == (3 if causal else 2)
-
-  if jax.default_backend() == "gpu":
-    # 128-row K/V tiles causal (persistent), 256 non-causal
-    from flashjax import fp8
-    keys = jax.random.split(jax.random.key(11), 3)
-    (q8, qd), (k8, kd), (v8, vd) = inputs = [
-        fp8.quantize(jax.random.normal(key, (1, 2048, 4, 128)))
-        for key in keys]
-    for causal in (True, False):
-      want = flashjax.attention(*(fp8.dequantize(x, d) for x, d in inputs),
-                                causal=causal, backend="reference")
-      err = lambda config: float(jnp.linalg.norm(flashjax.attention(
-          q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd,
-          causal=causal, backend="mosaic",
-          config=config).astype(jnp.float32) - want))
-      default = flashjax.default_config(128, causal=causal, fp8=True)
-      assert err(dataclasses.replace(default, mosaic=poly(
-          default.mosaic))) < 1.1 * err(default)
 
 
 FUSED_CASES = CASES + [

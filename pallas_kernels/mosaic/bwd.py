@@ -43,10 +43,6 @@ race detector, and pass compiled on the H200 (tests/test_mosaic.py).
 the dK/dV kernel, column vectors of 16 registers a thread each) are not live
 while P and dS are computed, and no subtraction runs per entry.
 
-``MosaicBlocks(poly_exp2=n)``: as in the forward, the steps without masked
-entries take the exponentials of P's first n columns (at most the tile's)
-on the FMA units (:func:`common.exp2_split`). Off until timed.
-
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
 non-causal, two kernels elsewhere; deferred waits and folded statistics at
 d 128 (the latter cut the fused kernel's spills from 92 to 16 bytes,
@@ -99,18 +95,13 @@ def _starts(plan: Plan, lse2, delta, shape, dim: int):
 def _probabilities(plan: Plan, acc, s_start, lse2, dim: int, mask):
   """``(P, t)``: P = exp2(S2 - L2) from S's accumulator, which started at
   ``s_start`` (:func:`_starts`) or at zero; t as :func:`_scores`'s. ``mask``
-  sets the invisible entries of S2 - L2 to -inf (masked steps); without one
-  (None) P's first ``poly_exp2`` columns (at most the tile's) come from the
-  FMA units (:func:`common.exp2_split`)."""
+  sets the invisible entries of S2 - L2 to -inf."""
   if s_start is not None:
     x, t = acc * common.recompute_unit(plan.scale, plan.softcap), None
   else:
     s, t = _scores(plan, acc)
     x = s - lax.broadcast_in_dim(lse2, acc.shape, [dim])
-  if mask is not None:
-    return jnp.exp2(mask(x)), t
-  poly = min(plan.config.mosaic_bwd.poly_exp2, x.shape[1])
-  return common.exp2_split(x, poly), t
+  return jnp.exp2(mask(x)), t
 
 
 def _grad_scores(p, dp, dp_start, delta, t, dim: int):
@@ -176,9 +167,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     def probabilities(j, acc, lse2, s_start, ids, masked):
       # S = scale · Q Kᵀ (log2 units), invisible entries -inf; P = exp2(S - L)
-      mask = (lambda x: pipeline.mask_scores(
+      mask = lambda x: pipeline.mask_scores(
           plan.mask, x, q_start, j * block_kv, ids,
-          vectors=plan.config.mosaic_bwd.index_vectors)) if masked else None
+          vectors=plan.config.mosaic_bwd.index_vectors) if masked else x
       return _probabilities(plan, acc, s_start, lse2, 0, mask)
 
     def grad_scores(p, t, dp, dp_start, delta):
@@ -393,9 +384,9 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       def probabilities(acc):
         # Sᵀ = scale · K Qᵀ (log2 units), invisible entries -inf;
         # Pᵀ = exp2(Sᵀ - L)
-        mask = (lambda x: pipeline.mask_scores(
+        mask = lambda x: pipeline.mask_scores(
             plan.mask, x, kv_start, i * block_q, ids, rows_are_keys=True,
-            vectors=plan.config.mosaic_bwd.index_vectors)) if masked else None
+            vectors=plan.config.mosaic_bwd.index_vectors) if masked else x
         return _probabilities(plan, acc, st_start, lse2, 1, mask)
 
       def grad_scores(pt, dpt, t):

@@ -62,12 +62,6 @@ computes P_j while the latter runs; V is read one step late (a lagged
 the last P V; P is carried in registers (in the interpreter, kept in shared
 memory). The ping-pong then hands over after each pair.
 
-``MosaicBlocks(poly_exp2=n)`` (FlashAttention 4's split of the
-exponentials): in steps without masked entries, P's first n key columns are
-computed by :func:`common.exp2_poly` on the FMA and integer units, the rest
-by ``ex2`` on the special function unit, which at d 128 in FP8 needs as long
-per step as the tensor cores' matmuls. Off until timed.
-
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
 The banded persistent grid (mirrored pairs) is the default causal up to 12k
@@ -182,11 +176,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       if masked:
         s = pipeline.mask_scores(plan.mask, s, q_start, j * block_kv, ids,
                                  vectors=plan.config.mosaic.index_vectors)
-      # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P);
-      # unmasked, P's first poly_exp2 columns on the FMA units
-      return common.online_softmax_step(
-          s, m, l, unit(qk_descale), p_scale,
-          0 if masked else plan.config.mosaic.poly_exp2)
+      # P = exp2(S - m_new) (FP8: · p_scale), l_new = alpha · l + rowsum(P)
+      return common.online_softmax_step(s, m, l, unit(qk_descale), p_scale)
 
     def rounded(p):
       # P for the P V product: 16-bit, or FP8's scaled P, rounded to FP8 by
