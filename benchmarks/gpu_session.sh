@@ -71,6 +71,10 @@
 #   opts-handover  the forward's ping-pong handing over at a tile's last P V
 #              (early_handover) compiled, then timed against the default and
 #              cuDNN, bf16 / FP8 (~5 min)
+#   opts-step-desc  the dK/dV kernel's owned K/V tiles indexed through an
+#              optimization barrier each step (step_descriptors: their wgmma
+#              descriptors no longer hoisted and spilled) compiled, then timed
+#              d 128, fused and two kernels, 232 and 240 registers (~7 min)
 #   dump-fused the fused backward's PTX and ptxas lines, d 128 causal, for
 #              reading its spills here with ptxas and nvdisasm (~1 min)
 #   opts-split-dq  the fused backward at d 64 with dQ's columns split
@@ -436,6 +440,27 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 \
         --out "$WORK/opts-handover-fp8" ;;
+    opts-step-desc)
+      # MosaicBlocks(step_descriptors=True): LLVM hoisted the wgmma
+      # descriptors of the dK/dV kernel's owned K and V tiles (and K's for
+      # dQ's product) out of the step loops, 24 of 64 bits each; in the fused
+      # causal kernel they spilled, 12 reloaded a step. Sinking them into
+      # the loops in the dumped PTX took ptxas's spills from 460 bytes to 140
+      # (240 registers: 324 to 60; benchmarks/ptx_descriptors.py,
+      # results/raw/ptx-descriptors-session24-cpu.log). Compiled, then
+      # forward+backward bf16 d 128 against the default and cuDNN, with
+      # ptxas's lines (~7 min)
+      mosaic_tests opts-step-desc 150 -k step_descriptors
+      step opts-step-desc env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.step_descriptors=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.step_descriptors=True \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.step_descriptors=True+bwd.compute_registers=240 \
+        cudnn --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
+        --causal true false --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-step-desc"
+      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc.log" \
+        --out "$WORK/opts-step-desc-ptxas" > /dev/null ;;
     dump-fused)
       # the fused backward's PTX (Mosaic GPU's dump), d 128 causal, bf16 4k,
       # for reading its spills off the GPU: ptxas -v and nvdisasm here (the

@@ -126,7 +126,11 @@ class MosaicBlocks:
   step's row and column index tiles are index vectors broadcast over the
   other axis rather than an iota per entry
   (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
-  index registers live: the backward's spills go).
+  index registers live: the backward's spills go). ``step_descriptors``
+  (dK/dV kernel): the owned K and V tiles are indexed through an
+  optimization barrier in each step (:func:`pallas_kernels.mosaic.bwd.
+  _in_step`), so their wgmma descriptors are computed there instead of
+  hoisted before the loop and held (or spilled) across it.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -148,6 +152,7 @@ class MosaicBlocks:
   fold_stats: bool = False
   split_dq: bool = False
   index_vectors: bool = False
+  step_descriptors: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

@@ -500,6 +500,31 @@ def test_index_vectors():
 
 
 @pytest.mark.parametrize("fused", [False, True])
+def test_step_descriptors(fused):
+  """``MosaicBlocks(step_descriptors=True)``: the dK/dV kernel indexes its
+  owned K and V tiles through an optimization barrier in each step (so
+  their wgmma descriptors are computed there, not hoisted before the loop).
+  The same gradients: in the interpreter (race detector on) on a causal
+  window with packed segments and GQA (odd lengths, fully masked rows), two
+  kernels or fused; lowered for CUDA at d 128 causal, and (fused, the
+  default there) non-causal."""
+  def config_for(head_dim, causal, **blocks):
+    config = flashjax.default_config(head_dim, causal=causal)
+    return dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+        config.mosaic_bwd, step_descriptors=True, **blocks))
+  split = dict(fused_dq=fused, split_dq=fused)
+  check_without_races(Case(dtype="float16", batch=1, seq_q=190, seq_kv=150,
+                           num_q_heads=4, num_kv_heads=2, causal=True,
+                           window=(60, 0), segments="packed"),
+                      config_for(64, True, **split))
+  assert grad_kernels(config_for(128, True, **split), 128, "bfloat16",
+                      causal=True) == 3 - fused
+  if fused:
+    assert grad_kernels(config_for(128, False), 128, "bfloat16",
+                        causal=False) == 2
+
+
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_deferred_waits(head_dim, fused):
   """``MosaicBlocks(deferred_waits=True)``: the dK/dV step keeps dV's and

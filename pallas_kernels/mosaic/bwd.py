@@ -92,6 +92,18 @@ def _starts(plan: Plan, lse2, delta, shape, dim: int):
           spread(-delta))
 
 
+def _in_step(plan: Plan, index):
+  """A warpgroup's index into an owned shared-memory tile, as a step uses
+  it: under ``step_descriptors`` through an optimization barrier (an empty
+  volatile asm), so LLVM computes the wgmma descriptors of the tile it
+  indexes in the step rather than hoisting them before the loop, where they
+  stayed live across it (64 bits each; the fused causal kernel reloaded 12
+  of them from local memory each step, twenty-fourth session)."""
+  if not plan.config.mosaic_bwd.step_descriptors:
+    return index
+  return lax.optimization_barrier(jnp.asarray(index, jnp.int32))
+
+
 def _probabilities(plan: Plan, acc, s_start, lse2, dim: int, mask):
   """``(P, t)``: P = exp2(S2 - L2) from S's accumulator, which started at
   ``s_start`` (:func:`_starts`) or at zero; t as :func:`_scores`'s. ``mask``
@@ -343,7 +355,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       cols = pl.ds(wg * width, width) if shared else pl.ds(0, width)
       if shared:
         plgpu.barrier_wait(ds_ready.at[parity])     # both dSᵀ are in
-      products = [(ds_smem.at[parity, g].T, k_smem.at[g, :, cols])
+      products = [(ds_smem.at[parity, g].T,
+                   k_smem.at[_in_step(plan, g), :, cols])
                   for g in (range(COMPUTE_WGS) if shared else [wg])]
       if plan.interpret:     # no accumulating wgmma there: add the products
         dq = sum(pipeline.wgmma_ss(a, b_, (block_q, width))
@@ -367,6 +380,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     def step(j, slot, sync, carry, masked):
       dk, dv = carry
       shape = (BLOCK_Q, block_q)              # [keys, queries]
+      k_tile, v_tile = (x.at[_in_step(plan, wg)] for x in (k_smem, v_smem))
       head, i = head_and_tile(j)
       # segment ids of the rows (keys) and of query tile i (first: latency
       # behind the waits)

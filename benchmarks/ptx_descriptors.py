@@ -1,0 +1,133 @@
+"""What hoisted wgmma descriptors cost a kernel in registers, read off its PTX.
+
+LLVM hoists the shared-memory matrix descriptors of a kernel's owned tiles
+(64-bit ``add``/``or`` of a base address and a descriptor constant) out of
+the loops that issue the wgmmas, so each one stays live across the loop. This
+script takes a PTX file that Mosaic GPU dumped on a GPU
+(``MOSAIC_GPU_DUMP_TO``, ``MOSAIC_GPU_DUMP_PTX=1``; ``gpu_session.sh
+dump-fused``), sinks those descriptor definitions into every loop that uses
+them (only the bases stay live), optionally gives the compute warpgroups 240
+registers instead of 232 (``setmaxnreg``, the producer 24), and prints
+ptxas's stack and spill line for each form; with ``--nvdisasm``, also the
+local-memory stores and loads (spills and refills) per pass of each
+wgmma loop of the SASS. It needs only ``ptxas`` (CUDA 12.8 or later for
+sm_90a) and, optionally, ``nvdisasm`` (PyPI ``nvidia-cuda-nvdisasm``), no
+GPU.
+
+  python benchmarks/ptx_descriptors.py flashjax_dkdv_dq_2.ptx \
+      --nvdisasm nvdisasm
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import subprocess
+import tempfile
+
+# a 64-bit wgmma descriptor: base | (1 << 62 swizzle bits ...) + k-step offset
+DESCRIPTOR = re.compile(
+    r"\s*(?:add|or)\.[bs]64\s+(%rd\d+),\s*%rd\d+,\s*4611686\d+;\s*$")
+LABEL = re.compile(r"^(\$L__BB\d+_\d+):$")
+BRANCH = re.compile(r"bra(?:\.uni)?\s+(\$L__BB\d+_\d+);")
+
+
+def loops(lines: list[str], min_lines: int = 300) -> list[tuple[int, int]]:
+  """(label line, back-branch line) of the loops longer than ``min_lines``."""
+  labels = {m.group(1): i for i, line in enumerate(lines)
+            if (m := LABEL.match(line.strip()))}
+  found = []
+  for i, line in enumerate(lines):
+    m = BRANCH.search(line)
+    if m and labels.get(m.group(1), i) < i - min_lines:
+      found.append((labels[m.group(1)], i))
+  return found
+
+
+def sink_descriptors(lines: list[str]) -> tuple[list[str], int]:
+  """The PTX with each hoisted descriptor defined again at the top of every
+  loop that uses it (its hoisted definition removed); and how many moved."""
+  defs = {m.group(1): i for i, line in enumerate(lines)
+          if (m := DESCRIPTOR.match(line))}
+  inserts, removed = {}, set()
+  for start, end in loops(lines):
+    body = "\n".join(lines[start:end])
+    for reg, i in defs.items():
+      if not start < i <= end and re.search(re.escape(reg) + r"\b", body):
+        inserts.setdefault(start, []).append(lines[i])
+        removed.add(i)
+  out = []
+  for i, line in enumerate(lines):
+    if i not in removed:
+      out.append(line)
+    out += inserts.get(i, [])
+  return out, len(removed)
+
+
+def with_registers(lines: list[str], compute: int, producer: int) -> list[str]:
+  text = "\n".join(lines)
+  text = re.sub(r"setmaxnreg\.inc\.sync\.aligned\.u32 \d+",
+                f"setmaxnreg.inc.sync.aligned.u32 {compute}", text)
+  text = re.sub(r"setmaxnreg\.dec\.sync\.aligned\.u32 \d+",
+                f"setmaxnreg.dec.sync.aligned.u32 {producer}", text)
+  return text.split("\n")
+
+
+def compile_ptx(ptxas: str, lines: list[str], nvdisasm: str | None):
+  """(ptxas's stack/spill line, the SASS or None) for the PTX ``lines``."""
+  with tempfile.TemporaryDirectory() as tmp:
+    src, cubin = (pathlib.Path(tmp) / name for name in ("k.ptx", "k.cubin"))
+    src.write_text("\n".join(lines))
+    out = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(src), "-o",
+                          str(cubin)], capture_output=True, text=True,
+                         check=True)
+    sass = None if nvdisasm is None else subprocess.run(
+        [nvdisasm, "-c", str(cubin)], capture_output=True, text=True,
+        check=True).stdout
+  return next(line.strip() for line in out.stderr.splitlines()
+              if "bytes stack frame" in line), sass
+
+
+def loop_spills(sass: str) -> list[str]:
+  """``STL n, LDL m`` for each loop of the SASS that issues wgmmas
+  (``HGMMA``) and branches back (the wait loops' retries, placed at the
+  function's end, are left out: they branch into these)."""
+  lines = sass.split("\n")
+  labels = {m.group(1): i for i, line in enumerate(lines)
+            if (m := re.match(r"^(\.L_x_\d+):", line.strip()))}
+  found = []
+  for i, line in enumerate(lines):
+    m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", line)
+    start = labels.get(m.group(1), i) if m else i
+    body = lines[start:i + 1]
+    if start < i and any("HGMMA" in x for x in body) and not any(
+        "EXIT" in x for x in body):
+      found.append((start, i, sum("STL" in x for x in body),
+                    sum("LDL" in x for x in body)))
+  # innermost: drop loops that contain another
+  inner = [f for f in found if not any(
+      g is not f and f[0] <= g[0] and g[1] <= f[1] for g in found)]
+  return [f"STL {st}, LDL {ld}" for _, _, st, ld in inner]
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("ptx", help="a PTX file Mosaic GPU dumped")
+  p.add_argument("--ptxas", default="ptxas")
+  p.add_argument("--nvdisasm", help="to count spills per loop pass")
+  args = p.parse_args()
+  lines = pathlib.Path(args.ptx).read_text().split("\n")
+  sunk, moved = sink_descriptors(lines)
+  print(f"{args.ptx}: {len(loops(lines))} loops, {moved} hoisted descriptor "
+        f"definitions sunk into them")
+  for name, form in (("as dumped", lines), ("descriptors sunk", sunk)):
+    for regs in (232, 240):
+      ptx = form if regs == 232 else with_registers(form, 240, 24)
+      line, sass = compile_ptx(args.ptxas, ptx, args.nvdisasm)
+      per_pass = "" if sass is None else f" {'; '.join(loop_spills(sass))} |"
+      print(f"| {name} | {regs} registers | {line} |{per_pass}")
+
+
+if __name__ == "__main__":
+  main()
