@@ -43,6 +43,13 @@ race detector, and pass compiled on the H200 (tests/test_mosaic.py).
 the dK/dV kernel, column vectors of 16 registers a thread each) are not live
 while P and dS are computed, and no subtraction runs per entry.
 
+``MosaicBlocks(step_descriptors=True)``: the dK/dV kernel indexes its owned
+K and V tiles through an optimization barrier in each step
+(:func:`_in_step`), so LLVM computes their wgmma descriptors there; without
+it they are hoisted out of the step loops (24 of 64 bits a loop at d 128,
+with K's for the fused dQ product), and the fused causal kernel spilled them
+(benchmarks/ptx_descriptors.py). Off until timed.
+
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
 non-causal, two kernels elsewhere; deferred waits and folded statistics at
 d 128 (the latter cut the fused kernel's spills from 92 to 16 bytes,
