@@ -75,8 +75,9 @@
 #              optimization barrier each step (step_descriptors: their wgmma
 #              descriptors no longer hoisted and spilled) compiled, then timed
 #              d 128, fused and two kernels, 232 and 240 registers (~7 min)
-#   dump-fused the fused backward's PTX and ptxas lines, d 128 causal, for
-#              reading its spills here with ptxas and nvdisasm (~1 min)
+#   dump-fused the PTX and ptxas lines of the d 128 causal kernels (the
+#              default's and the fused backward), for reading their spills
+#              here (benchmarks/ptx_descriptors.py) (~1.5 min)
 #   opts-split-dq  the fused backward at d 64 with dQ's columns split
 #              between the warpgroups (split_dq: half the float32 dQ
 #              reduce-added per step) compiled, then timed forward+backward
@@ -462,18 +463,20 @@ for s in "$@"; do
       $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc.log" \
         --out "$WORK/opts-step-desc-ptxas" > /dev/null ;;
     dump-fused)
-      # the fused backward's PTX (Mosaic GPU's dump), d 128 causal, bf16 4k,
-      # for reading its spills off the GPU: ptxas -v and nvdisasm here (the
-      # GPU image has no nvdisasm, so no SASS there). Only its files, xz'd:
-      # the whole dump, MLIR pass logs included, is ~350 MB (~1 min)
+      # the PTX of the d 128 causal forward+backward's kernels (Mosaic GPU's
+      # dump; bf16 4k): the default's (forward, dK/dV, dQ) and the fused
+      # backward's, for reading spills and hoisted descriptors off the GPU
+      # (benchmarks/ptx_descriptors.py; ptxas -v and nvdisasm here: the GPU
+      # image has no nvdisasm). Only .ptx and ptxas lines, xz'd: the whole
+      # dump, MLIR pass logs included, is ~350 MB a kernel set (~1.5 min)
       dump=$(mktemp -d)
       step dump-fused env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
-        MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
+        MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal true \
         --modes fwd_bwd --matmul 0 --repeats 1 --out "$WORK/dump-fused"
-      (cd "$dump" && tar cJf "$WORK/dump-fused.tar.xz" \
-        $(ls | grep dkdv_dq | grep -v mlir-passes)) ;;
+      (cd "$dump" && tar cJf "$WORK/dump-ptx.tar.xz" *.ptx *.ptxas) ;;
     opts-split-dq)
       # MosaicBlocks(split_dq=True): at d 64 the fused backward reduce-adds
       # 32 KiB of float32 dQ per CTA step (each warpgroup all 64 columns

@@ -26,7 +26,9 @@ import re
 import subprocess
 import tempfile
 
-# a 64-bit wgmma descriptor: base | (1 << 62 swizzle bits ...) + k-step offset
+# a wgmma descriptor of a 128-byte-swizzled tile (bit 62 set: the swizzle
+# mode; the strides in bits 16-45), a 64-bit base address field plus a
+# constant: the tile's k-step offset
 DESCRIPTOR = re.compile(
     r"\s*(?:add|or)\.[bs]64\s+(%rd\d+),\s*%rd\d+,\s*4611686\d+;\s*$")
 LABEL = re.compile(r"^(\$L__BB\d+_\d+):$")

@@ -121,6 +121,39 @@ def test_profile_kernels_tabulates_ptxas_spills(tmp_path):
   assert "tests:" not in "\n".join(lines)
 
 
+def test_ptx_descriptors_sinks_hoisted_descriptors():
+  """benchmarks/ptx_descriptors.py: a descriptor (a 64-bit base plus a
+  128-byte-swizzle constant) defined before a loop that uses it is defined
+  again at the loop's top instead, in every such loop, and its hoisted
+  definition goes; other lines stay. setmaxnreg's counts are rewritten; the
+  SASS count takes each wgmma loop's local stores and loads, not the
+  enclosing loop's or a wait loop's."""
+  from benchmarks import ptx_descriptors as pd
+  filler = ["\tadd.s32 \t%r1, %r1, 1;"] * 301
+  ptx = ["\tsetmaxnreg.inc.sync.aligned.u32 232;",
+         "\tor.b64 \t%rd89, %rd354, 4611686568183201792;",
+         "\tadd.s64 \t%rd91, %rd354, 4611686568183201794;",
+         "\tadd.s64 \t%rd7, %rd354, 16;",
+         "$L__BB0_8:", "\twgmma %rd89, %rd91;", *filler,
+         "\t@%p1 bra \t$L__BB0_8;",
+         "$L__BB0_11:", "\twgmma %rd89;", *filler,
+         "\t@%p2 bra \t$L__BB0_11;"]
+  sunk, moved = pd.sink_descriptors(ptx)
+  assert moved == 2 and len(pd.loops(ptx)) == 2
+  first, second = sunk.index("$L__BB0_8:"), sunk.index("$L__BB0_11:")
+  assert sunk[:first] == [ptx[0], ptx[3]]
+  assert sunk[first + 1:first + 3] == ptx[1:3]
+  assert sunk[second + 1] == ptx[1]            # only what this loop uses
+  assert sunk[second + 2] == "\twgmma %rd89;"
+  assert pd.with_registers(ptx, 240, 24)[0] == (
+      "\tsetmaxnreg.inc.sync.aligned.u32 240;")
+  sass = "\n".join([
+      ".L_x_1:", "STL [R1], R2", ".L_x_2:", "LDL R3, [R1]", "HGMMA.64x64x16",
+      "LDL R4, [R1+0x4]", "BRA `(.L_x_2)", "STL [R1+0x8], R5",
+      "BRA `(.L_x_1)", ".L_x_3:", "LDL R6, [R1]", "BRA `(.L_x_3)"])
+  assert pd.loop_spills(sass) == ["STL 0, LDL 2"]
+
+
 def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
   """--source on ncu's ``--page source --csv --print-source sass`` layout
   (a "Kernel Name" line before each kernel's table, gzipped): per kernel the
