@@ -403,24 +403,24 @@ def test_policy_with_16_bit_logits_lowers_for_cuda(backend, head_dim, causal):
   assert ("triton" if backend == "triton" else "mosaic_gpu") in text
 
 
-@pytest.mark.parametrize("backend,head_dim,fmt,causal,blocks", [
-    ("triton", 128, "float8_e4m3fn", True, {}),
-    ("mosaic", 128, "float8_e4m3fn", True, {}),
-    ("mosaic", 128, "float8_e4m3fn", False, {}),     # 256-row K/V tiles
-    ("mosaic", 64, "float8_e5m2", False, {}),
-    ("mosaic", 128, "float8_e4m3fn", True, {"intra_wg_overlap": True}),
+@pytest.mark.parametrize("backend,head_dim,fmt,causal,overlap", [
+    ("triton", 128, "float8_e4m3fn", True, False),
+    ("mosaic", 128, "float8_e4m3fn", True, False),
+    ("mosaic", 128, "float8_e4m3fn", False, False),     # 256-row K/V tiles
+    ("mosaic", 64, "float8_e5m2", False, False),
+    ("mosaic", 128, "float8_e4m3fn", True, True),
 ])
-def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, blocks):
+def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, overlap):
   """Compiled-mode lowering of both FP8 forwards with their default tilings
   against an abstract H100 (for Mosaic GPU: 8-bit wgmma operand layouts, V's
   K-major tile, SMEM), and with the intra-warpgroup overlap (P V in flight
   while the next P is computed)."""
   import dataclasses
   config = None
-  if blocks:
+  if overlap:
     config = flashjax.default_config(head_dim, causal=causal, fp8=True)
     config = dataclasses.replace(config, mosaic=dataclasses.replace(
-        config.mosaic, **blocks))
+        config.mosaic, intra_wg_overlap=True))
 
   def f(q8, k8, v8, d):
     return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,

@@ -387,6 +387,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     def step(j, slot, sync, carry, masked):
       dk, dv = carry
       shape = (BLOCK_Q, block_q)              # [keys, queries]
+      # the owned K and V tiles as this step indexes them (_in_step)
       k_tile, v_tile = (x.at[_in_step(plan, wg)] for x in (k_smem, v_smem))
       head, i = head_and_tile(j)
       # segment ids of the rows (keys) and of query tile i (first: latency
