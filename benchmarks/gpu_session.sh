@@ -14,6 +14,7 @@
 #   tests      the core parity suite compiled on the Hopper kernels (default
 #              tilings) + FP8, then the long sequences (-v: a cut run still
 #              names what passed) (~7 min)
+#   tests-core the core suite alone (the start of `tests`; ~5 min)
 #   tests-large  the long sequences alone (the end of `tests`; ~2 min)
 #   tests-fp8  tests/test_fp8.py compiled (~2 min)
 #   tests-banded  the causal and window Hopper cases of test_attention.py
@@ -75,6 +76,9 @@
 #              optimization barrier each step (step_descriptors: their wgmma
 #              descriptors no longer hoisted and spilled) compiled, then timed
 #              d 128, fused and two kernels, 232 and 240 registers (~7 min)
+#   confirm-v19  the v19 backward defaults against v18's spelled as options,
+#              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
+#              4k / 16k with and without step_descriptors (~3 min)
 #   dump-fused the PTX and ptxas lines of the d 128 causal kernels (the
 #              default's and the fused backward), for reading their spills
 #              here (benchmarks/ptx_descriptors.py) (~1.5 min)
@@ -223,10 +227,11 @@ for s in "$@"; do
         pydantic pydantic-core annotated-types typing-inspection qwix \
         immutabledict tensorboardx xprof fire termcolor six jaxtyping \
         wadler_lindig ;;
-    tests)
+    tests|tests-core)
       step tests env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 330 \
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
-        tests/test_attention.py tests/test_fp8.py -k "mosaic or fp8" ;&
+        tests/test_attention.py tests/test_fp8.py -k "mosaic or fp8"
+      [ "$s" = tests ] || continue ;&
     tests-large)
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 210 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
@@ -462,6 +467,19 @@ for s in "$@"; do
         --out "$WORK/opts-step-desc"
       $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc.log" \
         --out "$WORK/opts-step-desc-ptxas" > /dev/null ;;
+    confirm-v19)
+      # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
+      # causal from 8k keys fused, 240 registers) against v18's, spelled as
+      # options on top of them, and cuDNN, bf16 forward+backward (~3 min)
+      V18C=flashjax_mosaic+bwd.step_descriptors=False+bwd.fused_dq=False+bwd.compute_registers=232
+      step confirm-v19-causal timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic $V18C cudnn --dtypes bfloat16 \
+        --head-dims 128 --seqs 8192 16384 --causal true --modes fwd_bwd \
+        --matmul 0 --repeats 11 --out "$WORK/confirm-v19-causal"
+      step confirm-v19 timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.step_descriptors=False \
+        cudnn --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false --modes fwd_bwd --matmul 0 --out "$WORK/confirm-v19" ;;
     dump-fused)
       # the PTX of the d 128 causal forward+backward's kernels (Mosaic GPU's
       # dump; bf16 4k): the default's (forward, dK/dV, dQ) and the fused

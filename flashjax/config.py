@@ -113,7 +113,7 @@ class MosaicBlocks:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
-  so the default stays 232). ``fold_stats`` (backward): the S and dP
+  so the default stays 232; 240 in d 128's fused causal backward). ``fold_stats`` (backward): the S and dP
   accumulators start at ``-L2 / u`` and ``-D`` (:func:`pallas_kernels.mosaic.
   bwd._starts`) instead of zero, so the per-row statistics (in the dK/dV
   kernel 16 registers each, a vector over the tile's queries) are not live
@@ -245,9 +245,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   ``causal``): whether a causal or window bound makes the query tiles' work
   unequal, which keeps the forward off the persistent grid (causal up to 12k
   keys excepted: mirrored pairs); ``seq_kv`` picks the causal Hopper
-  forward's K/V tile and grid and d 64's backward kernels (None: the causal
-  forward's grid as at 16k keys, the FP8 causal forward's K/V tile and d
-  64's backward as below 4k). The
+  forward's K/V tile and grid and the backward's kernels (None: the causal
+  forward's grid as at 16k keys, the FP8 causal forward's K/V tile and the
+  backward as below 4k keys). The
   16-bit choices for 64 and 128 are the fastest of
   benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
   and not); wider dtypes shrink the portable kernels' tiles until their
@@ -368,14 +368,30 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 4k, 7.605 vs 7.678 at 16k, d 64 9.125 vs 9.338 at 16k (2.608 vs 2.610 at
   # 4k). The forward, which spills nothing either way, is even or loses (d
   # 128 16k 1.859 vs 1.825): iotas there.
+  # The dK/dV kernel's owned K/V tiles indexed in each step
+  # (step_descriptors), so LLVM no longer hoists their wgmma descriptors out
+  # of the loops, d 128 (twenty-fifth session,
+  # results/raw/opts-step-desc-h200.md, bf16 forward+backward, one process):
+  # the fused causal kernel's spills 460 bytes to 16 (0 with 240 registers a
+  # compute thread); non-causal (fused) 3.583 ms vs 3.705 at 4k, 13.659 vs
+  # 14.050 at 16k; causal fused with 240 registers 3.822 vs 3.896 (two
+  # kernels) at 8k, 7.188 vs 7.579 at 16k (cuDNN 7.440), even at 4k (2.033
+  # vs 2.053): fused causal from 8k keys. The two-kernel causal dK/dV (8
+  # bytes spilled) loses with them (2.104 vs 2.053 at 4k, 3.995 vs 3.896 at
+  # 8k): fused kernels only.
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
-  fused = (head_dim > 64 and not causal) or split
+  long_causal = (head_dim > 64 and causal and seq_kv is not None and
+                 seq_kv >= 8192)
+  fused = (head_dim > 64 and not causal) or split or long_causal
   mosaic_bwd = MosaicBlocks(block_kv=128,
                             stages=3 if fused and not causal else 2,
-                            block_q_dkv=64, fused_dq=fused, split_dq=split,
+                            block_q_dkv=64, fused_dq=fused,
+                            split_dq=split,
                             deferred_waits=head_dim > 64,
-                            fold_stats=head_dim > 64, index_vectors=True)
+                            fold_stats=head_dim > 64, index_vectors=True,
+                            compute_registers=240 if long_causal else 232,
+                            step_descriptors=fused and head_dim > 64)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

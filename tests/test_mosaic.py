@@ -163,6 +163,31 @@ def test_d64_backward_by_length():
                       backend="mosaic", config=config)
 
 
+def test_d128_backward_by_length():
+  """d 128's backward (flashjax.default_config by ``seq_kv``): one fused
+  kernel non-causal (3 stages); causal two kernels below 8k keys (and
+  without a length), then fused with 240 registers a compute thread; the
+  fused kernel's step computes its owned tiles' descriptors
+  (``step_descriptors``). The long causal form lowers for CUDA here and on a GPU runs
+  against the reference at a short shape (GQA, odd lengths; the 12k and
+  16k cases of tests/test_large.py run it at length)."""
+  def bwd(causal, seq_kv):
+    blocks = flashjax.default_config(128, causal=causal,
+                                     seq_kv=seq_kv).mosaic_bwd
+    return (blocks.fused_dq, blocks.split_dq, blocks.stages,
+            blocks.compute_registers, blocks.step_descriptors)
+  assert [bwd(False, 4096), bwd(True, 4096), bwd(True, 8192),
+          bwd(True, None)] == [
+              (True, False, 3, 232, True), (False, False, 2, 232, False),
+              (True, False, 2, 240, True), (False, False, 2, 232, False)]
+  config = flashjax.default_config(128, causal=True, seq_kv=8192)
+  assert grad_kernels(config, 128, "bfloat16", causal=True) == 2
+  if jax.default_backend() == "gpu":
+    check_attention(Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=333,
+                         num_q_heads=4, num_kv_heads=2, head_dim=128,
+                         causal=True), backend="mosaic", config=config)
+
+
 @pytest.mark.parametrize("field,blocks,kib", [
     ("mosaic", flashjax.MosaicBlocks(block_kv=256, stages=3), 416),
     # 3 stages of 128-row K/V tiles fit the forward (224 KiB), not dQ
