@@ -76,6 +76,9 @@
 #              optimization barrier each step (step_descriptors: their wgmma
 #              descriptors no longer hoisted and spilled) compiled, then timed
 #              d 128, fused and two kernels, 232 and 240 registers (~7 min)
+#   opts-step-desc-next  step_descriptors in d 64's fused backward, and d
+#              128 causal fused (240 registers) at 2k / 4k keys, against the
+#              v19 defaults and cuDNN (~4 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -467,6 +470,25 @@ for s in "$@"; do
         --out "$WORK/opts-step-desc"
       $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc.log" \
         --out "$WORK/opts-step-desc-ptxas" > /dev/null ;;
+    opts-step-desc-next)
+      # what v19 left untimed: step_descriptors in d 64's fused backward (the
+      # default from 4k keys non-causal, 16k causal), and d 128 causal below
+      # 8k keys fused as from 8k (descriptors in the step, 240 registers),
+      # bf16 forward+backward against the default and cuDNN, with ptxas's
+      # lines (~4 min)
+      step opts-step-desc-next env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.step_descriptors=True cudnn --dtypes bfloat16 \
+        --head-dims 64 --seqs 4096 16384 --causal false true --modes fwd_bwd \
+        --matmul 0 --out "$WORK/opts-step-desc-d64"
+      step opts-step-desc-next env MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.step_descriptors=True+bwd.compute_registers=240 \
+        cudnn --dtypes bfloat16 --head-dims 128 --seqs 2048 4096 \
+        --causal true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-fused-causal-short"
+      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc-next.log" \
+        --out "$WORK/opts-step-desc-next-ptxas" > /dev/null ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as
