@@ -113,11 +113,12 @@ class MosaicBlocks:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
-  so the default stays 232; 240 in d 128's fused causal backward). ``fold_stats`` (backward): the S and dP
-  accumulators start at ``-L2 / u`` and ``-D`` (:func:`pallas_kernels.mosaic.
-  bwd._starts`) instead of zero, so the per-row statistics (in the dK/dV
-  kernel 16 registers each, a vector over the tile's queries) are not live
-  while the step computes P and dS, and no subtraction runs per entry.
+  so the default stays 232; 240 in d 128's fused causal backward).
+  ``fold_stats`` (backward): the S and dP accumulators start at ``-L2 / u``
+  and ``-D`` (:func:`pallas_kernels.mosaic.bwd._starts`) instead of zero,
+  so the per-row statistics (in the dK/dV kernel 16 registers each, a
+  vector over the tile's queries) are not live while the step computes P
+  and dS, and no subtraction runs per entry.
   ``split_dq`` (fused backward): below d 128 too, the two warpgroups share
   their dSᵀ and each takes half of dQ's columns over both warpgroups' keys
   (:meth:`dq_columns`; at d >= 128 the fused kernel always does),
@@ -130,7 +131,8 @@ class MosaicBlocks:
   (dK/dV kernel): the owned K and V tiles are indexed through an
   optimization barrier in each step (:func:`pallas_kernels.mosaic.bwd.
   _in_step`), so their wgmma descriptors are computed there instead of
-  hoisted before the loop and held (or spilled) across it.
+  hoisted before the loop and held (or spilled) across it (the default in
+  d 128's fused backward, where they had spilled).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -376,9 +378,12 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # compute thread); non-causal (fused) 3.583 ms vs 3.705 at 4k, 13.659 vs
   # 14.050 at 16k; causal fused with 240 registers 3.822 vs 3.896 (two
   # kernels) at 8k, 7.188 vs 7.579 at 16k (cuDNN 7.440), even at 4k (2.033
-  # vs 2.053): fused causal from 8k keys. The two-kernel causal dK/dV (8
-  # bytes spilled) loses with them (2.104 vs 2.053 at 4k, 3.995 vs 3.896 at
-  # 8k): fused kernels only.
+  # vs 2.053): fused causal from 8k keys. Against v18 again (11 rounds,
+  # results/raw/confirm-v19-causal-h200.md, confirm-v19-h200.md): causal
+  # 3.785 vs 3.847 at 8k, 7.238 vs 7.445 at 16k (cuDNN 7.379), non-causal
+  # 3.570 vs 3.648 at 4k, 13.619 vs 14.056 at 16k. The two-kernel causal
+  # dK/dV (8 bytes spilled) loses with them (2.104 vs 2.053 at 4k, 3.995 vs
+  # 3.896 at 8k): fused kernels only.
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
@@ -386,8 +391,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   fused = (head_dim > 64 and not causal) or split or long_causal
   mosaic_bwd = MosaicBlocks(block_kv=128,
                             stages=3 if fused and not causal else 2,
-                            block_q_dkv=64, fused_dq=fused,
-                            split_dq=split,
+                            block_q_dkv=64, fused_dq=fused, split_dq=split,
                             deferred_waits=head_dim > 64,
                             fold_stats=head_dim > 64, index_vectors=True,
                             compute_registers=240 if long_causal else 232,

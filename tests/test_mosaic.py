@@ -168,9 +168,9 @@ def test_d128_backward_by_length():
   kernel non-causal (3 stages); causal two kernels below 8k keys (and
   without a length), then fused with 240 registers a compute thread; the
   fused kernel's step computes its owned tiles' descriptors
-  (``step_descriptors``). The long causal form lowers for CUDA here and on a GPU runs
-  against the reference at a short shape (GQA, odd lengths; the 12k and
-  16k cases of tests/test_large.py run it at length)."""
+  (``step_descriptors``). The long causal form lowers for CUDA here and on
+  a GPU runs against the reference at a short shape (GQA, odd lengths; the
+  12k and 16k cases of tests/test_large.py run it at length)."""
   def bwd(causal, seq_kv):
     blocks = flashjax.default_config(128, causal=causal,
                                      seq_kv=seq_kv).mosaic_bwd
