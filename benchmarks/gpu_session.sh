@@ -458,7 +458,8 @@ for s in "$@"; do
       # (240 registers: 324 to 60; benchmarks/ptx_descriptors.py,
       # results/raw/ptx-descriptors-session24-cpu.log). Compiled, then
       # forward+backward bf16 d 128 against the default and cuDNN, with
-      # ptxas's lines (~7 min)
+      # ptxas's lines (~7 min). Ran at 610ee06, where the default was v18's
+      # backward; since v19 `confirm-v19` spells v18 out as options
       mosaic_tests opts-step-desc 150 -k step_descriptors
       step opts-step-desc env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \

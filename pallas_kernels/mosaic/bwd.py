@@ -48,12 +48,15 @@ K and V tiles through an optimization barrier in each step
 (:func:`_in_step`), so LLVM computes their wgmma descriptors there; without
 it they are hoisted out of the step loops (24 of 64 bits a loop at d 128,
 with K's for the fused dQ product), and the fused causal kernel spilled them
-(benchmarks/ptx_descriptors.py). Off until timed.
+(benchmarks/ptx_descriptors.py; with it 16 bytes instead of 460).
 
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
-non-causal, two kernels elsewhere; deferred waits and folded statistics at
+non-causal and causal from 8k keys (there with 240 registers a compute
+thread), at d 64 non-causal from 4k keys and causal from 16k (dQ's columns
+split), two kernels elsewhere; deferred waits and folded statistics at
 d 128 (the latter cut the fused kernel's spills from 92 to 16 bytes,
-results/raw/opts-fold-h200.md); the dQ overlap
+results/raw/opts-fold-h200.md), and ``step_descriptors`` in its fused
+kernel (results/raw/confirm-v19-h200.md); the dQ overlap
 off (slower in every tuned case on the H200) and the persistent grid off
 (it gained nothing on the H100).
 """
