@@ -79,6 +79,9 @@
 #   opts-step-desc-next  step_descriptors in d 64's fused backward, and d
 #              128 causal fused (240 registers) at 2k / 4k keys, against the
 #              v19 defaults and cuDNN (~4 min)
+#   opts-fwd-registers  240 registers a compute thread in the forward (v19)
+#              against the default 232 and cuDNN, bf16 and fp16, d 128 and
+#              64, causal and not, 4k / 16k (~3.5 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -490,6 +493,14 @@ for s in "$@"; do
         --out "$WORK/opts-fused-causal-short"
       $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc-next.log" \
         --out "$WORK/opts-step-desc-next-ptxas" > /dev/null ;;
+    opts-fwd-registers)
+      # the forward's compute_registers=240 (open since the eleventh
+      # session, which timed it only at bf16 d 128 with the backward's)
+      step opts-fwd-registers env MOSAIC_GPU_DUMP_PTXAS=1 timeout 420 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+compute_registers=240 cudnn --dtypes bfloat16 float16 \
+        --head-dims 128 64 --seqs 4096 16384 --causal false true --modes fwd \
+        --out "$WORK/opts-fwd-registers" ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as

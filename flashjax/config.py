@@ -113,7 +113,10 @@ class MosaicBlocks:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
   forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
-  so the default stays 232; 240 in d 128's fused causal backward).
+  so the default stays 232; 240 in d 128's fused causal backward; in the
+  forward alone it is even at d 128 non-causal and loses elsewhere, up to
+  1.9% at d 128 causal and 0.7-4.0% at d 64,
+  results/raw/opts-fwd-registers-session26-h200.md).
   ``fold_stats`` (backward): the S and dP accumulators start at ``-L2 / u``
   and ``-D`` (:func:`pallas_kernels.mosaic.bwd._starts`) instead of zero,
   so the per-row statistics (in the dK/dV kernel 16 registers each, a
@@ -383,7 +386,12 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 3.785 vs 3.847 at 8k, 7.238 vs 7.445 at 16k (cuDNN 7.379), non-causal
   # 3.570 vs 3.648 at 4k, 13.619 vs 14.056 at 16k. The two-kernel causal
   # dK/dV (8 bytes spilled) loses with them (2.104 vs 2.053 at 4k, 3.995 vs
-  # 3.896 at 8k): fused kernels only.
+  # 3.896 at 8k): fused kernels only. Twenty-sixth session (one process,
+  # results/raw/opts-step-desc-d64-session26-h200.md, opts-fused-causal-short-
+  # session26-h200.md): in d 64's fused kernel, which spills nothing either
+  # way, they are noise or lose (non-causal 4.628 vs 4.617 ms at 4k, 17.554
+  # vs 17.795 at 16k; causal 16k 9.549 vs 9.283): d 128 only; d 128 causal
+  # fused below 8k keys loses (1.181 vs 1.155 ms at 2k, 2.092 vs 2.073 at 4k).
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
