@@ -82,6 +82,10 @@
 #   opts-fwd-registers  240 registers a compute thread in the forward (v19)
 #              against the default 232 and cuDNN, bf16 and fp16, d 128 and
 #              64, causal and not, 4k / 16k (~3.5 min)
+#   opts-bwd-registers  240 registers a compute thread in the two-kernel
+#              backward (d 128 causal below 8k keys, d 64 causal below 16k,
+#              d 64 non-causal below 4k) against the default and cuDNN, bf16
+#              forward+backward (~2.5 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -501,6 +505,20 @@ for s in "$@"; do
         flashjax_mosaic+compute_registers=240 cudnn --dtypes bfloat16 float16 \
         --head-dims 128 64 --seqs 4096 16384 --causal false true --modes fwd \
         --out "$WORK/opts-fwd-registers" ;;
+    opts-bwd-registers)
+      # the two-kernel backward's compute_registers=240 (the eleventh
+      # session timed it only with the forward's)
+      step opts-bwd-registers env MOSAIC_GPU_DUMP_PTXAS=1 timeout 250 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.compute_registers=240 cudnn --dtypes bfloat16 \
+        --head-dims 128 64 --seqs 2048 4096 --causal true --modes fwd_bwd \
+        --matmul 0 --out "$WORK/opts-bwd-registers"
+      step opts-bwd-registers timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.compute_registers=240 \
+        cudnn --dtypes bfloat16 --head-dims 64 --seqs 2048 --causal false \
+        --modes fwd_bwd --matmul 0 --out "$WORK/opts-bwd-registers-nc"
+      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-bwd-registers.log" \
+        --out "$WORK/opts-bwd-registers-ptxas" > /dev/null ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as

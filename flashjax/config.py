@@ -116,7 +116,9 @@ class MosaicBlocks:
   so the default stays 232; 240 in d 128's fused causal backward; in the
   forward alone it is even at d 128 non-causal and loses elsewhere, up to
   1.9% at d 128 causal and 0.7-4.0% at d 64,
-  results/raw/opts-fwd-registers-session26-h200.md).
+  results/raw/opts-fwd-registers-session26-h200.md; in the two-kernel
+  backward alone even at d 128 causal and 1.2-1.8% behind at d 64,
+  results/raw/opts-bwd-registers-session26-h200.md).
   ``fold_stats`` (backward): the S and dP accumulators start at ``-L2 / u``
   and ``-D`` (:func:`pallas_kernels.mosaic.bwd._starts`) instead of zero,
   so the per-row statistics (in the dK/dV kernel 16 registers each, a
