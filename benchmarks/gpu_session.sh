@@ -86,6 +86,10 @@
 #              backward (d 128 causal below 8k keys, d 64 causal below 16k,
 #              d 64 non-causal below 4k) against the default and cuDNN, bf16
 #              forward+backward (~2.5 min)
+#   opts-kv192  the forward with 192-key K/V tiles (FlashAttention 3's wider
+#              d 128 tile; without prefetch_q, for shared memory) compiled,
+#              then timed against the default, the default without
+#              prefetch_q, and cuDNN, bf16 and fp16 d 128, 4k / 16k (~4 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -519,6 +523,18 @@ for s in "$@"; do
         --modes fwd_bwd --matmul 0 --out "$WORK/opts-bwd-registers-nc"
       $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-bwd-registers.log" \
         --out "$WORK/opts-bwd-registers-ptxas" > /dev/null ;;
+    opts-kv192)
+      # K and V pad to a multiple of 384 keys (4096 -> 4224, 16384 -> 16512),
+      # the padding's copy included in the times
+      mosaic_tests opts-kv192 150 -k kv192
+      step opts-kv192 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+prefetch_q=False \
+        flashjax_mosaic+block_kv=192+prefetch_q=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --out "$WORK/opts-kv192"
+      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-kv192.log" \
+        --out "$WORK/opts-kv192-ptxas" > /dev/null ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as

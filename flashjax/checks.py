@@ -81,11 +81,13 @@ class Plan:
 
   @property
   def seq_kv_padded(self) -> int:
+    """seq_kv rounded up to whole tiles of every kernel (the least common
+    multiple: a Hopper forward's K/V tile may have 192 rows)."""
     tile = max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv)
     if self.backend == "mosaic":
-      tile = max(tile, self.config.mosaic.block_kv,
-                 self.config.mosaic_bwd.block_kv,
-                 MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
+      tile = math.lcm(tile, self.config.mosaic.block_kv,
+                      self.config.mosaic_bwd.block_kv,
+                      MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
     return _round_up(self.mask.seq_kv, tile)
 
 

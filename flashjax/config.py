@@ -82,7 +82,10 @@ MOSAIC_HEAD_DIMS = (64, 128)
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
   """Tiling of one pass of the Hopper kernels: rows of each streamed K/V tile
-  (forward, dQ), of each streamed query tile (dK/dV; the forward ignores it),
+  (forward, dQ: 64, 128, 256, or 192 as FlashAttention 3's wider d 128
+  tile, which fits the forward's shared memory at d 128 only without
+  ``prefetch_q``, and pads K and V to a multiple of 384 keys with the
+  backward's 128), of each streamed query tile (dK/dV; the forward ignores it),
   the pipeline's stages, and ``persistent``: one CTA per SM walking the
   output tiles (the forward's and dQ's query tiles, dK/dV's key tiles), so a
   tile's epilogue and the next one's first loads overlap compute.
@@ -162,9 +165,9 @@ class MosaicBlocks:
   step_descriptors: bool = False
 
   def __post_init__(self):
-    if self.block_kv not in (64, 128, 256):
-      raise ValueError(f"MosaicBlocks.block_kv must be 64, 128 or 256 (a wgmma "
-                       f"N), got {self.block_kv}.")
+    if self.block_kv not in (64, 128, 192, 256):
+      raise ValueError(f"MosaicBlocks.block_kv must be 64, 128, 192 or 256 (a "
+                       f"wgmma N), got {self.block_kv}.")
     if self.block_q_dkv not in (64, 128):
       raise ValueError(f"MosaicBlocks.block_q_dkv must be 64 or 128, got "
                        f"{self.block_q_dkv}.")

@@ -17,6 +17,7 @@ import pytest
 from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
 import flashjax
+from flashjax.checks import make_plan
 from flashjax.config import MOSAIC_COMPUTE_WGS
 from harness import Case, check_attention
 from test_lowering import lower_for_h100
@@ -224,7 +225,7 @@ def test_forward_takes_three_stages_of_128_rows_at_d128():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(block_kv=96), "block_kv must be 64, 128 or 256"),
+    (dict(block_kv=96), "block_kv must be 64, 128, 192 or 256"),
     (dict(stages=1), "stages must be >= 2"),
     (dict(block_q_dkv=256), "block_q_dkv must be 64 or 128"),
     (dict(compute_registers=248), "multiple of 8 from 168 to 240, got 248"),
@@ -369,6 +370,34 @@ def assert_forward_lowers(base, **blocks):
     q = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
     text = lower_for_h100(lambda q: flashjax.attention(
         q, q, q, causal=not persistent, backend="mosaic", config=compiled,
+        interpret=False), q).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
+
+
+def test_forward_kv192():
+  """``MosaicBlocks(block_kv=192)`` in the forward (FlashAttention 3's wider
+  d 128 K/V tile; without ``prefetch_q``, for shared memory): K and V pad to
+  the least common multiple of the kernels' tiles (384 keys with the
+  backward's 128), and O, L and the gradients pass the reference in the
+  interpreter (race detector on) causal with a window, GQA and packed
+  segments, and non-causal on the persistent grid; the forward lowers for
+  CUDA either way. The backward's smaller tiles are unchanged."""
+  case = Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=450,
+              num_q_heads=4, num_kv_heads=2, head_dim=128, causal=True,
+              window=(300, None), segments="packed")
+  for causal in (True, False):
+    base = flashjax.default_config(128, causal=causal)
+    config = dataclasses.replace(base, mosaic=dataclasses.replace(
+        base.mosaic, block_kv=192, prefetch_q=False))
+    plan, _, _ = make_plan(jnp.zeros((1, 200, 4, 128), jnp.bfloat16),
+                           *[jnp.zeros((1, 450, 2, 128), jnp.bfloat16)] * 2,
+                           causal=causal, config=config, backend="mosaic")
+    assert plan.seq_kv_padded == 768
+    check_without_races(dataclasses.replace(
+        case, causal=causal, window=case.window if causal else None), config)
+    q = jax.ShapeDtypeStruct((1, 1000, 4, 128), jnp.bfloat16)
+    text = lower_for_h100(lambda q: flashjax.attention(
+        q, q, q, causal=causal, backend="mosaic", config=config,
         interpret=False), q).as_text()
     assert text.count("custom_call @mosaic_gpu") == 1
 
