@@ -213,6 +213,10 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
                                           fp8=fp8 is not None, fp8_qk=fp8_qk)),
                 ("mosaic_bwd", config.mosaic_bwd, config.mosaic_bwd.smem_bytes(
                     head_dim_padded, itemsize, backward=True))]
+  if backend == "mosaic" and config.mosaic_bwd.block_kv == 192:
+    raise ValueError(
+        f"config.mosaic_bwd.block_kv = 192: 192-key K/V tiles are the Hopper "
+        f"forward's (config.mosaic); the backward takes 64, 128 or 256.")
   for name, blocks, need in tilings:
     if need > SMEM_BYTES:
       raise ValueError(

@@ -82,9 +82,9 @@ MOSAIC_HEAD_DIMS = (64, 128)
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
   """Tiling of one pass of the Hopper kernels: rows of each streamed K/V tile
-  (forward, dQ: 64, 128, 256, or 192 as FlashAttention 3's wider d 128
-  tile, which fits the forward's shared memory at d 128 only without
-  ``prefetch_q``, and pads K and V to a multiple of 384 keys with the
+  (forward, dQ: 64, 128 or 256; the forward also 192, FlashAttention 3's
+  wider d 128 tile, which fits its shared memory at d 128 only without
+  ``prefetch_q`` and pads K and V to a multiple of 384 keys with the
   backward's 128), of each streamed query tile (dK/dV; the forward ignores it),
   the pipeline's stages, and ``persistent``: one CTA per SM walking the
   output tiles (the forward's and dQ's query tiles, dK/dV's key tiles), so a

@@ -362,11 +362,12 @@ def assert_same_bits(want, got):
 
 
 def assert_forward_lowers(base, **blocks):
-  """The forward under ``base`` with ``blocks`` (128-row K/V tiles) lowers for
-  CUDA, one tile a CTA (causal) and persistent (non-causal)."""
+  """The forward under ``base`` with ``blocks`` (128-row K/V tiles unless
+  they say) lowers for CUDA, one tile a CTA (causal) and persistent
+  (non-causal)."""
   for persistent in (False, True):
     compiled = dataclasses.replace(base, mosaic=dataclasses.replace(
-        base.mosaic, block_kv=128, persistent=persistent, **blocks))
+        base.mosaic, **{"block_kv": 128, **blocks, "persistent": persistent}))
     q = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
     text = lower_for_h100(lambda q: flashjax.attention(
         q, q, q, causal=not persistent, backend="mosaic", config=compiled,
@@ -381,7 +382,8 @@ def test_forward_kv192():
   backward's 128), and O, L and the gradients pass the reference in the
   interpreter (race detector on) causal with a window, GQA and packed
   segments, and non-causal on the persistent grid; the forward lowers for
-  CUDA either way. The backward's smaller tiles are unchanged."""
+  CUDA either way. The backward's smaller tiles are unchanged; 192 there is
+  refused."""
   case = Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=450,
               num_q_heads=4, num_kv_heads=2, head_dim=128, causal=True,
               window=(300, None), segments="packed")
@@ -395,11 +397,11 @@ def test_forward_kv192():
     assert plan.seq_kv_padded == 768
     check_without_races(dataclasses.replace(
         case, causal=causal, window=case.window if causal else None), config)
-    q = jax.ShapeDtypeStruct((1, 1000, 4, 128), jnp.bfloat16)
-    text = lower_for_h100(lambda q: flashjax.attention(
-        q, q, q, causal=causal, backend="mosaic", config=config,
-        interpret=False), q).as_text()
-    assert text.count("custom_call @mosaic_gpu") == 1
+  assert_forward_lowers(config, block_kv=192)
+  with pytest.raises(ValueError, match="mosaic_bwd.block_kv = 192"):
+    make_plan(*[jnp.zeros((1, 200, 2, 128), jnp.bfloat16)] * 3,
+              config=dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+                  config.mosaic_bwd, block_kv=192)), backend="mosaic")
 
 
 @pytest.mark.parametrize("overlap", [False, True])
