@@ -513,7 +513,8 @@ def main(argv=None):
   p.add_argument("--merge", nargs="+", metavar="JSON",
                  help="benchmark nothing: join the rows of these result files "
                       "(runs split to fit a time limit) into --out; a row of a "
-                      "later file replaces the same case of an earlier one")
+                      "later file replaces the same case of an earlier one, "
+                      "and the last file's matmul rate is the one reported")
   p.add_argument("--joined", nargs="+", metavar="JSON",
                  help="benchmark nothing: print the README's table joining "
                       "these result files (one dtype each), TFLOP/s (×cuDNN)")
@@ -524,7 +525,8 @@ def main(argv=None):
     return
   if args.merge:
     parts = [json.loads(Path(f).read_text()) for f in args.merge]
-    meta = dict(parts[0]["meta"], command=" ; ".join(
+    # the last part's meta (its matmul rate): its rows supersede the others'
+    meta = dict(parts[-1]["meta"], command=" ; ".join(
         part["meta"]["command"] for part in parts))
     rows = {}   # by case, so a re-run supersedes the row it re-measured
     for r in (r for part in parts for r in part["rows"]):

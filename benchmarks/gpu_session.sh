@@ -86,10 +86,12 @@
 #              backward (d 128 causal below 8k keys, d 64 causal below 16k,
 #              d 64 non-causal below 4k) against the default and cuDNN, bf16
 #              forward+backward (~2.5 min)
-#   opts-kv192  the forward with 192-key K/V tiles (FlashAttention 3's wider
-#              d 128 tile; without prefetch_q, for shared memory) compiled,
-#              then timed against the default, the default without
-#              prefetch_q, and cuDNN, bf16 and fp16 d 128, 4k / 16k (~4 min)
+#   opts-overlap  the forward's intra-warpgroup overlap (FA3) on v19's
+#              kernels, compiled, then d 128 bf16 (+240 registers) and FP8
+#              against the default and cuDNN, 4k / 16k (~5 min)
+#   confirm-overlap  v20's forward (the overlap at d 128 causal from 16k)
+#              against v19's, 11 rounds, fwd and fwd_bwd; the overlap at
+#              8k / 12k paired and one tile a CTA (~4 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -523,18 +525,43 @@ for s in "$@"; do
         --modes fwd_bwd --matmul 0 --out "$WORK/opts-bwd-registers-nc"
       $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-bwd-registers.log" \
         --out "$WORK/opts-bwd-registers-ptxas" > /dev/null ;;
-    opts-kv192)
-      # K and V pad to a multiple of 384 keys (4096 -> 4224, 16384 -> 16512),
-      # the padding's copy included in the times
-      mosaic_tests opts-kv192 150 -k kv192
-      step opts-kv192 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 $PY \
+    opts-overlap)
+      # the intra-warpgroup overlap in v19's forward (timed only in the tenth
+      # and eleventh sessions, before prefetch_q and the persistent grid),
+      # compiled, then d 128 bf16 (with 240 registers too, FA3's split) and
+      # FP8 against the default and cuDNN, 4k / 16k (~5 min)
+      mosaic_tests opts-overlap 150 -k intra_wg_overlap
+      step opts-overlap env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+prefetch_q=False \
-        flashjax_mosaic+block_kv=192+prefetch_q=False cudnn \
-        --dtypes bfloat16 float16 --head-dims 128 --seqs 4096 16384 \
-        --causal false true --modes fwd --out "$WORK/opts-kv192"
-      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-kv192.log" \
-        --out "$WORK/opts-kv192-ptxas" > /dev/null ;;
+        flashjax_mosaic+intra_wg_overlap=True \
+        flashjax_mosaic+intra_wg_overlap=True+compute_registers=240 cudnn \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --out "$WORK/opts-overlap"
+      step opts-overlap-fp8 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY \
+        benchmarks/bench_attention.py --impls flashjax_fp8_mosaic \
+        flashjax_fp8_mosaic+intra_wg_overlap=True cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --out "$WORK/opts-overlap-fp8"
+      for f in opts-overlap opts-overlap-fp8; do
+        $PY benchmarks/profile_kernels.py --ptxas "$WORK/$f.log" \
+          --out "$WORK/$f-ptxas" > /dev/null
+      done ;;
+    confirm-overlap)
+      # v20's forward: the intra-warpgroup overlap at d 128 causal beyond the
+      # paired grid (16k) against v19's early hand-over, 11 rounds, forward
+      # and forward+backward; at 8k / 12k (paired grid, unchanged) the
+      # overlap paired and on one tile a CTA (~4 min)
+      step confirm-overlap timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic \
+        flashjax_mosaic+intra_wg_overlap=False+early_handover=True cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 16384 \
+        --causal true --modes fwd fwd_bwd --matmul 0 --repeats 11 \
+        --out "$WORK/confirm-overlap"
+      step confirm-overlap-mid timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+intra_wg_overlap=True \
+        flashjax_mosaic+intra_wg_overlap=True+persistent=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 8192 12288 \
+        --causal true --modes fwd --matmul 0 --out "$WORK/confirm-overlap-mid" ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as

@@ -81,13 +81,11 @@ class Plan:
 
   @property
   def seq_kv_padded(self) -> int:
-    """seq_kv rounded up to whole tiles of every kernel (the least common
-    multiple: a Hopper forward's K/V tile may have 192 rows)."""
     tile = max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv)
     if self.backend == "mosaic":
-      tile = math.lcm(tile, self.config.mosaic.block_kv,
-                      self.config.mosaic_bwd.block_kv,
-                      MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
+      tile = max(tile, self.config.mosaic.block_kv,
+                 self.config.mosaic_bwd.block_kv,
+                 MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
     return _round_up(self.mask.seq_kv, tile)
 
 
@@ -213,10 +211,6 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
                                           fp8=fp8 is not None, fp8_qk=fp8_qk)),
                 ("mosaic_bwd", config.mosaic_bwd, config.mosaic_bwd.smem_bytes(
                     head_dim_padded, itemsize, backward=True))]
-  if backend == "mosaic" and config.mosaic_bwd.block_kv == 192:
-    raise ValueError(
-        f"config.mosaic_bwd.block_kv = 192: 192-key K/V tiles are the Hopper "
-        f"forward's (config.mosaic); the backward takes 64, 128 or 256.")
   for name, blocks, need in tilings:
     if need > SMEM_BYTES:
       raise ValueError(

@@ -82,10 +82,7 @@ MOSAIC_HEAD_DIMS = (64, 128)
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
   """Tiling of one pass of the Hopper kernels: rows of each streamed K/V tile
-  (forward, dQ: 64, 128 or 256; the forward also 192, FlashAttention 3's
-  wider d 128 tile, which fits its shared memory at d 128 only without
-  ``prefetch_q`` and pads K and V to a multiple of 384 keys with the
-  backward's 128), of each streamed query tile (dK/dV; the forward ignores it),
+  (forward, dQ), of each streamed query tile (dK/dV; the forward ignores it),
   the pipeline's stages, and ``persistent``: one CTA per SM walking the
   output tiles (the forward's and dQ's query tiles, dK/dV's key tiles), so a
   tile's epilogue and the next one's first loads overlap compute.
@@ -100,7 +97,8 @@ class MosaicBlocks:
   kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
   previous step's P V (dS K) and computes P_j (dS_j) while that runs
   (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
-  step late). ``prefetch_q`` (forward): the producer warpgroup loads each
+  step late; the default in the 16-bit d 128 causal forward above 12k
+  keys). ``prefetch_q`` (forward): the producer warpgroup loads each
   tile's Q (:class:`pallas_kernels.mosaic.pipeline.Owned`), the next tile's
   as soon as the compute warpgroups issued their last Q Kᵀ, and O goes out
   through its own shared-memory tile, its store left in flight; on a
@@ -110,8 +108,9 @@ class MosaicBlocks:
   when a tile's last P V is issued rather than after the next tile's first
   Q Kᵀ, so one warpgroup's epilogue (O's store, the next Q's wait) overlaps
   the other's last P V and first Q Kᵀ instead of holding it back (the
-  default for the 16-bit forward on one tile a CTA; on the persistent grid
-  it lost at d 64, results/raw/opts-handover-h200.md).
+  default for the 16-bit forward on one tile a CTA but d 128 causal's,
+  which overlaps; on the persistent grid it lost at d 64,
+  results/raw/opts-handover-h200.md).
   ``compute_registers``:
   each compute thread's registers, taken from the producer warpgroup's
   (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
@@ -165,9 +164,9 @@ class MosaicBlocks:
   step_descriptors: bool = False
 
   def __post_init__(self):
-    if self.block_kv not in (64, 128, 192, 256):
-      raise ValueError(f"MosaicBlocks.block_kv must be 64, 128, 192 or 256 (a "
-                       f"wgmma N), got {self.block_kv}.")
+    if self.block_kv not in (64, 128, 256):
+      raise ValueError(f"MosaicBlocks.block_kv must be 64, 128 or 256 (a wgmma "
+                       f"N), got {self.block_kv}.")
     if self.block_q_dkv not in (64, 128):
       raise ValueError(f"MosaicBlocks.block_q_dkv must be 64 or 128, got "
                        f"{self.block_q_dkv}.")
@@ -345,11 +344,28 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # at 16k) and is noise at d 128 (4k 0.932 vs 0.876 in one process, 0.873
   # vs 0.919 in the other); FP8 causal 16k loses (1.323 vs 1.273, 1.319 vs
   # 1.281; opts-handover-fp8-h200.md): 16-bit, one tile a CTA only.
+  # FlashAttention 3's intra-warpgroup overlap (S_j's product issued with
+  # P_{j-1} V_{j-1}) replaces the early hand-over in the 16-bit d 128 causal
+  # forward on one tile a CTA (twenty-seventh session, H200, one process
+  # each; timed before only in the tenth, without prefetch_q and the
+  # persistent grid): bf16 16k 1.748 ms vs 1.841 (cuDNN 2.135,
+  # results/raw/opts-overlap-session27-h200.md); 11 rounds
+  # (confirm-overlap-session27-h200.md) bf16 1.724 vs 1.837, fp16 1.781 vs
+  # 1.921, forward+backward even (7.195 vs 7.220, 7.487 vs 7.438). On the
+  # paired grid it loses (bf16 4k 0.523 vs 0.516; 8k 0.984 vs 0.950, 12k
+  # 1.071 vs 1.038, confirm-overlap-mid-session27-h200.md); on one tile a
+  # CTA it won at 8k (0.914 vs 0.950, fp16 0.942 vs 0.980) but not at 12k
+  # (1.054 vs 1.038): the paired grid is kept up to 12k (8k not re-timed).
+  # Non-causal (persistent) it is even (16k 3.667 vs 3.689, 4k 0.951 vs
+  # 0.951); FP8 loses 14-24% (it spills 160-392 bytes); d 64 lost 10-23%
+  # in the tenth session (not re-timed).
   banded = causal if banded is None else banded
   persistent = not banded or paired
+  overlap = causal and not paired and head_dim > 64 and not fp8
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
-                        prefetch_q=True,
-                        early_handover=not persistent and not fp8)
+                        prefetch_q=True, intra_wg_overlap=overlap,
+                        early_handover=not persistent and not fp8
+                        and not overlap)
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
   # 1.958 vs 2.028 causal (two kernels); in the benchmark after the change

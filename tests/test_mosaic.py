@@ -17,7 +17,6 @@ import pytest
 from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
 import flashjax
-from flashjax.checks import make_plan
 from flashjax.config import MOSAIC_COMPUTE_WGS
 from harness import Case, check_attention
 from test_lowering import lower_for_h100
@@ -225,7 +224,7 @@ def test_forward_takes_three_stages_of_128_rows_at_d128():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(block_kv=96), "block_kv must be 64, 128, 192 or 256"),
+    (dict(block_kv=96), "block_kv must be 64, 128 or 256"),
     (dict(stages=1), "stages must be >= 2"),
     (dict(block_q_dkv=256), "block_q_dkv must be 64 or 128"),
     (dict(compute_registers=248), "multiple of 8 from 168 to 240, got 248"),
@@ -308,7 +307,17 @@ def test_intra_wg_overlap(case):
   case) with the race detector; the compiled form (P and dS register
   operands, the products in flight) lowers for CUDA, one tile per CTA and
   persistent. On a GPU the compiled form also runs with 128-row K/V tiles
-  (and the other two cases, which the interpreter leaves out)."""
+  (and the other two cases, which the interpreter leaves out). The
+  defaults take it in the 16-bit d 128 causal forward on one tile a CTA
+  (above 12k keys, or without a length) only."""
+  overlap = lambda d=128, **kw: flashjax.default_config(
+      d, **kw).mosaic.intra_wg_overlap
+  assert overlap(causal=True, seq_kv=16384) and overlap(causal=True)
+  assert not overlap(causal=True, seq_kv=12288)       # persistent (paired)
+  assert not overlap(causal=False, seq_kv=16384)
+  assert not overlap(64, causal=True, seq_kv=16384)
+  assert not overlap(causal=True, seq_kv=16384, fp8=True)
+  assert not flashjax.default_config(128, causal=True).mosaic_bwd.intra_wg_overlap
   if case is not CASES[1]:
     skip_in_interpreter("the interpreter runs the MQA case (empty tiles)")
   config = flashjax.default_config(case.head_dim, causal=case.causal)
@@ -362,46 +371,16 @@ def assert_same_bits(want, got):
 
 
 def assert_forward_lowers(base, **blocks):
-  """The forward under ``base`` with ``blocks`` (128-row K/V tiles unless
-  they say) lowers for CUDA, one tile a CTA (causal) and persistent
-  (non-causal)."""
+  """The forward under ``base`` with ``blocks`` (128-row K/V tiles) lowers for
+  CUDA, one tile a CTA (causal) and persistent (non-causal)."""
   for persistent in (False, True):
     compiled = dataclasses.replace(base, mosaic=dataclasses.replace(
-        base.mosaic, **{"block_kv": 128, **blocks, "persistent": persistent}))
+        base.mosaic, block_kv=128, persistent=persistent, **blocks))
     q = jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)
     text = lower_for_h100(lambda q: flashjax.attention(
         q, q, q, causal=not persistent, backend="mosaic", config=compiled,
         interpret=False), q).as_text()
     assert text.count("custom_call @mosaic_gpu") == 1
-
-
-def test_forward_kv192():
-  """``MosaicBlocks(block_kv=192)`` in the forward (FlashAttention 3's wider
-  d 128 K/V tile; without ``prefetch_q``, for shared memory): K and V pad to
-  the least common multiple of the kernels' tiles (384 keys with the
-  backward's 128), and O, L and the gradients pass the reference in the
-  interpreter (race detector on) causal with a window, GQA and packed
-  segments, and non-causal on the persistent grid; the forward lowers for
-  CUDA either way. The backward's smaller tiles are unchanged; 192 there is
-  refused."""
-  case = Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=450,
-              num_q_heads=4, num_kv_heads=2, head_dim=128, causal=True,
-              window=(300, None), segments="packed")
-  for causal in (True, False):
-    base = flashjax.default_config(128, causal=causal)
-    config = dataclasses.replace(base, mosaic=dataclasses.replace(
-        base.mosaic, block_kv=192, prefetch_q=False))
-    plan, _, _ = make_plan(jnp.zeros((1, 200, 4, 128), jnp.bfloat16),
-                           *[jnp.zeros((1, 450, 2, 128), jnp.bfloat16)] * 2,
-                           causal=causal, config=config, backend="mosaic")
-    assert plan.seq_kv_padded == 768
-    check_without_races(dataclasses.replace(
-        case, causal=causal, window=case.window if causal else None), config)
-  assert_forward_lowers(config, block_kv=192)
-  with pytest.raises(ValueError, match="mosaic_bwd.block_kv = 192"):
-    make_plan(*[jnp.zeros((1, 200, 2, 128), jnp.bfloat16)] * 3,
-              config=dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
-                  config.mosaic_bwd, block_kv=192)), backend="mosaic")
 
 
 @pytest.mark.parametrize("overlap", [False, True])
@@ -461,12 +440,16 @@ def test_early_handover():
   the ping-pong's barriers) the MQA case's tiles, empty ones included, on a
   persistent grid (2 CTAs walk several tiles) and one tile a CTA; the
   compiled form lowers for CUDA, persistent or not. The defaults take it
-  on one tile a CTA, 16-bit (causal above 12k keys, windows) only."""
-  early = lambda **kw: flashjax.default_config(128, **kw).mosaic.early_handover
-  assert early(causal=True, seq_kv=16384)
+  on one tile a CTA, 16-bit (causal above 12k keys, windows) only, and not
+  where the intra-warpgroup overlap replaces it (d 128 causal there)."""
+  early = lambda d=128, **kw: flashjax.default_config(
+      d, **kw).mosaic.early_handover
+  assert early(64, causal=True, seq_kv=16384)
+  assert not early(causal=True, seq_kv=16384)         # the overlap instead
+  assert early(causal=False, banded=True, seq_kv=16384)   # a window
   assert not early(causal=True, seq_kv=4096)          # persistent (paired)
   assert not early(causal=False, seq_kv=16384)        # persistent
-  assert not early(causal=True, seq_kv=16384, fp8=True)
+  assert not early(64, causal=True, seq_kv=16384, fp8=True)
   q, k, v = mqa_inputs(5)
   base = flashjax.default_config(CASES[1].head_dim, causal=True)
   for persistent in (True, False):

@@ -69,8 +69,12 @@ keys, 3-29% faster there than one tile a CTA
 (results/raw/short-causal-h200.md, causal-long-session17-h200.md,
 causal-8k-h200.md, causal-12k-h200.md); windows keep one tile a CTA (not timed). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and compiled on the
-H200 (``tests/test_mosaic.py``); timed there (results/tune-mosaic-fwd-h200.json)
-it gained 1-2% at d 128 and lost 10-23% at d 64: off by default.
+H200 (``tests/test_mosaic.py``, ``tests/test_large.py``); it is the 16-bit
+d 128 causal forward's above 12k keys (one tile a CTA: 6-7% faster at 16k
+than the early hand-over, results/raw/confirm-overlap-session27-h200.md)
+and off elsewhere: even non-causal, slower on the paired grid and in FP8
+(results/raw/opts-overlap-session27-h200.md), 10-23% slower at d 64
+(tenth session, results/tune-mosaic-fwd-h200.json).
 """
 
 from __future__ import annotations
