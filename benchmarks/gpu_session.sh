@@ -92,6 +92,9 @@
 #   confirm-overlap  v20's forward (the overlap at d 128 causal from 16k)
 #              against v19's, 11 rounds, fwd and fwd_bwd; the overlap at
 #              8k / 12k paired and one tile a CTA (~4 min)
+#   opts-overlap-next  the d 128 causal forward on one tile a CTA with the
+#              overlap against the paired grid at 6k-10k keys (11 rounds),
+#              and non-causal on one tile a CTA with and without it (~4 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -562,6 +565,23 @@ for s in "$@"; do
         flashjax_mosaic+intra_wg_overlap=True+persistent=False cudnn \
         --dtypes bfloat16 float16 --head-dims 128 --seqs 8192 12288 \
         --causal true --modes fwd --matmul 0 --out "$WORK/confirm-overlap-mid" ;;
+    opts-overlap-next)
+      # what the twenty-seventh session left open: the d 128 causal forward
+      # on one tile a CTA with the intra-warpgroup overlap against the paired
+      # grid from 6k to 10k keys (4% ahead at 8k there, behind at 12k), and
+      # non-causal on one tile a CTA, with and without it (~4 min)
+      step opts-overlap-next timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic \
+        flashjax_mosaic+intra_wg_overlap=True+persistent=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 \
+        --seqs 6144 8192 10240 --causal true --modes fwd --matmul 0 \
+        --repeats 11 --out "$WORK/opts-overlap-next"
+      step opts-overlap-next-nc timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+persistent=False \
+        flashjax_mosaic+intra_wg_overlap=True+persistent=False cudnn \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false --modes fwd --matmul 0 \
+        --out "$WORK/opts-overlap-next-nc" ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as
