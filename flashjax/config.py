@@ -361,7 +361,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # in the tenth session (not re-timed).
   banded = causal if banded is None else banded
   persistent = not banded or paired
-  overlap = causal and not paired and head_dim > 64 and not fp8
+  overlap = causal and not persistent and head_dim > 64 and not fp8
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
                         prefetch_q=True, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8
