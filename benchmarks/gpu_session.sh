@@ -95,6 +95,10 @@
 #   opts-overlap-next  the d 128 causal forward on one tile a CTA with the
 #              overlap against the paired grid at 6k-10k keys (11 rounds),
 #              and non-causal on one tile a CTA with and without it (~4 min)
+#   tail       the non-causal forward's last wave: 16 / 32 heads (2048 /
+#              4096 tiles of 128 rows for 132 SMs, 97% of the last round
+#              busy) against 33 (4224 tiles, whole rounds), bf16 d 128,
+#              4k / 16k, with cuDNN (~2 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -582,6 +586,16 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false --modes fwd --matmul 0 \
         --out "$WORK/opts-overlap-next-nc" ;;
+    tail)
+      # does the persistent grid's last, partly idle round cost the
+      # non-causal forward? Same per-head work, head counts whose tiles do /
+      # do not fill whole rounds of one tile per SM (~2 min)
+      for hidden in 2048 4096 4224; do
+        step tail timeout 110 $PY benchmarks/bench_attention.py \
+          --impls flashjax_mosaic cudnn --dtypes bfloat16 --head-dims 128 \
+          --hidden $hidden --seqs 4096 16384 --causal false --modes fwd \
+          --matmul 0 --repeats 7 --out "$WORK/tail-hidden$hidden"
+      done ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as
