@@ -99,6 +99,10 @@
 #              4096 tiles of 128 rows for 132 SMs, 97% of the last round
 #              busy) against 33 (4224 tiles, whole rounds), bf16 d 128,
 #              4k / 16k, with cuDNN (~2 min)
+#   opts-stream-k  the non-causal forward's Stream-K split of its last rounds
+#              (MosaicBlocks(stream_k=True)) compiled, then timed against
+#              the default and cuDNN, bf16 d 128 / 64 at 1k / 4k / 16k, and
+#              FP8 at 4k / 16k (~5 min)
 #   confirm-v19  the v19 backward defaults against v18's spelled as options,
 #              and cuDNN, d 128 causal 8k / 16k (11 rounds), then non-causal
 #              4k / 16k with and without step_descriptors (~3 min)
@@ -596,6 +600,18 @@ for s in "$@"; do
           --hidden $hidden --seqs 4096 16384 --causal false --modes fwd \
           --matmul 0 --repeats 7 --out "$WORK/tail-hidden$hidden"
       done ;;
+    opts-stream-k)
+      mosaic_tests opts-stream-k 240 -k stream_k
+      step opts-stream-k timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+stream_k=True cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 1024 4096 16384 \
+        --causal false --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-stream-k"
+      step opts-stream-k timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic+stream_k=True \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-stream-k-fp8" ;;
     confirm-v19)
       # the v19 backward defaults at d 128 (fused kernels: step_descriptors;
       # causal from 8k keys fused, 240 registers) against v18's, spelled as

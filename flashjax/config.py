@@ -140,6 +140,12 @@ class MosaicBlocks:
   _in_step`), so their wgmma descriptors are computed there instead of
   hoisted before the loop and held (or spilled) across it (the default in
   d 128's fused backward, where they had spilled).
+  ``stream_k`` (forward, persistent without a band): where whole query
+  tiles leave the grid's last round partly idle, the last rounds' tiles are
+  split by K/V steps so every CTA runs the same number of steps (Stream-K's
+  hybrid, :class:`pallas_kernels.mosaic.pipeline.StreamK`); a tile cut in
+  two writes each part's O and L apart and XLA merges them after the kernel
+  (:func:`pallas_kernels.mosaic.fwd.combine`).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -162,6 +168,7 @@ class MosaicBlocks:
   split_dq: bool = False
   index_vectors: bool = False
   step_descriptors: bool = False
+  stream_k: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

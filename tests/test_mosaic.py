@@ -6,6 +6,7 @@ warpgroups; race detector on) and is lowered for CUDA against an abstract H100.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import os
@@ -460,6 +461,95 @@ def test_early_handover():
                      forward_bits(config(True), q, k, v, causal=True))
 
   assert_forward_lowers(base, early_handover=True)
+
+
+STREAM_K_CASES = [
+    # the interpreter's 2 CTAs: 3 query tiles (one a head) of 5 K/V steps,
+    # the middle one cut between them; MQA, odd lengths, packed segments
+    # (masked steps, and rows that see no key in one part or in both)
+    Case(dtype="bfloat16", batch=1, seq_q=100, seq_kv=300, num_q_heads=3,
+         num_kv_heads=1, head_dim=64, causal=False, segments="packed"),
+    # 132 SMs: 198 query tiles, 66 of them in the split rounds, each CTA
+    # 1.5 tiles of 12 (d 128) or 5 (d 64, 256-row K/V tiles) steps; GQA
+    Case(dtype="float16", batch=1, seq_q=4100, seq_kv=1500, num_q_heads=6,
+         num_kv_heads=3, head_dim=128, causal=False, segments="packed"),
+    Case(dtype="bfloat16", batch=1, seq_q=4100, seq_kv=1100, num_q_heads=6,
+         num_kv_heads=2, head_dim=64, causal=False),
+]
+
+
+def test_stream_k_schedule():
+  """:class:`pipeline.StreamK`: every step of every tile runs once, every
+  CTA runs as many steps as any other, give or take one, a cut tile's two
+  parts are the last unit of one CTA and the first of the next, and there
+  is no schedule where whole tiles fill every round."""
+  from pallas_kernels.mosaic import pipeline
+  for tiles, ctas, steps in [(2048, 132, 128), (4096, 132, 8), (198, 132, 12),
+                             (3, 2, 5), (5, 2, 3)]:
+    sk = pipeline.StreamK.of(tiles, ctas, steps)
+    runs, per_cta = collections.Counter(), []
+    for c in range(ctas):
+      start, end = sk.bounds(c)
+      per_cta.append(sk.rounds * steps + end - start)
+      runs.update((c + r * ctas, j) for r in range(sk.rounds)
+                  for j in range(steps))
+      runs.update((sk.rounds * ctas + g // steps, g % steps)
+                  for g in range(start, end))
+    assert runs == {(t, j): 1 for t in range(tiles) for j in range(steps)}
+    assert max(per_cta) - min(per_cta) <= 1
+    for tile, c in sk.cut():
+      end = sk.bounds(c)[1]
+      assert (tile - sk.rounds * ctas) * steps < end < (
+          tile - sk.rounds * ctas + 1) * steps
+  assert pipeline.StreamK.of(264, 132, 12) is None      # 2 whole rounds
+  assert pipeline.StreamK.of(100, 132, 12) is None      # fewer tiles than SMs
+
+
+@pytest.mark.parametrize("case", STREAM_K_CASES, ids=lambda c: c.id)
+def test_stream_k(case):
+  """``MosaicBlocks(stream_k=True)`` (the non-causal forward's persistent
+  grid): the last rounds' query tiles split by K/V steps, a cut tile's parts
+  merged after the kernel (:func:`pallas_kernels.mosaic.fwd.combine`).
+  Parity with the reference, gradients included (the backward reads the
+  merged O and L); in the interpreter (2 CTAs) with the race detector, on a
+  GPU (132 SMs) with its own cases. The FP8 forward too, against the float32
+  reference as tests/test_fp8.py checks it. The compiled form lowers for
+  CUDA."""
+  from pallas_kernels.mosaic import fwd
+  if jax.default_backend() == "gpu" and case is STREAM_K_CASES[0]:
+    pytest.skip("132 SMs take the 3 tiles in one round: nothing to split")
+  if jax.default_backend() != "gpu" and case is not STREAM_K_CASES[0]:
+    pytest.skip("the interpreter's 2 CTAs split the first case; these are "
+                "the GPU's")
+  from test_fp8 import check_fp8_forward
+  cuts = []
+  combine = fwd.combine
+  def counted(sk, *args):
+    cuts.append(len(sk.cut()))
+    return combine(sk, *args)
+  base = flashjax.default_config(case.head_dim)
+  stream_k = lambda config, **kw: dataclasses.replace(
+      config, mosaic=dataclasses.replace(config.mosaic, persistent=True,
+                                         stream_k=True, **kw))
+  interpreted = jax.default_backend() != "gpu"
+  fp8_base = flashjax.default_config(128, fp8=True)
+  fwd.combine = counted
+  try:
+    check_without_races(case, stream_k(
+        base, **dict(block_kv=64) if interpreted else {}))
+    check_fp8_forward("float8_e4m3fn", False, (
+        case.batch, case.seq_q, case.seq_kv, case.num_q_heads,
+        case.num_kv_heads, 128), False, "mosaic", config=stream_k(
+            fp8_base, **dict(block_kv=128) if interpreted else {}))
+  finally:
+    fwd.combine = combine
+  assert len(cuts) == 2 and all(n > 0 for n in cuts)
+
+  q = jax.ShapeDtypeStruct((2, 4096, 4, case.head_dim), jnp.dtype(case.dtype))
+  text = lower_for_h100(lambda q: flashjax.attention(
+      q, q, q, backend="mosaic", config=stream_k(base), interpret=False),
+      q).as_text()                      # 256 tiles over 132 SMs: split
+  assert text.count("custom_call @mosaic_gpu") == 1
 
 
 FUSED_CASES = CASES + [

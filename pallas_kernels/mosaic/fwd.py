@@ -81,9 +81,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -102,7 +104,7 @@ def kernel_name(fp8: bool) -> str:
 
 
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
-               q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barriers,
+               part_refs, q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barriers,
                schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
                block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
                overlap: bool, prefetch_q: bool, early_handover: bool):
@@ -110,7 +112,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
   # [batch, seq_kv]); descale_ref: None or (FP8) float32 [heads, 2, BLOCK_Q],
-  # each head's q·k descale and v descale, repeated per row.
+  # each head's q·k descale and v descale, repeated per row. part_refs: None,
+  # or (Stream-K, tiles.stream_k) the cut tiles' parts' O [ctas, 2,
+  # COMPUTE_WGS · BLOCK_Q, d] and L [ctas, 2, COMPUTE_WGS · BLOCK_Q].
   # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
   # (FP8: O is not in Q's dtype; prefetch_q: the next tile's Q may be landing
   # in q_smem); k_smem/v_smem are the streamed K/V slots;
@@ -136,7 +140,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
   pingpong = pipeline.PingPong(wg, schedule)
 
-  def work(index):
+  def work(index, part=None):
     h, q_tile_index, b = index
     cta_start = pipeline.heavy_first(plan.mask, q_tile_index,
                                      tiles.grid[1]) * (COMPUTE_WGS * BLOCK_Q)
@@ -314,15 +318,24 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       o, lse = common.finalize(*carry[:3], unit(carry[3]), p_scale)
       if fp8:
         o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
+      # a Stream-K unit's part of a cut tile: to the parts' row of its slot
+      elsewhere = None
+      if part is not None:
+        o_part, lse_part = part_refs
+        at = (part.cta, jnp.maximum(part.slot, 0), pl.ds(wg * BLOCK_Q, BLOCK_Q))
+        elsewhere = (part.slot >= 0, [o_part.at[at], lse_part.at[at]])
       pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
                       (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])],
-                     wait=not prefetch_q)
+                     wait=not prefetch_q, elsewhere=elsewhere)
 
     w = pipeline.kv_work(
         plan.mask, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
         batch=b, kv_head=kv_head, block_kv=block_kv,
         num_kv_blocks=num_kv_blocks, init=init, step=step, finish=finish,
         v_transposed=bool(fp8))
+    if part is not None:
+      w = dataclasses.replace(w, lo=jnp.maximum(w.lo, part.lo),
+                              hi=jnp.minimum(w.hi, part.hi))
     if prefetch_q:
       w = dataclasses.replace(w, owned_src=lambda i: q_ref.at[
           b, pl.ds(cta_start + i * BLOCK_Q, BLOCK_Q), h])
@@ -394,6 +407,11 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   bkv, stages = blocks.block_kv, blocks.stages
   tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
                                   blocks.persistent)
+  if blocks.stream_k and tiles.persistent and tiles.paired is None:
+    num_tiles = math.prod(tiles.grid)
+    tiles = dataclasses.replace(tiles, stream_k=pipeline.StreamK.of(
+        num_tiles, pipeline.num_ctas(plan, num_tiles), seq_kv // bkv))
+  sk = tiles.stream_k
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
                              overlap=blocks.intra_wg_overlap,
@@ -410,12 +428,17 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
                    descale[:, 2]],
                   axis=1)[:, :, None], (num_heads, 2, BLOCK_Q))
   v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
-  return plgpu.kernel(
+  rows = COMPUTE_WGS * BLOCK_Q
+  parts = None if sk is None else (
+      jax.ShapeDtypeStruct((sk.ctas, 2, rows, head_dim), plan.dtype),
+      jax.ShapeDtypeStruct((sk.ctas, 2, rows), jnp.float32))
+  o, lse, parts = plgpu.kernel(
       kernel,
       **tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(q.shape, plan.dtype),
-                jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32)],
+                jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32),
+                parts],
       scratch_types=(
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), q.dtype),
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), plan.dtype)
@@ -436,3 +459,27 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
       kernel_name=kernel_name(fp8),
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)
+  return (o, lse) if sk is None else combine(sk, tiles.grid, o, lse, *parts)
+
+
+def combine(sk: pipeline.StreamK, grid: tuple, o, lse, o_part, lse_part):
+  """O and L of the tiles Stream-K cut in two (:class:`pipeline.StreamK`),
+  from their parts' (each normalised over its own keys, with its own L):
+  L = log(exp L₁ + exp L₂), O = exp(L₁ - L) O₁ + exp(L₂ - L) O₂ in float32
+  (a part or row that saw no key: weight 0), written over those tiles' rows
+  of ``o`` [batch, seq_q, heads, d] and ``lse`` [batch, heads, seq_q].
+  ``grid``: the kernel's (heads, query tiles, batch)."""
+  cut = sk.cut()
+  if not cut:
+    return o, lse
+  tile, c = (np.array(x) for x in zip(*cut))
+  h, q_tile, b = np.unravel_index(tile, grid)
+  rows = q_tile[:, None] * o_part.shape[2] + np.arange(o_part.shape[2])
+  # part 1: the tile's first keys, CTA c's last unit; part 2: CTA c + 1's first
+  l1, l2 = lse_part[c, 1], lse_part[c + 1, 0]
+  l = jnp.logaddexp(l1, l2)
+  weight = lambda li: jnp.where(li == -jnp.inf, 0.0, jnp.exp(li - l))[..., None]
+  o_cut = (weight(l1) * o_part[c, 1].astype(jnp.float32)
+           + weight(l2) * o_part[c + 1, 0].astype(jnp.float32))
+  o = o.at[b[:, None], rows, h[:, None]].set(o_cut.astype(o.dtype))
+  return o, lse.at[b[:, None], h[:, None], rows].set(l)

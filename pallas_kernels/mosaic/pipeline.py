@@ -132,6 +132,63 @@ def _distinct(barriers):
 
 
 @dataclasses.dataclass(frozen=True)
+class Part:
+  """A Stream-K unit's share of its tile (:class:`StreamK`): streamed steps
+  ``[lo, hi)`` and ``slot``, where its result goes: -1, the whole tile (the
+  output itself); 0 or 1, cut: this CTA's (``cta``) first or last unit, a
+  row of the buffers of partial results. All int32 scalars."""
+
+  lo: object
+  hi: object
+  slot: object
+  cta: object
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamK:
+  """Stream-K's hybrid schedule (Osama et al., 2023) of ``tiles`` equal
+  output tiles of ``steps`` streamed steps each over ``ctas`` persistent
+  CTAs: ``rounds`` data-parallel rounds (CTA c takes tiles c, c + ctas, ...,
+  numbered as :func:`plgpu.nd_loop` walks the grid), then the rest, between
+  ``ctas`` and ``2 · ctas`` tiles, split by steps: CTA c takes their steps
+  ``[c · S // ctas, (c + 1) · S // ctas)`` in order (S: all their steps), so
+  the CTAs finish within a step of each other, where whole tiles leave the
+  last round partly idle (2048 tiles over 132 SMs: 15.5 rounds of work in
+  16). A tile cut between CTAs c and c + 1 runs its first steps as c's last
+  unit (slot 1) and the rest as c + 1's first (slot 0); each part writes its
+  own O and L, which :func:`pallas_kernels.mosaic.fwd.combine` merges."""
+
+  tiles: int
+  ctas: int
+  steps: int
+
+  @staticmethod
+  def of(tiles: int, ctas: int, steps: int) -> "StreamK | None":
+    """The schedule, or None where whole tiles already fill every round (or
+    a tile has one step, or there are fewer tiles than CTAs)."""
+    if tiles < ctas or tiles % ctas == 0 or steps < 2:
+      return None
+    return StreamK(tiles, ctas, steps)
+
+  @property
+  def rounds(self) -> int:
+    return self.tiles // self.ctas - 1
+
+  def bounds(self, c):
+    """CTA ``c``'s steps ``[start, end)`` of the split tiles (c an int or an
+    int32 scalar)."""
+    total = (self.tiles - self.rounds * self.ctas) * self.steps
+    div = (lambda a, b: a // b) if isinstance(c, int) else lax.div
+    return div(c * total, self.ctas), div((c + 1) * total, self.ctas)
+
+  def cut(self) -> list:
+    """``(tile, c)`` of each tile cut between CTAs c and c + 1."""
+    ends = (self.bounds(c)[1] for c in range(self.ctas - 1))
+    return [(self.rounds * self.ctas + end // self.steps, c)
+            for c, end in enumerate(ends) if end % self.steps]
+
+
+@dataclasses.dataclass(frozen=True)
 class Tiles:
   """The output tiles a CTA computes, as indices into ``grid`` (a tuple of
   sizes). ``persistent=False``: one tile, the kernel's grid position (the
@@ -149,6 +206,7 @@ class Tiles:
   names: tuple
   persistent: bool = False
   paired: int | None = None
+  stream_k: StreamK | None = None
 
   @staticmethod
   def per_head(plan, num_heads: int, seq: int, batch: int,
@@ -177,9 +235,12 @@ class Tiles:
   def run(self, body):
     """``body(index, done) -> done'`` for each tile, ``done`` the streamed
     steps this CTA ran before (barrier phases and slots carry on from it);
-    returns the CTA's total."""
+    returns the CTA's total. With :attr:`stream_k`, ``body(index, done,
+    part)`` for each unit, ``part`` its :class:`Part`."""
     if not self.persistent:
       return body(tuple(lax.axis_index(n) for n in self.names), jnp.int32(0))
+    if self.stream_k is not None:
+      return self._run_stream_k(body)
     walk = functools.partial(plgpu.nd_loop, collective_axes="sm",
                              init_carry=jnp.int32(0))
     if self.paired is None:
@@ -200,11 +261,34 @@ class Tiles:
       return lax.fori_loop(0, count, one, carry)
     return walk(self._walk())(pair)
 
+  def _run_stream_k(self, body):
+    sk, c = self.stream_k, lax.axis_index("sm")
+    start, end = sk.bounds(c)
+    first, last = lax.div(start, sk.steps), lax.div(end - 1, sk.steps)
+
+    def unit(u, done):
+      # the data-parallel rounds' tile c + u · ctas, then the split tiles'
+      # first .. last, each clipped to [start, end)
+      split = u >= sk.rounds
+      t = first + u - sk.rounds
+      tile = jnp.where(split, sk.rounds * sk.ctas + t, c + u * sk.ctas)
+      lo = jnp.where(split, jnp.maximum(start - t * sk.steps, 0), 0)
+      hi = jnp.where(split, jnp.minimum(end - t * sk.steps, sk.steps),
+                     sk.steps)
+      slot = jnp.where(lo > 0, 0, jnp.where(hi < sk.steps, 1, -1))
+      index = []
+      for size in reversed(self.grid):     # nd_loop's order: last axis fastest
+        index.append(lax.rem(tile, size))
+        tile = lax.div(tile, size)
+      return body(tuple(reversed(index)), done, Part(lo, hi, slot, c))
+    return lax.fori_loop(0, sk.rounds + last - first + 1, unit, jnp.int32(0))
+
 
 def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
                   start=None, end=None, owned: Owned | None = None):
   """Run the producer and the compute warpgroups over the CTA's tiles:
-  ``work(index)`` gives the :class:`Work` of tile ``index``; ``streams``
+  ``work(index)`` gives the :class:`Work` of tile ``index`` (``work(index,
+  part)`` of a Stream-K unit, :attr:`Tiles.stream_k`); ``streams``
   the :class:`Stream` s it reads; ``owned``: an :class:`Owned` tile the
   producer loads too (else each warpgroup loads its own in ``init``).
   ``start()``/``end(total)``: run by each compute warpgroup before its
@@ -222,8 +306,8 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
         - COMPUTE_WGS * compute_registers,
         action="decrease")
 
-    def tile(index, done):
-      w = work(index)
+    def tile(index, done, part=None):
+      w = work(index) if part is None else work(index, part)
 
       def load(j, _):
         n = done + j - w.lo              # the CTA's step count
@@ -302,8 +386,8 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
           release_owned()
       return slot, sync, release_rest
 
-    def tile(index, done):
-      w = work(index)
+    def tile(index, done, part=None):
+      w = work(index) if part is None else work(index, part)
 
       def loop(start, stop, carry, masked, first=False):
         step = w.first if first else w.step
@@ -504,20 +588,29 @@ def load_owned(barrier, copies):
   plgpu.barrier_wait(barrier)
 
 
-def store(copies, wait: bool = True):
+def store(copies, wait: bool = True, elsewhere=None):
   """Registers -> SMEM -> GMEM for ``copies`` ([(value, smem, gmem)]), waited
   for in full; ``wait=False``: left in flight (a persistent CTA goes on to its
   next tile), waiting first only until the previous store has read shared
   memory (as JAX's Hopper matmul does); the caller waits for the last one
   (``plgpu.wait_smem_to_gmem(0)``) before the kernel ends. The smem tiles
-  must then be written by nothing else."""
+  must then be written by nothing else. ``elsewhere = (when, [gmem])``: where
+  ``when`` (a bool scalar) holds, the copies go to those instead."""
   if not wait:
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
   for value, smem, _ in copies:
     smem[...] = value.astype(smem.dtype)
   plgpu.commit_smem()
-  for _, smem, dst in copies:
-    plgpu.copy_smem_to_gmem(smem, dst)
+  if elsewhere is None:
+    for _, smem, dst in copies:
+      plgpu.copy_smem_to_gmem(smem, dst)
+  else:
+    when, dsts = elsewhere
+    for to, dsts in ((when, dsts), (~when, [dst for *_, dst in copies])):
+      @pl.when(to)
+      def _(dsts=dsts):
+        for (_, smem, _), dst in zip(copies, dsts):
+          plgpu.copy_smem_to_gmem(smem, dst)
   if wait:
     plgpu.wait_smem_to_gmem(0)
 
