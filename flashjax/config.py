@@ -144,8 +144,8 @@ class MosaicBlocks:
   tiles leave the grid's last round partly idle, the last rounds' tiles are
   split by K/V steps so every CTA runs the same number of steps (Stream-K's
   hybrid, :class:`pallas_kernels.mosaic.pipeline.StreamK`); a tile cut in
-  two writes each part's O and L apart and XLA merges them after the kernel
-  (:func:`pallas_kernels.mosaic.fwd.combine`).
+  two writes each part's O and L apart, and a small kernel merges them in
+  place after the forward (:func:`pallas_kernels.mosaic.fwd.merge`).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while

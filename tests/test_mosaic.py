@@ -509,7 +509,7 @@ def test_stream_k_schedule():
 def test_stream_k(case):
   """``MosaicBlocks(stream_k=True)`` (the non-causal forward's persistent
   grid): the last rounds' query tiles split by K/V steps, a cut tile's parts
-  merged after the kernel (:func:`pallas_kernels.mosaic.fwd.combine`).
+  merged after the kernel (:func:`pallas_kernels.mosaic.fwd.merge`).
   Parity with the reference, gradients included (the backward reads the
   merged O and L); in the interpreter (2 CTAs) with the race detector, on a
   GPU (132 SMs) with its own cases. The FP8 forward too, against the float32
@@ -523,17 +523,17 @@ def test_stream_k(case):
                 "the GPU's")
   from test_fp8 import check_fp8_forward
   cuts = []
-  combine = fwd.combine
-  def counted(sk, *args):
+  merge = fwd.merge
+  def counted(sk, *args, **kw):
     cuts.append(len(sk.cut()))
-    return combine(sk, *args)
+    return merge(sk, *args, **kw)
   base = flashjax.default_config(case.head_dim)
   stream_k = lambda config, **kw: dataclasses.replace(
       config, mosaic=dataclasses.replace(config.mosaic, persistent=True,
                                          stream_k=True, **kw))
   interpreted = jax.default_backend() != "gpu"
   fp8_base = flashjax.default_config(128, fp8=True)
-  fwd.combine = counted
+  fwd.merge = counted
   try:
     check_without_races(case, stream_k(
         base, **dict(block_kv=64) if interpreted else {}))
@@ -542,7 +542,7 @@ def test_stream_k(case):
         case.num_kv_heads, 128), False, "mosaic", config=stream_k(
             fp8_base, **dict(block_kv=128) if interpreted else {}))
   finally:
-    fwd.combine = combine
+    fwd.merge = merge
   assert len(cuts) == 2 and all(n > 0 for n in cuts)
 
   q = jax.ShapeDtypeStruct((2, 4096, 4, case.head_dim), jnp.dtype(case.dtype))
@@ -550,6 +550,7 @@ def test_stream_k(case):
       q, q, q, backend="mosaic", config=stream_k(base), interpret=False),
       q).as_text()                      # 256 tiles over 132 SMs: split
   assert text.count("custom_call @mosaic_gpu") == 1
+  assert "flashjax_fwd_merge" in text
 
 
 FUSED_CASES = CASES + [

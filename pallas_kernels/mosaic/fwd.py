@@ -85,7 +85,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -459,27 +458,52 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
       kernel_name=kernel_name(fp8),
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)
-  return (o, lse) if sk is None else combine(sk, tiles.grid, o, lse, *parts)
+  return (o, lse) if sk is None else merge(sk, tiles.grid, o, lse, *parts,
+                                            interpret=plan.interpret)
 
 
-def combine(sk: pipeline.StreamK, grid: tuple, o, lse, o_part, lse_part):
+def merge(sk: pipeline.StreamK, grid: tuple, o, lse, o_part, lse_part,
+          interpret: bool = False):
   """O and L of the tiles Stream-K cut in two (:class:`pipeline.StreamK`),
   from their parts' (each normalised over its own keys, with its own L):
   L = log(exp L₁ + exp L₂), O = exp(L₁ - L) O₁ + exp(L₂ - L) O₂ in float32
   (a part or row that saw no key: weight 0), written over those tiles' rows
-  of ``o`` [batch, seq_q, heads, d] and ``lse`` [batch, heads, seq_q].
-  ``grid``: the kernel's (heads, query tiles, batch)."""
-  cut = sk.cut()
-  if not cut:
-    return o, lse
-  tile, c = (np.array(x) for x in zip(*cut))
-  h, q_tile, b = np.unravel_index(tile, grid)
-  rows = q_tile[:, None] * o_part.shape[2] + np.arange(o_part.shape[2])
-  # part 1: the tile's first keys, CTA c's last unit; part 2: CTA c + 1's first
-  l1, l2 = lse_part[c, 1], lse_part[c + 1, 0]
-  l = jnp.logaddexp(l1, l2)
-  weight = lambda li: jnp.where(li == -jnp.inf, 0.0, jnp.exp(li - l))[..., None]
-  o_cut = (weight(l1) * o_part[c, 1].astype(jnp.float32)
-           + weight(l2) * o_part[c + 1, 0].astype(jnp.float32))
-  o = o.at[b[:, None], rows, h[:, None]].set(o_cut.astype(o.dtype))
-  return o, lse.at[b[:, None], h[:, None], rows].set(l)
+  of ``o`` [batch, seq_q, heads, d] and ``lse`` [batch, heads, seq_q] in
+  place (aliased: nothing else of O is read or copied). One program per
+  boundary between CTAs c and c + 1 (the Stream-K CTAs' last one has none),
+  a Triton-lowered Pallas kernel. ``grid``: the forward's (heads, query
+  tiles, batch); ``o_part`` [ctas, 2, rows, d], ``lse_part`` [ctas, 2,
+  rows]."""
+  num_q_tiles, batch = grid[1:]
+  rows = o_part.shape[2]
+
+  def kernel(o_part_ref, lse_part_ref, o_in_ref, lse_in_ref, o_ref, lse_ref):
+    del o_in_ref, lse_in_ref            # o_ref and lse_ref, aliased
+    c = pl.program_id(0)
+    end = sk.bounds(c)[1]
+
+    @pl.when(lax.rem(end, sk.steps) != 0)   # a tile cut between c and c + 1
+    def _():
+      tile = sk.rounds * sk.ctas + lax.div(end, sk.steps)
+      b, rest = lax.rem(tile, batch), lax.div(tile, batch)
+      q_tile, h = lax.rem(rest, num_q_tiles), lax.div(rest, num_q_tiles)
+      # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
+      l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
+      top = jnp.maximum(l1, l2)
+      seen = top > -jnp.inf
+      l = jnp.where(seen, top + jnp.log(jnp.exp(l1 - top) + jnp.exp(l2 - top)),
+                    -jnp.inf)
+      w1 = jnp.where(l1 > -jnp.inf, jnp.exp(l1 - l), 0.0)
+      w2 = jnp.where(l2 > -jnp.inf, jnp.exp(l2 - l), 0.0)
+      o_cut = (w1[:, None] * o_part_ref[c, 1, :, :].astype(jnp.float32)
+               + w2[:, None] * o_part_ref[c + 1, 0, :, :].astype(jnp.float32))
+      at = pl.ds(q_tile * rows, rows)
+      o_ref[b, at, h, :] = o_cut.astype(o_ref.dtype)
+      lse_ref[b, h, at] = l
+
+  return pl.pallas_call(
+      kernel, grid=(sk.ctas - 1,),
+      out_shape=[jax.ShapeDtypeStruct(o.shape, o.dtype),
+                 jax.ShapeDtypeStruct(lse.shape, lse.dtype)],
+      input_output_aliases={2: 0, 3: 1}, interpret=interpret,
+      name="flashjax_fwd_merge")(o_part, lse_part, o, lse)

@@ -156,7 +156,7 @@ class StreamK:
   last round partly idle (2048 tiles over 132 SMs: 15.5 rounds of work in
   16). A tile cut between CTAs c and c + 1 runs its first steps as c's last
   unit (slot 1) and the rest as c + 1's first (slot 0); each part writes its
-  own O and L, which :func:`pallas_kernels.mosaic.fwd.combine` merges."""
+  own O and L, which :func:`pallas_kernels.mosaic.fwd.merge` merges."""
 
   tiles: int
   ctas: int
