@@ -49,7 +49,8 @@
 #              against its default, d 128 (~3 min)
 #   bench      bench_attention: flashjax (Hopper) vs cuDNN vs tokamax, bf16,
 #              d 128 and 64, 1k / 4k / 16k, forward and forward+backward (~8 min)
-#   bench-fp16 the same in fp16, with JAX's attention_mgpu (~8 min)
+#   bench-fp16 the same in fp16, with JAX's attention_mgpu (~8 min);
+#              BENCH_CAUSAL=false (or true): one half of both (~4 min)
 #   bench-bwd  forward+backward, d 128, bf16 and fp16, against cuDNN (~2 min)
 #   fp8        FP8 forward vs cuDNN FP8 and our bf16, d 128, 4k / 16k (~2 min)
 #   opts-fused-causal  the fused backward causal (2 and 3 stages, and 240
@@ -336,7 +337,8 @@ for s in "$@"; do
       dtype=bfloat16 mgpu=; [ "$s" = bench-fp16 ] && dtype=float16 mgpu=jax_attention_mgpu
       step "$s" timeout 500 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic cudnn tokamax_mosaic $mgpu --dtypes $dtype \
-        --head-dims 128 64 --seqs 1024 4096 16384 --causal false true \
+        --head-dims 128 64 --seqs 1024 4096 16384 \
+        --causal ${BENCH_CAUSAL:-false true} \
         --modes fwd fwd_bwd --out "$WORK/attention-$dtype" ;;
     bench-bwd)
       # forward+backward only, d 128, both 16-bit dtypes, against cuDNN: after a

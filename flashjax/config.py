@@ -366,13 +366,23 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # Non-causal (persistent) it is even (16k 3.667 vs 3.689, 4k 0.951 vs
   # 0.951); FP8 loses 14-24% (it spills 160-392 bytes); d 64 lost 10-23%
   # in the tenth session (not re-timed).
+  # Stream-K's split of the non-banded persistent grid's last rounds
+  # (twenty-eighth session, H200, bf16 unless noted, one process,
+  # results/raw/opts-stream-k-session28-h200.md): d 128 16k 3.487 ms vs
+  # 3.588, 4k 0.918 vs 0.933, 1k 0.263 vs 0.258; d 64 16k 4.325 vs 4.419,
+  # 4k 1.113 vs 1.140, 1k 0.309 vs 0.311; FP8 16k 2.360 vs 2.451, 4k 0.630
+  # vs 0.640. The last round had cost 2-2.5% (33 heads' whole rounds against
+  # 32's, results/raw/tail-hidden{4096,4224}-session28-h200.md). From 4k
+  # keys (2k not timed).
   banded = causal if banded is None else banded
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
                         prefetch_q=True, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8
-                        and not overlap)
+                        and not overlap,
+                        stream_k=not banded and (seq_kv is None
+                                                 or seq_kv >= 4096))
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
   # 1.958 vs 2.028 causal (two kernels); in the benchmark after the change
