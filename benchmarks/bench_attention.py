@@ -367,19 +367,26 @@ def matmul_table(rows, rates: dict) -> str:
     return ""
   longest = max(r["s"] for r in rows) if rows else 0
   names = list(dict.fromkeys(r["impl"] for r in rows))
+  merged = any("matmul_tflops" in r for r in rows)
   lines = [f"## Share of the matmul rate (forward, seq {longest})\n",
-           "XLA matmul in this process: " + ", ".join(
-               f"{dt} {rate:.0f} TFLOP/s" for dt, rate in rates.items())
+           ("XLA matmul in each row's process (merged runs): the last "
+            "column" if merged else "XLA matmul in this process: " + ", ".join(
+                f"{dt} {rate:.0f} TFLOP/s" for dt, rate in rates.items()))
            + f" (`[n, n] @ [n, n]`, `--matmul`).\n",
-           "| dtype | d | causal | " + " | ".join(names) + " |",
-           "|" + "---|" * (3 + len(names))]
+           "| dtype | d | causal | " + " | ".join(names)
+           + (" | matmul TFLOP/s |" if merged else " |"),
+           "|" + "---|" * (3 + len(names) + merged)]
   cases = {}
   for r in sorted(rows, key=case_key):
     if r["mode"] == "fwd" and r["s"] == longest and r["dtype"] in rates:
       cases.setdefault((r["dtype"], r["d"], r["causal"]), {})[r["impl"]] = r
   for (dtype, d, causal), case in cases.items():
-    cells = [f"{case[n]['tflops'] / rates[dtype]:.0%}"
+    # a merged row carries the matmul rate of the process it was timed in
+    rate = lambda r: r.get("matmul_tflops", rates[dtype])
+    cells = [f"{case[n]['tflops'] / rate(case[n]):.0%}"
              if "tflops" in case.get(n, {}) else "—" for n in names]
+    if merged:
+      cells.append(f"{rate(next(iter(case.values()))):.0f}")
     lines.append(f"| {dtype} | {d} | {causal} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n\n"
 
@@ -525,12 +532,16 @@ def main(argv=None):
     return
   if args.merge:
     parts = [json.loads(Path(f).read_text()) for f in args.merge]
-    # the last part's meta (its matmul rate): its rows supersede the others'
+    # the last part's meta; its rows supersede the others'
     meta = dict(parts[-1]["meta"], command=" ; ".join(
         part["meta"]["command"] for part in parts))
     rows = {}   # by case, so a re-run supersedes the row it re-measured
-    for r in (r for part in parts for r in part["rows"]):
-      rows[(r["impl"], *case_key(r), r["b"], r["h"])] = r
+    for part in parts:
+      rates = part["meta"].get("matmul_tflops", {})
+      for r in part["rows"]:
+        if r["dtype"] in rates:   # the matmul rate of the row's own process
+          r = {"matmul_tflops": rates[r["dtype"]], **r}
+        rows[(r["impl"], *case_key(r), r["b"], r["h"])] = r
     print(write_results(list(rows.values()), meta, out, with_plot=True))
     return
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)

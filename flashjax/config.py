@@ -145,7 +145,8 @@ class MosaicBlocks:
   split by K/V steps so every CTA runs the same number of steps (Stream-K's
   hybrid, :class:`pallas_kernels.mosaic.pipeline.StreamK`); a tile cut in
   two writes each part's O and L apart, and a small kernel merges them in
-  place after the forward (:func:`pallas_kernels.mosaic.fwd.merge`).
+  place after the forward (:func:`pallas_kernels.mosaic.fwd.merge`; the
+  default without a band from 4k keys).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -362,7 +363,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # paired grid it loses (bf16 4k 0.523 vs 0.516; 8k 0.984 vs 0.950, 12k
   # 1.071 vs 1.038, confirm-overlap-mid-session27-h200.md); on one tile a
   # CTA it won at 8k (0.914 vs 0.950, fp16 0.942 vs 0.980) but not at 12k
-  # (1.054 vs 1.038): the paired grid is kept up to 12k (8k not re-timed).
+  # (1.054 vs 1.038), and in the twenty-eighth session again at 8k (0.907 vs
+  # 0.951) but not at 6k (0.550 vs 0.540) or 10k (0.744 vs 0.726;
+  # results/raw/opts-overlap-next-session28-h200.md): the paired grid is
+  # kept up to 12k.
   # Non-causal (persistent) it is even (16k 3.667 vs 3.689, 4k 0.951 vs
   # 0.951); FP8 loses 14-24% (it spills 160-392 bytes); d 64 lost 10-23%
   # in the tenth session (not re-timed).

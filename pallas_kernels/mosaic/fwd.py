@@ -62,6 +62,13 @@ computes P_j while the latter runs; V is read one step late (a lagged
 the last P V; P is carried in registers (in the interpreter, kept in shared
 memory). The ping-pong then hands over after each pair.
 
+``MosaicBlocks(stream_k=True)`` (the default without a band from 4k keys):
+where whole query tiles leave the persistent grid's last round partly idle,
+the last rounds' tiles are split by K/V steps (:class:`pipeline.StreamK`); a
+cut tile's two parts each write their O and L to a buffer of parts, and
+:func:`merge` combines them in place after the kernel. 2-3% faster at 4k
+and 16k (results/raw/opts-stream-k-session28-h200.md).
+
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
 The banded persistent grid (mirrored pairs) is the default causal up to 12k
