@@ -29,6 +29,35 @@ def test_bench_attention_writes_rows_and_the_matmul_share(tmp_path):
   assert share_row.count("%") == 2, share_row
 
 
+def test_merge_keeps_each_rows_matmul_rate(tmp_path):
+  """``--merge``: a later part's row supersedes an earlier one's for the
+  same case, and each row's share of the matmul rate is taken against the
+  rate of the process that timed it (the last column says which)."""
+  def part(name, rate, causal, tflops, command):
+    row = dict(impl="flashjax_mosaic", dtype="bfloat16", b=1, s=16384, h=16,
+               kv_h=16, d=128, causal=causal, mode="fwd", ms=1.0,
+               tflops=tflops, peak_bytes=1, relerr=0.0)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(dict(
+        meta=dict(jax="0.11.2", device="H200", date="2026-12-04",
+                  command=command, matmul_tflops={"bfloat16": rate}),
+        rows=[row, dict(row, causal=not causal, tflops=1.0)])))
+    return str(path)
+  # part a: causal 690 of 700; part b: non-causal 600 of 600 (and a causal
+  # row that a is listed after, so a's supersedes it)
+  b = part("b", 600.0, False, 600.0, "run b")
+  a = part("a", 700.0, True, 690.0, "run a")
+  out = tmp_path / "merged"
+  bench_attention.main(["--merge", b, a, "--out", str(out)])
+  rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+  assert {(r["causal"], r["tflops"], r["matmul_tflops"]) for r in rows} == {
+      (True, 690.0, 700.0), (False, 1.0, 700.0)}
+  bench_attention.main(["--merge", a, b, "--out", str(out)])
+  md = out.with_suffix(".md").read_text()
+  assert "| bfloat16 | 128 | False | 100% | 600 |" in md
+  assert "| bfloat16 | 128 | True | 0% | 600 |" in md
+
+
 def test_profile_kernels_tabulates_ncu_details(tmp_path):
   """benchmarks/profile_kernels.py --summarize on a CSV laid out as ncu's
   ``--csv --page details`` (its ==PROF== log lines mixed in): one row per

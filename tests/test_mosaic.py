@@ -482,7 +482,8 @@ def test_stream_k_schedule():
   """:class:`pipeline.StreamK`: every step of every tile runs once, every
   CTA runs as many steps as any other, give or take one, a cut tile's two
   parts are the last unit of one CTA and the first of the next, and there
-  is no schedule where whole tiles fill every round."""
+  is no schedule where whole tiles fill every round; the defaults take it
+  without a band from 4k keys."""
   from pallas_kernels.mosaic import pipeline
   for tiles, ctas, steps in [(2048, 132, 128), (4096, 132, 8), (198, 132, 12),
                              (3, 2, 5), (5, 2, 3)]:
@@ -503,6 +504,14 @@ def test_stream_k_schedule():
           tile - sk.rounds * ctas + 1) * steps
   assert pipeline.StreamK.of(264, 132, 12) is None      # 2 whole rounds
   assert pipeline.StreamK.of(100, 132, 12) is None      # fewer tiles than SMs
+  # the defaults: without a band, from 4k keys (or without a length)
+  stream_k = lambda d=128, **kw: flashjax.default_config(
+      d, **kw).mosaic.stream_k
+  assert stream_k(seq_kv=4096) and stream_k(64, seq_kv=16384) and stream_k()
+  assert stream_k(seq_kv=4096, fp8=True)
+  assert not stream_k(seq_kv=1024)
+  assert not stream_k(causal=True, seq_kv=16384)
+  assert not stream_k(causal=False, banded=True, seq_kv=16384)   # a window
 
 
 @pytest.mark.parametrize("case", STREAM_K_CASES, ids=lambda c: c.id)
