@@ -110,10 +110,11 @@ def kernel_name(fp8: bool) -> str:
 
 
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
-               part_refs, q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem, q_barriers,
-               schedule, k_full, v_full, k_free, v_free, *, plan: Plan,
-               block_kv: int, num_kv_blocks: int, tiles: pipeline.Tiles,
-               overlap: bool, prefetch_q: bool, early_handover: bool):
+               part_refs, q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem,
+               q_barriers, schedule, k_full, v_full, k_free, v_free, *,
+               plan: Plan, block_kv: int, num_kv_blocks: int,
+               tiles: pipeline.Tiles, overlap: bool, prefetch_q: bool,
+               early_handover: bool):
   # q_ref/o_ref: [batch, seq_q, heads, d]; k_ref: [batch, seq_kv, kv_heads, d];
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],

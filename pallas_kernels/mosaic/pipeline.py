@@ -605,9 +605,10 @@ def store(copies, wait: bool = True, elsewhere=None):
     for _, smem, dst in copies:
       plgpu.copy_smem_to_gmem(smem, dst)
   else:
-    when, dsts = elsewhere
-    for to, dsts in ((when, dsts), (~when, [dst for *_, dst in copies])):
-      @pl.when(to)
+    when, others = elsewhere
+    for where, dsts in ((when, others),
+                        (~when, [dst for *_, dst in copies])):
+      @pl.when(where)
       def _(dsts=dsts):
         for (_, smem, _), dst in zip(copies, dsts):
           plgpu.copy_smem_to_gmem(smem, dst)
