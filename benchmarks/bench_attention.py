@@ -521,7 +521,7 @@ def main(argv=None):
                  help="benchmark nothing: join the rows of these result files "
                       "(runs split to fit a time limit) into --out; a row of a "
                       "later file replaces the same case of an earlier one, "
-                      "and the last file's matmul rate is the one reported")
+                      "and each row keeps its own file's matmul rate")
   p.add_argument("--joined", nargs="+", metavar="JSON",
                  help="benchmark nothing: print the README's table joining "
                       "these result files (one dtype each), TFLOP/s (×cuDNN)")

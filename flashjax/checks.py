@@ -81,6 +81,8 @@ class Plan:
 
   @property
   def seq_kv_padded(self) -> int:
+    """seq_kv rounded up to whole tiles of every kernel (each a power of 2,
+    so the largest is a multiple of the others)."""
     tile = max(self.fwd_blocks.block_kv, self.bwd_blocks.block_kv)
     if self.backend == "mosaic":
       tile = max(tile, self.config.mosaic.block_kv,

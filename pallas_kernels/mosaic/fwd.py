@@ -482,19 +482,16 @@ def merge(sk: pipeline.StreamK, grid: tuple, o, lse, o_part, lse_part,
   a Triton-lowered Pallas kernel. ``grid``: the forward's (heads, query
   tiles, batch); ``o_part`` [ctas, 2, rows, d], ``lse_part`` [ctas, 2,
   rows]."""
-  num_q_tiles, batch = grid[1:]
   rows = o_part.shape[2]
 
   def kernel(o_part_ref, lse_part_ref, o_in_ref, lse_in_ref, o_ref, lse_ref):
     del o_in_ref, lse_in_ref            # o_ref and lse_ref, aliased
     c = pl.program_id(0)
-    end = sk.bounds(c)[1]
+    cut, tile = sk.cut_after(c)
 
-    @pl.when(lax.rem(end, sk.steps) != 0)   # a tile cut between c and c + 1
+    @pl.when(cut)                       # a tile cut between c and c + 1
     def _():
-      tile = sk.rounds * sk.ctas + lax.div(end, sk.steps)
-      b, rest = lax.rem(tile, batch), lax.div(tile, batch)
-      q_tile, h = lax.rem(rest, num_q_tiles), lax.div(rest, num_q_tiles)
+      h, q_tile, b = pipeline.unravel(tile, grid)
       # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
       l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
       top = jnp.maximum(l1, l2)

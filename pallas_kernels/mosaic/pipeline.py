@@ -181,11 +181,29 @@ class StreamK:
     div = (lambda a, b: a // b) if isinstance(c, int) else lax.div
     return div(c * total, self.ctas), div((c + 1) * total, self.ctas)
 
+  def cut_after(self, c):
+    """``(cut, tile)``: whether CTAs c and c + 1 share a tile, and which (c
+    an int or an int32 scalar)."""
+    end = self.bounds(c)[1]
+    div, rem = ((lambda a, b: a // b, lambda a, b: a % b)
+                if isinstance(c, int) else (lax.div, lax.rem))
+    return (rem(end, self.steps) != 0,
+            self.rounds * self.ctas + div(end, self.steps))
+
   def cut(self) -> list:
     """``(tile, c)`` of each tile cut between CTAs c and c + 1."""
-    ends = (self.bounds(c)[1] for c in range(self.ctas - 1))
-    return [(self.rounds * self.ctas + end // self.steps, c)
-            for c, end in enumerate(ends) if end % self.steps]
+    return [(tile, c) for c in range(self.ctas - 1)
+            for cut, tile in [self.cut_after(c)] if cut]
+
+
+def unravel(tile, grid: tuple) -> tuple:
+  """The index in ``grid`` of flat tile number ``tile`` (int32), in
+  :func:`plgpu.nd_loop`'s order: the last axis fastest."""
+  index = []
+  for size in reversed(grid):
+    index.append(lax.rem(tile, size))
+    tile = lax.div(tile, size)
+  return tuple(reversed(index))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,11 +294,7 @@ class Tiles:
       hi = jnp.where(split, jnp.minimum(end - t * sk.steps, sk.steps),
                      sk.steps)
       slot = jnp.where(lo > 0, 0, jnp.where(hi < sk.steps, 1, -1))
-      index = []
-      for size in reversed(self.grid):     # nd_loop's order: last axis fastest
-        index.append(lax.rem(tile, size))
-        tile = lax.div(tile, size)
-      return body(tuple(reversed(index)), done, Part(lo, hi, slot, c))
+      return body(unravel(tile, self.grid), done, Part(lo, hi, slot, c))
     return lax.fori_loop(0, sk.rounds + last - first + 1, unit, jnp.int32(0))
 
 
