@@ -34,7 +34,9 @@ flashjax_fp8_policy, and flashjax_fp8pv_policy (``fp8_qk=False``: Q Kᵀ in
 (portable), flashjax_fp8_mosaic (Hopper) and cudnn_fp8 (cuDNN through JAX's
 internal API), all on e4m3 inputs quantised per tensor by
 ``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
-names the source dtype of the inputs). A peer that cannot run a case records
+names the source dtype of the inputs), and flashjax_fp8_mosaic_vt, the
+Hopper FP8 forward with V from ``flashjax.fp8.quantize_v`` (the kernel's
+key-major layout, so no transpose of V in the call). A peer that cannot run a case records
 its error in the row. A Hopper impl name may carry options of the default
 tiling after ``+``, e.g. ``flashjax_fp8_mosaic+block_kv=128`` (forward's
 :class:`flashjax.MosaicBlocks`) or ``flashjax_mosaic+bwd.deferred_waits=True``
@@ -137,13 +139,16 @@ def impls(causal: bool):
           "xla": xla, "jax_pallas_mha": pallas_mha,
           "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic,
           "flashjax_fp8": flash_fp8, "flashjax_fp8_mosaic": flash_fp8_mosaic,
+          "flashjax_fp8_mosaic_vt": flash_fp8_mosaic,
           "flashjax_fp8_policy": flash_fp8_policy,
           "flashjax_fp8pv_policy": functools.partial(flash_fp8_policy,
                                                      fp8_qk=False),
           "cudnn_fp8": cudnn_fp8}
 
 
-FP8_IMPLS = ("flashjax_fp8", "flashjax_fp8_mosaic", "cudnn_fp8")
+FP8_IMPLS = ("flashjax_fp8", "flashjax_fp8_mosaic", "flashjax_fp8_mosaic_vt",
+             "cudnn_fp8")
+KEY_MAJOR_V_IMPLS = ("flashjax_fp8_mosaic_vt",)   # V from fp8.quantize_v
 
 
 def base_name(name: str) -> str:
@@ -151,11 +156,12 @@ def base_name(name: str) -> str:
 
 
 def with_options(name: str, causal: bool):
-  """The attention of ``name`` = ``flashjax_mosaic`` or ``flashjax_fp8_mosaic``
-  followed by ``+field=value`` (forward MosaicBlocks) or ``+bwd.field=value``
+  """The attention of ``name`` = ``flashjax_mosaic`` or
+  ``flashjax_fp8_mosaic[_vt]`` followed by ``+field=value`` (forward MosaicBlocks) or ``+bwd.field=value``
   (backward) options over the default tiling."""
   base, *options = name.split("+")
-  if base not in ("flashjax_mosaic", "flashjax_fp8_mosaic"):
+  if base not in ("flashjax_mosaic", "flashjax_fp8_mosaic",
+                  "flashjax_fp8_mosaic_vt"):
     raise ValueError(f"options apply to the Hopper impls only, got {name!r}")
   fwd, bwd = {}, {}
   for option in options:
@@ -185,13 +191,24 @@ def resolve(name: str, causal: bool):
   return impls(causal)[name] if "+" not in name else with_options(name, causal)
 
 
-def fp8_inputs(q, k, v):
+def fp8_inputs(q, k, v, key_major: bool = False):
   """(q8, k8, v8, q_descale, k_descale, v_descale): e4m3, per-tensor amax
-  scales (what the FP8 impls take; quantised once, outside the timed call)."""
+  scales (what the FP8 impls take; quantised once, outside the timed call);
+  ``key_major``: v8 from ``fp8.quantize_v``."""
   from flashjax import fp8
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, "float8_e4m3fn")
                                   for x in (q, k, v))
+  if key_major:
+    v8, vd = fp8.quantize_v(v, "float8_e4m3fn")
   return q8, k8, v8, qd, kd, vd
+
+
+def impl_inputs(name: str, x: tuple, mode: str) -> tuple:
+  """What impl ``name`` is called with, from one input set (q, k, v, dO)."""
+  base = base_name(name)
+  if base in FP8_IMPLS:
+    return fp8_inputs(*x[:3], key_major=base in KEY_MAJOR_V_IMPLS)
+  return x if mode == "fwd_bwd" else x[:3]
 
 
 def describe(e: Exception, limit: int = 200) -> str:
@@ -253,13 +270,13 @@ def peak_bytes(compiled):
              + mem.temp_size_in_bytes)
 
 
-def relerr(fn, q, k, v, causal, fp8_impl=False):
+def relerr(name, fn, q, k, v, causal):
   q, k, v = (x[:, :, :2] for x in (q, k, v))
   with jax.default_matmul_precision("highest"):
     ref = jax.jit(lambda q, k, v: flashjax.attention(
         q, k, v, causal=causal, backend="reference"))(
             *(x.astype(jnp.float32) for x in (q, k, v)))
-  args = fp8_inputs(q, k, v) if fp8_impl else (q, k, v)
+  args = impl_inputs(name, (q, k, v), "fwd")
   out = jax.jit(fn)(*args).astype(jnp.float32)
   return float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
 
@@ -292,8 +309,7 @@ def bench(args):
           for name in args.impls:
             fns[name] = resolve(name, causal)
             try:
-              errs[name] = relerr(fns[name], *sets[0][:3], causal,
-                                  base_name(name) in FP8_IMPLS)
+              errs[name] = relerr(name, fns[name], *sets[0][:3], causal)
             except Exception as e:  # noqa: BLE001 - record, keep going
               errs[name] = None
               print(f"  {name} relerr failed: {describe(e, 120)}", flush=True)
@@ -306,8 +322,7 @@ def bench(args):
                 continue        # FP8 attention is forward only
               row = dict(impl=name, dtype=dtype, b=b, s=s, h=h, kv_h=h, d=d,
                          causal=causal, mode=mode, relerr=errs[name])
-              inputs = [fp8_inputs(*x[:3]) if fp8_impl else
-                        x if mode == "fwd_bwd" else x[:3] for x in sets]
+              inputs = [impl_inputs(name, x, mode) for x in sets]
               try:
                 call = make_call(fns[name], mode).lower(*inputs[0]).compile()
                 row["peak_bytes"] = peak_bytes(call)

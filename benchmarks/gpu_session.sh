@@ -121,6 +121,15 @@
 #              kernels' GPU times at 16k (~7 min)
 #   profile-fp8  the FP8 forward's GPU time per kernel (its kernel, V's
 #              transpose) against cuDNN FP8's, 4k / 16k (~1.5 min)
+#   fp8-vt     the FP8 forward with V from fp8.quantize_v (key-major: no
+#              transpose in the call) against V from fp8.quantize, cuDNN FP8
+#              and our bf16, d 128, 4k / 16k; the quantisations' own cost
+#              (bench_quantize.py); GPU time per kernel at 4k (~5 min)
+#   opts-fp8-causal-vt  the causal FP8 forward (V key-major) with 4 stages,
+#              64-row K/V tiles, 240 registers, against cuDNN FP8, 4k / 16k
+#              (~3 min)
+#   opts-stream-k-2k  Stream-K at 2k keys (off below 4k by default), bf16
+#              and FP8, non-causal, against the default and cuDNN (~2 min)
 #   ncu-fused  Nsight on the fused backward against the two kernels, d 128
 #              4k, causal and not: why it loses causal (~5 min)
 #   opts-index-vectors  masked steps' index tiles from broadcast vectors
@@ -771,6 +780,36 @@ for s in "$@"; do
         step profile timeout 120 $PY benchmarks/profile_kernels.py --head-dim $d \
           $c --impls flashjax_mosaic cudnn --out "$WORK/kernels-d$d${c:+-causal}"
       done; done ;;
+    fp8-vt)
+      step fp8-vt timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic flashjax_fp8_mosaic_vt cudnn_fp8 \
+        flashjax_mosaic --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --repeats 7 --out "$WORK/fp8-vt"
+      step fp8-vt timeout 90 $PY benchmarks/bench_quantize.py \
+        --out "$WORK/quantize"
+      for c in "" --causal; do
+        step fp8-vt timeout 60 $PY benchmarks/profile_kernels.py \
+          --mode fwd --seq 4096 --head-dim 128 $c \
+          --impls flashjax_fp8_mosaic_vt cudnn_fp8 \
+          --out "$WORK/kernels-fp8-vt-4096${c:+-causal}"
+      done ;;
+    opts-fp8-causal-vt)
+      step opts-fp8-causal-vt timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+stages=4 \
+        flashjax_fp8_mosaic_vt+block_kv=64 \
+        flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal true \
+        --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-fp8-causal-vt" ;;
+    opts-stream-k-2k)
+      step opts-stream-k-2k timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+stream_k=True cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 2048 --causal false \
+        --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-stream-k-2k"
+      step opts-stream-k-2k timeout 90 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+stream_k=True \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 2048 \
+        --causal false --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-stream-k-2k-fp8" ;;
     profile-fp8)
       # GPU time per kernel of the FP8 forward (flashjax_fwd_fp8 and the XLA
       # fusions around it: V's transpose into the kernel's key order) against

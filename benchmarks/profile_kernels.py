@@ -57,7 +57,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_attention import (FP8_IMPLS, fp8_inputs,  # noqa: E402
+from benchmarks.bench_attention import (impl_inputs,  # noqa: E402
                                         make_call, resolve)
 
 # ncu details-page columns of --summarize (``--set detailed``): (title, metric
@@ -358,9 +358,8 @@ def main(argv=None):
   rows = []
   for name in args.impls:
     # the FP8 impls (forward only) take e4m3 inputs quantised outside the call
-    fp8 = name.split("+")[0] in FP8_IMPLS
     rows += profile(name, resolve(name, args.causal), args.mode,
-                    fp8_inputs(*inputs[:3]) if fp8 else inputs, args.iters,
+                    impl_inputs(name, tuple(inputs), args.mode), args.iters,
                     args.trace)
   if not args.trace:
     return

@@ -79,7 +79,10 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
     q_descale, k_descale, v_descale: with FP8 inputs (``float8_e4m3fn`` or
       ``float8_e5m2``, pre-quantised, e.g. by :func:`flashjax.fp8.quantize`):
       real value = fp8 value × descale; a scalar or one per head. Required;
-      positive. Such a call is forward only (not differentiable).
+      positive. Such a call is forward only (not differentiable). An FP8 V
+      may also come as a :class:`flashjax.fp8.KeyMajorV`
+      (:func:`flashjax.fp8.quantize_v`): the Hopper FP8 forward's own layout,
+      which spares it the transpose of V it runs before the kernel otherwise.
     out_dtype: O's dtype for FP8 inputs: bfloat16 (default) or float16.
 
   Returns:
@@ -93,6 +96,8 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
       config=config, backend=backend, interpret=interpret, fp8=fp8,
       fp8_qk=fp8_qk, out_dtype=out_dtype)
   descale = check_descales(plan, q_descale, k_descale, v_descale)
+  if isinstance(v, fp8_lib.KeyMajorV) and not plan.v_key_major:
+    v = v.to_bshd()            # every kernel but the Hopper FP8 forward's
   if plan.backend == "reference":
     if plan.fp8_inputs:      # the reference sees the dequantised values
       q, k, v = (fp8_lib.dequantize(x, d) for x, d in
@@ -132,6 +137,8 @@ def explain(q, k, v, **kwargs) -> str:
           f"head_dim {plan.head_dim}->{plan.head_dim_padded}; group "
           f"{plan.group}; {plan.mask}"
           + (f"; FP8 forward in {plan.fp8}" if plan.fp8 else "")
+          + ("; V key-major as given (fp8.quantize_v)" if plan.v_key_major
+             else "")
           + ("" if plan.fp8_qk or not plan.fp8 else " (P and V only)"))
 
 
@@ -146,7 +153,9 @@ def _flash(plan: Plan, q, k, v, q_seg, kv_seg, descale):
   seq_q, seq_kv, d = plan.mask.seq_q, plan.mask.seq_kv, plan.head_dim
   q = _pad(q, {1: plan.seq_q_padded, 3: plan.head_dim_padded})
   k = _pad(k, {1: plan.seq_kv_padded, 3: plan.head_dim_padded})
-  v = _pad(v, {1: plan.seq_kv_padded, 3: plan.head_dim_padded})
+  v = (_pad(v.data, {2: plan.head_dim_padded, 3: plan.seq_kv_padded})
+       if plan.v_key_major else
+       _pad(v, {1: plan.seq_kv_padded, 3: plan.head_dim_padded}))
   if q_seg is not None:
     q_seg = _pad(q_seg, {1: plan.seq_q_padded})
     kv_seg = _pad(kv_seg, {1: plan.seq_kv_padded})

@@ -17,6 +17,7 @@ import numpy as np
 from flashjax.config import (MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS,
                              MOSAIC_HEAD_DIMS, SMEM_BYTES, Blocks, Config,
                              default_config, padded_head_dim)
+from flashjax.fp8 import KeyMajorV
 from flashjax.masks import MaskSpec
 
 log = logging.getLogger("flashjax")
@@ -51,6 +52,9 @@ class Plan:
   # FP8 Q Kᵀ too (Q, K in fp8); False (the policy's fp8_qk=False): S from
   # the 16-bit Q, K, only P and V in fp8.
   fp8_qk: bool = True
+  # V came as a flashjax.fp8.KeyMajorV and the Hopper FP8 forward reads it
+  # as it is (other backends get V back as [batch, seq_kv, heads, d]).
+  v_key_major: bool = False
 
   @property
   def group(self) -> int:
@@ -113,6 +117,8 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
   """
   q_shape, k_shape, v_shape = (_shape_of(n, x) for n, x in
                                (("q", q), ("k", k), ("v", v)))
+  if isinstance(v, KeyMajorV):
+    _check_key_major_v(v)
   layouts = {"q": "[batch, seq_q, num_q_heads, head_dim]",
              "k": "[batch, seq_kv, num_kv_heads, head_dim]",
              "v": "[batch, seq_kv, num_kv_heads, head_dim]"}
@@ -228,8 +234,25 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
       scale=float(scale), softcap=None if softcap is None else float(softcap),
       backend=backend,
       interpret=(not on_gpu) if interpret is None else bool(interpret),
-      config=config, fp8=fp8, fp8_inputs=fp8_inputs, fp8_qk=fp8_qk)
+      config=config, fp8=fp8, fp8_inputs=fp8_inputs, fp8_qk=fp8_qk,
+      v_key_major=isinstance(v, KeyMajorV) and backend == "mosaic")
   return plan, q_segment_ids, kv_segment_ids
+
+
+def _check_key_major_v(v: KeyMajorV):
+  """A :class:`flashjax.fp8.KeyMajorV` must hold FP8 data ``[batch,
+  kv_heads, head_dim, seq_kv rounded up to 16]``."""
+  shape = tuple(v.data.shape)
+  rounded = _round_up(v.seq_kv, 16)
+  if (len(shape) != 4 or shape[3] != rounded or not isinstance(v.seq_kv, int)
+      or v.seq_kv < 1):
+    raise ValueError(
+        f"v, a flashjax.fp8.KeyMajorV with seq_kv {v.seq_kv!r}, must hold data "
+        f"[batch, kv_heads, head_dim, seq_kv rounded up to 16 ({rounded})], "
+        f"got shape {shape}; make it with flashjax.fp8.quantize_v.")
+  if jnp.dtype(v.data.dtype).name not in FP8_DTYPES:
+    raise TypeError(f"v, a flashjax.fp8.KeyMajorV, must hold FP8 data "
+                    f"{FP8_DTYPES}, got {jnp.dtype(v.data.dtype).name}.")
 
 
 def _mosaic_unsupported(dtype, head_dim, head_dim_padded):

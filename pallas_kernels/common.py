@@ -97,6 +97,13 @@ def fp8_pv_key_order(x, axis: int):
   return jnp.swapaxes(y, axis + 1, axis + 2).reshape(x.shape)
 
 
+def fp8_pv_key_order_inverse(x, axis: int):
+  """The keys of ``x`` back from :func:`fp8_pv_key_order`'s order."""
+  n = x.shape[axis]
+  y = x.reshape(x.shape[:axis] + (n // 16, 4, 2, 2) + x.shape[axis + 1:])
+  return jnp.swapaxes(y, axis + 1, axis + 2).reshape(x.shape)
+
+
 def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,
               block_kv: int, q_seg=None, kv_seg=None):
   """Set the invisible entries of tile ``s [block_q, block_kv]`` to -inf."""

@@ -29,6 +29,25 @@ def test_bench_attention_writes_rows_and_the_matmul_share(tmp_path):
   assert share_row.count("%") == 2, share_row
 
 
+def test_fp8_rows_with_v_as_given_and_key_major(tmp_path):
+  """flashjax_fp8_mosaic_vt takes V from fp8.quantize_v: the same kernel and
+  the same output as flashjax_fp8_mosaic (relerr equal), V not transposed in
+  the call; FP8 rows are compared with cuDNN FP8 (absent here: no ratio)."""
+  out = tmp_path / "fp8"
+  bench_attention.main([
+      "--out", str(out), "--impls", "flashjax_fp8_mosaic",
+      "flashjax_fp8_mosaic_vt", "--dtypes", "bfloat16", "--head-dims", "64",
+      "--seqs", "128", "--tokens", "128", "--hidden", "64", "--causal",
+      "true", "--modes", "fwd", "--iters", "1", "--repeats", "1",
+      "--matmul", "0"])
+  rows = {r["impl"]: r for r in json.loads(out.with_suffix(".json")
+                                           .read_text())["rows"]}
+  assert set(rows) == {"flashjax_fp8_mosaic", "flashjax_fp8_mosaic_vt"}
+  given, key_major = rows.values()
+  assert given["ms"] > 0 and key_major["ms"] > 0
+  assert given["relerr"] == key_major["relerr"] < 0.1, rows
+
+
 def test_merge_keeps_each_rows_matmul_rate(tmp_path):
   """``--merge``: a later part's row supersedes an earlier one's for the
   same case, and each row's share of the matmul rate is taken against the

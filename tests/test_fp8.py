@@ -63,15 +63,17 @@ def test_fp8_with_softcap(backend):
 
 
 def check_fp8_forward(fmt, causal, shape, per_head, backend, config=None,
-                      softcap=None):
+                      softcap=None, key_major=False):
   """The FP8 forward on e4m3/e5m2 inputs against the float32 reference on the
   dequantised inputs, within twice the error of rounding P to the format
-  (the emulation) plus FLOOR."""
+  (the emulation) plus FLOOR. ``key_major``: V given as
+  :func:`fp8.quantize_v` makes it. Returns O."""
   b, sq, skv, hq, hkv, d = shape
   q, k, v = _inputs(jax.random.key(sq), b, sq, skv, hq, hkv, d)
   (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, fmt, per_head=per_head)
                                   for x in (q, k, v))
-  o = flashjax.attention(q8, k8, v8, q_descale=qd, k_descale=kd,
+  v_in = fp8.quantize_v(v, fmt, per_head=per_head)[0] if key_major else v8
+  o = flashjax.attention(q8, k8, v_in, q_descale=qd, k_descale=kd,
                          v_descale=vd, causal=causal, backend=backend,
                          config=config, softcap=softcap)
   assert o.dtype == jnp.bfloat16 and o.shape == q.shape
@@ -82,6 +84,45 @@ def check_fp8_forward(fmt, causal, shape, per_head, backend, config=None,
   err = float(jnp.max(jnp.abs(o.astype(jnp.float32) - ref)))
   slack = float(jnp.max(jnp.abs(emu - ref)))
   assert np.isfinite(err) and err <= 2 * slack + FLOOR, (err, slack)
+  return o
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("causal,shape,per_head", [
+    (True, (1, 200, 333, 8, 2, 128), True),       # GQA, odd lengths, per head
+    (False, (2, 77, 77, 4, 1, 64), False),        # MQA, keys not a multiple of 16
+])
+def test_key_major_v_gives_the_same_forward(causal, shape, per_head, backend):
+  """V from fp8.quantize_v (the Hopper FP8 forward's own layout: no
+  transpose before the kernel; the portable forward gets V back): within
+  the FP8 bound of the reference, and the same O, bit for bit, as V from
+  fp8.quantize."""
+  got = check_fp8_forward("float8_e4m3fn", causal, shape, per_head, backend,
+                          key_major=True)
+  want = check_fp8_forward("float8_e4m3fn", causal, shape, per_head, backend)
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(want, np.float32))
+
+
+def test_quantize_v_layout():
+  """quantize_v: data [batch, kv_heads, d, seq rounded up to 16], zero keys
+  after seq, keys in the kernel's P order; its V back is quantize's V, bit
+  for bit, also through jit (a pytree, seq_kv static)."""
+  from pallas_kernels import common
+  v = jax.random.normal(jax.random.key(4), (2, 77, 3, 64), jnp.bfloat16)
+  vt, vd = fp8.quantize_v(v, per_head=True)
+  v8, want_vd = fp8.quantize(v, per_head=True)
+  assert vt.data.shape == (2, 3, 64, 80) and vt.shape == v.shape
+  assert vt.dtype == jnp.float8_e4m3fn and vt.seq_kv == 77
+  np.testing.assert_array_equal(vd, want_vd)
+  keys = np.asarray(common.fp8_pv_key_order_inverse(
+      vt.data.astype(jnp.float32), axis=3))
+  np.testing.assert_array_equal(keys[..., 77:], 0.0)
+  np.testing.assert_array_equal(
+      keys[..., :77], np.asarray(jnp.transpose(v8, (0, 2, 3, 1)), np.float32))
+  back = jax.jit(lambda x: x.to_bshd())(vt)
+  np.testing.assert_array_equal(np.asarray(back, np.float32),
+                                np.asarray(v8, np.float32))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -323,6 +364,22 @@ def test_bad_fp8_input(kwargs, error, match):
     flashjax.attention(q, kv, kv, **kwargs)
 
 
+def test_bad_key_major_v_is_refused():
+  q = jnp.zeros(Q8.shape, Q8.dtype)
+  kv = jnp.zeros(KV8.shape, KV8.dtype)
+  vt = fp8.KeyMajorV.of(kv)
+  with pytest.raises(ValueError, match=r"v, a flashjax.fp8.KeyMajorV with "
+                     r"seq_kv 64, must hold data .* got shape \(1, 2, 64, 48\)"):
+    flashjax.attention(q, kv, fp8.KeyMajorV(vt.data[..., :48], 64),
+                       q_descale=ONE, k_descale=ONE, v_descale=ONE)
+  with pytest.raises(TypeError, match="must hold FP8 data"):
+    flashjax.attention(q, kv, fp8.KeyMajorV.of(kv.astype(jnp.bfloat16)),
+                       q_descale=ONE, k_descale=ONE, v_descale=ONE)
+  with pytest.raises(ValueError, match="k and v must have the same shape"):
+    flashjax.attention(q, kv, fp8.KeyMajorV.of(kv[:, :32]), q_descale=ONE,
+                       k_descale=ONE, v_descale=ONE)
+
+
 def test_mixed_fp8_formats_are_refused():
   q = jnp.zeros(Q8.shape, jnp.float8_e4m3fn)
   kv = jnp.zeros(KV8.shape, jnp.float8_e5m2)
@@ -403,18 +460,21 @@ def test_policy_with_16_bit_logits_lowers_for_cuda(backend, head_dim, causal):
   assert ("triton" if backend == "triton" else "mosaic_gpu") in text
 
 
-@pytest.mark.parametrize("backend,head_dim,fmt,causal,overlap", [
-    ("triton", 128, "float8_e4m3fn", True, False),
-    ("mosaic", 128, "float8_e4m3fn", True, False),
-    ("mosaic", 128, "float8_e4m3fn", False, False),     # 256-row K/V tiles
-    ("mosaic", 64, "float8_e5m2", False, False),
-    ("mosaic", 128, "float8_e4m3fn", True, True),
+@pytest.mark.parametrize("backend,head_dim,fmt,causal,overlap,key_major", [
+    ("triton", 128, "float8_e4m3fn", True, False, False),
+    ("mosaic", 128, "float8_e4m3fn", True, False, False),
+    ("mosaic", 128, "float8_e4m3fn", False, False, False),  # 256-row K/V tiles
+    ("mosaic", 64, "float8_e5m2", False, False, False),
+    ("mosaic", 128, "float8_e4m3fn", True, True, False),
+    ("mosaic", 128, "float8_e4m3fn", False, False, True),   # V from quantize_v
 ])
-def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, overlap):
+def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, overlap,
+                                     key_major):
   """Compiled-mode lowering of both FP8 forwards with their default tilings
   against an abstract H100 (for Mosaic GPU: 8-bit wgmma operand layouts, V's
-  K-major tile, SMEM), and with the intra-warpgroup overlap (P V in flight
-  while the next P is computed)."""
+  K-major tile, SMEM), with the intra-warpgroup overlap (P V in flight
+  while the next P is computed), and with V given key-major (no transpose
+  before the kernel)."""
   import dataclasses
   config = None
   if overlap:
@@ -427,9 +487,14 @@ def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, overlap):
                               v_descale=d, causal=causal, interpret=False,
                               backend=backend, config=config)
   kv = jax.ShapeDtypeStruct((1, 300, 2, head_dim), jnp.dtype(fmt))
-  text = lower_for_h100(f, kv.update(shape=(1, 300, 4, head_dim)), kv, kv,
-                        jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+  v = (fp8.KeyMajorV(kv.update(shape=(1, 2, head_dim, 304)), 300)
+       if key_major else kv)
+  lowered = lower_for_h100(f, kv.update(shape=(1, 300, 4, head_dim)), kv, v,
+                           jax.ShapeDtypeStruct((), jnp.float32))
+  text = lowered.as_text()
   assert ("triton" if backend == "triton" else "mosaic_gpu") in text
+  # XLA's transpose of V before the kernel is there unless V came key-major
+  assert ("stablehlo.transpose" in text) != key_major or backend == "triton"
 
 
 def test_fp8_forward_takes_deeper_pipelines():

@@ -399,10 +399,12 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
     descale: FP8 only: float32 ``[num_q_heads, 4]``, each query head's q, k
       and v descales (:func:`flashjax.checks.check_descales`).
 
-  FP8: wgmma takes 8-bit operands only K-major, so V is transposed to
-  ``[batch, kv_heads, d, seq_kv]`` by XLA before the kernel, its keys in
-  :func:`common.fp8_pv_key_order` (one pass over V; under the ``fp8=True``
-  policy it fuses with the quantisation).
+  FP8: wgmma takes 8-bit operands only K-major, so the kernel reads V as
+  ``[batch, kv_heads, d, seq_kv]``, its keys in
+  :func:`common.fp8_pv_key_order`: given so under ``plan.v_key_major``
+  (:func:`flashjax.fp8.quantize_v`, the transpose in the quantisation's pass),
+  else transposed by XLA before the kernel (one pass over V; under the
+  ``fp8=True`` policy it fuses with the quantisation).
 
   Returns:
     O ``[batch, seq_q, num_q_heads, head_dim]`` in ``plan.dtype``, and L
@@ -428,8 +430,9 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   interpret = plgpu.InterpretGPUParams(detect_races=True) if plan.interpret \
       else None
   fp8 = plan.fp8
-  if fp8:
+  if fp8 and not plan.v_key_major:
     v = common.fp8_pv_key_order(jnp.transpose(v, (0, 2, 3, 1)), axis=3)
+  if fp8:
     descale = jnp.broadcast_to(
         jnp.stack([descale[:, 0] * descale[:, 1],
                    descale[:, 2]],
