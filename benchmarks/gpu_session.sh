@@ -128,8 +128,15 @@
 #   opts-fp8-causal-vt  the causal FP8 forward (V key-major) with 4 stages,
 #              64-row K/V tiles, 240 registers, against cuDNN FP8, 4k / 16k
 #              (~3 min)
-#   opts-stream-k-2k  Stream-K at 2k keys (off below 4k by default), bf16
-#              and FP8, non-causal, against the default and cuDNN (~2 min)
+#   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
+#              compiled, then against the default and cuDNN, bf16 d 128 and
+#              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
+#   confirm-stream-k-causal  the causal paired grid's GPU Stream-K case
+#              that opts-stream-k-causal's time limit cut, then Stream-K
+#              against the default at 8k / 12k, bf16 d 128 and 64, FP8 (~5 min)
+#   opts-stream-k-2k  Stream-K at 2k keys (the default from 2k since the
+#              twenty-ninth session), bf16 and FP8, non-causal, against
+#              the default before and cuDNN (~2 min)
 #   ncu-fused  Nsight on the fused backward against the two kernels, d 128
 #              4k, causal and not: why it loses causal (~5 min)
 #   opts-index-vectors  masked steps' index tiles from broadcast vectors
@@ -800,14 +807,39 @@ for s in "$@"; do
         flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal true \
         --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-fp8-causal-vt" ;;
+    opts-stream-k-causal)
+      mosaic_tests opts-stream-k-causal 240 -k stream_k
+      step opts-stream-k-causal timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic+stream_k=False flashjax_mosaic+stream_k=True \
+        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 2048 4096 8192 \
+        --causal true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-stream-k-causal"
+      step opts-stream-k-causal timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt+stream_k=False \
+        flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 --dtypes bfloat16 \
+        --head-dims 128 --seqs 4096 8192 --causal true --modes fwd \
+        --matmul 0 --repeats 7 --out "$WORK/opts-stream-k-causal-fp8" ;;
+    confirm-stream-k-causal)
+      mosaic_tests confirm-stream-k-causal 180 -k "stream_k and sq2048"
+      step confirm-stream-k-causal timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic+stream_k=False flashjax_mosaic+stream_k=True \
+        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 8192 12288 \
+        --causal true --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/confirm-stream-k-causal"
+      step confirm-stream-k-causal timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt+stream_k=False \
+        flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 --dtypes bfloat16 \
+        --head-dims 128 --seqs 8192 12288 --causal true --modes fwd \
+        --matmul 0 --repeats 9 --out "$WORK/confirm-stream-k-causal-fp8" ;;
     opts-stream-k-2k)
       step opts-stream-k-2k timeout 150 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+stream_k=True cudnn \
-        --dtypes bfloat16 --head-dims 128 64 --seqs 2048 --causal false \
+        --impls flashjax_mosaic+stream_k=False flashjax_mosaic+stream_k=True \
+        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 2048 --causal false \
         --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-stream-k-2k"
       step opts-stream-k-2k timeout 90 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+stream_k=True \
-        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 2048 \
+        --impls flashjax_fp8_mosaic_vt+stream_k=False \
+        flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 --dtypes bfloat16 \
+        --head-dims 128 --seqs 2048 \
         --causal false --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-stream-k-2k-fp8" ;;
     profile-fp8)

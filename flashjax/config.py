@@ -146,7 +146,7 @@ class MosaicBlocks:
   hybrid, :class:`pallas_kernels.mosaic.pipeline.StreamK`); a tile cut in
   two writes each part's O and L apart, and a small kernel merges them in
   place after the forward (:func:`pallas_kernels.mosaic.fwd.merge`; the
-  default without a band from 4k keys).
+  default without a band from 2k keys).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -376,8 +376,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 3.588, 4k 0.918 vs 0.933, 1k 0.263 vs 0.258; d 64 16k 4.325 vs 4.419,
   # 4k 1.113 vs 1.140, 1k 0.309 vs 0.311; FP8 16k 2.360 vs 2.451, 4k 0.630
   # vs 0.640. The last round had cost 2-2.5% (33 heads' whole rounds against
-  # 32's, results/raw/tail-hidden{4096,4224}-session28-h200.md). From 4k
-  # keys (2k not timed).
+  # 32's, results/raw/tail-hidden{4096,4224}-session28-h200.md). At 2k
+  # (twenty-ninth session, results/raw/opts-stream-k-2k-session29-h200.md):
+  # d 128 0.490 vs 0.493, d 64 0.590 vs 0.609, FP8 0.317 vs 0.325. From 2k
+  # keys.
   banded = causal if banded is None else banded
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
@@ -386,7 +388,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                         early_handover=not persistent and not fp8
                         and not overlap,
                         stream_k=not banded and (seq_kv is None
-                                                 or seq_kv >= 4096))
+                                                 or seq_kv >= 2048))
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
   # 1.958 vs 2.028 causal (two kernels); in the benchmark after the change

@@ -101,13 +101,14 @@ class MaskSpec:
                      num_kv_blocks: int):
     """KV tiles ``[lo, hi)`` that rows ``q_start .. q_start+block_q-1`` can see.
 
-    ``q_start`` may be a traced int32 (a kernel's program id times ``block_q``).
+    ``q_start`` may be a traced int32 (a kernel's program id times
+    ``block_q``); for a Python int the range is Python ints.
     """
     lo, hi = 0, num_kv_blocks
     if self.right is not None:
       # last visible key of the last row: q_start + block_q - 1 + offset + right
       last = q_start + (block_q - 1 + self.offset + self.right)
-      hi = jnp.minimum(hi, _cdiv_nonneg(last + 1, block_kv))
+      hi = _minimum(hi, _cdiv_nonneg(last + 1, block_kv))
     if self.left is not None:
       # first visible key of the first row: q_start + offset - left
       first = q_start + (self.offset - self.left)
@@ -170,13 +171,23 @@ class MaskSpec:
 
 
 def _div_nonneg(x, d: int):
-  """``max(x, 0) // d`` for traced or Python ints (lax.div truncates toward 0)."""
+  """``max(x, 0) // d`` for traced or Python ints (lax.div truncates toward
+  0); a Python int for a Python int."""
+  if isinstance(x, int):
+    return max(x, 0) // d
   return lax.div(jnp.maximum(x, 0), jnp.int32(d))
 
 
 def _cdiv_nonneg(x, d: int):
   """``ceil(max(x, 0) / d)``."""
-  return lax.div(jnp.maximum(x, 0) + (d - 1), jnp.int32(d))
+  return _div_nonneg(x + (d - 1), d) if isinstance(x, int) else lax.div(
+      jnp.maximum(x, 0) + (d - 1), jnp.int32(d))
+
+
+def _minimum(a, b):
+  """``min(a, b)``: a Python int for Python ints, else traced."""
+  return min(a, b) if isinstance(a, int) and isinstance(b, int) else \
+      jnp.minimum(a, b)
 
 
 def dense(spec: MaskSpec, q_segment_ids=None, kv_segment_ids=None):

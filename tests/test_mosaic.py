@@ -469,67 +469,101 @@ STREAM_K_CASES = [
     # (masked steps, and rows that see no key in one part or in both)
     Case(dtype="bfloat16", batch=1, seq_q=100, seq_kv=300, num_q_heads=3,
          num_kv_heads=1, head_dim=64, causal=False, segments="packed"),
+    # causal: 3 pairs of query tiles (one a head), of 4 + 2 K/V steps (64-row
+    # tiles), the middle pair's first tile cut; the diagonal's steps in
+    # parts, rows that see no key of a part
+    Case(dtype="bfloat16", batch=1, seq_q=250, seq_kv=250, num_q_heads=3,
+         num_kv_heads=1, head_dim=64, causal=True, segments="packed"),
     # 132 SMs: 198 query tiles, 66 of them in the split rounds, each CTA
     # 1.5 tiles of 12 (d 128) or 5 (d 64, 256-row K/V tiles) steps; GQA
     Case(dtype="float16", batch=1, seq_q=4100, seq_kv=1500, num_q_heads=6,
          num_kv_heads=3, head_dim=128, causal=False, segments="packed"),
     Case(dtype="bfloat16", batch=1, seq_q=4100, seq_kv=1100, num_q_heads=6,
          num_kv_heads=2, head_dim=64, causal=False),
+    # causal, 160 pairs of query tiles over 132 SMs, all split
+    Case(dtype="bfloat16", batch=1, seq_q=4096, seq_kv=4096, num_q_heads=10,
+         num_kv_heads=2, head_dim=128, causal=True),
+    Case(dtype="float16", batch=2, seq_q=2048, seq_kv=2048, num_q_heads=10,
+         num_kv_heads=5, head_dim=64, causal=True, segments="packed"),
 ]
+STREAM_K_INTERPRETED = STREAM_K_CASES[:2]
 
 
 def test_stream_k_schedule():
-  """:class:`pipeline.StreamK`: every step of every tile runs once, every
-  CTA runs as many steps as any other, give or take one, a cut tile's two
-  parts are the last unit of one CTA and the first of the next, and there
-  is no schedule where whole tiles fill every round; the defaults take it
-  without a band from 4k keys."""
+  """:class:`pipeline.StreamK`, of tiles and of causal pairs of tiles: every
+  step of every tile runs once, every CTA runs as many steps as any other,
+  give or take one, a cut tile's two parts are the last piece of one CTA
+  and the first split piece of the next (:meth:`StreamK.cut`), and there
+  is no schedule
+  where whole units fill every round; the defaults take it without a band
+  from 2k keys."""
   from pallas_kernels.mosaic import pipeline
+
+  def check(sk, tile_steps):
+    runs, per_cta, last, first = collections.Counter(), [], {}, {}
+    with jax.ensure_compile_time_eval():
+      for c in range(sk.ctas):
+        count, piece = sk.pieces(c)
+        per_cta.append(0)
+        for k in range(int(count)):
+          index, part = piece(k)
+          index = tuple(int(x) for x in index)
+          lo, hi, slot = int(part.lo), int(part.hi), int(part.slot)
+          assert 0 <= lo < hi <= tile_steps[index] and int(part.cta) == c
+          runs.update((index, j) for j in range(lo, hi))
+          per_cta[-1] += hi - lo
+          if slot == 1:
+            assert k == count - 1 and hi < tile_steps[index]
+            last[c] = index
+          if slot == 0:
+            assert k == sk.rounds * sk.halves and lo > 0   # the first split
+            first[c] = index
+    assert runs == {(i, j): 1 for i, n in tile_steps.items() for j in range(n)}
+    assert max(per_cta) - min(per_cta) <= 1
+    assert sk.cut() == [(i, c) for c, i in last.items()]
+    assert all(first[c + 1] == i for c, i in last.items())
+
   for tiles, ctas, steps in [(2048, 132, 128), (4096, 132, 8), (198, 132, 12),
                              (3, 2, 5), (5, 2, 3)]:
-    sk = pipeline.StreamK.of(tiles, ctas, steps)
-    runs, per_cta = collections.Counter(), []
-    for c in range(ctas):
-      start, end = sk.bounds(c)
-      per_cta.append(sk.rounds * steps + end - start)
-      runs.update((c + r * ctas, j) for r in range(sk.rounds)
-                  for j in range(steps))
-      runs.update((sk.rounds * ctas + g // steps, g % steps)
-                  for g in range(start, end))
-    assert runs == {(t, j): 1 for t in range(tiles) for j in range(steps)}
-    assert max(per_cta) - min(per_cta) <= 1
-    for tile, c in sk.cut():
-      end = sk.bounds(c)[1]
-      assert (tile - sk.rounds * ctas) * steps < end < (
-          tile - sk.rounds * ctas + 1) * steps
+    check(pipeline.StreamK.of(tiles, ctas, steps),
+          {(t,): steps for t in range(tiles)})
+  # causal pairs (tile i, n - 1 - i) along axis 1 of (heads, tiles, batch),
+  # tile t of t + 1 steps: each pair n + 1
+  for heads, n, batch, ctas in [(5, 16, 7, 132), (3, 2, 1, 2), (1, 6, 1, 2),
+                                (10, 32, 1, 132)]:
+    sk = pipeline.StreamK.of(heads * n // 2 * batch, ctas, n + 1,
+                             (heads, n // 2, batch), 1, lambda i: i + 1)
+    check(sk, {(h, t, b): t + 1 for h in range(heads) for t in range(n)
+               for b in range(batch)})
   assert pipeline.StreamK.of(264, 132, 12) is None      # 2 whole rounds
   assert pipeline.StreamK.of(100, 132, 12) is None      # fewer tiles than SMs
-  # the defaults: without a band, from 4k keys (or without a length)
+  # the defaults: without a band, from 2k keys (or without a length)
   stream_k = lambda d=128, **kw: flashjax.default_config(
       d, **kw).mosaic.stream_k
-  assert stream_k(seq_kv=4096) and stream_k(64, seq_kv=16384) and stream_k()
+  assert stream_k(seq_kv=2048) and stream_k(64, seq_kv=16384) and stream_k()
   assert stream_k(seq_kv=4096, fp8=True)
-  assert not stream_k(seq_kv=1024)
+  assert not stream_k(seq_kv=1024) and not stream_k(seq_kv=2047)
   assert not stream_k(causal=True, seq_kv=16384)
   assert not stream_k(causal=False, banded=True, seq_kv=16384)   # a window
 
 
 @pytest.mark.parametrize("case", STREAM_K_CASES, ids=lambda c: c.id)
 def test_stream_k(case):
-  """``MosaicBlocks(stream_k=True)`` (the non-causal forward's persistent
-  grid): the last rounds' query tiles split by K/V steps, a cut tile's parts
-  merged after the kernel (:func:`pallas_kernels.mosaic.fwd.merge`).
+  """``MosaicBlocks(stream_k=True)`` (the forward's persistent grid,
+  non-causal, and causal with its mirrored pairs of query tiles): the last
+  rounds' units split by K/V steps, a cut tile's parts merged after the
+  kernel (:func:`pallas_kernels.mosaic.fwd.merge`).
   Parity with the reference, gradients included (the backward reads the
   merged O and L); in the interpreter (2 CTAs) with the race detector, on a
   GPU (132 SMs) with its own cases. The FP8 forward too, against the float32
   reference as tests/test_fp8.py checks it. The compiled form lowers for
   CUDA."""
   from pallas_kernels.mosaic import fwd
-  if jax.default_backend() == "gpu" and case is STREAM_K_CASES[0]:
-    pytest.skip("132 SMs take the 3 tiles in one round: nothing to split")
-  if jax.default_backend() != "gpu" and case is not STREAM_K_CASES[0]:
-    pytest.skip("the interpreter's 2 CTAs split the first case; these are "
-                "the GPU's")
+  if jax.default_backend() == "gpu" and case in STREAM_K_INTERPRETED:
+    pytest.skip("132 SMs take the 3 units in one round: nothing to split")
+  if jax.default_backend() != "gpu" and case not in STREAM_K_INTERPRETED:
+    pytest.skip("the interpreter's 2 CTAs split the first two cases; these "
+                "are the GPU's")
   from test_fp8 import check_fp8_forward
   cuts = []
   merge = fwd.merge
@@ -546,7 +580,7 @@ def test_stream_k(case):
   try:
     check_without_races(case, stream_k(
         base, **dict(block_kv=64) if interpreted else {}))
-    check_fp8_forward("float8_e4m3fn", False, (
+    check_fp8_forward("float8_e4m3fn", case.causal, (
         case.batch, case.seq_q, case.seq_kv, case.num_q_heads,
         case.num_kv_heads, 128), False, "mosaic", config=stream_k(
             fp8_base, **dict(block_kv=128) if interpreted else {}))
@@ -554,10 +588,12 @@ def test_stream_k(case):
     fwd.merge = merge
   assert len(cuts) == 2 and all(n > 0 for n in cuts)
 
-  q = jax.ShapeDtypeStruct((2, 4096, 4, case.head_dim), jnp.dtype(case.dtype))
+  # 256 tiles, or 160 causal pairs, over 132 SMs: split
+  q = jax.ShapeDtypeStruct((2, 4096, 5 if case.causal else 4, case.head_dim),
+                           jnp.dtype(case.dtype))
   text = lower_for_h100(lambda q: flashjax.attention(
-      q, q, q, backend="mosaic", config=stream_k(base), interpret=False),
-      q).as_text()                      # 256 tiles over 132 SMs: split
+      q, q, q, causal=case.causal, backend="mosaic", config=stream_k(base),
+      interpret=False), q).as_text()
   assert text.count("custom_call @mosaic_gpu") == 1
   assert "flashjax_fwd_merge" in text
 

@@ -62,7 +62,7 @@ computes P_j while the latter runs; V is read one step late (a lagged
 the last P V; P is carried in registers (in the interpreter, kept in shared
 memory). The ping-pong then hands over after each pair.
 
-``MosaicBlocks(stream_k=True)`` (the default without a band from 4k keys):
+``MosaicBlocks(stream_k=True)`` (the default without a band from 2k keys):
 where whole query tiles leave the persistent grid's last round partly idle,
 the last rounds' tiles are split by K/V steps (:class:`pipeline.StreamK`); a
 cut tile's two parts each write their O and L to a buffer of parts, and
@@ -416,10 +416,9 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   bkv, stages = blocks.block_kv, blocks.stages
   tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
                                   blocks.persistent)
-  if blocks.stream_k and tiles.persistent and tiles.paired is None:
-    num_tiles = math.prod(tiles.grid)
-    tiles = dataclasses.replace(tiles, stream_k=pipeline.StreamK.of(
-        num_tiles, pipeline.num_ctas(plan, num_tiles), seq_kv // bkv))
+  if blocks.stream_k and tiles.persistent:
+    tiles = dataclasses.replace(tiles, stream_k=stream_k(plan, tiles, bkv,
+                                                         seq_kv // bkv))
   sk = tiles.stream_k
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
@@ -469,11 +468,39 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
       kernel_name=kernel_name(fp8),
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)
-  return (o, lse) if sk is None else merge(sk, tiles.grid, o, lse, *parts,
+  return (o, lse) if sk is None else merge(sk, plan.mask, o, lse, *parts,
                                             interpret=plan.interpret)
 
 
-def merge(sk: pipeline.StreamK, grid: tuple, o, lse, o_part, lse_part,
+def stream_k(plan: Plan, tiles: pipeline.Tiles, block_kv: int,
+             num_kv_blocks: int) -> pipeline.StreamK | None:
+  """Stream-K's schedule of the forward's persistent grid (tiles of
+  ``COMPUTE_WGS · BLOCK_Q`` query rows), or None. Without a band every tile
+  has ``num_kv_blocks`` steps. Paired (a causal mask's mirrored query
+  tiles), only where every pair has the same steps and every tile's K/V
+  range starts at the first K/V tile (causal without a window's left edge,
+  the diagonal on a K/V tile boundary: the benchmark's shapes)."""
+  walk = tiles.walk()
+  units = math.prod(walk)
+  ctas = pipeline.num_ctas(plan, units)
+  if tiles.paired is None:
+    return pipeline.StreamK.of(units, ctas, num_kv_blocks, walk)
+  n, rows = tiles.grid[tiles.paired], COMPUTE_WGS * BLOCK_Q
+
+  def kv_range(i):
+    # tile i's K/V tiles, as the kernel's pipeline.kv_work takes them
+    start = pipeline.heavy_first(plan.mask, i, n) * rows
+    return plan.mask.kv_block_range(start, rows, block_kv, num_kv_blocks)
+  ranges = [kv_range(i) for i in range(n)]     # Python ints
+  pairs = {hi - lo + ranges[n - 1 - i][1] - ranges[n - 1 - i][0]
+           for i, (lo, hi) in enumerate(ranges[:n // 2])}
+  if n % 2 or len(pairs) != 1 or any(lo for lo, _ in ranges):
+    return None
+  return pipeline.StreamK.of(units, ctas, pairs.pop(), walk, tiles.paired,
+                             first_steps=lambda i: kv_range(i)[1])
+
+
+def merge(sk: pipeline.StreamK, mask, o, lse, o_part, lse_part,
           interpret: bool = False):
   """O and L of the tiles Stream-K cut in two (:class:`pipeline.StreamK`),
   from their parts' (each normalised over its own keys, with its own L):
@@ -482,19 +509,20 @@ def merge(sk: pipeline.StreamK, grid: tuple, o, lse, o_part, lse_part,
   of ``o`` [batch, seq_q, heads, d] and ``lse`` [batch, heads, seq_q] in
   place (aliased: nothing else of O is read or copied). One program per
   boundary between CTAs c and c + 1 (the Stream-K CTAs' last one has none),
-  a Triton-lowered Pallas kernel. ``grid``: the forward's (heads, query
-  tiles, batch); ``o_part`` [ctas, 2, rows, d], ``lse_part`` [ctas, 2,
-  rows]."""
+  a Triton-lowered Pallas kernel. ``sk``'s units index the forward's
+  (heads, query tiles, batch) grid, its query tiles in
+  :func:`pipeline.heavy_first`'s order under ``mask``; ``o_part`` [ctas, 2,
+  rows, d], ``lse_part`` [ctas, 2, rows]."""
   rows = o_part.shape[2]
+  num_tiles = o.shape[1] // rows
 
   def kernel(o_part_ref, lse_part_ref, o_in_ref, lse_in_ref, o_ref, lse_ref):
     del o_in_ref, lse_in_ref            # o_ref and lse_ref, aliased
     c = pl.program_id(0)
-    cut, tile = sk.cut_after(c)
+    cut, (h, q_tile, b) = sk.cut_after(c)
 
     @pl.when(cut)                       # a tile cut between c and c + 1
     def _():
-      h, q_tile, b = pipeline.unravel(tile, grid)
       # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
       l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
       top = jnp.maximum(l1, l2)
@@ -505,7 +533,7 @@ def merge(sk: pipeline.StreamK, grid: tuple, o, lse, o_part, lse_part,
       w2 = jnp.where(l2 > -jnp.inf, jnp.exp(l2 - l), 0.0)
       o_cut = (w1[:, None] * o_part_ref[c, 1, :, :].astype(jnp.float32)
                + w2[:, None] * o_part_ref[c + 1, 0, :, :].astype(jnp.float32))
-      at = pl.ds(q_tile * rows, rows)
+      at = pl.ds(pipeline.heavy_first(mask, q_tile, num_tiles) * rows, rows)
       o_ref[b, at, h, :] = o_cut.astype(o_ref.dtype)
       lse_ref[b, h, at] = l
 

@@ -133,10 +133,12 @@ def _distinct(barriers):
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-  """A Stream-K unit's share of its tile (:class:`StreamK`): streamed steps
-  ``[lo, hi)`` and ``slot``, where its result goes: -1, the whole tile (the
-  output itself); 0 or 1, cut: this CTA's (``cta``) first or last unit, a
-  row of the buffers of partial results. All int32 scalars."""
+  """A Stream-K piece's share of its tile (:class:`StreamK`): streamed steps
+  ``[lo, hi)`` (from the tile's first, which is its first K/V tile: the
+  schedule is taken only where every tile's range starts at 0) and
+  ``slot``, where its result goes: -1, the whole tile (the output itself);
+  0 or 1, cut: this CTA's (``cta``) first or last piece, a row of the
+  buffers of partial results. All int32 scalars."""
 
   lo: object
   hi: object
@@ -146,54 +148,129 @@ class Part:
 
 @dataclasses.dataclass(frozen=True)
 class StreamK:
-  """Stream-K's hybrid schedule (Osama et al., 2023) of ``tiles`` equal
-  output tiles of ``steps`` streamed steps each over ``ctas`` persistent
-  CTAs: ``rounds`` data-parallel rounds (CTA c takes tiles c, c + ctas, ...,
-  numbered as :func:`plgpu.nd_loop` walks the grid), then the rest, between
-  ``ctas`` and ``2 · ctas`` tiles, split by steps: CTA c takes their steps
+  """Stream-K's hybrid schedule (Osama et al., 2023) of ``units`` equal
+  units of work of ``steps`` streamed steps each over ``ctas`` persistent
+  CTAs: ``rounds`` data-parallel rounds (CTA c takes units c, c + ctas, ...,
+  numbered as :func:`plgpu.nd_loop` walks ``walk``), then the rest, between
+  ``ctas`` and ``2 · ctas`` units, split by steps: CTA c takes their steps
   ``[c · S // ctas, (c + 1) · S // ctas)`` in order (S: all their steps), so
-  the CTAs finish within a step of each other, where whole tiles leave the
+  the CTAs finish within a step of each other, where whole units leave the
   last round partly idle (2048 tiles over 132 SMs: 15.5 rounds of work in
-  16). A tile cut between CTAs c and c + 1 runs its first steps as c's last
-  unit (slot 1) and the rest as c + 1's first (slot 0); each part writes its
-  own O and L, which :func:`pallas_kernels.mosaic.fwd.merge` merges."""
+  16). A unit is an output tile, or (``paired``: the axis of
+  :attr:`Tiles.paired`) a mirrored pair of query tiles, whose steps are the
+  first tile's ``first_steps(i)`` (i: its index along that axis) and then
+  its mirror's. A tile cut between CTAs c and c + 1 runs its first steps as
+  c's last piece (slot 1) and the rest as c + 1's first (slot 0); each part
+  writes its own O and L, which :func:`pallas_kernels.mosaic.fwd.merge`
+  merges."""
 
-  tiles: int
+  units: int
   ctas: int
   steps: int
+  walk: tuple
+  paired: int | None = None
+  first_steps: Callable | None = dataclasses.field(default=None,
+                                                   compare=False)
 
   @staticmethod
-  def of(tiles: int, ctas: int, steps: int) -> "StreamK | None":
-    """The schedule, or None where whole tiles already fill every round (or
-    a tile has one step, or there are fewer tiles than CTAs)."""
-    if tiles < ctas or tiles % ctas == 0 or steps < 2:
+  def of(units: int, ctas: int, steps: int, walk: tuple | None = None,
+         paired: int | None = None, first_steps=None) -> "StreamK | None":
+    """The schedule, or None where whole units already fill every round (or
+    a unit has one step, or there are fewer units than CTAs). ``walk``:
+    the grid of units (default ``(units,)``)."""
+    if units < ctas or units % ctas == 0 or steps < 2:
       return None
-    return StreamK(tiles, ctas, steps)
+    return StreamK(units, ctas, steps, walk or (units,), paired, first_steps)
 
   @property
   def rounds(self) -> int:
-    return self.tiles // self.ctas - 1
+    return self.units // self.ctas - 1
+
+  @property
+  def halves(self) -> int:
+    """Tiles a unit: 1, or 2 (a pair)."""
+    return 1 if self.paired is None else 2
 
   def bounds(self, c):
-    """CTA ``c``'s steps ``[start, end)`` of the split tiles (c an int or an
+    """CTA ``c``'s steps ``[start, end)`` of the split units (c an int or an
     int32 scalar)."""
-    total = (self.tiles - self.rounds * self.ctas) * self.steps
+    total = (self.units - self.rounds * self.ctas) * self.steps
     div = (lambda a, b: a // b) if isinstance(c, int) else lax.div
     return div(c * total, self.ctas), div((c + 1) * total, self.ctas)
 
+  def index(self, unit, half=0) -> tuple:
+    """The grid index of ``unit``'s tile (``half`` 1: a pair's mirror)."""
+    index = unravel(unit, self.walk)
+    if self.paired is None:
+      return index
+    a, i = self.paired, index[self.paired]
+    return (*index[:a], jnp.where(half == 0, i, 2 * self.walk[a] - 1 - i),
+            *index[a + 1:])
+
+  def split(self, unit):
+    """Where ``unit``'s second tile starts among its steps (``steps``: it
+    has none)."""
+    if self.paired is None:
+      return self.steps
+    return self.first_steps(self.index(unit)[self.paired])
+
+  def piece_of(self, x):
+    """The piece (from the split units' first: a unit, or a pair's tile,
+    ``2 · unit + half``) that split step ``x`` belongs to."""
+    t = lax.div(x, self.steps)
+    if self.paired is None:
+      return t
+    unit = self.rounds * self.ctas + t
+    return 2 * t + (lax.rem(x, self.steps) >= self.split(unit)).astype(
+        jnp.int32)
+
+  def pieces(self, c):
+    """CTA ``c``'s pieces (a tile, or a pair's tile): their count and
+    ``piece(k) -> (index, Part)``, the k-th's grid index and share: the
+    data-parallel rounds' whole units, then its steps ``[start, end)`` of
+    the split units, each piece clipped to them (c and k ints or int32
+    scalars)."""
+    start, end = self.bounds(c)
+    first, last = self.piece_of(start), self.piece_of(end - 1)
+    whole = self.rounds * self.halves
+
+    def piece(k):
+      split = k >= whole
+      p = first + k - whole
+      if self.paired is None:           # a unit is a tile: one piece
+        t, u, half = p, k, 0
+      else:                             # a pair of tiles: two pieces
+        t, u = lax.div(p, 2), lax.div(k, 2)
+        half = jnp.where(split, lax.rem(p, 2), lax.rem(k, 2))
+      unit = jnp.where(split, self.rounds * self.ctas + t, c + u * self.ctas)
+      f = self.split(unit)
+      n = f if self.paired is None else jnp.where(half == 0, f,
+                                                  self.steps - f)
+
+      def local(x):
+        # split step x counted from the piece's tile's first step
+        x = x - t * self.steps
+        return x if self.paired is None else x - jnp.where(half == 0, 0, f)
+      lo = jnp.where(split, jnp.maximum(local(start), 0), 0)
+      hi = jnp.where(split, jnp.minimum(local(end), n), n)
+      slot = jnp.where(lo > 0, 0, jnp.where(hi < n, 1, -1))
+      return self.index(unit, half), Part(lo, hi, slot, c)
+    return whole + last - first + 1, piece
+
   def cut_after(self, c):
-    """``(cut, tile)``: whether CTAs c and c + 1 share a tile, and which (c
-    an int or an int32 scalar)."""
+    """``(cut, index)``: whether CTAs c and c + 1 share a tile, and its grid
+    index (c an int or an int32 scalar)."""
     end = self.bounds(c)[1]
-    div, rem = ((lambda a, b: a // b, lambda a, b: a % b)
-                if isinstance(c, int) else (lax.div, lax.rem))
-    return (rem(end, self.steps) != 0,
-            self.rounds * self.ctas + div(end, self.steps))
+    t, o = lax.div(end, self.steps), lax.rem(end, self.steps)
+    unit = self.rounds * self.ctas + t
+    f = self.split(unit)
+    return (o != 0) & (o != f), self.index(unit, (o > f).astype(jnp.int32))
 
   def cut(self) -> list:
-    """``(tile, c)`` of each tile cut between CTAs c and c + 1."""
-    return [(tile, c) for c in range(self.ctas - 1)
-            for cut, tile in [self.cut_after(c)] if cut]
+    """``(index, c)`` of each tile cut between CTAs c and c + 1."""
+    with jax.ensure_compile_time_eval():
+      return [(tuple(int(x) for x in index), c) for c in range(self.ctas - 1)
+              for cut, index in [self.cut_after(c)] if cut]
 
 
 def unravel(tile, grid: tuple) -> tuple:
@@ -240,10 +317,10 @@ class Tiles:
     (persistent) one CTA per SM."""
     if not self.persistent:
       return dict(grid=self.grid, grid_names=self.names)
-    return dict(grid=(num_ctas(plan, math.prod(self._walk())),),
+    return dict(grid=(num_ctas(plan, math.prod(self.walk())),),
                 grid_names=("sm",))
 
-  def _walk(self) -> tuple:
+  def walk(self) -> tuple:
     """The grid the CTAs walk: ``grid``, or (paired) its pairs."""
     if self.paired is None:
       return self.grid
@@ -277,25 +354,15 @@ class Tiles:
         return body(tuple(jnp.where(k == 0, x, y) for x, y in zip(i, mirror)),
                     done)
       return lax.fori_loop(0, count, one, carry)
-    return walk(self._walk())(pair)
+    return walk(self.walk())(pair)
 
   def _run_stream_k(self, body):
-    sk, c = self.stream_k, lax.axis_index("sm")
-    start, end = sk.bounds(c)
-    first, last = lax.div(start, sk.steps), lax.div(end - 1, sk.steps)
+    count, piece = self.stream_k.pieces(lax.axis_index("sm"))
 
-    def unit(u, done):
-      # the data-parallel rounds' tile c + u · ctas, then the split tiles'
-      # first .. last, each clipped to [start, end)
-      split = u >= sk.rounds
-      t = first + u - sk.rounds
-      tile = jnp.where(split, sk.rounds * sk.ctas + t, c + u * sk.ctas)
-      lo = jnp.where(split, jnp.maximum(start - t * sk.steps, 0), 0)
-      hi = jnp.where(split, jnp.minimum(end - t * sk.steps, sk.steps),
-                     sk.steps)
-      slot = jnp.where(lo > 0, 0, jnp.where(hi < sk.steps, 1, -1))
-      return body(unravel(tile, self.grid), done, Part(lo, hi, slot, c))
-    return lax.fori_loop(0, sk.rounds + last - first + 1, unit, jnp.int32(0))
+    def run(k, done):
+      index, part = piece(k)
+      return body(index, done, part)
+    return lax.fori_loop(0, count, run, jnp.int32(0))
 
 
 def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
