@@ -134,6 +134,8 @@
 #   confirm-stream-k-causal  the causal paired grid's GPU Stream-K case
 #              that opts-stream-k-causal's time limit cut, then Stream-K
 #              against the default at 8k / 12k, bf16 d 128 and 64, FP8 (~5 min)
+#   tests-stream-k-causal  the long causal case that takes Stream-K by
+#              default (8k keys, 288 pairs), compiled (~1.5 min)
 #   opts-stream-k-2k  Stream-K at 2k keys (the default from 2k since the
 #              twenty-ninth session), bf16 and FP8, non-causal, against
 #              the default before and cuDNN (~2 min)
@@ -831,6 +833,10 @@ for s in "$@"; do
         flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 --dtypes bfloat16 \
         --head-dims 128 --seqs 8192 12288 --causal true --modes fwd \
         --matmul 0 --repeats 9 --out "$WORK/confirm-stream-k-causal-fp8" ;;
+    tests-stream-k-causal)
+      step tests-stream-k-causal env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 140 \
+        tests/test_large.py -k "sq8192 and causal" ;;
     opts-stream-k-2k)
       step opts-stream-k-2k timeout 150 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic+stream_k=False flashjax_mosaic+stream_k=True \

@@ -146,7 +146,9 @@ class MosaicBlocks:
   hybrid, :class:`pallas_kernels.mosaic.pipeline.StreamK`); a tile cut in
   two writes each part's O and L apart, and a small kernel merges them in
   place after the forward (:func:`pallas_kernels.mosaic.fwd.merge`; the
-  default without a band from 2k keys).
+  default without a band from 2k keys, and causal from 8k keys on the
+  paired grid, whose mirrored pairs are then split, where every pair has
+  the same steps).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -379,7 +381,14 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 32's, results/raw/tail-hidden{4096,4224}-session28-h200.md). At 2k
   # (twenty-ninth session, results/raw/opts-stream-k-2k-session29-h200.md):
   # d 128 0.490 vs 0.493, d 64 0.590 vs 0.609, FP8 0.317 vs 0.325. From 2k
-  # keys.
+  # keys. On the causal paired grid (its pairs split; twenty-ninth session,
+  # results/raw/opts-stream-k-causal-session29-h200.md and
+  # confirm-stream-k-causal-session29-h200.md, bf16 unless noted): d 64 8k
+  # 1.185 vs 1.248, 12k 1.299 vs 1.358; d 128 8k 0.946 vs 0.946, 12k 1.041
+  # vs 1.065; FP8 8k 0.713 vs 0.731, 12k 0.769 vs 0.787; but 4k even (d 64
+  # 0.642 vs 0.650, d 128 0.505 vs 0.502, FP8 0.385 vs 0.383) and 2k slower
+  # (d 64 0.378 vs 0.369, d 128 0.275 vs 0.269): from 8k keys (the paired
+  # grid ends at 12k).
   banded = causal if banded is None else banded
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
@@ -387,8 +396,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                         prefetch_q=True, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8
                         and not overlap,
-                        stream_k=not banded and (seq_kv is None
-                                                 or seq_kv >= 2048))
+                        stream_k=(not banded and (seq_kv is None
+                                                  or seq_kv >= 2048))
+                        or (paired and seq_kv >= 8192))
   # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
   # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
   # 1.958 vs 2.028 causal (two kernels); in the benchmark after the change

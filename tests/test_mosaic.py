@@ -496,7 +496,7 @@ def test_stream_k_schedule():
   and the first split piece of the next (:meth:`StreamK.cut`), and there
   is no schedule
   where whole units fill every round; the defaults take it without a band
-  from 2k keys."""
+  from 2k keys, causal from 8k (on the paired grid, up to 12k)."""
   from pallas_kernels.mosaic import pipeline
 
   def check(sk, tile_steps):
@@ -543,8 +543,12 @@ def test_stream_k_schedule():
   assert stream_k(seq_kv=2048) and stream_k(64, seq_kv=16384) and stream_k()
   assert stream_k(seq_kv=4096, fp8=True)
   assert not stream_k(seq_kv=1024) and not stream_k(seq_kv=2047)
-  assert not stream_k(causal=True, seq_kv=16384)
   assert not stream_k(causal=False, banded=True, seq_kv=16384)   # a window
+  # causal: the paired grid (up to 12k keys) from 8k keys
+  assert stream_k(causal=True, seq_kv=8192) and stream_k(
+      64, causal=True, seq_kv=12288, fp8=True)
+  assert not stream_k(causal=True, seq_kv=4096)
+  assert not stream_k(causal=True, seq_kv=16384)          # one tile a CTA
 
 
 @pytest.mark.parametrize("case", STREAM_K_CASES, ids=lambda c: c.id)
