@@ -62,12 +62,16 @@ computes P_j while the latter runs; V is read one step late (a lagged
 the last P V; P is carried in registers (in the interpreter, kept in shared
 memory). The ping-pong then hands over after each pair.
 
-``MosaicBlocks(stream_k=True)`` (the default without a band from 2k keys):
-where whole query tiles leave the persistent grid's last round partly idle,
-the last rounds' tiles are split by K/V steps (:class:`pipeline.StreamK`); a
-cut tile's two parts each write their O and L to a buffer of parts, and
-:func:`merge` combines them in place after the kernel. 2-3% faster at 4k
-and 16k (results/raw/opts-stream-k-session28-h200.md).
+``MosaicBlocks(stream_k=True)`` (the default without a band from 2k keys,
+causal from 8k): where whole units (query tiles, or on the causal paired
+grid mirrored pairs of them) leave the persistent grid's last round partly
+idle, the last rounds' units are split by K/V steps
+(:class:`pipeline.StreamK`, :func:`stream_k`); a cut tile's two parts each
+write their O and L to a buffer of parts, and :func:`merge` combines them in
+place after the kernel. Non-causal 2-3% faster at 2k-16k
+(results/raw/opts-stream-k-session28-h200.md,
+opts-stream-k-2k-session29-h200.md), causal 0-5% at 8k-12k
+(confirm-stream-k-causal-session29-h200.md).
 
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
