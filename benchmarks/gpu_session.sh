@@ -261,6 +261,24 @@ nsight() {
   step "$s" $PY benchmarks/profile_kernels.py $table "$csv" --out "$WORK/$name"
 }
 
+stream_k_causal() {
+  # stream_k_causal STEP TESTS SEQS FP8_SEQS ROUNDS: Stream-K on the causal
+  # paired grid: test_mosaic.py -k TESTS compiled, then the causal forward
+  # with and without it and cuDNN, bf16 d 128 and 64 at SEQS and FP8 (V
+  # key-major) at FP8_SEQS, ROUNDS rounds
+  local s=$1 seqs=$3 fp8_seqs=$4 rounds=$5
+  mosaic_tests "$s" 240 -k "$2"
+  step "$s" timeout 240 $PY benchmarks/bench_attention.py \
+    --impls flashjax_mosaic+stream_k=False flashjax_mosaic+stream_k=True \
+    cudnn --dtypes bfloat16 --head-dims 128 64 --seqs $seqs --causal true \
+    --modes fwd --matmul 0 --repeats "$rounds" --out "$WORK/$s"
+  step "$s" timeout 120 $PY benchmarks/bench_attention.py \
+    --impls flashjax_fp8_mosaic_vt+stream_k=False \
+    flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 --dtypes bfloat16 \
+    --head-dims 128 --seqs $fp8_seqs --causal true --modes fwd --matmul 0 \
+    --repeats "$rounds" --out "$WORK/$s-fp8"
+}
+
 for s in "$@"; do
   case $s in
     wheels)
@@ -810,29 +828,11 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal true \
         --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-fp8-causal-vt" ;;
     opts-stream-k-causal)
-      mosaic_tests opts-stream-k-causal 240 -k stream_k
-      step opts-stream-k-causal timeout 240 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic+stream_k=False flashjax_mosaic+stream_k=True \
-        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 2048 4096 8192 \
-        --causal true --modes fwd --matmul 0 --repeats 7 \
-        --out "$WORK/opts-stream-k-causal"
-      step opts-stream-k-causal timeout 120 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic_vt+stream_k=False \
-        flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 --dtypes bfloat16 \
-        --head-dims 128 --seqs 4096 8192 --causal true --modes fwd \
-        --matmul 0 --repeats 7 --out "$WORK/opts-stream-k-causal-fp8" ;;
+      stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
+        "4096 8192" 7 ;;
     confirm-stream-k-causal)
-      mosaic_tests confirm-stream-k-causal 180 -k "stream_k and sq2048"
-      step confirm-stream-k-causal timeout 200 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic+stream_k=False flashjax_mosaic+stream_k=True \
-        cudnn --dtypes bfloat16 --head-dims 128 64 --seqs 8192 12288 \
-        --causal true --modes fwd --matmul 0 --repeats 9 \
-        --out "$WORK/confirm-stream-k-causal"
-      step confirm-stream-k-causal timeout 100 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic_vt+stream_k=False \
-        flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 --dtypes bfloat16 \
-        --head-dims 128 --seqs 8192 12288 --causal true --modes fwd \
-        --matmul 0 --repeats 9 --out "$WORK/confirm-stream-k-causal-fp8" ;;
+      stream_k_causal confirm-stream-k-causal "stream_k and sq2048" \
+        "8192 12288" "8192 12288" 9 ;;
     tests-stream-k-causal)
       step tests-stream-k-causal env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
         timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 140 \
