@@ -243,9 +243,11 @@ def _check_key_major_v(v: KeyMajorV):
   """A :class:`flashjax.fp8.KeyMajorV` must hold FP8 data ``[batch,
   kv_heads, head_dim, seq_kv rounded up to 16]``."""
   shape = tuple(v.data.shape)
+  if not isinstance(v.seq_kv, int) or v.seq_kv < 1:
+    raise ValueError(f"v, a flashjax.fp8.KeyMajorV, needs seq_kv (its number "
+                     f"of keys) a positive int, got {v.seq_kv!r}.")
   rounded = _round_up(v.seq_kv, 16)
-  if (len(shape) != 4 or shape[3] != rounded or not isinstance(v.seq_kv, int)
-      or v.seq_kv < 1):
+  if len(shape) != 4 or shape[3] != rounded:
     raise ValueError(
         f"v, a flashjax.fp8.KeyMajorV with seq_kv {v.seq_kv!r}, must hold data "
         f"[batch, kv_heads, head_dim, seq_kv rounded up to 16 ({rounded})], "
