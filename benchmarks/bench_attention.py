@@ -36,8 +36,8 @@ internal API), all on e4m3 inputs quantised per tensor by
 ``flashjax.fp8.quantize`` outside the timed call (``dtype`` then
 names the source dtype of the inputs), and flashjax_fp8_mosaic_vt, the
 Hopper FP8 forward with V from ``flashjax.fp8.quantize_v`` (the kernel's
-key-major layout, so no transpose of V in the call). A peer that cannot run a case records
-its error in the row. A Hopper impl name may carry options of the default
+key-major layout, so no transpose of V in the call). A peer that cannot run
+a case records its error in the row. A Hopper impl name may carry options of the default
 tiling after ``+``, e.g. ``flashjax_fp8_mosaic+block_kv=128`` (forward's
 :class:`flashjax.MosaicBlocks`) or ``flashjax_mosaic+bwd.deferred_waits=True``
 (the backward's; ``flashjax_mosaic+bwd.fused_dq=True`` is the fused
@@ -157,8 +157,9 @@ def base_name(name: str) -> str:
 
 def with_options(name: str, causal: bool):
   """The attention of ``name`` = ``flashjax_mosaic`` or
-  ``flashjax_fp8_mosaic[_vt]`` followed by ``+field=value`` (forward MosaicBlocks) or ``+bwd.field=value``
-  (backward) options over the default tiling."""
+  ``flashjax_fp8_mosaic[_vt]`` followed by ``+field=value`` (forward
+  MosaicBlocks) or ``+bwd.field=value`` (backward) options over the default
+  tiling."""
   base, *options = name.split("+")
   if base not in ("flashjax_mosaic", "flashjax_fp8_mosaic",
                   "flashjax_fp8_mosaic_vt"):

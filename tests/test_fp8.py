@@ -375,6 +375,9 @@ def test_bad_key_major_v_is_refused():
   with pytest.raises(TypeError, match="must hold FP8 data"):
     flashjax.attention(q, kv, fp8.KeyMajorV.of(kv.astype(jnp.bfloat16)),
                        q_descale=ONE, k_descale=ONE, v_descale=ONE)
+  with pytest.raises(ValueError, match="needs seq_kv .* a positive int, got 0"):
+    flashjax.attention(q, kv, fp8.KeyMajorV(vt.data, 0), q_descale=ONE,
+                       k_descale=ONE, v_descale=ONE)
   with pytest.raises(ValueError, match="k and v must have the same shape"):
     flashjax.attention(q, kv, fp8.KeyMajorV.of(kv[:, :32]), q_descale=ONE,
                        k_descale=ONE, v_descale=ONE)
