@@ -197,10 +197,8 @@ def fp8_inputs(q, k, v, key_major: bool = False):
   scales (what the FP8 impls take; quantised once, outside the timed call);
   ``key_major``: v8 from ``fp8.quantize_v``."""
   from flashjax import fp8
-  (q8, qd), (k8, kd), (v8, vd) = (fp8.quantize(x, "float8_e4m3fn")
-                                  for x in (q, k, v))
-  if key_major:
-    v8, vd = fp8.quantize_v(v, "float8_e4m3fn")
+  (q8, qd), (k8, kd) = (fp8.quantize(x, "float8_e4m3fn") for x in (q, k))
+  v8, vd = (fp8.quantize_v if key_major else fp8.quantize)(v, "float8_e4m3fn")
   return q8, k8, v8, qd, kd, vd
 
 

@@ -75,15 +75,14 @@ class KeyMajorV:
     """``v8`` ``[batch, seq_kv, kv_heads, head_dim]`` in this layout."""
     seq_kv = v8.shape[1]
     pad = -seq_kv % 16
-    vt = jnp.pad(jnp.transpose(v8, (0, 2, 3, 1)),
-                 ((0, 0), (0, 0), (0, 0), (0, pad)))
-    return cls(kernel_common.fp8_pv_key_order(vt, axis=3), seq_kv)
+    if pad:                              # zero keys up to a multiple of 16
+      v8 = jnp.pad(v8, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    return cls(kernel_common.fp8_v_key_major(v8), seq_kv)
 
   def to_bshd(self):
     """V back as ``[batch, seq_kv, kv_heads, head_dim]``."""
-    vt = kernel_common.fp8_pv_key_order_inverse(self.data, axis=3)
-    vt = vt[..., :self.seq_kv]
-    return jnp.transpose(vt, (0, 3, 1, 2))
+    vt = kernel_common.fp8_pv_key_order(self.data, axis=3, inverse=True)
+    return jnp.transpose(vt[..., :self.seq_kv], (0, 3, 1, 2))
 
   @property
   def shape(self) -> tuple:

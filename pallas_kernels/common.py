@@ -83,9 +83,10 @@ def fp8_p_scale(fmt: str) -> float:
   return float(jnp.finfo(fmt).max)
 
 
-def fp8_pv_key_order(x, axis: int):
+def fp8_pv_key_order(x, axis: int, inverse: bool = False):
   """``x`` with its keys (``axis``, a multiple of 16) in the order the FP8
-  P V wgmma reads them when P comes straight from the Q Kᵀ accumulator.
+  P V wgmma reads them when P comes straight from the Q Kᵀ accumulator
+  (``inverse``: back from that order).
 
   In the float32 accumulator a thread holds, of each 16 columns, the pairs
   2q, 2q+1 and 8+2q, 9+2q (q = lane % 4); an 8-bit register operand has the
@@ -93,15 +94,16 @@ def fp8_pv_key_order(x, axis: int):
   moves) puts key 16t + 8h + 2q + e at position 16t + 4q + 2h + e, so V's
   keys are put in that order too, and P V is unchanged."""
   n = x.shape[axis]
-  y = x.reshape(x.shape[:axis] + (n // 16, 2, 4, 2) + x.shape[axis + 1:])
+  groups = (4, 2, 2) if inverse else (2, 4, 2)
+  y = x.reshape(x.shape[:axis] + (n // 16, *groups) + x.shape[axis + 1:])
   return jnp.swapaxes(y, axis + 1, axis + 2).reshape(x.shape)
 
 
-def fp8_pv_key_order_inverse(x, axis: int):
-  """The keys of ``x`` back from :func:`fp8_pv_key_order`'s order."""
-  n = x.shape[axis]
-  y = x.reshape(x.shape[:axis] + (n // 16, 4, 2, 2) + x.shape[axis + 1:])
-  return jnp.swapaxes(y, axis + 1, axis + 2).reshape(x.shape)
+def fp8_v_key_major(v):
+  """V ``[batch, seq_kv, kv_heads, d]`` (seq_kv a multiple of 16) as the
+  Hopper FP8 forward reads it: ``[batch, kv_heads, d, seq_kv]``, K-major for
+  the 8-bit P V wgmma, its keys in :func:`fp8_pv_key_order`."""
+  return fp8_pv_key_order(jnp.transpose(v, (0, 2, 3, 1)), axis=3)
 
 
 def mask_tile(s, spec: MaskSpec, q_start, kv_start, block_q: int,

@@ -115,8 +115,8 @@ def test_quantize_v_layout():
   assert vt.data.shape == (2, 3, 64, 80) and vt.shape == v.shape
   assert vt.dtype == jnp.float8_e4m3fn and vt.seq_kv == 77
   np.testing.assert_array_equal(vd, want_vd)
-  keys = np.asarray(common.fp8_pv_key_order_inverse(
-      vt.data.astype(jnp.float32), axis=3))
+  keys = np.asarray(common.fp8_pv_key_order(
+      vt.data.astype(jnp.float32), axis=3, inverse=True))
   np.testing.assert_array_equal(keys[..., 77:], 0.0)
   np.testing.assert_array_equal(
       keys[..., :77], np.asarray(jnp.transpose(v8, (0, 2, 3, 1)), np.float32))

@@ -434,7 +434,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
       else None
   fp8 = plan.fp8
   if fp8 and not plan.v_key_major:
-    v = common.fp8_pv_key_order(jnp.transpose(v, (0, 2, 3, 1)), axis=3)
+    v = common.fp8_v_key_major(v)
   if fp8:
     descale = jnp.broadcast_to(
         jnp.stack([descale[:, 0] * descale[:, 1],
