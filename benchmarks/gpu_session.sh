@@ -129,6 +129,31 @@
 #   opts-fp8-causal-vt  the causal FP8 forward (V key-major) with 4 stages,
 #              64-row K/V tiles, 240 registers, against cuDNN FP8, 4k / 16k
 #              (~3 min)
+#   opts-fp8-causal-256  the causal FP8 forward (V key-major) with 256-key
+#              tiles on the paired grid (with and without Stream-K) at 4k /
+#              8k / 12k, and the paired grid at 16k, against the default and
+#              cuDNN FP8 (~6 min)
+#   opts-fp8-overlap  the FP8 forward with the intra-warpgroup overlap (P_j
+#              rounded to FP8 before P_{j-1} V_{j-1} is awaited): its
+#              compiled test, then against the default and cuDNN FP8 at 4k /
+#              16k causal and not (also with 240 registers) and causal 8k on
+#              one tile a CTA, with ptxas's spill lines (~6 min)
+#   dump-fp8-overlap  the PTX and ptxas lines of the FP8 forward with and
+#              without the intra-warpgroup overlap (4k non-causal), for
+#              reading its register shortage here (ptx_descriptors.py) (~1.5 min)
+#   opts-fp8-index-vectors  the causal FP8 forward's masked steps with index
+#              vectors (its 256-key tiles at 16k spill with iotas) against the
+#              default and cuDNN FP8, 4k / 8k / 16k, ptxas's spill lines; then
+#              the PTX of both at 16k (~5 min)
+#   fp8-causal-lengths  the causal FP8 forward (V key-major) against cuDNN
+#              FP8 and our bf16 forward, d 128, 4k / 8k / 12k / 16k (~3 min)
+#   tests-large-fp8  test_large's FP8 case (5000 keys), compiled (~1 min)
+#   confirm-fp8-index-vectors  the causal FP8 forward with index vectors
+#              (the default since the thirtieth session) against iotas,
+#              cuDNN FP8 and our bf16, 4k / 8k / 16k, 11 rounds (~4 min)
+#   opts-fwd-index-vectors  the 16-bit causal forward at 16k (d 128 with the
+#              intra-warpgroup overlap, d 64) with index vectors against
+#              iotas and cuDNN, ptxas's spill lines (~3 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -828,6 +853,93 @@ for s in "$@"; do
         flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal true \
         --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-fp8-causal-vt" ;;
+    opts-fp8-causal-256)
+      step opts-fp8-causal-256 timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+block_kv=256 \
+        flashjax_fp8_mosaic_vt+block_kv=256+stream_k=False cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 12288 \
+        --causal true --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/opts-fp8-causal-256"
+      step opts-fp8-causal-256 timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+persistent=True+stream_k=True \
+        flashjax_fp8_mosaic_vt+persistent=True+stream_k=False cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 16384 --causal true \
+        --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/opts-fp8-causal-256-16k" ;;
+    opts-fp8-overlap)
+      step opts-fp8-overlap env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 120 $PY -m pytest -v -p no:cacheprovider $HUNG 100 \
+        tests/test_fp8.py -k overlap_compiled
+      step opts-fp8-overlap env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
+        benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+intra_wg_overlap=True \
+        flashjax_fp8_mosaic_vt+intra_wg_overlap=True+compute_registers=240 \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-fp8-overlap"
+      step opts-fp8-overlap-8k env MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 $PY \
+        benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False+intra_wg_overlap=True \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 8192 \
+        --causal true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-fp8-overlap-8k"
+      for f in opts-fp8-overlap opts-fp8-overlap-8k; do
+        $PY benchmarks/profile_kernels.py --ptxas "$WORK/$f.log" \
+          --out "$WORK/$f-ptxas" > /dev/null
+      done ;;
+    dump-fp8-overlap)
+      dump=$(mktemp -d)
+      step dump-fp8-overlap env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
+        MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+intra_wg_overlap=True \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal false \
+        --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-fp8-overlap"
+      (cd "$dump" && tar cJf "$WORK/dump-fp8-ptx.tar.xz" *.ptx *.ptxas) ;;
+    opts-fp8-index-vectors)
+      step opts-fp8-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+        $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+index_vectors=True cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
+        --causal true --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/opts-fp8-index-vectors"
+      $PY benchmarks/profile_kernels.py --ptxas \
+        "$WORK/opts-fp8-index-vectors.log" \
+        --out "$WORK/opts-fp8-index-vectors-ptxas" > /dev/null
+      dump=$(mktemp -d)
+      step dump-fp8-causal env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
+        MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+index_vectors=True \
+        --dtypes bfloat16 --head-dims 128 --seqs 16384 --causal true \
+        --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-fp8-causal"
+      (cd "$dump" && tar cJf "$WORK/dump-fp8-causal-ptx.tar.xz" *.ptx *.ptxas) ;;
+    fp8-causal-lengths)
+      step fp8-causal-lengths timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 12288 16384 \
+        --causal true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/fp8-causal-lengths" ;;
+    tests-large-fp8)
+      step tests-large-fp8 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 120 $PY -m pytest -v -p no:cacheprovider $HUNG 100 \
+        tests/test_large.py -k fp8 ;;
+    confirm-fp8-index-vectors)
+      step confirm-fp8-index-vectors timeout 300 $PY \
+        benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+index_vectors=False cudnn_fp8 flashjax_mosaic \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
+        --causal true --modes fwd --matmul 0 --repeats 11 \
+        --out "$WORK/confirm-fp8-index-vectors" ;;
+    opts-fwd-index-vectors)
+      step opts-fwd-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+index_vectors=True cudnn --dtypes bfloat16 \
+        --head-dims 128 64 --seqs 16384 --causal true --modes fwd \
+        --matmul 0 --repeats 9 --out "$WORK/opts-fwd-index-vectors"
+      $PY benchmarks/profile_kernels.py --ptxas \
+        "$WORK/opts-fwd-index-vectors.log" \
+        --out "$WORK/opts-fwd-index-vectors-ptxas" > /dev/null ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;

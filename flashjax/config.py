@@ -134,7 +134,9 @@ class MosaicBlocks:
   step's row and column index tiles are index vectors broadcast over the
   other axis rather than an iota per entry
   (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
-  index registers live: the backward's spills go). ``step_descriptors``
+  index registers live: the backward's spills go, and the FP8 forward's at
+  256-key tiles; the default in both, the 16-bit forward keeps iotas).
+  ``step_descriptors``
   (dK/dV kernel): the owned K and V tiles are indexed through an
   optimization barrier in each step (:func:`pallas_kernels.mosaic.bwd.
   _in_step`), so their wgmma descriptors are computed there instead of
@@ -389,6 +391,17 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 0.642 vs 0.650, d 128 0.505 vs 0.502, FP8 0.385 vs 0.383) and 2k slower
   # (d 64 0.378 vs 0.369, d 128 0.275 vs 0.269): from 8k keys (the paired
   # grid ends at 12k).
+  # Index vectors in the FP8 forward's masked steps at 256-key tiles
+  # (thirtieth session, H200, causal 16k, ms, vectors / iotas, cuDNN FP8, in
+  # three processes: results/raw/opts-fp8-index-vectors-session30-h200.md,
+  # confirm-fp8-index-vectors[-2]-session30-h200.md): with iotas those tiles
+  # spilled 388 bytes (ptxas), with vectors none: 1.245 / 1.344 (1.303),
+  # 1.361 / 1.378 (1.336), 1.383 / 1.417 (1.376). At 128-key tiles (4k, 8k;
+  # nothing spills either way) noise: 8k 0.714 / 0.724, 0.732 / 0.733,
+  # 0.765 / 0.753, so iotas stay there. The 16-bit forward spills nothing
+  # either way and keeps iotas (d 128 16k 1.755 vs 1.751, d 64 2.349 vs
+  # 2.326, opts-fwd-index-vectors-session30-h200.md; the backward's
+  # timing, below).
   banded = causal if banded is None else banded
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
@@ -396,6 +409,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                         prefetch_q=True, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8
                         and not overlap,
+                        index_vectors=fp8 and fwd_kv > 128,
                         stream_k=(not banded and (seq_kv is None
                                                   or seq_kv >= 2048))
                         or (paired and seq_kv >= 8192))

@@ -45,11 +45,16 @@ def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
 
 def test_causal_fp8_tiles_for_long_sequences():
   """From 16k keys the causal Hopper FP8 forward takes 256-row K/V tiles
-  (128 below: flashjax.default_config); that tiling at a short causal
-  shape (GQA, odd lengths, per-head scales)."""
+  (128 below: flashjax.default_config), and there its masked steps index
+  vectors (with iotas those tiles spilled; 128-key tiles and the 16-bit
+  forward keep iotas); that tiling at a short causal shape (GQA, odd
+  lengths, per-head scales)."""
   long, short = (flashjax.default_config(128, causal=True, fp8=True,
                                          seq_kv=n) for n in (16384, 4096))
   assert (long.mosaic.block_kv, short.mosaic.block_kv) == (256, 128)
+  assert long.mosaic.index_vectors and not short.mosaic.index_vectors
+  assert not flashjax.default_config(128, causal=True,
+                                     seq_kv=16384).mosaic.index_vectors
   check_fp8_forward("float8_e4m3fn", True, (1, 200, 333, 8, 2, 128), True,
                     "mosaic", config=long)
 
@@ -291,6 +296,26 @@ def test_hopper_fp8_forward_has_no_races(persistent, overlap):
   hopper = run("mosaic")
   assert not interpret_pallas_call.get_races().races_found
   np.testing.assert_allclose(hopper, run("triton"), atol=1e-3, rtol=0)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu",
+                    reason="compiled only (the interpreter's overlap, P through "
+                    "shared memory, runs in test_hopper_fp8_forward_has_no_races)")
+@pytest.mark.parametrize("causal", [False, True])
+def test_hopper_fp8_overlap_compiled(causal):
+  """The Hopper FP8 forward with the intra-warpgroup overlap compiled (P_j
+  rounded to FP8 registers while P_{j-1} V_{j-1} runs), one tile a CTA and
+  persistent, at the default K/V tile (256 rows non-causal, 128 causal):
+  within the FP8 bound of the reference (GQA, odd lengths, per-head
+  scales)."""
+  import dataclasses
+  for persistent in (False, True):
+    config = flashjax.default_config(128, causal=causal, fp8=True)
+    config = dataclasses.replace(config, mosaic=dataclasses.replace(
+        config.mosaic, persistent=persistent, intra_wg_overlap=True,
+        stream_k=False))
+    check_fp8_forward("float8_e4m3fn", causal, (1, 200, 333, 8, 2, 128), True,
+                      "mosaic", config=config)
 
 
 def test_quantize_round_trip_and_scales():
