@@ -133,27 +133,39 @@
 #              tiles on the paired grid (with and without Stream-K) at 4k /
 #              8k / 12k, and the paired grid at 16k, against the default and
 #              cuDNN FP8 (~6 min)
-#   opts-fp8-overlap  the FP8 forward with the intra-warpgroup overlap (P_j
-#              rounded to FP8 before P_{j-1} V_{j-1} is awaited): its
+#   opts-fp8-overlap  the FP8 forward with the intra-warpgroup overlap: its
 #              compiled test, then against the default and cuDNN FP8 at 4k /
 #              16k causal and not (also with 240 registers) and causal 8k on
-#              one tile a CTA, with ptxas's spill lines (~6 min)
+#              one tile a CTA, with ptxas's spill lines (~6 min; run in the
+#              thirtieth session with P_j rounded to FP8 before P_{j-1}
+#              V_{j-1} was awaited, results/raw/opts-fp8-overlap-early-p-
+#              session30-h200.patch, since reverted)
 #   dump-fp8-overlap  the PTX and ptxas lines of the FP8 forward with and
 #              without the intra-warpgroup overlap (4k non-causal), for
 #              reading its register shortage here (ptx_descriptors.py) (~1.5 min)
 #   opts-fp8-index-vectors  the causal FP8 forward's masked steps with index
-#              vectors (its 256-key tiles at 16k spill with iotas) against the
-#              default and cuDNN FP8, 4k / 8k / 16k, ptxas's spill lines; then
-#              the PTX of both at 16k (~5 min)
+#              vectors (its 256-key tiles at 16k spill with iotas) against
+#              iotas and cuDNN FP8, 4k / 8k / 16k, ptxas's spill lines; then
+#              the PTX of both at 16k (~5 min; in the thirtieth session the
+#              iota column was the default, named flashjax_fp8_mosaic_vt)
 #   fp8-causal-lengths  the causal FP8 forward (V key-major) against cuDNN
 #              FP8 and our bf16 forward, d 128, 4k / 8k / 12k / 16k (~3 min)
 #   tests-large-fp8  test_large's FP8 case (5000 keys), compiled (~1 min)
 #   confirm-fp8-index-vectors  the causal FP8 forward with index vectors
-#              (the default since the thirtieth session) against iotas,
-#              cuDNN FP8 and our bf16, 4k / 8k / 16k, 11 rounds (~4 min)
+#              against iotas, cuDNN FP8 and our bf16, 4k / 8k / 16k, 11
+#              rounds (~4 min; in the thirtieth session the vector column
+#              was the default then, vectors at every tile size, named
+#              flashjax_fp8_mosaic_vt; the default now takes them at
+#              256-key tiles only)
 #   opts-fwd-index-vectors  the 16-bit causal forward at 16k (d 128 with the
 #              intra-warpgroup overlap, d 64) with index vectors against
 #              iotas and cuDNN, ptxas's spill lines (~3 min)
+#   opts-fp8-causal-256-vectors  (written in the thirtieth session, not yet
+#              run) the causal FP8 forward at 4k / 8k / 12k with 256-key
+#              tiles and index vectors (the 256-key tiles timed before spilled
+#              with iotas), on the paired grid and on one tile a CTA, against
+#              the default (128-key tiles, paired) and cuDNN FP8, with
+#              ptxas's spill lines (~5 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -899,7 +911,8 @@ for s in "$@"; do
       (cd "$dump" && tar cJf "$WORK/dump-fp8-ptx.tar.xz" *.ptx *.ptxas) ;;
     opts-fp8-index-vectors)
       step opts-fp8-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
-        $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt+index_vectors=False \
         flashjax_fp8_mosaic_vt+index_vectors=True cudnn_fp8 \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
         --causal true --modes fwd --matmul 0 --repeats 9 \
@@ -910,7 +923,8 @@ for s in "$@"; do
       dump=$(mktemp -d)
       step dump-fp8-causal env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
         MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+index_vectors=True \
+        --impls flashjax_fp8_mosaic_vt+index_vectors=False \
+        flashjax_fp8_mosaic_vt+index_vectors=True \
         --dtypes bfloat16 --head-dims 128 --seqs 16384 --causal true \
         --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-fp8-causal"
       (cd "$dump" && tar cJf "$WORK/dump-fp8-causal-ptx.tar.xz" *.ptx *.ptxas) ;;
@@ -926,7 +940,8 @@ for s in "$@"; do
         tests/test_large.py -k fp8 ;;
     confirm-fp8-index-vectors)
       step confirm-fp8-index-vectors timeout 300 $PY \
-        benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt+index_vectors=True \
         flashjax_fp8_mosaic_vt+index_vectors=False cudnn_fp8 flashjax_mosaic \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
         --causal true --modes fwd --matmul 0 --repeats 11 \
@@ -940,6 +955,18 @@ for s in "$@"; do
       $PY benchmarks/profile_kernels.py --ptxas \
         "$WORK/opts-fwd-index-vectors.log" \
         --out "$WORK/opts-fwd-index-vectors-ptxas" > /dev/null ;;
+    opts-fp8-causal-256-vectors)
+      step opts-fp8-causal-256-vectors env MOSAIC_GPU_DUMP_PTXAS=1 \
+        timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+block_kv=256+index_vectors=True \
+        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False+block_kv=256+index_vectors=True \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 \
+        --seqs 4096 8192 12288 --causal true --modes fwd --matmul 0 \
+        --repeats 9 --out "$WORK/opts-fp8-causal-256-vectors"
+      $PY benchmarks/profile_kernels.py --ptxas \
+        "$WORK/opts-fp8-causal-256-vectors.log" \
+        --out "$WORK/opts-fp8-causal-256-vectors-ptxas" > /dev/null ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;

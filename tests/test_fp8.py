@@ -304,10 +304,10 @@ def test_hopper_fp8_forward_has_no_races(persistent, overlap):
 @pytest.mark.parametrize("causal", [False, True])
 def test_hopper_fp8_overlap_compiled(causal):
   """The Hopper FP8 forward with the intra-warpgroup overlap compiled (P_j
-  rounded to FP8 registers while P_{j-1} V_{j-1} runs), one tile a CTA and
-  persistent, at the default K/V tile (256 rows non-causal, 128 causal):
-  within the FP8 bound of the reference (GQA, odd lengths, per-head
-  scales)."""
+  computed while P_{j-1} V_{j-1} runs, P an FP8 register operand; off by
+  default, slower), one tile a CTA and persistent, at the default K/V tile
+  (256 rows non-causal, 128 causal): within the FP8 bound of the reference
+  (GQA, odd lengths, per-head scales)."""
   import dataclasses
   for persistent in (False, True):
     config = flashjax.default_config(128, causal=causal, fp8=True)
