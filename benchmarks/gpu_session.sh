@@ -299,6 +299,30 @@ nsight() {
   step "$s" $PY benchmarks/profile_kernels.py $table "$csv" --out "$WORK/$name"
 }
 
+ptxas_table() {
+  # ptxas_table LOG...: ptxas's register and spill lines in each
+  # $WORK/LOG.log (a run under MOSAIC_GPU_DUMP_PTXAS=1) as $WORK/LOG-ptxas.md
+  local f
+  for f in "$@"; do
+    $PY benchmarks/profile_kernels.py --ptxas "$WORK/$f.log" \
+      --out "$WORK/$f-ptxas" > /dev/null
+  done
+}
+
+dump_ptx() {
+  # dump_ptx STEP ARCHIVE [bench_attention.py args]: the benchmark under
+  # Mosaic GPU's dump, its kernels' .ptx and ptxas lines (only those: the
+  # whole dump, MLIR pass logs included, is ~350 MB a kernel set) xz'd as
+  # $WORK/ARCHIVE.tar.xz, for reading spills off the GPU
+  # (benchmarks/ptx_descriptors.py, ptxas here)
+  local s=$1 archive=$2 dump
+  shift 2
+  dump=$(mktemp -d)
+  step "$s" env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
+    MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY benchmarks/bench_attention.py "$@"
+  (cd "$dump" && tar cJf "$WORK/$archive.tar.xz" *.ptx *.ptxas)
+}
+
 stream_k_causal() {
   # stream_k_causal STEP TESTS SEQS FP8_SEQS ROUNDS: Stream-K on the causal
   # paired grid: test_mosaic.py -k TESTS compiled, then the causal forward
@@ -444,8 +468,7 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal true --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-fused-causal"
-      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-fused-causal.log" \
-        --out "$WORK/opts-fused-causal-ptxas" > /dev/null ;;
+      ptxas_table opts-fused-causal ;;
     opts-bwd-d64)
       # the d 64 backward as FlashAttention 3 tiles it (fused dQ, 128-row
       # query tiles: S is 64 keys x 128 queries a warpgroup) and its halves,
@@ -569,8 +592,7 @@ for s in "$@"; do
         cudnn --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
         --causal true false --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-step-desc"
-      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc.log" \
-        --out "$WORK/opts-step-desc-ptxas" > /dev/null ;;
+      ptxas_table opts-step-desc ;;
     opts-step-desc-next)
       # what v19 left untimed: step_descriptors in d 64's fused backward (the
       # default from 4k keys non-causal, 16k causal), and d 128 causal below
@@ -588,8 +610,7 @@ for s in "$@"; do
         cudnn --dtypes bfloat16 --head-dims 128 --seqs 2048 4096 \
         --causal true --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-fused-causal-short"
-      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-step-desc-next.log" \
-        --out "$WORK/opts-step-desc-next-ptxas" > /dev/null ;;
+      ptxas_table opts-step-desc-next ;;
     opts-fwd-registers)
       # the forward's compute_registers=240 (open since the eleventh
       # session, which timed it only at bf16 d 128 with the backward's)
@@ -610,8 +631,7 @@ for s in "$@"; do
         --impls flashjax_mosaic flashjax_mosaic+bwd.compute_registers=240 \
         cudnn --dtypes bfloat16 --head-dims 64 --seqs 2048 --causal false \
         --modes fwd_bwd --matmul 0 --out "$WORK/opts-bwd-registers-nc"
-      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-bwd-registers.log" \
-        --out "$WORK/opts-bwd-registers-ptxas" > /dev/null ;;
+      ptxas_table opts-bwd-registers ;;
     opts-overlap)
       # the intra-warpgroup overlap in v19's forward (timed only in the tenth
       # and eleventh sessions, before prefetch_q and the persistent grid),
@@ -629,10 +649,7 @@ for s in "$@"; do
         flashjax_fp8_mosaic+intra_wg_overlap=True cudnn_fp8 \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false true --modes fwd --out "$WORK/opts-overlap-fp8"
-      for f in opts-overlap opts-overlap-fp8; do
-        $PY benchmarks/profile_kernels.py --ptxas "$WORK/$f.log" \
-          --out "$WORK/$f-ptxas" > /dev/null
-      done ;;
+      ptxas_table opts-overlap opts-overlap-fp8 ;;
     confirm-overlap)
       # v20's forward: the intra-warpgroup overlap at d 128 causal beyond the
       # paired grid (16k) against v19's early hand-over, 11 rounds, forward
@@ -706,16 +723,12 @@ for s in "$@"; do
       # dump; bf16 4k): the default's (forward, dK/dV, dQ) and the fused
       # backward's, for reading spills and hoisted descriptors off the GPU
       # (benchmarks/ptx_descriptors.py; ptxas -v and nvdisasm here: the GPU
-      # image has no nvdisasm). Only .ptx and ptxas lines, xz'd: the whole
-      # dump, MLIR pass logs included, is ~350 MB a kernel set (~1.5 min)
-      dump=$(mktemp -d)
-      step dump-fused env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
-        MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY benchmarks/bench_attention.py \
+      # image has no nvdisasm) (~1.5 min)
+      dump_ptx dump-fused dump-ptx \
         --impls flashjax_mosaic \
         flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal true \
-        --modes fwd_bwd --matmul 0 --repeats 1 --out "$WORK/dump-fused"
-      (cd "$dump" && tar cJf "$WORK/dump-ptx.tar.xz" *.ptx *.ptxas) ;;
+        --modes fwd_bwd --matmul 0 --repeats 1 --out "$WORK/dump-fused" ;;
     opts-split-dq)
       # MosaicBlocks(split_dq=True): at d 64 the fused backward reduce-adds
       # 32 KiB of float32 dQ per CTA step (each warpgroup all 64 columns
@@ -771,8 +784,7 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
         --causal true --modes fwd fwd_bwd --matmul 0 \
         --out "$WORK/opts-index-vectors"
-      $PY benchmarks/profile_kernels.py --ptxas "$WORK/opts-index-vectors.log" \
-        --out "$WORK/opts-index-vectors-ptxas" > /dev/null ;;
+      ptxas_table opts-index-vectors ;;
     short-causal)
       # the causal forward below 4k keys, persistent (mirrored pairs, the
       # default since the sixteenth session) against one tile a CTA and
@@ -896,19 +908,13 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 8192 \
         --causal true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-fp8-overlap-8k"
-      for f in opts-fp8-overlap opts-fp8-overlap-8k; do
-        $PY benchmarks/profile_kernels.py --ptxas "$WORK/$f.log" \
-          --out "$WORK/$f-ptxas" > /dev/null
-      done ;;
+      ptxas_table opts-fp8-overlap opts-fp8-overlap-8k ;;
     dump-fp8-overlap)
-      dump=$(mktemp -d)
-      step dump-fp8-overlap env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
-        MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 $PY benchmarks/bench_attention.py \
+      dump_ptx dump-fp8-overlap dump-fp8-ptx \
         --impls flashjax_fp8_mosaic_vt \
         flashjax_fp8_mosaic_vt+intra_wg_overlap=True \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal false \
-        --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-fp8-overlap"
-      (cd "$dump" && tar cJf "$WORK/dump-fp8-ptx.tar.xz" *.ptx *.ptxas) ;;
+        --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-fp8-overlap" ;;
     opts-fp8-index-vectors)
       step opts-fp8-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
         $PY benchmarks/bench_attention.py \
@@ -917,17 +923,12 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
         --causal true --modes fwd --matmul 0 --repeats 9 \
         --out "$WORK/opts-fp8-index-vectors"
-      $PY benchmarks/profile_kernels.py --ptxas \
-        "$WORK/opts-fp8-index-vectors.log" \
-        --out "$WORK/opts-fp8-index-vectors-ptxas" > /dev/null
-      dump=$(mktemp -d)
-      step dump-fp8-causal env MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTX=1 \
-        MOSAIC_GPU_DUMP_PTXAS=1 timeout 120 $PY benchmarks/bench_attention.py \
+      ptxas_table opts-fp8-index-vectors
+      dump_ptx dump-fp8-causal dump-fp8-causal-ptx \
         --impls flashjax_fp8_mosaic_vt+index_vectors=False \
         flashjax_fp8_mosaic_vt+index_vectors=True \
         --dtypes bfloat16 --head-dims 128 --seqs 16384 --causal true \
-        --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-fp8-causal"
-      (cd "$dump" && tar cJf "$WORK/dump-fp8-causal-ptx.tar.xz" *.ptx *.ptxas) ;;
+        --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-fp8-causal" ;;
     fp8-causal-lengths)
       step fp8-causal-lengths timeout 240 $PY benchmarks/bench_attention.py \
         --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
@@ -952,9 +953,7 @@ for s in "$@"; do
         flashjax_mosaic+index_vectors=True cudnn --dtypes bfloat16 \
         --head-dims 128 64 --seqs 16384 --causal true --modes fwd \
         --matmul 0 --repeats 9 --out "$WORK/opts-fwd-index-vectors"
-      $PY benchmarks/profile_kernels.py --ptxas \
-        "$WORK/opts-fwd-index-vectors.log" \
-        --out "$WORK/opts-fwd-index-vectors-ptxas" > /dev/null ;;
+      ptxas_table opts-fwd-index-vectors ;;
     opts-fp8-causal-256-vectors)
       step opts-fp8-causal-256-vectors env MOSAIC_GPU_DUMP_PTXAS=1 \
         timeout 300 $PY benchmarks/bench_attention.py \
@@ -964,9 +963,7 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 \
         --seqs 4096 8192 12288 --causal true --modes fwd --matmul 0 \
         --repeats 9 --out "$WORK/opts-fp8-causal-256-vectors"
-      $PY benchmarks/profile_kernels.py --ptxas \
-        "$WORK/opts-fp8-causal-256-vectors.log" \
-        --out "$WORK/opts-fp8-causal-256-vectors-ptxas" > /dev/null ;;
+      ptxas_table opts-fp8-causal-256-vectors ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;
@@ -1026,8 +1023,7 @@ for s in "$@"; do
           flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3
       done
       unset MOSAIC_GPU_DUMP_PTXAS
-      $PY benchmarks/profile_kernels.py --ptxas "$WORK/ncu-fused.log" \
-        --out "$WORK/ncu-fused-ptxas" > /dev/null ;;
+      ptxas_table ncu-fused ;;
     ncu-fp8)
       # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16
       # forward, d 128 4k non-causal (~2 min)
