@@ -160,12 +160,28 @@
 #   opts-fwd-index-vectors  the 16-bit causal forward at 16k (d 128 with the
 #              intra-warpgroup overlap, d 64) with index vectors against
 #              iotas and cuDNN, ptxas's spill lines (~3 min)
-#   opts-fp8-causal-256-vectors  (written in the thirtieth session, not yet
-#              run) the causal FP8 forward at 4k / 8k / 12k with 256-key
-#              tiles and index vectors (the 256-key tiles timed before spilled
-#              with iotas), on the paired grid and on one tile a CTA, against
-#              the default (128-key tiles, paired) and cuDNN FP8, with
-#              ptxas's spill lines (~5 min)
+#   opts-fp8-causal-256-vectors  (written in the thirtieth session, run in
+#              the thirty-first) the causal FP8 forward at 4k / 8k / 12k with
+#              256-key tiles and index vectors (the 256-key tiles timed before
+#              spilled with iotas), on the paired grid and on one tile a CTA,
+#              against the default then (128-key tiles, paired) and cuDNN
+#              FP8, with ptxas's spill lines (~2 min)
+#   confirm-fp8-causal-256  the new default (256-key tiles with index
+#              vectors from 4k keys, v23) against v22's 128-key tiles with
+#              iotas, cuDNN FP8 and our bf16, d 128 and 64, 1k-12k (and the
+#              256-key tiles at 1k / 2k); at 16k the paired grid (with and
+#              without Stream-K) against one tile a CTA (~5 min; in the
+#              thirty-first session its first half ran past 300 s before
+#              d 64's 8k and 12k, and the default then took 256-key tiles
+#              from 4k keys, the paired grid up to 12k)
+#   confirm-fp8-v23  v23's causal FP8 forward (256-key tiles with index
+#              vectors from 2k keys, the paired grid up to 16k) against v22's
+#              spelled as options, cuDNN FP8 and our bf16: d 128 and 64 at
+#              2k / 8k / 12k, then 16k; and its test compiled (~5 min)
+#   opts-fp8-v23  v23's causal FP8 forward, d 128 at 4k / 8k (8k: 0.97x
+#              cuDNN FP8): without Stream-K, without the Q prefetch, with 240
+#              registers a compute thread (3 stages of 256-key tiles do not
+#              fit: 240 KiB) (~2 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -964,6 +980,44 @@ for s in "$@"; do
         --seqs 4096 8192 12288 --causal true --modes fwd --matmul 0 \
         --repeats 9 --out "$WORK/opts-fp8-causal-256-vectors"
       ptxas_table opts-fp8-causal-256-vectors ;;
+    confirm-fp8-causal-256)
+      step confirm-fp8-causal-256 timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+block_kv=128+index_vectors=False \
+        flashjax_fp8_mosaic_vt+block_kv=256+index_vectors=True cudnn_fp8 \
+        flashjax_mosaic --dtypes bfloat16 --head-dims 128 64 \
+        --seqs 1024 2048 4096 8192 12288 --causal true --modes fwd \
+        --matmul 0 --repeats 9 --out "$WORK/confirm-fp8-causal-256"
+      step confirm-fp8-causal-256 timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+persistent=True+stream_k=True \
+        flashjax_fp8_mosaic_vt+persistent=True+stream_k=False cudnn_fp8 \
+        flashjax_mosaic --dtypes bfloat16 --head-dims 128 64 --seqs 16384 \
+        --causal true --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/confirm-fp8-causal-256-16k" ;;
+    confirm-fp8-v23)
+      step confirm-fp8-v23 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 100 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 80 tests/test_fp8.py \
+        -k tiles_for_long
+      step confirm-fp8-v23 timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+block_kv=128+index_vectors=False cudnn_fp8 \
+        flashjax_mosaic --dtypes bfloat16 --head-dims 128 64 \
+        --seqs 2048 8192 12288 --causal true --modes fwd --matmul 0 \
+        --repeats 7 --out "$WORK/confirm-fp8-v23"
+      step confirm-fp8-v23 timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False cudnn_fp8 \
+        flashjax_mosaic --dtypes bfloat16 --head-dims 128 64 --seqs 16384 \
+        --causal true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-fp8-v23-16k" ;;
+    opts-fp8-v23)
+      step opts-fp8-v23 timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+stream_k=False \
+        flashjax_fp8_mosaic_vt+prefetch_q=False \
+        flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 --causal true \
+        --modes fwd --matmul 0 --repeats 9 --out "$WORK/opts-fp8-v23" ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;

@@ -157,7 +157,7 @@ class MosaicBlocks:
   the two compute warpgroups could mask different K/V tiles
   (benchmarks/results/debug-hang-h200.md); both now mask the same tiles
   and the cases that hung finish (results/raw/hang-check-session16-h200.log).
-  The defaults take it causal up to 12k keys."""
+  The defaults take it causal up to 12k keys (the FP8 forward: 16k)."""
 
   block_kv: int = 64
   stages: int = 2
@@ -265,7 +265,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
   ``causal``): whether a causal or window bound makes the query tiles' work
   unequal, which keeps the forward off the persistent grid (causal up to 12k
-  keys excepted: mirrored pairs); ``seq_kv`` picks the causal Hopper
+  keys, FP8 16k, excepted: mirrored pairs); ``seq_kv`` picks the causal Hopper
   forward's K/V tile and grid and the backward's kernels (None: the causal
   forward's grid as at 16k keys, the FP8 causal forward's K/V tile and the
   backward as below 4k keys). The
@@ -315,14 +315,16 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # (results/raw/fp8-causal-h200.md): 256 rows 1.366 ms vs 1.483 at 16k,
   # 0.491 vs 0.461 at 4k, 0.283 vs 0.198 at 1k (8k not timed).
   short = causal and seq_kv is not None and seq_kv < 4096
-  # causal on the persistent grid (mirrored pairs of query tiles) up to 12k keys
-  paired = causal and seq_kv is not None and seq_kv <= 12288
-  long = seq_kv is not None and seq_kv >= 16384
+  # causal on the persistent grid (mirrored pairs of query tiles) up to 12k
+  # keys, FP8 up to 16k (below)
+  paired = (causal and seq_kv is not None
+            and seq_kv <= (16384 if fp8 and fp8_qk else 12288))
   if fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
     fwd_kv = 128
   elif fp8:
-    fwd_kv = 256 if not causal or long else 128
+    # causal from 2k keys 256 rows too, with index vectors (below)
+    fwd_kv = 128 if causal and (seq_kv is None or seq_kv < 2048) else 256
   else:
     fwd_kv = 256 if head_dim <= 64 and not short else 128
   # Q prefetched by the producer, O's store left in flight (H200,
@@ -401,7 +403,18 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 0.765 / 0.753, so iotas stay there. The 16-bit forward spills nothing
   # either way and keeps iotas (d 128 16k 1.755 vs 1.751, d 64 2.349 vs
   # 2.326, opts-fwd-index-vectors-session30-h200.md; the backward's
-  # timing, below).
+  # timing, below). With index vectors the FP8 causal 256-key tiles win on
+  # the paired grid below 16k too (thirty-first session, d 128, ms against
+  # 128-key tiles with iotas, cuDNN FP8,
+  # results/raw/opts-fp8-causal-256-vectors-session31-h200.md): 4k 0.373 vs
+  # 0.397 (0.373), 8k 0.672 vs 0.732 (0.661), 12k 0.710 vs 0.773 (0.767);
+  # with iotas they had lost there (4k 0.486 vs 0.364). Again with 2k and
+  # 16k (confirm-fp8-causal-256[-16k]-session31-h200.md): d 128 2k 0.219 vs
+  # 0.229 (1k 0.141 vs 0.139), d 64 2k 0.332 vs 0.329, 4k 0.584 vs 0.601;
+  # and at 16k the paired grid, which had lost with iotas (1.501 vs 1.308),
+  # wins: d 64 1.899 vs 2.260 one tile a CTA (cuDNN FP8 1.978), d 128 1.318
+  # vs 1.371 (1.321). So from 2k keys, and paired up to 16k (longer: not
+  # timed).
   banded = causal if banded is None else banded
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8

@@ -139,8 +139,8 @@ def test_backward_folds_stats_at_d128(head_dim, fold, causal):
     (False, (64, None), 300, False)])
 def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   """The default Hopper forward walks its tiles on a persistent grid without
-  a band and, causal, up to 12k keys (query tiles in mirrored pairs); above
-  12k keys causal, and with a window, one tile per CTA. Q is prefetched in
+  a band and, causal, up to 12k keys (query tiles in mirrored pairs; FP8 up
+  to 16k); above that causal, and with a window, one tile per CTA. Q is prefetched in
   all (benchmarks/results/raw/opts-prefetch-causal-h200.md,
   causal-long-session17-h200.md, causal-8k-h200.md, causal-12k-h200.md)."""
   from flashjax.checks import make_plan
@@ -154,3 +154,8 @@ def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   # (benchmarks/results/raw/tune-short-h200.json)
   assert plan.config.mosaic.block_kv == (128 if causal and seq_kv < 4096
                                          else 256)
+  # the FP8 forward, causal: mirrored pairs up to 16k keys
+  # (benchmarks/results/raw/confirm-fp8-causal-256-16k-session31-h200.md)
+  if causal:
+    fp8 = flashjax.default_config(64, causal=True, fp8=True, seq_kv=seq_kv)
+    assert fp8.mosaic.persistent is (seq_kv <= 16384)

@@ -43,20 +43,24 @@ def test_fp8_inputs_match_the_reference(fmt, causal, shape, per_head, backend):
   check_fp8_forward(fmt, causal, shape, per_head, backend)
 
 
-def test_causal_fp8_tiles_for_long_sequences():
-  """From 16k keys the causal Hopper FP8 forward takes 256-row K/V tiles
+@pytest.mark.parametrize("seq_kv", [2048, 16384])
+def test_causal_fp8_tiles_for_long_sequences(seq_kv):
+  """From 2k keys the causal Hopper FP8 forward takes 256-row K/V tiles
   (128 below: flashjax.default_config), and there its masked steps index
   vectors (with iotas those tiles spilled; 128-key tiles and the 16-bit
-  forward keep iotas); that tiling at a short causal shape (GQA, odd
-  lengths, per-head scales)."""
-  long, short = (flashjax.default_config(128, causal=True, fp8=True,
-                                         seq_kv=n) for n in (16384, 4096))
-  assert (long.mosaic.block_kv, short.mosaic.block_kv) == (256, 128)
-  assert long.mosaic.index_vectors and not short.mosaic.index_vectors
+  forward keep iotas), with query tiles in mirrored pairs on the persistent
+  grid up to 16k keys (the 16-bit forward: 12k), Stream-K from 8k; that
+  tiling at a short causal shape (GQA, odd lengths, per-head scales)."""
+  config, short = (flashjax.default_config(128, causal=True, fp8=True,
+                                           seq_kv=n) for n in (seq_kv, 1024))
+  assert (config.mosaic.block_kv, short.mosaic.block_kv) == (256, 128)
+  assert config.mosaic.index_vectors and not short.mosaic.index_vectors
+  assert config.mosaic.persistent and short.mosaic.persistent
+  assert config.mosaic.stream_k == (seq_kv >= 8192)
   assert not flashjax.default_config(128, causal=True,
-                                     seq_kv=16384).mosaic.index_vectors
+                                     seq_kv=seq_kv).mosaic.index_vectors
   check_fp8_forward("float8_e4m3fn", True, (1, 200, 333, 8, 2, 128), True,
-                    "mosaic", config=long)
+                    "mosaic", config=config)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -544,11 +544,13 @@ def test_stream_k_schedule():
   assert stream_k(seq_kv=4096, fp8=True)
   assert not stream_k(seq_kv=1024) and not stream_k(seq_kv=2047)
   assert not stream_k(causal=False, banded=True, seq_kv=16384)   # a window
-  # causal: the paired grid (up to 12k keys) from 8k keys
+  # causal: the paired grid (up to 12k keys, FP8 16k) from 8k keys
   assert stream_k(causal=True, seq_kv=8192) and stream_k(
       64, causal=True, seq_kv=12288, fp8=True)
+  assert stream_k(causal=True, seq_kv=16384, fp8=True)
   assert not stream_k(causal=True, seq_kv=4096)
   assert not stream_k(causal=True, seq_kv=16384)          # one tile a CTA
+  assert not stream_k(causal=True, seq_kv=16385, fp8=True)
 
 
 @pytest.mark.parametrize("case", STREAM_K_CASES, ids=lambda c: c.id)
