@@ -178,6 +178,10 @@
 #              vectors from 2k keys, the paired grid up to 16k) against v22's
 #              spelled as options, cuDNN FP8 and our bf16: d 128 and 64 at
 #              2k / 8k / 12k, then 16k; and its test compiled (~5 min)
+#   opts-fwd-paired-vectors  the 16-bit causal forward on the paired grid
+#              (4k / 8k / 12k; d 64's 256-key tiles, d 128's 128) with index
+#              vectors against iotas and cuDNN, ptxas's spill lines (timed
+#              before only at 16k, one tile a CTA) (~3 min)
 #   opts-fp8-v23  v23's causal FP8 forward, d 128 at 4k / 8k (8k: 0.97x
 #              cuDNN FP8): without Stream-K, without the Q prefetch, with 240
 #              registers a compute thread (3 stages of 256-key tiles do not
@@ -1011,6 +1015,13 @@ for s in "$@"; do
         flashjax_mosaic --dtypes bfloat16 --head-dims 128 64 --seqs 16384 \
         --causal true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/confirm-fp8-v23-16k" ;;
+    opts-fwd-paired-vectors)
+      step opts-fwd-paired-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+index_vectors=True cudnn --dtypes bfloat16 \
+        --head-dims 64 128 --seqs 4096 8192 12288 --causal true --modes fwd \
+        --matmul 0 --repeats 9 --out "$WORK/opts-fwd-paired-vectors"
+      ptxas_table opts-fwd-paired-vectors ;;
     opts-fp8-v23)
       step opts-fp8-v23 timeout 200 $PY benchmarks/bench_attention.py \
         --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+stream_k=False \

@@ -267,8 +267,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   unequal, which keeps the forward off the persistent grid (causal up to 12k
   keys, FP8 16k, excepted: mirrored pairs); ``seq_kv`` picks the causal Hopper
   forward's K/V tile and grid and the backward's kernels (None: the causal
-  forward's grid as at 16k keys, the FP8 causal forward's K/V tile and the
-  backward as below 4k keys). The
+  forward's grid as beyond 16k keys, the FP8 causal forward's K/V tile as
+  below 2k keys, the backward as below 4k keys). The
   16-bit choices for 64 and 128 are the fastest of
   benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
   and not); wider dtypes shrink the portable kernels' tiles until their

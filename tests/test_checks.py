@@ -140,8 +140,8 @@ def test_backward_folds_stats_at_d128(head_dim, fold, causal):
 def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   """The default Hopper forward walks its tiles on a persistent grid without
   a band and, causal, up to 12k keys (query tiles in mirrored pairs; FP8 up
-  to 16k); above that causal, and with a window, one tile per CTA. Q is prefetched in
-  all (benchmarks/results/raw/opts-prefetch-causal-h200.md,
+  to 16k); above that causal, and with a window, one tile per CTA. Q is
+  prefetched in all (benchmarks/results/raw/opts-prefetch-causal-h200.md,
   causal-long-session17-h200.md, causal-8k-h200.md, causal-12k-h200.md)."""
   from flashjax.checks import make_plan
   q = jnp.zeros((2, 150, 4, 64), jnp.bfloat16)
