@@ -290,6 +290,19 @@ step() {
   pack
 }
 
+fwd_index_vectors() {
+  # fwd_index_vectors STEP "HEAD DIMS" "SEQS": the 16-bit causal forward with
+  # index vectors against iotas and cuDNN, bf16, 9 rounds, ptxas's spill lines
+  local s=$1 dims=$2 seqs=$3
+  # shellcheck disable=SC2086  # dims and seqs are word lists
+  step "$s" env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+    $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+    flashjax_mosaic+index_vectors=True cudnn --dtypes bfloat16 \
+    --head-dims $dims --seqs $seqs --causal true --modes fwd \
+    --matmul 0 --repeats 9 --out "$WORK/$s"
+  ptxas_table "$s"
+}
+
 mosaic_tests() {
   # mosaic_tests STEP SECONDS [pytest args]: tests/test_mosaic.py compiled
   # (an option's tests before its timing), each test cut after SECONDS - 30
@@ -968,12 +981,7 @@ for s in "$@"; do
         --causal true --modes fwd --matmul 0 --repeats 11 \
         --out "$WORK/confirm-fp8-index-vectors" ;;
     opts-fwd-index-vectors)
-      step opts-fwd-index-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
-        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+index_vectors=True cudnn --dtypes bfloat16 \
-        --head-dims 128 64 --seqs 16384 --causal true --modes fwd \
-        --matmul 0 --repeats 9 --out "$WORK/opts-fwd-index-vectors"
-      ptxas_table opts-fwd-index-vectors ;;
+      fwd_index_vectors opts-fwd-index-vectors "128 64" 16384 ;;
     opts-fp8-causal-256-vectors)
       step opts-fp8-causal-256-vectors env MOSAIC_GPU_DUMP_PTXAS=1 \
         timeout 300 $PY benchmarks/bench_attention.py \
@@ -1016,12 +1024,7 @@ for s in "$@"; do
         --causal true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/confirm-fp8-v23-16k" ;;
     opts-fwd-paired-vectors)
-      step opts-fwd-paired-vectors env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
-        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+index_vectors=True cudnn --dtypes bfloat16 \
-        --head-dims 64 128 --seqs 4096 8192 12288 --causal true --modes fwd \
-        --matmul 0 --repeats 9 --out "$WORK/opts-fwd-paired-vectors"
-      ptxas_table opts-fwd-paired-vectors ;;
+      fwd_index_vectors opts-fwd-paired-vectors "64 128" "4096 8192 12288" ;;
     opts-fp8-v23)
       step opts-fp8-v23 timeout 200 $PY benchmarks/bench_attention.py \
         --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+stream_k=False \
