@@ -186,6 +186,18 @@
 #              cuDNN FP8): without Stream-K, without the Q prefetch, with 240
 #              registers a compute thread (3 stages of 256-key tiles do not
 #              fit: 240 KiB) (~2 min)
+#   opts-bwd-stages  the fused causal backward (d 128 from 8k keys, d 64
+#              at 16k) with 3 stages, timed before only while it spilled
+#              (twenty-second session), and the non-causal fused backward
+#              with 240 registers (d 128) or folded statistics (d 64),
+#              against the default and cuDNN, forward+backward, ptxas's
+#              spill lines (~6 min)
+#   confirm-bwd-stages  v24's fused causal backward (3 stages beyond 8k
+#              keys at d 128) against 2 stages and cuDNN, bf16 and fp16,
+#              d 128 at 8k / 12k / 16k, 9 rounds; d 64 at 16k (~6 min)
+#   tests-bwd-stages  the d 128 backward's tilings by length compiled at
+#              a short shape, and the long causal d 128 cases (12k, 16k)
+#              that run v24's 3-stage kernel at length (~2 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1032,6 +1044,42 @@ for s in "$@"; do
         flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 --causal true \
         --modes fwd --matmul 0 --repeats 9 --out "$WORK/opts-fp8-v23" ;;
+    opts-bwd-stages)
+      # 3 stages lost at d 128 causal while the fused kernel spilled 640
+      # bytes (9.142 ms vs 7.839 at 16k, results/raw/opts-fused-iv-h200.md);
+      # since step_descriptors and 240 registers it spills nothing at 2
+      # stages, and non-causal 3 stages are its default
+      step opts-bwd-stages env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.stages=3 cudnn --dtypes bfloat16 \
+        --head-dims 128 64 --seqs 8192 16384 --causal true --modes fwd_bwd \
+        --matmul 0 --out "$WORK/opts-bwd-stages"
+      ptxas_table opts-bwd-stages
+      step opts-bwd-nc env MOSAIC_GPU_DUMP_PTXAS=1 timeout 260 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.compute_registers=240 \
+        flashjax_mosaic+bwd.fold_stats=True cudnn --dtypes bfloat16 \
+        --head-dims 128 64 --seqs 4096 16384 --causal false --modes fwd_bwd \
+        --matmul 0 --out "$WORK/opts-bwd-nc"
+      ptxas_table opts-bwd-nc ;;
+    confirm-bwd-stages)
+      step confirm-bwd-stages timeout 330 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic+bwd.stages=2 flashjax_mosaic+bwd.stages=3 \
+        cudnn --dtypes bfloat16 float16 --head-dims 128 \
+        --seqs 8192 12288 16384 --causal true --modes fwd_bwd --matmul 0 \
+        --repeats 9 --out "$WORK/confirm-bwd-stages"
+      step confirm-bwd-stages-d64 timeout 100 \
+        $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic+bwd.stages=2 flashjax_mosaic+bwd.stages=3 \
+        cudnn --dtypes bfloat16 --head-dims 64 --seqs 16384 --causal true \
+        --modes fwd_bwd --matmul 0 --repeats 9 \
+        --out "$WORK/confirm-bwd-stages-d64" ;;
+    tests-bwd-stages)
+      mosaic_tests tests-bwd-stages 120 -k backward_by_length
+      step tests-bwd-stages-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 150 $PY -m pytest -n 2 -v -p no:cacheprovider $HUNG 140 \
+        tests/test_large.py -k "mosaic and d128 and causal and \
+        (sq16384 or sq12000)" ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;

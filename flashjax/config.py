@@ -478,8 +478,19 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
                  seq_kv >= 8192)
   fused = (head_dim > 64 and not causal) or split or long_causal
+  # d 128's fused kernel in 3 stages causal too (thirty-second session,
+  # H200, forward+backward, ms, 3 stages vs 2, cuDNN; nothing spills either
+  # way, results/raw/opts-bwd-stages-session32-h200.md and, 9 rounds,
+  # confirm-bwd-stages-session32-h200.md): bf16 16k 6.982 vs 7.244 (7.417)
+  # and 7.162 vs 7.258 (7.409), 12k 4.121 vs 4.279 (4.353), 8k 3.799 vs
+  # 3.771 (3.955) and 3.772 vs 3.785 (3.999); fp16 16k 7.318 vs 7.524, 12k
+  # 4.246 vs 4.438, 8k 3.879 vs 3.907. They had lost while the kernel
+  # spilled 640 bytes (9.142 vs 7.839 at 16k, results/raw/opts-fused-iv-
+  # h200.md). d 64's causal fused kernel keeps 2 (16k 9.177 vs 9.243, 9.124
+  # vs 9.074: noise; 3 had lost in the twenty-second session).
   mosaic_bwd = MosaicBlocks(block_kv=128,
-                            stages=3 if fused and not causal else 2,
+                            stages=3 if fused and (head_dim > 64 or
+                                                   not causal) else 2,
                             block_q_dkv=64, fused_dq=fused, split_dq=split,
                             deferred_waits=head_dim > 64,
                             fold_stats=head_dim > 64, index_vectors=True,

@@ -167,11 +167,12 @@ def test_d64_backward_by_length():
 def test_d128_backward_by_length():
   """d 128's backward (flashjax.default_config by ``seq_kv``): one fused
   kernel non-causal (3 stages); causal two kernels below 8k keys (and
-  without a length), then fused with 240 registers a compute thread; the
-  fused kernel's step computes its owned tiles' descriptors
-  (``step_descriptors``). The long causal form lowers for CUDA here and on
-  a GPU runs against the reference at a short shape (GQA, odd lengths; the
-  12k and 16k cases of tests/test_large.py run it at length)."""
+  without a length), then fused with 240 registers a compute thread, in 3
+  stages as non-causal; the fused kernel's step computes its owned tiles'
+  descriptors (``step_descriptors``). The long causal form lowers for CUDA
+  here and on a GPU runs against the reference at a short shape (GQA, odd
+  lengths; the 12k and 16k cases of tests/test_large.py run it at
+  length)."""
   def bwd(causal, seq_kv):
     blocks = flashjax.default_config(128, causal=causal,
                                      seq_kv=seq_kv).mosaic_bwd
@@ -180,7 +181,7 @@ def test_d128_backward_by_length():
   assert [bwd(False, 4096), bwd(True, 4096), bwd(True, 8192),
           bwd(True, None)] == [
               (True, False, 3, 232, True), (False, False, 2, 232, False),
-              (True, False, 2, 240, True), (False, False, 2, 232, False)]
+              (True, False, 3, 240, True), (False, False, 2, 232, False)]
   config = flashjax.default_config(128, causal=True, seq_kv=8192)
   assert grad_kernels(config, 128, "bfloat16", causal=True) == 2
   if jax.default_backend() == "gpu":
