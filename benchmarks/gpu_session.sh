@@ -198,6 +198,25 @@
 #   tests-bwd-stages  the d 128 backward's tilings by length compiled at
 #              a short shape, and the long causal d 128 cases (12k, 16k)
 #              that run v24's 3-stage kernel at length (~2 min)
+#   bench-v24  the benchmark's cases v24 changed (d 128 causal 16k
+#              forward+backward), bench's impls, one process per dtype,
+#              for bench_attention.py --merge (~3 min)
+#   bench-v24-d64  the same for d 64 non-causal 4k / 16k (5 stages;
+#              fp16 with JAX's attention_mgpu) (~3 min)
+#   opts-fused-causal-3  d 128's fused causal backward in 3 stages (v24's
+#              kernel from 8k keys) below 8k, against the two kernels and
+#              cuDNN, bf16 2k / 4k (~1.5 min)
+#   opts-fp8-stages  the causal FP8 forward (v23: 2 stages of 256-key
+#              tiles) with 3 or 4 stages of 128-key tiles (index vectors
+#              or iotas), and with 240 registers, d 128 at 4k / 8k, against
+#              cuDNN FP8, 9 rounds (~2 min)
+#   opts-bwd-d64-stages  d 64's fused backward (3 stages non-causal, 2
+#              causal) with 4 and 5 stages, non-causal 4k / 16k and causal
+#              16k, against cuDNN, forward+backward (~3 min)
+#   confirm-bwd-d64-stages  d 64's non-causal fused backward in 3, 5 and
+#              6 stages against cuDNN, bf16 4k / 8k / 16k, 9 rounds; the
+#              d 64 backward's tilings by length and the long non-causal
+#              d 64 case compiled (~4 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1080,6 +1099,61 @@ for s in "$@"; do
         timeout 150 $PY -m pytest -n 2 -v -p no:cacheprovider $HUNG 140 \
         tests/test_large.py -k "mosaic and d128 and causal and \
         (sq16384 or sq12000)" ;;
+    bench-v24)
+      peers
+      for dtype in bfloat16 float16; do
+        step bench-v24 timeout 150 $PY benchmarks/bench_attention.py \
+          --impls flashjax_mosaic cudnn tokamax_mosaic --dtypes $dtype \
+          --head-dims 128 --seqs 16384 --causal true --modes fwd_bwd \
+          --out "$WORK/attention-v24-$dtype"
+      done ;;
+    bench-v24-d64)
+      peers
+      for dtype in bfloat16 float16; do
+        mgpu=; [ $dtype = float16 ] && mgpu=jax_attention_mgpu
+        step bench-v24-d64 timeout 130 $PY benchmarks/bench_attention.py \
+          --impls flashjax_mosaic cudnn tokamax_mosaic $mgpu --dtypes $dtype \
+          --head-dims 64 --seqs 4096 16384 --causal false --modes fwd_bwd \
+          --out "$WORK/attention-v24-d64-$dtype"
+      done ;;
+    opts-fused-causal-3)
+      step opts-fused-causal-3 timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3+bwd.compute_registers=240+bwd.step_descriptors=True \
+        cudnn --dtypes bfloat16 --head-dims 128 --seqs 2048 4096 \
+        --causal true --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-fused-causal-3" ;;
+    opts-fp8-stages)
+      step opts-fp8-stages timeout 200 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+block_kv=128+stages=3 \
+        flashjax_fp8_mosaic_vt+block_kv=128+stages=3+index_vectors=False \
+        flashjax_fp8_mosaic_vt+block_kv=128+stages=4 \
+        flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 --causal true \
+        --modes fwd --matmul 0 --repeats 9 --out "$WORK/opts-fp8-stages" ;;
+    opts-bwd-d64-stages)
+      step opts-bwd-d64-stages timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.stages=4 \
+        flashjax_mosaic+bwd.stages=5 cudnn --dtypes bfloat16 --head-dims 64 \
+        --seqs 4096 16384 --causal false --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-bwd-d64-stages"
+      step opts-bwd-d64-stages timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.stages=4 \
+        flashjax_mosaic+bwd.stages=5 cudnn --dtypes bfloat16 --head-dims 64 \
+        --seqs 16384 --causal true --modes fwd_bwd --matmul 0 \
+        --out "$WORK/opts-bwd-d64-stages-causal" ;;
+    confirm-bwd-d64-stages)
+      mosaic_tests confirm-bwd-d64-stages-tests 120 -k d64_backward_by_length
+      step confirm-bwd-d64-stages-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 100 $PY -m pytest -v -p no:cacheprovider $HUNG 90 \
+        tests/test_large.py -k "mosaic and sq8192 and d64 and not causal"
+      step confirm-bwd-d64-stages timeout 200 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic+bwd.stages=3 \
+        flashjax_mosaic+bwd.stages=5 flashjax_mosaic+bwd.stages=6 cudnn \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 8192 16384 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 9 \
+        --out "$WORK/confirm-bwd-d64-stages" ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;

@@ -488,9 +488,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # spilled 640 bytes (9.142 vs 7.839 at 16k, results/raw/opts-fused-iv-
   # h200.md). d 64's causal fused kernel keeps 2 (16k 9.177 vs 9.243, 9.124
   # vs 9.074: noise; 3 had lost in the twenty-second session).
-  mosaic_bwd = MosaicBlocks(block_kv=128,
-                            stages=3 if fused and (head_dim > 64 or
-                                                   not causal) else 2,
+  stages = (2 if not fused or (causal and head_dim <= 64) else
+            3 if head_dim > 64 else 5)
+  mosaic_bwd = MosaicBlocks(block_kv=128, stages=stages,
                             block_q_dkv=64, fused_dq=fused, split_dq=split,
                             deferred_waits=head_dim > 64,
                             fold_stats=head_dim > 64, index_vectors=True,
