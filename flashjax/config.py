@@ -487,7 +487,15 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 4.246 vs 4.438, 8k 3.879 vs 3.907. They had lost while the kernel
   # spilled 640 bytes (9.142 vs 7.839 at 16k, results/raw/opts-fused-iv-
   # h200.md). d 64's causal fused kernel keeps 2 (16k 9.177 vs 9.243, 9.124
-  # vs 9.074: noise; 3 had lost in the twenty-second session).
+  # vs 9.074: noise; 3 had lost in the twenty-second session; 4 and 5 lose,
+  # 9.389 and 9.615 vs 9.117, results/raw/opts-bwd-d64-stages-causal-
+  # session32-h200.md). d 64's non-causal fused kernel (3 stages since the
+  # twenty-first session) takes 5 (same session, bf16, ms, 5 vs 3 stages,
+  # cuDNN; results/raw/opts-bwd-d64-stages-session32-h200.md and, 9 rounds,
+  # confirm-bwd-d64-stages-session32-h200.md): 4k 4.502 vs 4.636 (4.680)
+  # and 4.567 vs 4.676 (4.680), 8k 8.964 vs 8.986 (9.018), 16k 17.588 vs
+  # 17.678 (17.781) and 17.490 vs 17.606 (17.827); 4 lost (4.776, 18.235),
+  # 6 is even (4.580, 9.060, 17.633).
   stages = (2 if not fused or (causal and head_dim <= 64) else
             3 if head_dim > 64 else 5)
   mosaic_bwd = MosaicBlocks(block_kv=128, stages=stages,
