@@ -496,8 +496,12 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # and 4.567 vs 4.676 (4.680), 8k 8.964 vs 8.986 (9.018), 16k 17.588 vs
   # 17.678 (17.781) and 17.490 vs 17.606 (17.827); 4 lost (4.776, 18.235),
   # 6 is even (4.580, 9.060, 17.633).
-  stages = (2 if not fused or (causal and head_dim <= 64) else
-            3 if head_dim > 64 else 5)
+  if not fused:
+    stages = 2
+  elif head_dim > 64:
+    stages = 3
+  else:
+    stages = 2 if causal else 5
   mosaic_bwd = MosaicBlocks(block_kv=128, stages=stages,
                             block_q_dkv=64, fused_dq=fused, split_dq=split,
                             deferred_waits=head_dim > 64,
