@@ -217,6 +217,9 @@
 #              6 stages against cuDNN, bf16 4k / 8k / 16k, 9 rounds; the
 #              d 64 backward's tilings by length and the long non-causal
 #              d 64 case compiled (~4 min)
+#   opts-fwd-d64-stages  d 64's 16-bit forward (256-key tiles) in 3 stages
+#              (224 KiB, fits with the prefetch's O tile) against 2 and
+#              cuDNN, bf16 4k / 16k, causal and not, 7 rounds (~1.5 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1154,6 +1157,13 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 64 --seqs 4096 8192 16384 \
         --causal false --modes fwd_bwd --matmul 0 --repeats 9 \
         --out "$WORK/confirm-bwd-d64-stages" ;;
+    opts-fwd-d64-stages)
+      step opts-fwd-d64-stages env MOSAIC_GPU_DUMP_PTXAS=1 timeout 150 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+stages=3 cudnn --dtypes bfloat16 --head-dims 64 \
+        --seqs 4096 16384 --causal true false --modes fwd --matmul 0 \
+        --repeats 7 --out "$WORK/opts-fwd-d64-stages"
+      ptxas_table opts-fwd-d64-stages ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;
