@@ -220,6 +220,12 @@
 #   opts-fwd-d64-stages  d 64's 16-bit forward (256-key tiles) in 3 stages
 #              (224 KiB, fits with the prefetch's O tile) against 2 and
 #              cuDNN, bf16 4k / 16k, causal and not, 7 rounds (~1.5 min)
+#   opts-fwd-d128-stages  d 128's 16-bit forward in 3 stages of 128-key
+#              tiles, which fit only without the prefetch's O tile (224
+#              KiB), against the default (2 stages, prefetch_q) and the
+#              default without the prefetch, and cuDNN, bf16 4k / 16k,
+#              causal and not, 7 rounds, ptxas's lines (written in the
+#              thirty-second session, not yet run; ~2.5 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1164,6 +1170,14 @@ for s in "$@"; do
         --seqs 4096 16384 --causal true false --modes fwd --matmul 0 \
         --repeats 7 --out "$WORK/opts-fwd-d64-stages"
       ptxas_table opts-fwd-d64-stages ;;
+    opts-fwd-d128-stages)
+      step opts-fwd-d128-stages env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+prefetch_q=False \
+        flashjax_mosaic+stages=3+prefetch_q=False cudnn --dtypes bfloat16 \
+        --head-dims 128 --seqs 4096 16384 --causal false true --modes fwd \
+        --matmul 0 --repeats 7 --out "$WORK/opts-fwd-d128-stages"
+      ptxas_table opts-fwd-d128-stages ;;
     opts-stream-k-causal)
       stream_k_causal opts-stream-k-causal stream_k "2048 4096 8192" \
         "4096 8192" 7 ;;
