@@ -53,12 +53,15 @@ with K's for the fused dQ product), and the fused causal kernel spilled them
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
 non-causal and causal from 8k keys (there with 240 registers a compute
 thread), at d 64 non-causal from 4k keys and causal from 16k (dQ's columns
-split), two kernels elsewhere; deferred waits and folded statistics at
-d 128 (the latter cut the fused kernel's spills from 92 to 16 bytes,
-results/raw/opts-fold-h200.md), and ``step_descriptors`` in its fused
-kernel (results/raw/confirm-v19-h200.md); the dQ overlap
-off (slower in every tuned case on the H200) and the persistent grid off
-(it gained nothing on the H100).
+split), two kernels elsewhere; the fused kernel streams its query tiles
+through 3 stages at d 128 (causal too since v24, once re-timed without
+spills: results/raw/confirm-bwd-stages-session32-h200.md), 5 at d 64
+non-causal and 2 at d 64 causal, the two kernels through 2; deferred
+waits and folded statistics at d 128 (the latter cut the fused kernel's
+spills from 92 to 16 bytes, results/raw/opts-fold-h200.md), and
+``step_descriptors`` in its fused kernel (results/raw/confirm-v19-h200.md);
+the dQ overlap off (slower in every tuned case on the H200) and the
+persistent grid off (it gained nothing on the H100).
 """
 
 from __future__ import annotations
