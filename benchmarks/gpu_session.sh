@@ -316,11 +316,26 @@ HUNG="-o timeout_method=thread --timeout"
 
 peers() {
   # tokamax (a benchmark peer only) from the wheels `wheels` put in .whl/,
-  # carried with the call (`carry: [".whl"]`)
+  # carried with the call (`carry: [".whl"]`); once a call
+  [ "${PYTHONPATH:-}" = /tmp/site ] && return
   if ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
   fi
+}
+
+peer_bench() {
+  # peer_bench STEP SECONDS DTYPE MGPU [bench_attention.py args]: the
+  # benchmark's impls (flashjax's Hopper kernels, cuDNN, tokamax; with MGPU
+  # "yes" in float16 also JAX's attention_mgpu, which takes float16 only)
+  # in DTYPE, one process, tokamax from the carried wheels
+  local s=$1 t=$2 dtype=$3 mgpu=
+  [ "$4" = yes ] && [ "$dtype" = float16 ] && mgpu=jax_attention_mgpu
+  shift 4
+  peers
+  # shellcheck disable=SC2086  # mgpu: one impl or none
+  step "$s" timeout "$t" $PY benchmarks/bench_attention.py \
+    --impls flashjax_mosaic cudnn tokamax_mosaic $mgpu --dtypes "$dtype" "$@"
 }
 
 step() {
@@ -503,13 +518,10 @@ for s in "$@"; do
         --fp8 --head-dims 128 --only persistent=True intra_wg_overlap=True \
         --out "$WORK/tune-fp8.json" ;;
     bench|bench-fp16)
-      peers
-      # JAX's own Mosaic kernel (attention_mgpu) takes float16 only
-      dtype=bfloat16 mgpu=; [ "$s" = bench-fp16 ] && dtype=float16 mgpu=jax_attention_mgpu
-      step "$s" timeout 500 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic cudnn tokamax_mosaic $mgpu --dtypes $dtype \
-        --head-dims 128 64 --seqs 1024 4096 16384 \
-        --causal ${BENCH_CAUSAL:-false true} \
+      dtype=bfloat16; [ "$s" = bench-fp16 ] && dtype=float16
+      # shellcheck disable=SC2086  # BENCH_CAUSAL: a word list
+      peer_bench "$s" 500 $dtype yes --head-dims 128 64 \
+        --seqs 1024 4096 16384 --causal ${BENCH_CAUSAL:-false true} \
         --modes fwd fwd_bwd --out "$WORK/attention-$dtype" ;;
     bench-bwd)
       # forward+backward only, d 128, both 16-bit dtypes, against cuDNN: after a
@@ -1109,20 +1121,15 @@ for s in "$@"; do
         tests/test_large.py -k "mosaic and d128 and causal and \
         (sq16384 or sq12000)" ;;
     bench-v24)
-      peers
+      # (attention_mgpu has no causal backward: left out)
       for dtype in bfloat16 float16; do
-        step bench-v24 timeout 150 $PY benchmarks/bench_attention.py \
-          --impls flashjax_mosaic cudnn tokamax_mosaic --dtypes $dtype \
-          --head-dims 128 --seqs 16384 --causal true --modes fwd_bwd \
-          --out "$WORK/attention-v24-$dtype"
+        peer_bench bench-v24 150 $dtype no --head-dims 128 --seqs 16384 \
+          --causal true --modes fwd_bwd --out "$WORK/attention-v24-$dtype"
       done ;;
     bench-v24-d64)
-      peers
       for dtype in bfloat16 float16; do
-        mgpu=; [ $dtype = float16 ] && mgpu=jax_attention_mgpu
-        step bench-v24-d64 timeout 130 $PY benchmarks/bench_attention.py \
-          --impls flashjax_mosaic cudnn tokamax_mosaic $mgpu --dtypes $dtype \
-          --head-dims 64 --seqs 4096 16384 --causal false --modes fwd_bwd \
+        peer_bench bench-v24-d64 130 $dtype yes --head-dims 64 \
+          --seqs 4096 16384 --causal false --modes fwd_bwd \
           --out "$WORK/attention-v24-d64-$dtype"
       done ;;
     opts-fused-causal-3)
