@@ -226,6 +226,16 @@
 #              default without the prefetch, and cuDNN, bf16 4k / 16k,
 #              causal and not, 7 rounds, ptxas's lines (written in the
 #              thirty-second session, not yet run; ~2.5 min)
+#   opts-bwd-persistent  the backward's kernels on the persistent grid
+#              (one CTA per SM walking the key tiles) against the default
+#              (one tile a CTA: 4096 tiles are 31.03 waves on 132 SMs, so
+#              the last wave runs 4 CTAs) and cuDNN, forward+backward, bf16
+#              d 64 and 128, 4k / 16k, non-causal (~3 min)
+#   ncu-bwd-persistent  why the persistent backward lost 4-6% (opts-bwd-
+#              persistent): Nsight details and stall reasons of d 64's
+#              forward+backward, 4k, default against persistent, the
+#              dK/dV kernels' per-instruction stalls, ptxas's spill lines
+#              (~4 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -239,6 +249,9 @@
 #              the default before and cuDNN (~2 min)
 #   ncu-fused  Nsight on the fused backward against the two kernels, d 128
 #              4k, causal and not: why it loses causal (~5 min)
+#   ncu-d64-bwd  Nsight on d 64's forward+backward, ours against cuDNN's,
+#              4k non-causal (the table's weakest forward+backward ratios):
+#              details, then the stall reasons and pipes per kernel (~4 min)
 #   opts-index-vectors  masked steps' index tiles from broadcast vectors
 #              (the backward's default since the twenty-second session)
 #              against iotas, and in the forward too, compiled, then
@@ -1177,6 +1190,13 @@ for s in "$@"; do
         --seqs 4096 16384 --causal true false --modes fwd --matmul 0 \
         --repeats 7 --out "$WORK/opts-fwd-d64-stages"
       ptxas_table opts-fwd-d64-stages ;;
+    opts-bwd-persistent)
+      for d in 64 128; do
+        step opts-bwd-persistent timeout 150 $PY benchmarks/bench_attention.py \
+          --impls flashjax_mosaic flashjax_mosaic+bwd.persistent=True cudnn \
+          --dtypes bfloat16 --head-dims $d --seqs 4096 16384 --causal false \
+          --modes fwd_bwd --matmul 0 --out "$WORK/opts-bwd-persistent-d$d"
+      done ;;
     opts-fwd-d128-stages)
       step opts-fwd-d128-stages env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
@@ -1245,6 +1265,31 @@ for s in "$@"; do
       done
       unset MOSAIC_GPU_DUMP_PTXAS
       ptxas_table ncu-fused ;;
+    ncu-d64-bwd)
+      # d 64 forward+backward, 4 × 4096 × 32 (1.02-1.04× cuDNN, its backward
+      # slower than cuDNN's): where our dK/dV(+dQ) kernel's cycles go
+      nsight ncu-d64-bwd ncu-d64-bwd details --summarize --set detailed -- \
+        --head-dim 64 --mode fwd_bwd --impls flashjax_mosaic cudnn
+      nsight ncu-d64-bwd ncu-d64-bwd-stalls raw --stalls --metrics \
+        'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
+        -- --head-dim 64 --mode fwd_bwd --impls flashjax_mosaic cudnn ;;
+    ncu-bwd-persistent)
+      export MOSAIC_GPU_DUMP_PTXAS=1
+      nsight ncu-bwd-persistent ncu-bwd-persistent details --summarize \
+        --set detailed -- --head-dim 64 --mode fwd_bwd --impls \
+        flashjax_mosaic flashjax_mosaic+bwd.persistent=True
+      nsight ncu-bwd-persistent ncu-bwd-persistent-stalls raw --stalls \
+        --metrics \
+        'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
+        -- --head-dim 64 --mode fwd_bwd --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.persistent=True
+      nsight ncu-bwd-persistent ncu-bwd-persistent-source \
+        "source --print-source sass" --source -k 'regex:dkdv' \
+        --section SourceCounters --section WarpStateStats -- --head-dim 64 \
+        --mode fwd_bwd --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.persistent=True
+      unset MOSAIC_GPU_DUMP_PTXAS
+      ptxas_table ncu-bwd-persistent ;;
     ncu-fp8)
       # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16
       # forward, d 128 4k non-causal (~2 min)

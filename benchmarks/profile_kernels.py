@@ -226,8 +226,8 @@ def stall_table(csv_text: str, top: int = 6) -> str:
 def source_table(csv_text: str, top: int = 12) -> str:
   """Markdown of ``ncu --page source --csv --print-source sass``
   (``gpu_session.sh ncu-source``): per kernel, the warps' stall samples by reason, by opcode
-  (each opcode's largest reasons) and the ``top`` instructions with the most
-  samples. Samples count every warp, the producer's waits for free slots
+  (each opcode's largest reasons), the ``top`` instructions with the most
+  samples, and the instructions executed (warp-level) by opcode. Samples count every warp, the producer's waits for free slots
   included (its ``SYNCS.PHASECHK`` loop's ``BRA``), so compare the compute
   warps' opcodes across kernels, not the totals."""
   out = []
@@ -241,9 +241,11 @@ def source_table(csv_text: str, top: int = 12) -> str:
     total = sum(samples(r) for r in rows) or 1
     by_reason = collections.Counter()
     by_op = collections.defaultdict(collections.Counter)
+    executed = collections.Counter()
     for r in rows:
       words = r["Source"].split()
       op = (words[1] if words[0].startswith("@") else words[0]).split(".")[0]
+      executed[op] += int(r["Instructions Executed"].replace(",", "") or 0)
       for k in reasons:
         by_reason[k[6:]] += count(r, k)
         by_op[op][k[6:]] += count(r, k)
@@ -262,7 +264,10 @@ def source_table(csv_text: str, top: int = 12) -> str:
       out.append(f"| `{r['Source'].strip()[:60]}` | "
                  f"{r['Instructions Executed']} | {pct(samples(r))} | " + ", ".join(
                      f"{k} {pct(n)}" for n, k in largest[:3]) + " |")
-    out.append("")
+    out += ["", f"{sum(executed.values()):,} instructions executed; by opcode "
+            "(millions): " + ", ".join(
+                f"{op} {n / 1e6:.1f}" for op, n in executed.most_common(16)),
+            ""]
   if not out:
     raise ValueError("no ncu source page (\"Kernel Name\" sections) in the CSV")
   return "\n".join(out)

@@ -205,7 +205,8 @@ def test_ptx_descriptors_sinks_hoisted_descriptors():
 def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
   """--source on ncu's ``--page source --csv --print-source sass`` layout
   (a "Kernel Name" line before each kernel's table, gzipped): per kernel the
-  samples by reason, by opcode (predicates dropped) and per instruction."""
+  samples by reason, by opcode (predicates dropped) and per instruction, and
+  the instructions executed by opcode."""
   import gzip
   from benchmarks import profile_kernels
   header = ('"Address","Source","Warp Stall Sampling (All Samples)",'
@@ -229,6 +230,8 @@ def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
   assert "| BRA | 30.0% | mio 30.0%, wait 0.0% |" in ours
   assert "| `MUFU.EX2 R1, R1` | 64 | 60.0% | wait 40.0%, mio 20.0% |" in ours
   assert "| FADD | 100.0% | wait 100.0%, mio 0.0% |" in cudnn
+  assert ("136 instructions executed; by opcode (millions): MUFU 0.0, "
+          "BRA 0.0") in ours
 
 
 def test_joined_table_puts_dtypes_side_by_side():
