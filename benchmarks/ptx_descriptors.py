@@ -16,6 +16,13 @@ GPU.
 
   python benchmarks/ptx_descriptors.py flashjax_dkdv_dq_2.ptx \
       --nvdisasm nvdisasm
+
+``--mix`` instead: for each PTX file given, the innermost wgmma loops of
+its SASS as dumped, with their integer instructions on the vector datapath
+(``IMAD``, ``IADD3``, ``LOP3``, ``SHF``, ``R2UR`` to move a value to a
+uniform register) and on the uniform one (``U...``): where a loop's slot or
+descriptor arithmetic left the uniform datapath (thirty-third session,
+``gpu_session.sh dump-split-tail``).
 """
 
 from __future__ import annotations
@@ -113,12 +120,63 @@ def loop_spills(sass: str) -> list[str]:
   return [f"STL {st}, LDL {ld}" for _, _, st, ld in inner]
 
 
+def wgmma_loops(sass: str) -> list[list[str]]:
+  """The instructions (opcode and operands) of each innermost SASS loop that
+  issues wgmmas and branches back, in order."""
+  labels, code = {}, []
+  for line in sass.split("\n"):
+    if m := re.match(r"^(\.L_x_\d+):", line.strip()):
+      labels[m.group(1)] = len(code)
+    elif m := re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", line):
+      code.append(m.group(1))
+  found = []
+  for i, ins in enumerate(code):
+    m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", ins)
+    start = labels.get(m.group(1), i) if m else i
+    body = code[start:i + 1]
+    # (the waits' retries, at the function's end, branch back into them)
+    if start < i and any("HGMMA" in x for x in body) and not any(
+        "EXIT" in x for x in body):
+      found.append((start, i))
+  inner = [f for f in found if not any(
+      g != f and f[0] <= g[0] and g[1] <= f[1] for g in found)]
+  return [code[a:b + 1] for a, b in inner]
+
+
+MIX = ("HGMMA", "R2UR", "IMAD", "IADD3", "VIADD", "LOP3", "SHF", "UIADD3",
+       "UIMAD", "ULOP3", "USHF")
+
+
+def loop_mix(sass: str) -> list[str]:
+  """Markdown rows: per innermost wgmma loop, its instructions and the
+  count of each opcode of ``MIX`` (predicates and modifiers dropped)."""
+  rows = []
+  for body in wgmma_loops(sass):
+    ops = [(x.split()[1] if x.startswith("@") else x.split()[0]).split(".")[0]
+           for x in body]
+    rows.append(f"| {len(body)} | " + " | ".join(
+        str(ops.count(op)) for op in MIX) + " |")
+  return rows
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("ptx", help="a PTX file Mosaic GPU dumped")
+  p.add_argument("ptx", nargs="+", help="PTX file(s) Mosaic GPU dumped")
   p.add_argument("--ptxas", default="ptxas")
   p.add_argument("--nvdisasm", help="to count spills per loop pass")
+  p.add_argument("--mix", action="store_true",
+                 help="the wgmma loops' integer instructions, per file")
   args = p.parse_args()
+  if args.mix:
+    print("| PTX | loop instructions | " + " | ".join(MIX) + " |")
+    print("|---|---|" + "---|" * len(MIX))
+    for path in args.ptx:
+      lines = pathlib.Path(path).read_text().split("\n")
+      _, sass = compile_ptx(args.ptxas, lines, args.nvdisasm or "nvdisasm")
+      for row in loop_mix(sass):
+        print(f"| `{pathlib.Path(path).name}` {row}")
+    return
+  args.ptx, = args.ptx
   lines = pathlib.Path(args.ptx).read_text().split("\n")
   sunk, moved = sink_descriptors(lines)
   print(f"{args.ptx}: {len(loops(lines))} loops, {moved} hoisted descriptor "

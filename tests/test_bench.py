@@ -200,6 +200,16 @@ def test_ptx_descriptors_sinks_hoisted_descriptors():
       "LDL R4, [R1+0x4]", "BRA `(.L_x_2)", "STL [R1+0x8], R5",
       "BRA `(.L_x_1)", ".L_x_3:", "LDL R6, [R1]", "BRA `(.L_x_3)"])
   assert pd.loop_spills(sass) == ["STL 0, LDL 2"]
+  # --mix: nvdisasm's lines, the innermost wgmma loop's integer opcodes
+  sass = "\n".join(f"        /*{i:04x}*/ {x} ;" if not x.startswith(".")
+                    else x for i, x in enumerate([
+      ".L_x_1:", "R2UR UR4, R2", ".L_x_2:", "@!P1 IMAD.WIDE.U32 R4, R2, 3, RZ",
+      "UIADD3 UR5, UR5, 0x8, URZ", "HGMMA.64x64x16.F32.BF16 R8, gdesc[UR4]",
+      "BRA `(.L_x_2)", "BRA `(.L_x_1)"]))
+  row = dict(zip(pd.MIX, pd.loop_mix(sass)[0].strip("| ").split(" | ")[1:]))
+  assert pd.loop_mix(sass)[0].startswith("| 4 | ")
+  assert (row["HGMMA"], row["IMAD"], row["UIADD3"], row["R2UR"]) == (
+      "1", "1", "1", "0")
 
 
 def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
