@@ -152,6 +152,19 @@ class MosaicBlocks:
   paired grid, whose mirrored pairs are then split, where every pair has
   the same steps).
 
+  ``carry_slots``: the step loops carry their pipeline slot from step to
+  step instead of dividing the CTA's step count by the stages each step.
+  Where that count does not start at a constant (the persistent grid's
+  later tiles), LLVM made it a 64-bit induction variable and divided it
+  by 3 or 5 stages (PTX ``mul.hi.u64``), which took the step loop's slot
+  and descriptor arithmetic off ptxas's uniform datapath: the persistent
+  d 64 dK/dV kernel ran 37 more integer instructions a warp per step and
+  lost 1-6% to one tile a CTA (thirty-third session,
+  results/ncu-h200/ncu-bwd-persistent-source.md, results/raw/dump-split-
+  tail[-slots]-sass-session33-cpu.md; a loop carrying its slot compiled
+  to the one-tile loop's 469 instructions). Not timed on the persistent
+  backward yet (``gpu_session.sh opts-carry-slots``).
+
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
   the two compute warpgroups could mask different K/V tiles
@@ -174,6 +187,7 @@ class MosaicBlocks:
   index_vectors: bool = False
   step_descriptors: bool = False
   stream_k: bool = False
+  carry_slots: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

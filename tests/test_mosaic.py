@@ -605,6 +605,43 @@ def test_stream_k(case):
   assert "flashjax_fwd_merge" in text
 
 
+# the GPU's backward: 198 tiles of keys over 132 SMs
+CARRY_SLOTS_CASES = STREAM_K_CASES + [
+    Case(dtype="bfloat16", batch=2, seq_q=4100, seq_kv=4100, num_q_heads=6,
+         num_kv_heads=3, head_dim=64, causal=False)]
+
+
+@pytest.mark.parametrize("case", CARRY_SLOTS_CASES, ids=lambda c: c.id)
+def test_carry_slots(case):
+  """``MosaicBlocks(carry_slots=True)``: the step loops carry their slot
+  instead of dividing the step count, on the persistent grids where that
+  count carries on from tile to tile: the forward's Stream-K grid
+  (non-causal, causal pairs) and the backward's, fused and not, in 3
+  stages where they fit (a slot count that is no power of 2, wrapping
+  within and across tiles). Parity with the reference, in the interpreter (2 CTAs) with the
+  race detector and on a GPU (132 SMs) with its own cases; the compiled
+  form lowers for CUDA."""
+  interpreted = jax.default_backend() != "gpu"
+  if interpreted != (case in STREAM_K_INTERPRETED):
+    pytest.skip("the interpreter's 2 CTAs walk the first two cases; 132 SMs "
+                "the others")
+  base = flashjax.default_config(case.head_dim)
+  small = dict(block_kv=64) if interpreted else {}
+  fwd = dataclasses.replace(base.mosaic, persistent=True, stream_k=True,
+                            carry_slots=True, **small)
+  for fused in (False, True):
+    # (d 128's two kernels fit 2 stages only)
+    bwd = dataclasses.replace(
+        base.mosaic_bwd, persistent=True, carry_slots=True, fused_dq=fused,
+        split_dq=fused, stages=3 if fused or case.head_dim <= 64 else 2,
+        **small)
+    config = dataclasses.replace(base, mosaic=fwd, mosaic_bwd=bwd)
+    check_without_races(case, config)
+    # 4096 rows: more tiles than the H100's SMs, so Stream-K splits
+    assert grad_kernels(config, case.head_dim, case.dtype, case.causal,
+                        4096) == 2 + (not fused)
+
+
 FUSED_CASES = CASES + [
     # non-causal GQA, more key tiles than stages, several query heads per CTA
     Case(dtype="float16", batch=1, seq_q=256, seq_kv=384, num_q_heads=4,

@@ -297,7 +297,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       wg=wg, tiles=tiles, work=work,
       streams=[pipeline.Stream(k_smem, k_full, k_free, lagged=overlap),
                pipeline.Stream(v_smem, v_full, v_free)],
-      compute_registers=plan.config.mosaic_bwd.compute_registers)
+      compute_registers=plan.config.mosaic_bwd.compute_registers,
+      carry_slots=plan.config.mosaic_bwd.carry_slots)
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
@@ -499,7 +500,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                pipeline.Stream(do_smem, do_full, q_free),
                pipeline.Stream(lse_smem, lse_full, q_free),
                pipeline.Stream(delta_smem, delta_full, q_free)],
-      compute_registers=plan.config.mosaic_bwd.compute_registers)
+      compute_registers=plan.config.mosaic_bwd.compute_registers,
+      carry_slots=plan.config.mosaic_bwd.carry_slots)
 
 
 def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,

@@ -368,7 +368,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       end=functools.partial(end, wg, pingpong, overlap, prefetch_q,
                             early_handover),
       compute_registers=plan.config.mosaic.compute_registers,
-      owned=pipeline.Owned(q_smem, *q_barriers) if prefetch_q else None)
+      owned=pipeline.Owned(q_smem, *q_barriers) if prefetch_q else None,
+      carry_slots=plan.config.mosaic.carry_slots)
 
 
 def end(wg, pingpong, overlap: bool, prefetch_q: bool, early_handover: bool,

@@ -365,8 +365,14 @@ class Tiles:
     return lax.fori_loop(0, count, run, jnp.int32(0))
 
 
+def next_slot(slot, stages: int):
+  """The slot after ``slot`` (int32) of ``stages``, without a division."""
+  return jnp.where(slot == stages - 1, 0, slot + 1)
+
+
 def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
-                  start=None, end=None, owned: Owned | None = None):
+                  start=None, end=None, owned: Owned | None = None,
+                  carry_slots: bool = False):
   """Run the producer and the compute warpgroups over the CTA's tiles:
   ``work(index)`` gives the :class:`Work` of tile ``index`` (``work(index,
   part)`` of a Stream-K unit, :attr:`Tiles.stream_k`); ``streams``
@@ -376,7 +382,10 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
   first tile and after its last (``total``: the CTA's streamed steps,
   int32). ``compute_registers``: each compute thread's registers
   (``setmaxnreg``); the producer's threads get what is left of the CTA's
-  (``LAUNCH_REGISTERS`` a thread)."""
+  (``LAUNCH_REGISTERS`` a thread). ``carry_slots``
+  (:attr:`flashjax.config.MosaicBlocks.carry_slots`): the step loops carry
+  their slot (:func:`next_slot`) instead of dividing the CTA's step count
+  by the stages each step."""
   stages = streams[0].smem.shape[0]
   frees = _distinct([stream.free for stream in streams])
 
@@ -390,9 +399,9 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
     def tile(index, done, part=None):
       w = work(index) if part is None else work(index, part)
 
-      def load(j, _):
+      def load(j, carried):
         n = done + j - w.lo              # the CTA's step count
-        slot = lax.rem(n, stages)
+        slot = lax.rem(n, stages) if carried is None else carried
         for free in frees:
           # Reuse a slot only after every compute warpgroup released it.
           @pl.when(n >= stages)
@@ -412,7 +421,9 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
                 plgpu.barrier_wait(owned.free.at[i])
               plgpu.copy_gmem_to_smem(w.owned_src(i), owned.smem.at[i],
                                       owned.full.at[i])
-      lax.fori_loop(w.lo, w.hi, load, None)
+        return None if carried is None else next_slot(slot, stages)
+      lax.fori_loop(w.lo, w.hi, load,
+                    lax.rem(done, stages) if carry_slots else None)
       return done + jnp.maximum(w.hi - w.lo, 0)
     total = tiles.run(tile)
 
@@ -431,13 +442,16 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
   def _compute():
     plgpu.set_max_registers(compute_registers, action="increase")
 
-    def sync_at(count, step=True, first=False, last=False):
+    def sync_at(count, step=True, first=False, last=False, slot=None):
       # the Sync of the CTA's step ``count``: the current slot's streams (not
       # the lagged ones) and the previous slot's lagged ones; ``step=False``:
       # only the latter (a tile's drain). ``first``, ``last``: the tile's
-      # first or last step.
-      slot = lax.rem(count, stages)
-      prev = lax.rem(count + stages - 1, stages)
+      # first or last step. ``slot``: count's slot, carried (carry_slots)
+      if slot is None:
+        slot = lax.rem(count, stages)
+        prev = lax.rem(count + stages - 1, stages)
+      else:
+        prev = jnp.where(slot == 0, stages - 1, slot - 1)
       released = []
 
       def release(i, slot=slot):
@@ -472,14 +486,16 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
 
       def loop(start, stop, carry, masked, first=False):
         step = w.first if first else w.step
-        def body(j, carry):
+        def body(j, state):
+          carry, carried = state
           slot, sync, release_rest = sync_at(done + j - w.lo,
                                              first=j == w.lo,
-                                             last=j == w.hi - 1)
+                                             last=j == w.hi - 1, slot=carried)
           carry = step(j, slot, sync, carry, masked)
           release_rest(first)
-          return carry
-        return lax.fori_loop(start, stop, body, carry)
+          return carry, None if carried is None else next_slot(slot, stages)
+        return lax.fori_loop(start, stop, body, (carry, lax.rem(
+            done + start - w.lo, stages) if carry_slots else None))[0]
 
       carry = w.init()
       if owned is not None:
