@@ -231,7 +231,7 @@
 #              (one tile a CTA: 4096 tiles are 31.03 waves on 132 SMs, so
 #              the last wave runs 4 CTAs) and cuDNN, forward+backward, bf16
 #              d 64 and 128, 4k / 16k, non-causal (~3 min)
-#   ncu-bwd-persistent  why the persistent backward lost 4-6% (opts-bwd-
+#   ncu-bwd-persistent  why the persistent backward lost 1-6% (opts-bwd-
 #              persistent): Nsight details and stall reasons of d 64's
 #              forward+backward, 4k, default against persistent, the
 #              dK/dV kernels' per-instruction stalls, ptxas's spill lines

@@ -225,11 +225,12 @@ def stall_table(csv_text: str, top: int = 6) -> str:
 
 def source_table(csv_text: str, top: int = 12) -> str:
   """Markdown of ``ncu --page source --csv --print-source sass``
-  (``gpu_session.sh ncu-source``): per kernel, the warps' stall samples by reason, by opcode
-  (each opcode's largest reasons), the ``top`` instructions with the most
-  samples, and the instructions executed (warp-level) by opcode. Samples count every warp, the producer's waits for free slots
-  included (its ``SYNCS.PHASECHK`` loop's ``BRA``), so compare the compute
-  warps' opcodes across kernels, not the totals."""
+  (``gpu_session.sh ncu-source``): per kernel, the warps' stall samples by
+  reason, by opcode (each opcode's largest reasons), the ``top``
+  instructions with the most samples, and the instructions executed
+  (warp-level) by opcode. Samples count every warp, the producer's waits for
+  free slots included (its ``SYNCS.PHASECHK`` loop's ``BRA``), so compare
+  the compute warps' opcodes across kernels, not the totals."""
   out = []
   for part in csv_text.split('"Kernel Name",')[1:]:
     name, body = part.split("\n", 1)

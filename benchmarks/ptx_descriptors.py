@@ -98,49 +98,37 @@ def compile_ptx(ptxas: str, lines: list[str], nvdisasm: str | None):
               if "bytes stack frame" in line), sass
 
 
-def loop_spills(sass: str) -> list[str]:
-  """``STL n, LDL m`` for each loop of the SASS that issues wgmmas
-  (``HGMMA``) and branches back (the wait loops' retries, placed at the
-  function's end, are left out: they branch into these)."""
-  lines = sass.split("\n")
-  labels = {m.group(1): i for i, line in enumerate(lines)
-            if (m := re.match(r"^(\.L_x_\d+):", line.strip()))}
-  found = []
-  for i, line in enumerate(lines):
-    m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", line)
-    start = labels.get(m.group(1), i) if m else i
-    body = lines[start:i + 1]
-    if start < i and any("HGMMA" in x for x in body) and not any(
-        "EXIT" in x for x in body):
-      found.append((start, i, sum("STL" in x for x in body),
-                    sum("LDL" in x for x in body)))
-  # innermost: drop loops that contain another
-  inner = [f for f in found if not any(
-      g is not f and f[0] <= g[0] and g[1] <= f[1] for g in found)]
-  return [f"STL {st}, LDL {ld}" for _, _, st, ld in inner]
-
-
 def wgmma_loops(sass: str) -> list[list[str]]:
-  """The instructions (opcode and operands) of each innermost SASS loop that
-  issues wgmmas and branches back, in order."""
+  """The instructions (nvdisasm's addresses and ``;`` dropped) of each
+  innermost SASS loop that issues wgmmas (``HGMMA``) and branches back, in
+  order; the wait loops' retries, placed at the function's end, are left
+  out (they branch into these)."""
   labels, code = {}, []
   for line in sass.split("\n"):
-    if m := re.match(r"^(\.L_x_\d+):", line.strip()):
+    line = line.strip()
+    if m := re.match(r"^(\.L_x_\d+):", line):
       labels[m.group(1)] = len(code)
-    elif m := re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", line):
-      code.append(m.group(1))
+    elif line:
+      code.append(re.sub(r"^/\*[0-9a-f]+\*/\s*|\s*;$", "", line))
   found = []
   for i, ins in enumerate(code):
     m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", ins)
     start = labels.get(m.group(1), i) if m else i
     body = code[start:i + 1]
-    # (the waits' retries, at the function's end, branch back into them)
     if start < i and any("HGMMA" in x for x in body) and not any(
         "EXIT" in x for x in body):
       found.append((start, i))
+  # innermost: drop loops that contain another
   inner = [f for f in found if not any(
       g != f and f[0] <= g[0] and g[1] <= f[1] for g in found)]
   return [code[a:b + 1] for a, b in inner]
+
+
+def loop_spills(sass: str) -> list[str]:
+  """``STL n, LDL m`` for each innermost wgmma loop (:func:`wgmma_loops`)."""
+  return [f"STL {sum('STL' in x for x in body)}, "
+          f"LDL {sum('LDL' in x for x in body)}"
+          for body in wgmma_loops(sass)]
 
 
 MIX = ("HGMMA", "R2UR", "IMAD", "IADD3", "VIADD", "LOP3", "SHF", "UIADD3",
