@@ -236,13 +236,13 @@
 #              forward+backward, 4k, default against persistent, the
 #              dK/dV kernels' per-instruction stalls, ptxas's spill lines
 #              (~4 min)
-#   opts-carry-slots  the step loops carrying their slot (carry_slots;
-#              written in the thirty-third session, not yet run): its tests
-#              compiled, then the persistent backward with and without it
-#              against the default (one tile a CTA) and cuDNN, forward+
-#              backward, bf16 d 64 and 128, 4k / 16k non-causal, with
-#              ptxas's lines (~5.5 min). If the persistent backward then
-#              matches the default, Stream-K on it is next.
+#   opts-carry-slots  the step loops carrying their slot (carry_slots)
+#              and Stream-K in the persistent fused backward (written in
+#              the thirty-third session, not yet run): their tests
+#              compiled, then the persistent backward alone, with carried
+#              slots, and with both, against the default (one tile a CTA)
+#              and cuDNN, forward+backward, bf16 d 64 and 128, 4k / 16k
+#              non-causal, with ptxas's lines (~7 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1205,11 +1205,13 @@ for s in "$@"; do
           --modes fwd_bwd --matmul 0 --out "$WORK/opts-bwd-persistent-d$d"
       done ;;
     opts-carry-slots)
-      mosaic_tests opts-carry-slots 200 -k carry_slots
-      step opts-carry-slots env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
+      mosaic_tests opts-carry-slots 200 -k "carry_slots or stream_k_backward"
+      step opts-carry-slots env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+bwd.persistent=True \
-        flashjax_mosaic+bwd.persistent=True+bwd.carry_slots=True cudnn \
+        flashjax_mosaic+bwd.persistent=True+bwd.carry_slots=True \
+        flashjax_mosaic+bwd.persistent=True+bwd.carry_slots=True+bwd.stream_k=True \
+        cudnn \
         --dtypes bfloat16 --head-dims 64 128 --seqs 4096 16384 \
         --causal false --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-carry-slots"

@@ -150,7 +150,11 @@ class MosaicBlocks:
   place after the forward (:func:`pallas_kernels.mosaic.fwd.merge`; the
   default without a band from 2k keys, and causal from 8k keys on the
   paired grid, whose mirrored pairs are then split, where every pair has
-  the same steps).
+  the same steps). In the fused backward on the persistent grid without a
+  band (off by default; written in the thirty-third session, not timed),
+  the last rounds' key tiles are split by query steps, a cut tile's two
+  parts' float32 dK and dV summed after it
+  (:func:`pallas_kernels.mosaic.bwd.merge`).
 
   ``carry_slots``: the step loops carry their pipeline slot from step to
   step instead of dividing the CTA's step count by the stages each step.

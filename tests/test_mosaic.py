@@ -642,6 +642,61 @@ def test_carry_slots(case):
                         4096) == 2 + (not fused)
 
 
+# the interpreter's 2 CTAs on 3 key tiles (no segments, so both parts of
+# the cut tile see keys), and 198 key tiles on a GPU's 132 SMs
+STREAM_K_BWD_CASES = [
+    Case(dtype="bfloat16", batch=1, seq_q=100, seq_kv=300, num_q_heads=3,
+         num_kv_heads=1, head_dim=64, causal=False),
+    CARRY_SLOTS_CASES[-1],
+    Case(dtype="float16", batch=2, seq_q=4100, seq_kv=4100, num_q_heads=6,
+         num_kv_heads=3, head_dim=128, causal=False, segments="packed")]
+
+
+@pytest.mark.parametrize("case", STREAM_K_BWD_CASES, ids=lambda c: c.id)
+def test_stream_k_backward(case):
+  """``MosaicBlocks(stream_k=True)`` in the fused backward on the persistent
+  grid without a band: the last rounds' key tiles split by query steps, a
+  cut tile's two parts' float32 dK and dV summed after the kernel
+  (:func:`pallas_kernels.mosaic.bwd.merge`). Parity with the reference, in
+  the interpreter (2 CTAs: 3 key tiles, the middle one cut) with the race
+  detector and on a GPU (132 SMs) with its own cases; the compiled form
+  lowers for CUDA, the merge beside it."""
+  from pallas_kernels.mosaic import bwd
+  interpreted = jax.default_backend() != "gpu"
+  if interpreted != (case is STREAM_K_BWD_CASES[0]):
+    pytest.skip("the interpreter's 2 CTAs split the first case's tiles; 132 "
+                "SMs the others'")
+  base = flashjax.default_config(case.head_dim)
+  config = dataclasses.replace(
+      base, mosaic=dataclasses.replace(   # 300 keys padded to 3 key tiles
+          base.mosaic, block_kv=64 if interpreted else base.mosaic.block_kv),
+      mosaic_bwd=dataclasses.replace(
+          base.mosaic_bwd, persistent=True, stream_k=True, fused_dq=True,
+          split_dq=True))
+  cuts = []
+  merge = bwd.merge
+  def counted(sk, *args, **kw):
+    cuts.append(len(sk.cut()))
+    return merge(sk, *args, **kw)
+  bwd.merge = counted
+  try:
+    check_without_races(case, config)
+  finally:
+    bwd.merge = merge
+  assert cuts and all(n > 0 for n in cuts)
+
+  # 4096 key tiles over 132 SMs: the last rounds split
+  q = jax.ShapeDtypeStruct((4, 4096, 32, case.head_dim),
+                           jnp.dtype(case.dtype))
+  def loss(q):
+    return jnp.sum(flashjax.attention(
+        q, q, q, backend="mosaic", config=config,
+        interpret=False).astype(jnp.float32))
+  text = lower_for_h100(jax.grad(loss), q).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 2
+  assert "flashjax_dkdv_merge" in text
+
+
 FUSED_CASES = CASES + [
     # non-causal GQA, more key tiles than stages, several query heads per CTA
     Case(dtype="float16", batch=1, seq_q=256, seq_kv=384, num_q_heads=4,

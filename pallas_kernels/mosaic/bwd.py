@@ -50,6 +50,15 @@ it they are hoisted out of the step loops (24 of 64 bits a loop at d 128,
 with K's for the fused dQ product), and the fused causal kernel spilled them
 (benchmarks/ptx_descriptors.py; with it 16 bytes instead of 460).
 
+``MosaicBlocks(stream_k=True)`` (the fused kernel on the persistent grid,
+no band): as the forward's, the last rounds' key tiles are split by query
+steps where whole tiles leave the last round partly idle; a cut tile's two
+parts write their float32 dK and dV apart (through the dQ tile's shared
+memory), and :func:`merge` sums them in place after the kernel. Written
+to recover the one-tile grid's last wave (4096 key tiles are 31.03 waves on
+132 SMs), it waits on the persistent backward matching one tile a CTA
+(``carry_slots``; thirty-third session): not yet timed.
+
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
 non-causal and causal from 8k keys (there with 240 registers a compute
 thread), at d 64 non-causal from 4k keys and causal from 16k (dQ's columns
@@ -68,6 +77,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -302,7 +312,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
-                dq_ref, dk_ref, dv_ref, k_smem, v_smem, pt_smem, q_smem,
+                dq_ref, dk_ref, dv_ref, part_refs, k_smem, v_smem, pt_smem, q_smem,
                 do_smem, lse_smem, delta_smem, owned_barrier, q_full, do_full,
                 lse_full, delta_full, q_free, ds_smem, dq_smem, ds_ready, *,
                 plan: Plan, block_q: int, num_q_blocks: int, needs_mask: bool,
@@ -318,6 +328,8 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   # ds_smem [2, 2, BLOCK_Q, block_q]: both warpgroups' dSᵀ, by step parity;
   # dq_smem [2, block_q, MosaicBlocks.dq_columns(d)] float32; ds_ready (when
   # shared): a barrier per parity, and one for the end of a tile.
+  # part_refs: None, or (fused, tiles.stream_k) the cut tiles' parts' dK and
+  # dV, float32 [ctas, 2, COMPUTE_WGS · BLOCK_Q, d], stored through dq_smem.
   wg = lax.axis_index("wg")
   head_dim = k_ref.shape[-1]
   width = plan.config.mosaic_bwd.dq_columns(head_dim)
@@ -327,7 +339,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
   pt_tile = None if pt_smem is None else pt_smem.at[wg]
 
-  def work(index):
+  def work(index, part=None):
     kv_head, tile, b = index
     cta_start = tile * (COMPUTE_WGS * BLOCK_Q)
     kv_start = cta_start + wg * BLOCK_Q
@@ -478,15 +490,36 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         # before K's buffer takes dK
         plgpu.barrier_arrive(ds_ready.at[2])
         plgpu.barrier_wait(ds_ready.at[2])
-      pipeline.store([(dk * plan.scale, k_tile, dk_ref.at[b, rows, kv_head]),
-                      (dv, v_tile, dv_ref.at[b, rows, kv_head])])
+      dk = dk * plan.scale
+      outs = [(dk, k_tile, dk_ref.at[b, rows, kv_head]),
+              (dv, v_tile, dv_ref.at[b, rows, kv_head])]
+      if part is None:
+        pipeline.store(outs)
+        return
+      pl.when(part.slot < 0)(lambda: pipeline.store(outs))
+
+      @pl.when(part.slot >= 0)
+      def _():
+        # a Stream-K part of a cut tile: its float32 sums to its slot of the
+        # parts, through this warpgroup's dQ tile, a column block at a time
+        at = (part.cta, part.slot, pl.ds(wg * BLOCK_Q, BLOCK_Q))
+        for value, part_ref in zip((dk, dv), part_refs):
+          for c in range(0, head_dim, width):
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            dq_smem.at[wg, pl.ds(0, BLOCK_Q)][...] = value[:, c:c + width]
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(dq_smem.at[wg, pl.ds(0, BLOCK_Q)],
+                                    part_ref.at[(*at, pl.ds(c, width))])
+        plgpu.wait_smem_to_gmem(0)
 
     def tile_of(j):
       head, i = head_and_tile(j)
       return head, pl.ds(i * block_q, block_q)
 
     return pipeline.Work(
-        lo=0, hi=plan.group * (q_hi - q_lo), init=init, step=step,
+        lo=0 if part is None else part.lo,
+        hi=plan.group * (q_hi - q_lo) if part is None else part.hi,
+        init=init, step=step,
         finish=finish, full=full_range() if needs_mask else None,
         srcs=(lambda j: q_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
               lambda j: do_ref.at[b, tile_of(j)[1], tile_of(j)[0]],
@@ -541,6 +574,17 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
   dkdv_tiles = pipeline.Tiles.per_head(plan, num_kv_heads, seq_kv, batch,
                                        blocks.persistent)
   fused = blocks.fused_dq
+  if blocks.stream_k and fused and dkdv_tiles.persistent and (
+      not plan.mask.banded):
+    # every key tile sees every query tile of its heads: equal steps
+    units = math.prod(dkdv_tiles.grid)
+    dkdv_tiles = dataclasses.replace(dkdv_tiles, stream_k=pipeline.StreamK.of(
+        units, pipeline.num_ctas(plan, units), plan.group * seq_q // bq,
+        dkdv_tiles.grid))
+  sk = dkdv_tiles.stream_k
+  part_type = None if sk is None else [
+      jax.ShapeDtypeStruct((sk.ctas, 2, COMPUTE_WGS * BLOCK_Q, head_dim),
+                           jnp.float32)] * 2
   dkdv = plgpu.kernel(
       functools.partial(dkdv_kernel, plan=plan, block_q=bq,
                         num_q_blocks=seq_q // bq, needs_mask=needs_mask,
@@ -549,7 +593,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
       **dkdv_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                jax.ShapeDtypeStruct(v.shape, v.dtype)],
+                jax.ShapeDtypeStruct(v.shape, v.dtype), part_type],
       scratch_types=(
           *owned(((BLOCK_Q, head_dim), k.dtype), ((BLOCK_Q, head_dim), v.dtype)),
           ds_or_pt((BLOCK_Q, bq)),
@@ -568,17 +612,23 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
     # dQ's float32 sum, zeroed, reduce-added into by the dK/dV kernel (in the
     # interpreter, one part per key tile and warpgroup, summed here); run_state
     # keeps the mutable buffer inside this computation
+    # (Stream-K: the cut tiles' parts too; every buffer but dQ's is
+    # overwritten whole, so XLA drops its zeros)
     def run(refs):
-      dq_acc, dk_ref, dv_ref = refs
-      dk_ref[...], dv_ref[...] = dkdv(q, k, v, do, lse, delta, seg_refs,
-                                      dq_acc)
+      dq_acc, *out_refs = refs
+      dk, dv, parts = dkdv(q, k, v, do, lse, delta, seg_refs, dq_acc)
+      for ref, x in zip(out_refs, [dk, dv, *(parts or [])]):
+        ref[...] = x
     parts = dkdv_tiles.grid[1] * COMPUTE_WGS if plan.interpret else 1
-    dq_acc, dk, dv = pl.run_state(run)((
+    dq_acc, dk, dv, *parts = pl.run_state(run)((
         jnp.zeros((parts, *q.shape), jnp.float32), jnp.zeros_like(k),
-        jnp.zeros_like(v)))
+        jnp.zeros_like(v), *(jnp.zeros(t.shape, t.dtype)
+                             for t in part_type or [])))
     dq = (jnp.sum(dq_acc, axis=0) * plan.scale).astype(q.dtype)
+    if sk is not None:
+      dk, dv = merge(sk, dk, dv, *parts, interpret=plan.interpret)
     return dq, dk, dv
-  dk, dv = dkdv(q, k, v, do, lse, delta, seg_refs, None)
+  dk, dv, _ = dkdv(q, k, v, do, lse, delta, seg_refs, None)
 
   dq_tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
                                      blocks.persistent)
@@ -600,3 +650,35 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
       kernel_name=kernel_names(blocks)[1],
   )(q, k, v, do, lse, delta, seg_refs)
   return dq, dk, dv
+
+
+def merge(sk: pipeline.StreamK, dk, dv, dk_part, dv_part,
+          interpret: bool = False):
+  """dK and dV of the key tiles Stream-K cut in two (:class:`pipeline.
+  StreamK` over the dK/dV kernel's (kv head, key tile, batch) tiles): the
+  float32 sum of their parts, CTA c's last (slot 1) and c + 1's first
+  (slot 0) of ``dk_part``/``dv_part`` ``[ctas, 2, COMPUTE_WGS · BLOCK_Q,
+  d]``, written over those tiles' rows of ``dk``/``dv`` ``[batch, seq_kv,
+  kv_heads, d]`` in place (aliased: nothing else is read or copied). One
+  program per boundary between CTAs, a Triton-lowered Pallas kernel, as the
+  forward's :func:`pallas_kernels.mosaic.fwd.merge`."""
+  rows = dk_part.shape[2]
+
+  def kernel(dk_part_ref, dv_part_ref, dk_in_ref, dv_in_ref, dk_ref, dv_ref):
+    del dk_in_ref, dv_in_ref            # dk_ref and dv_ref, aliased
+    c = pl.program_id(0)
+    cut, (h, tile, b) = sk.cut_after(c)
+
+    @pl.when(cut)                       # a tile cut between c and c + 1
+    def _():
+      at = pl.ds(tile * rows, rows)
+      for part_ref, out_ref in ((dk_part_ref, dk_ref), (dv_part_ref, dv_ref)):
+        total = part_ref[c, 1, :, :] + part_ref[c + 1, 0, :, :]
+        out_ref[b, at, h, :] = total.astype(out_ref.dtype)
+
+  return pl.pallas_call(
+      kernel, grid=(sk.ctas - 1,),
+      out_shape=[jax.ShapeDtypeStruct(dk.shape, dk.dtype),
+                 jax.ShapeDtypeStruct(dv.shape, dv.dtype)],
+      input_output_aliases={2: 0, 3: 1}, interpret=interpret,
+      name="flashjax_dkdv_merge")(dk_part, dv_part, dk, dv)
