@@ -659,26 +659,16 @@ def merge(sk: pipeline.StreamK, dk, dv, dk_part, dv_part,
   float32 sum of their parts, CTA c's last (slot 1) and c + 1's first
   (slot 0) of ``dk_part``/``dv_part`` ``[ctas, 2, COMPUTE_WGS · BLOCK_Q,
   d]``, written over those tiles' rows of ``dk``/``dv`` ``[batch, seq_kv,
-  kv_heads, d]`` in place (aliased: nothing else is read or copied). One
-  program per boundary between CTAs, a Triton-lowered Pallas kernel, as the
-  forward's :func:`pallas_kernels.mosaic.fwd.merge`."""
+  kv_heads, d]`` in place (:func:`pipeline.merge_cut`, as the forward's
+  :func:`pallas_kernels.mosaic.fwd.merge`)."""
   rows = dk_part.shape[2]
 
-  def kernel(dk_part_ref, dv_part_ref, dk_in_ref, dv_in_ref, dk_ref, dv_ref):
-    del dk_in_ref, dv_in_ref            # dk_ref and dv_ref, aliased
-    c = pl.program_id(0)
-    cut, (h, tile, b) = sk.cut_after(c)
+  def combine(parts, c, index, outs):
+    h, tile, b = index
+    at = pl.ds(tile * rows, rows)
+    for part_ref, out_ref in zip(parts, outs):
+      total = part_ref[c, 1, :, :] + part_ref[c + 1, 0, :, :]
+      out_ref[b, at, h, :] = total.astype(out_ref.dtype)
 
-    @pl.when(cut)                       # a tile cut between c and c + 1
-    def _():
-      at = pl.ds(tile * rows, rows)
-      for part_ref, out_ref in ((dk_part_ref, dk_ref), (dv_part_ref, dv_ref)):
-        total = part_ref[c, 1, :, :] + part_ref[c + 1, 0, :, :]
-        out_ref[b, at, h, :] = total.astype(out_ref.dtype)
-
-  return pl.pallas_call(
-      kernel, grid=(sk.ctas - 1,),
-      out_shape=[jax.ShapeDtypeStruct(dk.shape, dk.dtype),
-                 jax.ShapeDtypeStruct(dv.shape, dv.dtype)],
-      input_output_aliases={2: 0, 3: 1}, interpret=interpret,
-      name="flashjax_dkdv_merge")(dk_part, dv_part, dk, dv)
+  return pipeline.merge_cut(sk, combine, [dk_part, dv_part], [dk, dv],
+                            "flashjax_dkdv_merge", interpret)

@@ -521,30 +521,22 @@ def merge(sk: pipeline.StreamK, mask, o, lse, o_part, lse_part,
   rows = o_part.shape[2]
   num_tiles = o.shape[1] // rows
 
-  def kernel(o_part_ref, lse_part_ref, o_in_ref, lse_in_ref, o_ref, lse_ref):
-    del o_in_ref, lse_in_ref            # o_ref and lse_ref, aliased
-    c = pl.program_id(0)
-    cut, (h, q_tile, b) = sk.cut_after(c)
+  def combine(parts, c, index, outs):
+    (o_part_ref, lse_part_ref), (o_ref, lse_ref) = parts, outs
+    h, q_tile, b = index
+    # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
+    l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
+    top = jnp.maximum(l1, l2)
+    seen = top > -jnp.inf
+    l = jnp.where(seen, top + jnp.log(jnp.exp(l1 - top) + jnp.exp(l2 - top)),
+                  -jnp.inf)
+    w1 = jnp.where(l1 > -jnp.inf, jnp.exp(l1 - l), 0.0)
+    w2 = jnp.where(l2 > -jnp.inf, jnp.exp(l2 - l), 0.0)
+    o_cut = (w1[:, None] * o_part_ref[c, 1, :, :].astype(jnp.float32)
+             + w2[:, None] * o_part_ref[c + 1, 0, :, :].astype(jnp.float32))
+    at = pl.ds(pipeline.heavy_first(mask, q_tile, num_tiles) * rows, rows)
+    o_ref[b, at, h, :] = o_cut.astype(o_ref.dtype)
+    lse_ref[b, h, at] = l
 
-    @pl.when(cut)                       # a tile cut between c and c + 1
-    def _():
-      # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
-      l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
-      top = jnp.maximum(l1, l2)
-      seen = top > -jnp.inf
-      l = jnp.where(seen, top + jnp.log(jnp.exp(l1 - top) + jnp.exp(l2 - top)),
-                    -jnp.inf)
-      w1 = jnp.where(l1 > -jnp.inf, jnp.exp(l1 - l), 0.0)
-      w2 = jnp.where(l2 > -jnp.inf, jnp.exp(l2 - l), 0.0)
-      o_cut = (w1[:, None] * o_part_ref[c, 1, :, :].astype(jnp.float32)
-               + w2[:, None] * o_part_ref[c + 1, 0, :, :].astype(jnp.float32))
-      at = pl.ds(pipeline.heavy_first(mask, q_tile, num_tiles) * rows, rows)
-      o_ref[b, at, h, :] = o_cut.astype(o_ref.dtype)
-      lse_ref[b, h, at] = l
-
-  return pl.pallas_call(
-      kernel, grid=(sk.ctas - 1,),
-      out_shape=[jax.ShapeDtypeStruct(o.shape, o.dtype),
-                 jax.ShapeDtypeStruct(lse.shape, lse.dtype)],
-      input_output_aliases={2: 0, 3: 1}, interpret=interpret,
-      name="flashjax_fwd_merge")(o_part, lse_part, o, lse)
+  return pipeline.merge_cut(sk, combine, [o_part, lse_part], [o, lse],
+                            "flashjax_fwd_merge", interpret)

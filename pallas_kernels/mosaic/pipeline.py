@@ -273,6 +273,31 @@ class StreamK:
               for cut, index in [self.cut_after(c)] if cut]
 
 
+def merge_cut(sk: StreamK, combine, parts, outs, name: str,
+              interpret: bool = False):
+  """``outs`` with the tiles Stream-K cut in two rewritten from their two
+  parts, in place (aliased: nothing else of them is read or copied): one
+  program per boundary between CTAs c and c + 1 (the last CTA has none), a
+  Triton-lowered Pallas kernel named ``name``; where c and c + 1 share a
+  tile, ``combine(part_refs, c, index, out_refs)`` writes it from rows
+  ``[c, 1]`` (its first steps, c's last unit) and ``[c + 1, 0]`` of the
+  ``parts`` (``[ctas, 2, ...]`` each), ``index`` its grid index
+  (:meth:`StreamK.cut_after`)."""
+  n = len(parts)
+
+  def kernel(*refs):
+    part_refs, out_refs = refs[:n], refs[n + len(outs):]
+    c = pl.program_id(0)
+    cut, index = sk.cut_after(c)
+    pl.when(cut)(lambda: combine(part_refs, c, index, out_refs))
+
+  return pl.pallas_call(
+      kernel, grid=(sk.ctas - 1,),
+      out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outs],
+      input_output_aliases={n + i: i for i in range(len(outs))},
+      interpret=interpret, name=name)(*parts, *outs)
+
+
 def unravel(tile, grid: tuple) -> tuple:
   """The index in ``grid`` of flat tile number ``tile`` (int32), in
   :func:`plgpu.nd_loop`'s order: the last axis fastest."""
