@@ -618,9 +618,9 @@ def test_carry_slots(case):
   count carries on from tile to tile: the forward's Stream-K grid
   (non-causal, causal pairs) and the backward's, fused and not, in 3
   stages where they fit (a slot count that is no power of 2, wrapping
-  within and across tiles). Parity with the reference, in the interpreter (2 CTAs) with the
-  race detector and on a GPU (132 SMs) with its own cases; the compiled
-  form lowers for CUDA."""
+  within and across tiles). Parity with the reference, in the interpreter
+  (2 CTAs) with the race detector and on a GPU (132 SMs) with its own
+  cases; the compiled form lowers for CUDA."""
   interpreted = jax.default_backend() != "gpu"
   if interpreted != (case in STREAM_K_INTERPRETED):
     pytest.skip("the interpreter's 2 CTAs walk the first two cases; 132 SMs "

@@ -312,9 +312,10 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
-                dq_ref, dk_ref, dv_ref, part_refs, k_smem, v_smem, pt_smem, q_smem,
-                do_smem, lse_smem, delta_smem, owned_barrier, q_full, do_full,
-                lse_full, delta_full, q_free, ds_smem, dq_smem, ds_ready, *,
+                dq_ref, dk_ref, dv_ref, part_refs, k_smem, v_smem, pt_smem,
+                q_smem, do_smem, lse_smem, delta_smem, owned_barrier, q_full,
+                do_full, lse_full, delta_full, q_free, ds_smem, dq_smem,
+                ds_ready, *,
                 plan: Plan, block_q: int, num_q_blocks: int, needs_mask: bool,
                 tiles: pipeline.Tiles, deferred_waits: bool):
   # k_ref/v_ref/dk_ref/dv_ref: [batch, seq_kv, kv_heads, d]; q_ref/do_ref:
