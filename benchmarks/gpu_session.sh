@@ -330,6 +330,9 @@ mkdir -p "$OUT"
 trap pack EXIT
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 PY=${PY:-python3}
+# ncu's stall reasons per issued instruction and pipe utilisation
+# (profile_kernels.py --stalls), for the nsight steps' raw pages
+STALL_METRICS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active'
 # pytest-timeout (on the GPU image): a test whose kernel hangs fails after the
 # given seconds (its worker is ended and replaced) instead of holding a worker
 HUNG="-o timeout_method=thread --timeout"
@@ -1278,7 +1281,7 @@ for s in "$@"; do
           flashjax_mosaic+bwd.fused_dq=False
         nsight ncu-fused "ncu-fused-stalls-d128${c:+-causal}" raw --stalls \
           --metrics \
-          'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
+          "$STALL_METRICS" \
           -- $c --mode fwd_bwd --impls \
           flashjax_mosaic+bwd.fused_dq=True+bwd.stages=3
       done
@@ -1290,7 +1293,7 @@ for s in "$@"; do
       nsight ncu-d64-bwd ncu-d64-bwd details --summarize --set detailed -- \
         --head-dim 64 --mode fwd_bwd --impls flashjax_mosaic cudnn
       nsight ncu-d64-bwd ncu-d64-bwd-stalls raw --stalls --metrics \
-        'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
+        "$STALL_METRICS" \
         -- --head-dim 64 --mode fwd_bwd --impls flashjax_mosaic cudnn ;;
     ncu-bwd-persistent)
       export MOSAIC_GPU_DUMP_PTXAS=1
@@ -1299,7 +1302,7 @@ for s in "$@"; do
         flashjax_mosaic flashjax_mosaic+bwd.persistent=True
       nsight ncu-bwd-persistent ncu-bwd-persistent-stalls raw --stalls \
         --metrics \
-        'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
+        "$STALL_METRICS" \
         -- --head-dim 64 --mode fwd_bwd --impls flashjax_mosaic \
         flashjax_mosaic+bwd.persistent=True
       nsight ncu-bwd-persistent ncu-bwd-persistent-source \
@@ -1323,7 +1326,7 @@ for s in "$@"; do
                   "bf16:fwd_bwd:flashjax_mosaic cudnn"; do
         IFS=: read -r tag mode impls <<< "$spec"
         nsight ncu-stalls "ncu-stalls-$tag" raw --stalls --metrics \
-          'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active' \
+          "$STALL_METRICS" \
           -- --mode $mode --impls $impls
       done ;;
     ncu-source)
