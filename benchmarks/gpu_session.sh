@@ -237,12 +237,21 @@
 #              dK/dV kernels' per-instruction stalls, ptxas's spill lines
 #              (~4 min)
 #   opts-carry-slots  the step loops carrying their slot (carry_slots)
-#              and Stream-K in the persistent fused backward (written in
-#              the thirty-third session, not yet run): their tests
-#              compiled, then the persistent backward alone, with carried
-#              slots, and with both, against the default (one tile a CTA)
-#              and cuDNN, forward+backward, bf16 d 64 and 128, 4k / 16k
-#              non-causal, with ptxas's lines (~7 min)
+#              and Stream-K in the persistent fused backward (run in the
+#              thirty-fourth session; its Stream-K test was cut by the
+#              step's time): their tests compiled, then the persistent
+#              backward alone, with carried slots, and with both, against
+#              the default (one tile a CTA) and cuDNN, forward+backward,
+#              bf16 d 64 and 128, 4k / 16k non-causal, with ptxas's lines
+#              (~7 min)
+#   confirm-stream-k-bwd  the Stream-K backward's compiled tests alone,
+#              then d 64 non-causal 4k / 8k / 16k with and without carried
+#              slots, 9 rounds, and the persistent kernel with carried
+#              slots under Mosaic GPU's dump (~2.5 min)
+#   confirm-stream-k-bwd-short  the Stream-K backward (slots carried)
+#              where it won, d 64 non-causal 2k / 4k, bf16 and fp16, 9
+#              rounds, after its tests with and without carried slots
+#              (~2.5 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1219,6 +1228,35 @@ for s in "$@"; do
         --causal false --modes fwd_bwd --matmul 0 \
         --out "$WORK/opts-carry-slots"
       ptxas_table opts-carry-slots ;;
+    confirm-stream-k-bwd)
+      # Stream-K on the persistent fused backward, d 64 non-causal, 9 rounds,
+      # with and without carried slots; its compiled tests alone (the
+      # first run's were cut by the step's time with the carry_slots tests);
+      # then the persistent kernel with carried slots under Mosaic GPU's
+      # dump (does its step loop still divide a 64-bit count?)
+      mosaic_tests confirm-stream-k-bwd 240 -k stream_k_backward
+      step confirm-stream-k-bwd timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.persistent=True+bwd.stream_k=True \
+        flashjax_mosaic+bwd.persistent=True+bwd.carry_slots=True+bwd.stream_k=True \
+        cudnn --dtypes bfloat16 --head-dims 64 --seqs 4096 8192 16384 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 9 \
+        --out "$WORK/confirm-stream-k-bwd"
+      dump_ptx confirm-stream-k-bwd dump-persistent-carry \
+        --impls flashjax_mosaic+bwd.persistent=True+bwd.carry_slots=True \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 --causal false \
+        --modes fwd_bwd --matmul 0 --repeats 1 --out "$WORK/dump-persistent-carry" ;;
+    confirm-stream-k-bwd-short)
+      # Stream-K on the persistent fused backward (slots carried) where it
+      # won (d 64 non-causal 4k), a third process, 2k too and fp16; its
+      # compiled tests with and without carried slots first (~5 min)
+      mosaic_tests confirm-stream-k-bwd-short 200 -k stream_k_backward
+      step confirm-stream-k-bwd-short timeout 200 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.stages=5+bwd.persistent=True+bwd.carry_slots=True+bwd.stream_k=True \
+        cudnn --dtypes bfloat16 float16 --head-dims 64 --seqs 2048 4096 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 9 \
+        --out "$WORK/confirm-stream-k-bwd-short" ;;
     opts-fwd-d128-stages)
       step opts-fwd-d128-stages env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \

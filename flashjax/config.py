@@ -151,10 +151,16 @@ class MosaicBlocks:
   default without a band from 2k keys, and causal from 8k keys on the
   paired grid, whose mirrored pairs are then split, where every pair has
   the same steps). In the fused backward on the persistent grid without a
-  band (off by default; written in the thirty-third session, not timed),
-  the last rounds' key tiles are split by query steps, a cut tile's two
-  parts' float32 dK and dV summed after it
-  (:func:`pallas_kernels.mosaic.bwd.merge`).
+  band (off by default), the last rounds' key tiles are split by query
+  steps, a cut tile's two parts' float32 dK and dV summed after it
+  (:func:`pallas_kernels.mosaic.bwd.merge`). With carried slots it gains
+  at d 64 non-causal 4k only, and not in every process (thirty-fourth
+  session, bf16 forward+backward ms against the default, H200,
+  results/raw/opts-carry-slots-, confirm-stream-k-bwd[-short]-
+  session34-h200.md): 4.507 vs 4.609 and 4.508 vs 4.656, then 4.577 vs
+  4.628 (fp16 4.748 vs 4.734, 2k even); it loses at 8k (9.084 vs 8.960),
+  16k (17.559 vs 17.341, 17.575 vs 17.272) and at d 128 (3.796 vs 3.646,
+  14.146 vs 13.901).
 
   ``carry_slots``: the step loops carry their pipeline slot from step to
   step instead of dividing the CTA's step count by the stages each step.
@@ -166,8 +172,15 @@ class MosaicBlocks:
   lost 1-6% to one tile a CTA (thirty-third session,
   results/ncu-h200/ncu-bwd-persistent-source.md, results/raw/dump-split-
   tail[-slots]-sass-session33-cpu.md; a loop carrying its slot compiled
-  to the one-tile loop's 469 instructions). Not timed on the persistent
-  backward yet (``gpu_session.sh opts-carry-slots``).
+  to the one-tile loop's 469 instructions). On the persistent backward it
+  gives that loop back (465 instructions, results/raw/dump-persistent-
+  carry-ptx-session34-h200.tar.xz) but not the one-tile kernel's time
+  (thirty-fourth session, bf16 forward+backward ms, persistent with / without
+  carried slots / default, results/raw/opts-carry-slots-session34-h200.md):
+  d 64 4k 4.669 / 4.781 / 4.609, 16k 18.547 / 18.290 / 17.341; d 128 4k
+  3.733 / 3.683 / 3.646, 16k 14.225 / 13.943 / 13.901. Under Stream-K it
+  gains 2-5% (d 64 4k / 8k / 16k 4.508 / 9.084 / 17.575 vs 4.735 / 9.307 /
+  17.849, results/raw/confirm-stream-k-bwd-session34-h200.md).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while

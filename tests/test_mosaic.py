@@ -657,7 +657,8 @@ def test_stream_k_backward(case):
   """``MosaicBlocks(stream_k=True)`` in the fused backward on the persistent
   grid without a band: the last rounds' key tiles split by query steps, a
   cut tile's two parts' float32 dK and dV summed after the kernel
-  (:func:`pallas_kernels.mosaic.bwd.merge`). Parity with the reference, in
+  (:func:`pallas_kernels.mosaic.bwd.merge`), with and without carried
+  slots. Parity with the reference, in
   the interpreter (2 CTAs: 3 key tiles, the middle one cut) with the race
   detector and on a GPU (132 SMs) with its own cases; the compiled form
   lowers for CUDA, the merge beside it."""
@@ -667,12 +668,12 @@ def test_stream_k_backward(case):
     pytest.skip("the interpreter's 2 CTAs split the first case's tiles; 132 "
                 "SMs the others'")
   base = flashjax.default_config(case.head_dim)
-  config = dataclasses.replace(
+  configs = [dataclasses.replace(
       base, mosaic=dataclasses.replace(   # 300 keys padded to 3 key tiles
           base.mosaic, block_kv=64 if interpreted else base.mosaic.block_kv),
       mosaic_bwd=dataclasses.replace(
           base.mosaic_bwd, persistent=True, stream_k=True, fused_dq=True,
-          split_dq=True))
+          split_dq=True, carry_slots=carry)) for carry in (False, True)]
   cuts = []
   merge = bwd.merge
   def counted(sk, *args, **kw):
@@ -680,10 +681,12 @@ def test_stream_k_backward(case):
     return merge(sk, *args, **kw)
   bwd.merge = counted
   try:
-    check_without_races(case, config)
+    for config in configs:
+      check_without_races(case, config)
   finally:
     bwd.merge = merge
-  assert cuts and all(n > 0 for n in cuts)
+  assert len(cuts) == 2 and all(n > 0 for n in cuts)
+  config = configs[0]
 
   # 4096 key tiles over 132 SMs: the last rounds split
   q = jax.ShapeDtypeStruct((4, 4096, 32, case.head_dim),
