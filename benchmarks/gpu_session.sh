@@ -236,6 +236,10 @@
 #              forward+backward, 4k, default against persistent, the
 #              dK/dV kernels' per-instruction stalls, ptxas's spill lines
 #              (~4 min)
+#   ncu-bwd-persistent-carry  the same for the persistent backward with
+#              carried slots, whose step loop is the default's and which
+#              still lost 7% at d 64 non-causal 16k: the dK/dV kernels'
+#              details (memory sections) and stalls, 16k (not yet run; ~4 min)
 #   opts-carry-slots  the step loops carrying their slot (carry_slots)
 #              and Stream-K in the persistent fused backward (run in the
 #              thirty-fourth session; its Stream-K test was cut by the
@@ -1350,6 +1354,18 @@ for s in "$@"; do
         flashjax_mosaic+bwd.persistent=True
       unset MOSAIC_GPU_DUMP_PTXAS
       ptxas_table ncu-bwd-persistent ;;
+    ncu-bwd-persistent-carry)
+      # Nsight on the persistent backward with carried slots (its step loop
+      # as the default's: 465 instructions vs 469) against the default, d 64
+      # non-causal 16k, where it still lost 7% (thirty-fourth session):
+      # summary (the details page keeps the memory sections) and stalls of
+      # the dK/dV kernels (~4 min)
+      calls=(--head-dim 64 --seq 16384 --mode fwd_bwd --impls flashjax_mosaic
+             flashjax_mosaic+bwd.persistent=True+bwd.carry_slots=True)
+      nsight ncu-bwd-persistent-carry ncu-bwd-persistent-carry details \
+        --summarize -k 'regex:dkdv' --set detailed -- "${calls[@]}"
+      nsight ncu-bwd-persistent-carry ncu-bwd-persistent-carry-stalls raw \
+        --stalls -k 'regex:dkdv' --metrics "$STALL_METRICS" -- "${calls[@]}" ;;
     ncu-fp8)
       # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16
       # forward, d 128 4k non-causal (~2 min)
