@@ -658,10 +658,10 @@ def test_stream_k_backward(case):
   grid without a band: the last rounds' key tiles split by query steps, a
   cut tile's two parts' float32 dK and dV summed after the kernel
   (:func:`pallas_kernels.mosaic.bwd.merge`), with and without carried
-  slots. Parity with the reference, in
-  the interpreter (2 CTAs: 3 key tiles, the middle one cut) with the race
-  detector and on a GPU (132 SMs) with its own cases; the compiled form
-  lowers for CUDA, the merge beside it."""
+  slots. Parity with the reference, in the interpreter (2 CTAs: 3 key
+  tiles, the middle one cut) with the race detector and on a GPU (132 SMs)
+  with its own cases; the compiled form lowers for CUDA, the merge beside
+  it."""
   from pallas_kernels.mosaic import bwd
   interpreted = jax.default_backend() != "gpu"
   if interpreted != (case is STREAM_K_BWD_CASES[0]):
