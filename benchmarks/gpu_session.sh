@@ -256,6 +256,11 @@
 #              where it won, d 64 non-causal 2k / 4k, bf16 and fp16, 9
 #              rounds, after its tests with and without carried slots
 #              (~2.5 min)
+#   opts-lse-log2  L in log2 units from XLA before the backward
+#              (lse_log2; written in the thirty-fourth session, not yet
+#              run): its tests compiled, forward+backward against the
+#              default, bf16 d 64 and 128, 4k / 16k, causal and not, then
+#              d 64's PTX (~7 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1261,6 +1266,22 @@ for s in "$@"; do
         cudnn --dtypes bfloat16 float16 --head-dims 64 --seqs 2048 4096 \
         --causal false --modes fwd_bwd --matmul 0 --repeats 9 \
         --out "$WORK/confirm-stream-k-bwd-short" ;;
+    opts-lse-log2)
+      # L converted to log2 units by XLA before the backward (lse_log2): its
+      # compiled tests, then forward+backward against the default and cuDNN,
+      # bf16 d 64 and 128, 4k / 16k, causal and not, 7 rounds, ptxas's lines;
+      # then the d 64 kernels' PTX for the step loop's count (~7 min)
+      mosaic_tests opts-lse-log2 180 -k lse_log2
+      step opts-lse-log2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.lse_log2=True cudnn --dtypes bfloat16 \
+        --head-dims 64 128 --seqs 4096 16384 --causal false true \
+        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/opts-lse-log2"
+      ptxas_table opts-lse-log2
+      dump_ptx opts-lse-log2 dump-lse-log2 --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.lse_log2=True --dtypes bfloat16 --head-dims 64 \
+        --seqs 4096 --causal false --modes fwd_bwd --matmul 0 --repeats 1 \
+        --out "$WORK/dump-lse-log2" ;;
     opts-fwd-d128-stages)
       step opts-fwd-d128-stages env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \

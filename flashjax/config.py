@@ -182,6 +182,14 @@ class MosaicBlocks:
   gains 2-5% (d 64 4k / 8k / 16k 4.508 / 9.084 / 17.575 vs 4.735 / 9.307 /
   17.849, results/raw/confirm-stream-k-bwd-session34-h200.md).
 
+  ``lse_log2`` (backward): the kernels take L already in log2 units (rows
+  that see no key as +inf, :func:`pallas_kernels.common.
+  lse_log2_for_recompute`), converted once by XLA before them, instead of
+  converting each L tile they load: in d 64's dK/dV kernel that is 16
+  FSETP, 16 FMUL and 32 FSEL a thread a step, 64 of its step loop's 469
+  SASS instructions (results/raw/dump-split-tail-ptx-session33-h200.tar.xz,
+  compiled here; thirty-fourth session). Off by default until timed.
+
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
   the two compute warpgroups could mask different K/V tiles
@@ -205,6 +213,7 @@ class MosaicBlocks:
   step_descriptors: bool = False
   stream_k: bool = False
   carry_slots: bool = False
+  lse_log2: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

@@ -18,6 +18,7 @@ import pytest
 from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 
 import flashjax
+from benchmarks import kernel_digest
 from flashjax.config import MOSAIC_COMPUTE_WGS
 from harness import Case, check_attention
 from test_lowering import lower_for_h100
@@ -698,6 +699,58 @@ def test_stream_k_backward(case):
   text = lower_for_h100(jax.grad(loss), q).as_text()
   assert text.count("custom_call @mosaic_gpu") == 2
   assert "flashjax_dkdv_merge" in text
+
+
+# rows that see no key (300 queries, 100 keys, causal from the bottom
+# right: L = -inf), then GPU shapes
+LSE_LOG2_CASES = [
+    Case(dtype="bfloat16", batch=1, seq_q=300, seq_kv=100, num_q_heads=4,
+         num_kv_heads=2, head_dim=64, causal=True),
+    Case(dtype="float16", batch=2, seq_q=1100, seq_kv=900, num_q_heads=8,
+         num_kv_heads=2, head_dim=128, causal=True, segments="packed"),
+    Case(dtype="bfloat16", batch=2, seq_q=4096, seq_kv=4096, num_q_heads=6,
+         num_kv_heads=3, head_dim=64, causal=False)]
+
+
+@pytest.mark.parametrize("case", LSE_LOG2_CASES, ids=lambda c: c.id)
+def test_lse_log2(case):
+  """``MosaicBlocks(lse_log2=True)``: the backward's kernels take L in log2
+  units, converted by XLA before them. Parity with the reference (rows
+  that see no key among the interpreter's), two kernels and fused, folded
+  statistics or not; in the interpreter with the race detector and on a
+  GPU with its own cases. Compiled, the option changes the backward's
+  kernels and not the forward."""
+  interpreted = jax.default_backend() != "gpu"
+  if interpreted != (case is LSE_LOG2_CASES[0]):
+    pytest.skip("a small case for the interpreter, larger ones on a GPU")
+  base = flashjax.default_config(case.head_dim)
+  small = dict(block_kv=64) if interpreted else {}
+  fwd = dataclasses.replace(base.mosaic, **small)
+  for fused, fold in ((False, False), (True, True), (True, False)):
+    bwd = dataclasses.replace(base.mosaic_bwd, lse_log2=True, fused_dq=fused,
+                              split_dq=fused and case.head_dim <= 64,
+                              fold_stats=fold, stages=2, **small)
+    check_without_races(case, dataclasses.replace(base, mosaic=fwd,
+                                                  mosaic_bwd=bwd))
+
+  def kernels(lse_log2):
+    # the gradient's Mosaic GPU kernels as MLIR, without locations or the
+    # process's kernel count (benchmarks/kernel_digest.py)
+    config = dataclasses.replace(base, mosaic_bwd=dataclasses.replace(
+        base.mosaic_bwd, lse_log2=lse_log2))
+    q = jax.ShapeDtypeStruct((2, 1024, 4, case.head_dim),
+                             jnp.dtype(case.dtype))
+    def loss(q):
+      return jnp.sum(flashjax.attention(
+          q, q, q, causal=case.causal, backend="mosaic", config=config,
+          interpret=False).astype(jnp.float32))
+    module = lower_for_h100(jax.grad(loss), q).compiler_ir("stablehlo")
+    return [kernel_digest.normalized(text)
+            for text in kernel_digest.mosaic_modules(module)]
+  converted, plain = kernels(True), kernels(False)
+  assert len(converted) == len(plain) > 1
+  assert converted[0] == plain[0] and all(
+      a != b for a, b in zip(converted[1:], plain[1:]))
 
 
 FUSED_CASES = CASES + [

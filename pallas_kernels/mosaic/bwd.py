@@ -127,6 +127,14 @@ def _in_step(plan: Plan, index):
   return lax.optimization_barrier(jnp.asarray(index, jnp.int32))
 
 
+def _lse2(plan: Plan, lse):
+  """L in log2 units (rows that see no key as +inf) from a loaded L tile:
+  converted here, or (``lse_log2``) by XLA before the kernel."""
+  if plan.config.mosaic_bwd.lse_log2:
+    return lse
+  return common.lse_log2_for_recompute(lse)
+
+
 def _probabilities(plan: Plan, acc, s_start, lse2, dim: int, mask):
   """``(P, t)``: P = exp2(S2 - L2) from S's accumulator, which started at
   ``s_start`` (:func:`_starts`) or at zero; t as :func:`_scores`'s. ``mask``
@@ -187,8 +195,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         ds = plgpu.layout_cast(jnp.zeros(shape, q_ref.dtype),
                                plgpu.Layout.WGMMA)
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
-              common.lse_log2_for_recompute(
-                  plgpu.load(lse_smem.at[wg], layout=ROW)),
+              _lse2(plan, plgpu.load(lse_smem.at[wg], layout=ROW)),
               plgpu.load(delta_smem.at[wg], layout=ROW), ds)
 
     shape = (BLOCK_Q, block_kv)
@@ -319,9 +326,10 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                 plan: Plan, block_q: int, num_q_blocks: int, needs_mask: bool,
                 tiles: pipeline.Tiles, deferred_waits: bool):
   # k_ref/v_ref/dk_ref/dv_ref: [batch, seq_kv, kv_heads, d]; q_ref/do_ref:
-  # [batch, seq_q, heads, d]; lse_ref/delta_ref: [batch, heads, seq_q]. Each
-  # compute warpgroup owns BLOCK_Q keys; the streamed query tiles have block_q
-  # rows. tiles: the CTA's (kv head, key tile, batch) tiles.
+  # [batch, seq_q, heads, d]; lse_ref/delta_ref: [batch, heads, seq_q] (L in
+  # log2 units under lse_log2). Each compute warpgroup owns BLOCK_Q keys; the
+  # streamed query tiles have block_q rows. tiles: the CTA's (kv head, key
+  # tile, batch) tiles.
   # Fused dQ (dq_ref not None): dq_ref float32 [parts, batch, seq_q, heads, d],
   # dQ's unscaled sum; compiled, parts = 1 and every CTA reduce-adds into it;
   # in the interpreter (no TMA reduction) each (key tile, warpgroup) writes
@@ -417,8 +425,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                                                             block_q)])
       for stream in range(4):
         sync.wait(stream)
-      lse2 = common.lse_log2_for_recompute(
-          plgpu.load(lse_smem.at[slot], layout=COL))
+      lse2 = _lse2(plan, plgpu.load(lse_smem.at[slot], layout=COL))
       delta = plgpu.load(delta_smem.at[slot], layout=COL)
       q_slot, do_slot = q_smem.at[slot], do_smem.at[slot]
       st_start, dpt_start = _starts(plan, lse2, delta, shape, 1)
@@ -557,6 +564,8 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
   _, seq_kv, num_kv_heads, _ = k.shape
   blocks = plan.config.mosaic_bwd
   bkv, stages, bq = blocks.block_kv, blocks.stages, blocks.block_q_dkv
+  if blocks.lse_log2:
+    lse = common.lse_log2_for_recompute(lse)   # once here, not a tile a step
   needs_mask = not plan.mask.is_trivial(seq_kv)
   seg_refs = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments
               else None)
