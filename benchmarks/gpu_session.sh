@@ -239,7 +239,9 @@
 #   ncu-bwd-persistent-carry  the same for the persistent backward with
 #              carried slots, whose step loop is the default's and which
 #              still lost 7% at d 64 non-causal 16k: the dK/dV kernels'
-#              details (memory sections) and stalls, 16k (not yet run; ~4 min)
+#              details (memory sections), stalls and SM balance (a fixed
+#              share of tiles a CTA against the hardware's dynamic
+#              launch), 16k (not yet run; ~4 min)
 #   opts-carry-slots  the step loops carrying their slot (carry_slots)
 #              and Stream-K in the persistent fused backward (run in the
 #              thirty-fourth session; its Stream-K test was cut by the
@@ -351,6 +353,9 @@ PY=${PY:-python3}
 # ncu's stall reasons per issued instruction and pipe utilisation
 # (profile_kernels.py --stalls), for the nsight steps' raw pages
 STALL_METRICS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__(inst_executed_pipe|pipe)_.*\.avg\.pct_of_peak_sustained_active'
+# each SM's active cycles, fewest / mean / most (profile_kernels.py --stalls
+# adds them as a column): how evenly a kernel's work fell on the SMs
+SM_BALANCE='sm__cycles_active.min,sm__cycles_active.avg,sm__cycles_active.max'
 # pytest-timeout (on the GPU image): a test whose kernel hangs fails after the
 # given seconds (its worker is ended and replaced) instead of holding a worker
 HUNG="-o timeout_method=thread --timeout"
@@ -1386,7 +1391,8 @@ for s in "$@"; do
       nsight ncu-bwd-persistent-carry ncu-bwd-persistent-carry details \
         --summarize -k 'regex:dkdv' --set detailed -- "${calls[@]}"
       nsight ncu-bwd-persistent-carry ncu-bwd-persistent-carry-stalls raw \
-        --stalls -k 'regex:dkdv' --metrics "$STALL_METRICS" -- "${calls[@]}" ;;
+        --stalls -k 'regex:dkdv' --metrics "$STALL_METRICS,$SM_BALANCE" -- \
+        "${calls[@]}" ;;
     ncu-fp8)
       # Nsight Compute on one FP8 forward each, ours and cuDNN's, and our bf16
       # forward, d 128 4k non-causal (~2 min)

@@ -198,28 +198,43 @@ def _metrics(row: dict, prefix: str, suffix: str) -> dict:
   return out
 
 
+# SM balance: each SM's active cycles, fewest / mean / most
+SM_ACTIVE = tuple(f"sm__cycles_active.{s}" for s in ("min", "avg", "max"))
+
+
 def stall_table(csv_text: str, top: int = 6) -> str:
   """Markdown table of ``ncu --page raw --csv`` over the metrics
   ``gpu_session.sh ncu-stalls`` collects (stall reasons, pipelines): per
   kernel launch, the warps' stalled cycles per issued instruction by reason
   (largest ``top``, and their sum over every reason), and the busiest
-  pipelines (% of peak over active cycles). Rows after the header whose ID is
-  not a number (ncu's units row) are skipped."""
+  pipelines (% of peak over active cycles); where the CSV has
+  ``sm__cycles_active.{min,avg,max}``, the SMs' active cycles (millions),
+  fewest / mean / most: how evenly the kernel's work fell on them. Rows
+  after the header whose ID is not a number (ncu's units row) are
+  skipped."""
   rows = [r for r in _csv_rows(csv_text)
           if r.get("ID", "").strip().isdigit()]
   if not rows:
     raise ValueError("no ncu raw rows in the CSV")
+  balance = all(name in rows[0] for name in SM_ACTIVE)
   lines = ["| # | kernel | stalled cycles per issue | largest reasons | "
-           "busiest pipes (% of peak) |", "|---|---|---|---|---|"]
+           "busiest pipes (% of peak) |"
+           + (" SM active Mcycles: fewest / mean / most |" if balance else ""),
+           "|---" * (6 if balance else 5) + "|"]
   for r in rows:
     stalls = _metrics(r, STALL_PREFIX, STALL_SUFFIX)
     pipes = _metrics(r, PIPE_PREFIX, PIPE_SUFFIX)
     largest = sorted(stalls.items(), key=lambda x: -x[1])[:top]
     busiest = sorted(pipes.items(), key=lambda x: -x[1])[:4]
-    lines.append(f"| {r['ID']} | `{r['Kernel Name'][:60]}` | "
-                 f"{sum(stalls.values()):.2f} | "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in largest) + " | "
-                 + ", ".join(f"{k} {v:.0f}" for k, v in busiest) + " |")
+    line = (f"| {r['ID']} | `{r['Kernel Name'][:60]}` | "
+            f"{sum(stalls.values()):.2f} | "
+            + ", ".join(f"{k} {v:.2f}" for k, v in largest) + " | "
+            + ", ".join(f"{k} {v:.0f}" for k, v in busiest) + " |")
+    if balance:
+      line += " " + " / ".join(
+          f"{float(r[name].replace(',', '')) / 1e6:.3f}"
+          for name in SM_ACTIVE) + " |"
+    lines.append(line)
   return "\n".join(lines) + "\n"
 
 

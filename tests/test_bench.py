@@ -143,6 +143,21 @@ def test_profile_kernels_tabulates_ncu_stalls(tmp_path):
                       "71, pipe_tensor_op_gmma_cycles_active 55 |")
   assert lines[3].startswith("| 1 | `cudnn_fprop` | 1.30 | wait 0.90,")
 
+  # with the SMs' active cycles: fewest / mean / most, in millions
+  active = [f"sm__cycles_active.{s}" for s in ("min", "avg", "max")]
+  rows = csv_text.splitlines()
+  rows[1] += "," + ",".join(f'"{n}"' for n in active)
+  rows[2] += ',"cycle","cycle","cycle"'
+  rows[3] += ',"5,900,000","6,000,000","6,150,000"'
+  rows[4] += ',"1,000","2,000","3,000"'
+  (tmp_path / "stalls.csv").write_text("\n".join(rows))
+  profile_kernels.main(["--stalls", str(tmp_path / "stalls.csv"),
+                        "--out", str(tmp_path / "stalls")])
+  lines = (tmp_path / "stalls.md").read_text().splitlines()
+  assert lines[0].endswith("| SM active Mcycles: fewest / mean / most |")
+  assert lines[2].endswith("55 | 5.900 / 6.000 / 6.150 |")
+  assert lines[3].endswith("| 0.001 / 0.002 / 0.003 |")
+
 
 def test_profile_kernels_tabulates_ptxas_spills(tmp_path):
   """--ptxas on a gpu_session.sh log with ptxas's lines: per step, each
