@@ -8,6 +8,11 @@ The backward's D = rowsum(dO ∘ O) comes from the bf16 O, so dS's rows do not
 sum exactly to 0, and dQ = dS K carries rowsum(dS) times the keys' mean; with
 5 keys that mean is large. Centring K (flashjax.fp8.center_keys) takes that
 term out of dQ, at the price of rounding K − k̄ to bf16 (which moves O).
+Since the thirty-fourth session the portable backward does it inside: its
+dQ kernel sums each row of dS (the excess over dL), hands the dK/dV kernel
+D + excess, consistent with its own P, and takes dQ as dS (K − k̄). The
+log before that: results/margin-case-cpu.log; after:
+results/margin-case-session34-cpu.log.
 """
 
 from __future__ import annotations

@@ -184,11 +184,13 @@ def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, descale):
   return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale)
 
 
-def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta):
+def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta,
+                     dlse):
   if plan.backend == "mosaic":
     return mosaic_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse,
                                    delta)
-  return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta)
+  return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta,
+                                 dlse)
 
 
 _forward = _first_order_only(_forward_kernel)
@@ -239,7 +241,7 @@ def _flash_core_bwd(plan: Plan, residuals, cotangents):
   delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32),
                      o.astype(jnp.float32)) - dlse
   dq, dk, dv = _backward(plan, q, k, v, q_seg, kv_seg, do.astype(q.dtype),
-                         lse, delta)
+                         lse, delta, dlse)
   return dq, dk, dv, None, None, None
 
 

@@ -3,9 +3,12 @@
 P is recomputed tile by tile from L; nothing of size seq_q × seq_kv is stored.
 Two kernels, each parallel over the tiles it writes:
 
-* dK/dV, one program per K/V tile of a K/V head, looping over the query tiles of
-  every query head in its GQA group (the group sum happens in registers);
-* dQ, one program per query tile, looping over K/V tiles.
+* dQ, one program per query tile, looping over K/V tiles; it also sums each
+  row of dS, whose excess over dL is what D = rowsum(dO ∘ O) from the
+  rounded O misses of rowsum(P ∘ dP), and takes dQ as dS (K − k̄);
+* then dK/dV, one program per K/V tile of a K/V head, looping over the query
+  tiles of every query head in its GQA group (the group sum happens in
+  registers), with D + excess: a D consistent with the backward's own P.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ def _ds_tile(q, k, v, do, lse2, delta, *, mask: MaskSpec, scale, softcap,
              precision):
   """Recompute P for one (query tile, K/V tile) pair and form dS.
 
-  Returns ``(P, dS)``, float32 ``[block_q, block_kv]``; dS is w.r.t. the raw
-  ``scale · QKᵀ`` divided by scale (the caller multiplies by scale once).
+  Returns ``(P, dS, G)``, float32 ``[block_q, block_kv]``; dS is w.r.t. the
+  raw ``scale · QKᵀ`` divided by scale (the caller multiplies by scale
+  once); G = P ∘ (dP - D), dS before a softcap's factor (dS itself without
+  one), whose rows sum to dL in exact arithmetic.
   """
   # S = scale · Q Kᵀ (log2 units), invisible entries -inf
   s, t = common.scores(q, k, scale=scale, softcap=softcap, precision=precision)
@@ -41,8 +46,8 @@ def _ds_tile(q, k, v, do, lse2, delta, *, mask: MaskSpec, scale, softcap,
   # dP = dO Vᵀ
   dp = common.dot(do, v, trans_b=True, precision=precision)
   # dS = P ∘ (dP - D)   (∘ (1 - t²) under soft-capping)
-  ds = common.softcap_grad(p * (dp - delta[:, None]), t)
-  return p, ds
+  g = p * (dp - delta[:, None])
+  return p, common.softcap_grad(g, t), g
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
@@ -65,7 +70,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
       q = q_ref[rows, g, :]
       do = do_ref[rows, g, :]
       q_seg = None if q_seg_ref is None else q_seg_ref[rows]
-      p, ds = _ds_tile(
+      p, ds, _ = _ds_tile(
           q, k, v, do, common.lse_log2_for_recompute(lse_ref[g, rows]),
           delta_ref[g, rows], mask=mask, scale=scale, softcap=softcap,
           q_start=q_start, kv_start=kv_start, block_q=block_q,
@@ -89,11 +94,13 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
 
 
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
-              kv_seg_ref, dq_ref, *, mask: MaskSpec, scale: float,
-              softcap: float | None, block_q: int, block_kv: int,
-              num_kv_blocks: int, needs_mask: bool, precision):
-  # q_ref/do_ref/dq_ref: [block_q, d]; lse_ref/delta_ref: [block_q];
-  # k_ref/v_ref: [seq_kv, d] of the K/V head this query head reads.
+              kv_seg_ref, dlse_ref, kbar_ref, dq_ref, excess_ref, *,
+              mask: MaskSpec, scale: float, softcap: float | None,
+              block_q: int, block_kv: int, num_kv_blocks: int,
+              needs_mask: bool, precision):
+  # q_ref/do_ref/dq_ref: [block_q, d]; lse_ref/delta_ref/dlse_ref/excess_ref:
+  # [block_q]; k_ref/v_ref: [seq_kv, d] of the K/V head this query head
+  # reads; kbar_ref: [d], its keys' mean (float32), or None (softcap).
   q_start = pl.program_id(0) * block_q
   q = q_ref[...]
   do = do_ref[...]
@@ -101,27 +108,39 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
   delta = delta_ref[...]
   q_seg = None if q_seg_ref is None else q_seg_ref[...]
 
-  def body(j, dq):
+  def body(j, carry):
+    dq, g_sum = carry
     kv_start = pl.multiple_of(j * block_kv, block_kv)
     cols = pl.ds(kv_start, block_kv)
     k = k_ref[cols, :]
-    _, ds = _ds_tile(
+    _, ds, g = _ds_tile(
         q, k, v_ref[cols, :], do, lse2, delta, mask=mask, scale=scale,
         softcap=softcap, q_start=q_start, kv_start=kv_start, block_q=block_q,
         block_kv=block_kv, q_seg=q_seg,
         kv_seg=None if kv_seg_ref is None else kv_seg_ref[cols],
         needs_mask=needs_mask, precision=precision)
-    # dQ += dS K
-    return dq + common.dot(ds.astype(k.dtype), k, precision=precision)
+    # dQ += dS K; rowsum(G)
+    return (dq + common.dot(ds.astype(k.dtype), k, precision=precision),
+            g_sum + jnp.sum(g, axis=1))
 
   lo, hi = mask.kv_block_range(q_start, block_q, block_kv, num_kv_blocks)
-  dq = lax.fori_loop(lo, hi, body,
-                     jnp.zeros((block_q, q.shape[-1]), jnp.float32))
+  dq, g_sum = lax.fori_loop(
+      lo, hi, body, (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
+                     jnp.zeros((block_q,), jnp.float32)))
+  # rowsum(G) is dL exactly (0 where a row sees no key: P = 0), but D from
+  # the rounded O misses rowsum(P ∘ dP) by a little, the excess; the dK/dV
+  # kernel takes D + excess, consistent with its P
+  excess = g_sum - jnp.where(lse2 == jnp.inf, 0.0, dlse_ref[...])
+  excess_ref[...] = excess
+  if kbar_ref is not None:
+    # dQ carries -excess · Σ P k; taken out for the keys' mean k̄, which
+    # holds their common part (dS (K - k̄): the same gradient exactly)
+    dq = dq - excess[:, None] * kbar_ref[...][None, :]
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
 def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
-             delta):
+             delta, dlse):
   """dQ, dK, dV from the forward's residuals, on padded inputs.
 
   Args:
@@ -130,6 +149,7 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
     q_segment_ids / kv_segment_ids: int32 ``[batch, seq_*_padded]`` or None.
     lse: L (natural log, float32) ``[batch, num_q_heads, seq_q_padded]``.
     delta: D = rowsum(dO ∘ O) - dL, float32, same shape as lse.
+    dlse: dL, float32, same shape (zeros unless L is differentiated).
 
   Returns:
     ``(dQ, dK, dV)`` shaped and typed like q, k, v.
@@ -146,7 +166,41 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   has_seg = q_segment_ids is not None
   params = specs.compiler_params(blocks)
 
-  # dK, dV: grid (K/V tile, batch, K/V head); a program reads its whole group.
+  # dQ first: grid (query tile, batch, query head). It also gives each row's
+  # excess (dq_kernel), so that the dK/dV kernel's D matches its own P.
+  # Without a softcap dQ is taken as dS (K - k̄), k̄ the mean of each K/V
+  # head's keys (the padding rows are zeros); under one dS w.r.t. the raw
+  # scores carries the softcap's factor and its rows do not sum to dL.
+  kbar = (jnp.sum(k.astype(jnp.float32), axis=1) / plan.mask.seq_kv
+          if plan.softcap is None else None)    # [batch, kv_heads, d]
+  q_tile = pl.BlockSpec((None, block_q, None, head_dim),
+                        lambda i, b, h: (b, i, h, 0))
+  kv_all = pl.BlockSpec((None, seq_kv, None, head_dim),
+                        lambda i, b, h: (b, 0, h // group, 0))
+  row_tile = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))
+  dq, excess = pl.pallas_call(
+      functools.partial(dq_kernel, num_kv_blocks=seq_kv // block_kv,
+                        **statics),
+      grid=(seq_q // block_q, batch, num_heads),
+      in_specs=[q_tile, kv_all, kv_all, q_tile, row_tile, row_tile,
+                pl.BlockSpec((None, block_q), lambda i, b, h: (b, i))
+                if has_seg else None,
+                pl.BlockSpec((None, seq_kv), lambda i, b, h: (b, 0))
+                if has_seg else None,
+                row_tile,
+                pl.BlockSpec((None, None, head_dim),
+                             lambda i, b, h: (b, h // group, 0))
+                if kbar is not None else None],
+      out_specs=[q_tile, row_tile],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct(lse.shape, jnp.float32)],
+      compiler_params=params,
+      interpret=plan.interpret,
+      name="flashjax_bwd_dq",
+  )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids, dlse, kbar)
+
+  # dK, dV: grid (K/V tile, batch, K/V head); a program reads its whole
+  # group. D + excess = rowsum(P ∘ dP) - dL of the backward's own P.
   kv_tile = pl.BlockSpec((None, block_kv, None, head_dim),
                          lambda j, b, h: (b, j, h, 0))
   q_group = pl.BlockSpec((None, seq_q, group, head_dim),
@@ -167,27 +221,5 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
       compiler_params=params,
       interpret=plan.interpret,
       name="flashjax_bwd_dkdv",
-  )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids)
-
-  # dQ: grid (query tile, batch, query head).
-  q_tile = pl.BlockSpec((None, block_q, None, head_dim),
-                        lambda i, b, h: (b, i, h, 0))
-  kv_all = pl.BlockSpec((None, seq_kv, None, head_dim),
-                        lambda i, b, h: (b, 0, h // group, 0))
-  row_tile = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))
-  dq = pl.pallas_call(
-      functools.partial(dq_kernel, num_kv_blocks=seq_kv // block_kv,
-                        **statics),
-      grid=(seq_q // block_q, batch, num_heads),
-      in_specs=[q_tile, kv_all, kv_all, q_tile, row_tile, row_tile,
-                pl.BlockSpec((None, block_q), lambda i, b, h: (b, i))
-                if has_seg else None,
-                pl.BlockSpec((None, seq_kv), lambda i, b, h: (b, 0))
-                if has_seg else None],
-      out_specs=q_tile,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=params,
-      interpret=plan.interpret,
-      name="flashjax_bwd_dq",
-  )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids)
+  )(q, k, v, do, lse, delta + excess, q_segment_ids, kv_segment_ids)
   return dq, dk, dv
