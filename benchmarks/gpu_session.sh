@@ -17,6 +17,9 @@
 #   tests-core the core suite alone (the start of `tests`; ~5 min)
 #   tests-large  the long sequences alone (the end of `tests`; ~2 min)
 #   tests-fp8  tests/test_fp8.py compiled (~2 min)
+#   tests-triton  test_attention.py's portable cases compiled, with the
+#              margin case, the property test and the gradient checks (the
+#              thirty-fourth session's consistent D; not yet run) (~4 min)
 #   tests-banded  the causal and window Hopper cases of test_attention.py
 #              compiled (~2 min)
 #   hang-check the banded persistent forwards that hung (softcap case at
@@ -496,6 +499,14 @@ for s in "$@"; do
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 210 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
         tests/test_large.py -k "mosaic or fp8" ;;
+    tests-triton)
+      # the portable kernels compiled: test_attention.py's triton cases, the
+      # margin case and the property test (backend "auto" takes the portable
+      # kernels for their head dims), and the gradient checks (~4 min)
+      step tests-triton env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 280 \
+        $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 200 \
+        tests/test_attention.py -k "triton or margin or property or lse or \
+        masked or grad" ;;
     tests-banded)
       step tests-banded env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 200 \
         $PY -m pytest -n 8 -v -p no:cacheprovider $HUNG 120 \
