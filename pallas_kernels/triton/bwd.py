@@ -164,7 +164,9 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
                  needs_mask=not plan.mask.is_trivial(seq_kv),
                  precision=specs.precision(plan))
   has_seg = q_segment_ids is not None
-  params = specs.compiler_params(blocks)
+  call = functools.partial(pl.pallas_call,
+                           compiler_params=specs.compiler_params(blocks),
+                           interpret=plan.interpret)
 
   # dQ first: grid (query tile, batch, query head). It also gives each row's
   # excess (dq_kernel), so that the dK/dV kernel's D matches its own P.
@@ -178,7 +180,7 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   kv_all = pl.BlockSpec((None, seq_kv, None, head_dim),
                         lambda i, b, h: (b, 0, h // group, 0))
   row_tile = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))
-  dq, excess = pl.pallas_call(
+  dq, excess = call(
       functools.partial(dq_kernel, num_kv_blocks=seq_kv // block_kv,
                         **statics),
       grid=(seq_q // block_q, batch, num_heads),
@@ -194,8 +196,6 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
       out_specs=[q_tile, row_tile],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct(lse.shape, jnp.float32)],
-      compiler_params=params,
-      interpret=plan.interpret,
       name="flashjax_bwd_dq",
   )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids, dlse, kbar)
 
@@ -206,7 +206,7 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   q_group = pl.BlockSpec((None, seq_q, group, head_dim),
                          lambda j, b, h: (b, 0, h, 0))
   row_group = pl.BlockSpec((None, group, seq_q), lambda j, b, h: (b, h, 0))
-  dk, dv = pl.pallas_call(
+  dk, dv = call(
       functools.partial(dkdv_kernel, group=group,
                         num_q_blocks=seq_q // block_q, **statics),
       grid=(seq_kv // block_kv, batch, num_kv_heads),
@@ -218,8 +218,6 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
       out_specs=[kv_tile, kv_tile],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=params,
-      interpret=plan.interpret,
       name="flashjax_bwd_dkdv",
   )(q, k, v, do, lse, delta + excess, q_segment_ids, kv_segment_ids)
   return dq, dk, dv
