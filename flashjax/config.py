@@ -188,7 +188,11 @@ class MosaicBlocks:
   converting each L tile they load: in d 64's dK/dV kernel that is 16
   FSETP, 16 FMUL and 32 FSEL a thread a step, 64 of its step loop's 469
   SASS instructions (results/raw/dump-split-tail-ptx-session33-h200.tar.xz,
-  compiled here; thirty-fourth session). Off by default until timed.
+  compiled here; thirty-fourth session). With ``fold_stats`` XLA hands
+  them S's start -L2 / u instead, the only use they then make of L (d 128's
+  folded loop converted and scaled each tile: 16 FSETP, 16 FSEL, 32 FMUL
+  of 394, results/raw/dump-ptx-session25-h200.tar.xz). Off by default
+  until timed.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while

@@ -715,11 +715,11 @@ LSE_LOG2_CASES = [
 @pytest.mark.parametrize("case", LSE_LOG2_CASES, ids=lambda c: c.id)
 def test_lse_log2(case):
   """``MosaicBlocks(lse_log2=True)``: the backward's kernels take L in log2
-  units, converted by XLA before them. Parity with the reference (rows
-  that see no key among the interpreter's), two kernels and fused, folded
-  statistics or not; in the interpreter with the race detector and on a
-  GPU with its own cases. Compiled, the option changes the backward's
-  kernels and not the forward."""
+  units, converted by XLA before them (folded: S's start -L2 / u). Parity
+  with the reference (rows that see no key among the interpreter's), two
+  kernels and fused, folded statistics or not; in the interpreter with the
+  race detector and on a GPU with its own cases. Compiled, the option
+  changes the backward's kernels and not the forward."""
   interpreted = jax.default_backend() != "gpu"
   if interpreted != (case is LSE_LOG2_CASES[0]):
     pytest.skip("a small case for the interpreter, larger ones on a GPU")

@@ -106,13 +106,24 @@ def _starts(plan: Plan, lse2, delta, shape, dim: int):
   ``-D``, the row (dQ) or column (dK/dV) vectors spread along ``dim``. The
   accumulators then hold ``S2 - L2`` (once scaled by u) and ``dP - D``: the
   vectors die when the step's products are issued, and no subtraction runs
-  per entry. (None, None) with the option off."""
+  per entry. (None, None) with the option off. Under ``lse_log2``,
+  ``lse2`` is that start already (:func:`_folds_lse`)."""
   if not plan.config.mosaic_bwd.fold_stats:
     return None, None
   unit = common.recompute_unit(plan.scale, plan.softcap)
   spread = lambda x: lax.broadcast_in_dim(x, shape, [dim])
-  return (None if unit is None else spread(lse2 * (-1.0 / unit)),
-          spread(-delta))
+  if unit is not None and not _folds_lse(plan):
+    lse2 = lse2 * (-1.0 / unit)
+  return None if unit is None else spread(lse2), spread(-delta)
+
+
+def _folds_lse(plan: Plan) -> bool:
+  """Whether XLA hands the kernels S's start -L2 / u (:func:`_starts`) in
+  place of L: under ``lse_log2`` with the folded statistics (and no
+  softcap), where the kernels use L only for that start."""
+  blocks = plan.config.mosaic_bwd
+  return blocks.lse_log2 and blocks.fold_stats and (
+      common.recompute_unit(plan.scale, plan.softcap) is not None)
 
 
 def _in_step(plan: Plan, index):
@@ -129,7 +140,8 @@ def _in_step(plan: Plan, index):
 
 def _lse2(plan: Plan, lse):
   """L in log2 units (rows that see no key as +inf) from a loaded L tile:
-  converted here, or (``lse_log2``) by XLA before the kernel."""
+  converted here, or (``lse_log2``) by XLA before the kernel (there, with
+  the folded statistics, S's start instead: :func:`_folds_lse`)."""
   if plan.config.mosaic_bwd.lse_log2:
     return lse
   return common.lse_log2_for_recompute(lse)
@@ -565,7 +577,10 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
   blocks = plan.config.mosaic_bwd
   bkv, stages, bq = blocks.block_kv, blocks.stages, blocks.block_q_dkv
   if blocks.lse_log2:
-    lse = common.lse_log2_for_recompute(lse)   # once here, not a tile a step
+    # once here, not a tile a step: L2 (folded: S's start, -L2 / u)
+    lse = common.lse_log2_for_recompute(lse)
+    if _folds_lse(plan):
+      lse = lse * (-1.0 / common.recompute_unit(plan.scale, plan.softcap))
   needs_mask = not plan.mask.is_trivial(seq_kv)
   seg_refs = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments
               else None)
