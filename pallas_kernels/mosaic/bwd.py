@@ -56,8 +56,8 @@ steps where whole tiles leave the last round partly idle; a cut tile's two
 parts write their float32 dK and dV apart (through the dQ tile's shared
 memory), and :func:`merge` sums them in place after the kernel. Written
 to recover the one-tile grid's last wave (4096 key tiles are 31.03 waves on
-132 SMs), it waits on the persistent backward matching one tile a CTA
-(``carry_slots``; thirty-third session): not yet timed.
+132 SMs); with carried slots it gains at d 64 non-causal 4k only, not in
+every process, and loses elsewhere (thirty-fourth session): off.
 
 Defaults (:func:`flashjax.config.default_config`): fused at d 128
 non-causal and causal from 8k keys (there with 240 registers a compute
@@ -113,8 +113,13 @@ def _starts(plan: Plan, lse2, delta, shape, dim: int):
   unit = common.recompute_unit(plan.scale, plan.softcap)
   spread = lambda x: lax.broadcast_in_dim(x, shape, [dim])
   if unit is not None and not _folds_lse(plan):
-    lse2 = lse2 * (-1.0 / unit)
+    lse2 = _s_start(lse2, unit)
   return None if unit is None else spread(lse2), spread(-delta)
+
+
+def _s_start(lse2, unit: float):
+  """S's accumulator start -L2 / u from L2 (:func:`_starts`)."""
+  return lse2 * (-1.0 / unit)
 
 
 def _folds_lse(plan: Plan) -> bool:
@@ -580,7 +585,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
     # once here, not a tile a step: L2 (folded: S's start, -L2 / u)
     lse = common.lse_log2_for_recompute(lse)
     if _folds_lse(plan):
-      lse = lse * (-1.0 / common.recompute_unit(plan.scale, plan.softcap))
+      lse = _s_start(lse, common.recompute_unit(plan.scale, plan.softcap))
   needs_mask = not plan.mask.is_trivial(seq_kv)
   seg_refs = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments
               else None)
