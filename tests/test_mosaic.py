@@ -66,16 +66,23 @@ def check_without_races(case, config):
     assert not interpret_pallas_call.get_races().races_found
 
 
-def grad_kernels(config, head_dim, dtype, causal, seq=1000):
-  """Mosaic GPU kernels in the gradient of self-attention ``[2, seq, 4,
-  head_dim]`` under ``config``, lowered for CUDA against an abstract H100
-  (the forward's and the backward's: 2 fused, 3 otherwise)."""
+def lowered_grad(config, head_dim, dtype, causal, seq=1000, batch=2,
+                 heads=4):
+  """The gradient of self-attention ``[batch, seq, heads, head_dim]`` under
+  ``config`` on the Hopper kernels, lowered for CUDA against an abstract
+  H100."""
   def loss(q):
     return jnp.sum(flashjax.attention(
         q, q, q, causal=causal, backend="mosaic", config=config,
         interpret=False).astype(jnp.float32))
-  q = jax.ShapeDtypeStruct((2, seq, 4, head_dim), jnp.dtype(dtype))
-  return lower_for_h100(jax.grad(loss), q).as_text().count(
+  q = jax.ShapeDtypeStruct((batch, seq, heads, head_dim), jnp.dtype(dtype))
+  return lower_for_h100(jax.grad(loss), q)
+
+
+def grad_kernels(config, head_dim, dtype, causal, seq=1000):
+  """Mosaic GPU kernels in :func:`lowered_grad` (the forward's and the
+  backward's: 2 fused, 3 otherwise)."""
+  return lowered_grad(config, head_dim, dtype, causal, seq).as_text().count(
       "custom_call @mosaic_gpu")
 
 
@@ -690,13 +697,8 @@ def test_stream_k_backward(case):
   config = configs[0]
 
   # 4096 key tiles over 132 SMs: the last rounds split
-  q = jax.ShapeDtypeStruct((4, 4096, 32, case.head_dim),
-                           jnp.dtype(case.dtype))
-  def loss(q):
-    return jnp.sum(flashjax.attention(
-        q, q, q, backend="mosaic", config=config,
-        interpret=False).astype(jnp.float32))
-  text = lower_for_h100(jax.grad(loss), q).as_text()
+  text = lowered_grad(config, case.head_dim, case.dtype, False, seq=4096,
+                      batch=4, heads=32).as_text()
   assert text.count("custom_call @mosaic_gpu") == 2
   assert "flashjax_dkdv_merge" in text
 
@@ -738,13 +740,8 @@ def test_lse_log2(case):
     # process's kernel count (benchmarks/kernel_digest.py)
     config = dataclasses.replace(base, mosaic_bwd=dataclasses.replace(
         base.mosaic_bwd, lse_log2=lse_log2))
-    q = jax.ShapeDtypeStruct((2, 1024, 4, case.head_dim),
-                             jnp.dtype(case.dtype))
-    def loss(q):
-      return jnp.sum(flashjax.attention(
-          q, q, q, causal=case.causal, backend="mosaic", config=config,
-          interpret=False).astype(jnp.float32))
-    module = lower_for_h100(jax.grad(loss), q).compiler_ir("stablehlo")
+    module = lowered_grad(config, case.head_dim, case.dtype, case.causal,
+                          seq=1024).compiler_ir("stablehlo")
     return [kernel_digest.normalized(text)
             for text in kernel_digest.mosaic_modules(module)]
   converted, plain = kernels(True), kernels(False)
