@@ -133,7 +133,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
   excess = g_sum - jnp.where(lse2 == jnp.inf, 0.0, dlse_ref[...])
   excess_ref[...] = excess
   if kbar_ref is not None:
-    # dQ carries -excess · Σ P k; taken out for the keys' mean k̄, which
+    # dQ carries excess · Σ_j P k_j; taken out for the keys' mean k̄, which
     # holds their common part (dS (K - k̄): the same gradient exactly)
     dq = dq - excess[:, None] * kbar_ref[...][None, :]
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
