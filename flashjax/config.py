@@ -191,8 +191,9 @@ class MosaicBlocks:
   compiled here; thirty-fourth session). With ``fold_stats`` XLA hands
   them S's start -L2 / u instead, the only use they then make of L (d 128's
   folded loop converted and scaled each tile: 16 FSETP, 16 FSEL, 32 FMUL
-  of 394, results/raw/dump-ptx-session25-h200.tar.xz). Off by default
-  until timed.
+  of 394, results/raw/dump-ptx-session25-h200.tar.xz). The defaults take
+  it at d 64 non-causal, where it gained 1-2% (thirty-fifth session; the
+  figures at :func:`default_config`).
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
@@ -540,6 +541,16 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # and 4.567 vs 4.676 (4.680), 8k 8.964 vs 8.986 (9.018), 16k 17.588 vs
   # 17.678 (17.781) and 17.490 vs 17.606 (17.827); 4 lost (4.776, 18.235),
   # 6 is even (4.580, 9.060, 17.633).
+  # L converted to log2 units once by XLA (lse_log2; thirty-fifth session,
+  # H200, forward+backward, ms, with / without, cuDNN, two processes,
+  # results/raw/opts-lse-log2-session35-h200.md and confirm-lse-log2-session35-
+  # h200.md): d 64 non-causal gains in all six: bf16 2k 2.465 vs 2.500
+  # (2.563), 4k 4.541 vs 4.595 (4.597), 8k 8.776 vs 8.906 (9.049), 16k 17.159
+  # vs 17.354 (17.532); fp16 2k 2.533 vs 2.596, 8k 8.989 vs 9.147. d 64
+  # causal is noise (bf16 2k 1.465 vs 1.453, 4k 2.556 vs 2.584, 8k 4.826 vs
+  # 4.789, 16k 9.197 vs 9.028) and d 128 loses 0.2-1.5% non-causal (4k 3.612
+  # vs 3.576, 16k 13.853 vs 13.649) and is noise causal: d 64 non-causal only.
+  lse_log2 = head_dim <= 64 and not causal
   if not fused:
     stages = 2
   elif head_dim > 64:
@@ -551,7 +562,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                             deferred_waits=head_dim > 64,
                             fold_stats=head_dim > 64, index_vectors=True,
                             compute_registers=240 if long_causal else 232,
-                            step_descriptors=fused and head_dim > 64)
+                            step_descriptors=fused and head_dim > 64,
+                            lse_log2=lse_log2)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)
