@@ -19,7 +19,8 @@
 #   tests-fp8  tests/test_fp8.py compiled (~2 min)
 #   tests-triton  test_attention.py's portable cases compiled, with the
 #              margin case, the property test and the gradient checks (the
-#              thirty-fourth session's consistent D; not yet run) (~4 min)
+#              thirty-fourth session's consistent D; run in the
+#              thirty-fifth) (~4 min)
 #   tests-banded  the causal and window Hopper cases of test_attention.py
 #              compiled (~2 min)
 #   hang-check the banded persistent forwards that hung (softcap case at
@@ -206,6 +207,9 @@
 #              for bench_attention.py --merge (~3 min)
 #   bench-v24-d64  the same for d 64 non-causal 4k / 16k (5 stages;
 #              fp16 with JAX's attention_mgpu) (~3 min)
+#   bench-v25-d64  the same cases again for v25 (L in log2 units at d 64
+#              non-causal; written in the thirty-fifth session, not yet
+#              run; needs the tokamax wheels, carry .whl) (~3 min)
 #   opts-fused-causal-3  d 128's fused causal backward in 3 stages (v24's
 #              kernel from 8k keys) below 8k, against the two kernels and
 #              cuDNN, bf16 2k / 4k (~1.5 min)
@@ -244,7 +248,7 @@
 #              still lost 7% at d 64 non-causal 16k: the dK/dV kernels'
 #              details (memory sections), stalls and SM balance (a fixed
 #              share of tiles a CTA against the hardware's dynamic
-#              launch), 16k (not yet run; ~4 min)
+#              launch), 16k (run in the thirty-fifth session; ~4 min)
 #   opts-carry-slots  the step loops carrying their slot (carry_slots)
 #              and Stream-K in the persistent fused backward (run in the
 #              thirty-fourth session; its Stream-K test was cut by the
@@ -262,10 +266,13 @@
 #              rounds, after its tests with and without carried slots
 #              (~2.5 min)
 #   opts-lse-log2  L in log2 units from XLA before the backward
-#              (lse_log2; written in the thirty-fourth session, not yet
-#              run): its tests compiled, forward+backward against the
+#              (lse_log2; written in the thirty-fourth session, run
+#              in the thirty-fifth): its tests compiled, forward+backward against the
 #              default, bf16 d 64 and 128, 4k / 16k, causal and not, then
 #              d 64's PTX (~7 min)
+#   confirm-lse-log2  lse_log2 against the default and cuDNN in a second
+#              process: forward+backward, bf16 and fp16, d 64 and 128, 2k /
+#              8k, causal and not, 7 rounds (~5 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1183,11 +1190,11 @@ for s in "$@"; do
         peer_bench bench-v24 150 $dtype no --head-dims 128 --seqs 16384 \
           --causal true --modes fwd_bwd --out "$WORK/attention-v24-$dtype"
       done ;;
-    bench-v24-d64)
+    bench-v24-d64|bench-v25-d64)
       for dtype in bfloat16 float16; do
-        peer_bench bench-v24-d64 130 $dtype yes --head-dims 64 \
+        peer_bench $s 130 $dtype yes --head-dims 64 \
           --seqs 4096 16384 --causal false --modes fwd_bwd \
-          --out "$WORK/attention-v24-d64-$dtype"
+          --out "$WORK/attention-${s#bench-}-$dtype"
       done ;;
     opts-fused-causal-3)
       step opts-fused-causal-3 timeout 120 $PY benchmarks/bench_attention.py \
@@ -1391,6 +1398,15 @@ for s in "$@"; do
         flashjax_mosaic+bwd.persistent=True
       unset MOSAIC_GPU_DUMP_PTXAS
       ptxas_table ncu-bwd-persistent ;;
+    confirm-lse-log2)
+      # lse_log2 in a second process, at the lengths opts-lse-log2 did not
+      # time (2k, 8k) and fp16 too: d 64 gained 1% there, d 128 lost 1%
+      # (thirty-fifth session) (~5 min)
+      step confirm-lse-log2 timeout 500 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.lse_log2=True cudnn --dtypes bfloat16 float16 \
+        --head-dims 64 128 --seqs 2048 8192 --causal false true \
+        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/confirm-lse-log2" ;;
     ncu-bwd-persistent-carry)
       # Nsight on the persistent backward with carried slots (its step loop
       # as the default's: 465 instructions vs 469) against the default, d 64
