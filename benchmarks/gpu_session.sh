@@ -273,6 +273,11 @@
 #   confirm-lse-log2  lse_log2 against the default and cuDNN in a second
 #              process: forward+backward, bf16 and fp16, d 64 and 128, 2k /
 #              8k, causal and not, 7 rounds (~5 min)
+#   dump-lse-log2-d128  d 128's non-causal (fused, folded) backward with
+#              and without lse_log2 under Mosaic GPU's dump, for the step
+#              loops' instructions here: why it lost 0.2-1.5% there while
+#              its loop should shed 64 instructions (written in the
+#              thirty-fifth session, not yet run; ~1.5 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1407,6 +1412,11 @@ for s in "$@"; do
         flashjax_mosaic+bwd.lse_log2=True cudnn --dtypes bfloat16 float16 \
         --head-dims 64 128 --seqs 2048 8192 --causal false true \
         --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/confirm-lse-log2" ;;
+    dump-lse-log2-d128)
+      dump_ptx dump-lse-log2-d128 dump-lse-log2-d128 --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.lse_log2=True --dtypes bfloat16 --head-dims 128 \
+        --seqs 4096 --causal false --modes fwd_bwd --matmul 0 --repeats 1 \
+        --out "$WORK/dump-lse-log2-d128" ;;
     ncu-bwd-persistent-carry)
       # Nsight on the persistent backward with carried slots (its step loop
       # as the default's: 465 instructions vs 469) against the default, d 64
