@@ -266,10 +266,10 @@
 #              rounds, after its tests with and without carried slots
 #              (~2.5 min)
 #   opts-lse-log2  L in log2 units from XLA before the backward
-#              (lse_log2; written in the thirty-fourth session, run
-#              in the thirty-fifth): its tests compiled, forward+backward against the
-#              default, bf16 d 64 and 128, 4k / 16k, causal and not, then
-#              d 64's PTX (~7 min)
+#              (lse_log2; written in the thirty-fourth session, run in
+#              the thirty-fifth): its tests compiled, forward+backward
+#              against the default, bf16 d 64 and 128, 4k / 16k, causal
+#              and not, then d 64's PTX (~7 min)
 #   confirm-lse-log2  lse_log2 against the default and cuDNN in a second
 #              process: forward+backward, bf16 and fp16, d 64 and 128, 2k /
 #              8k, causal and not, 7 rounds (~5 min)
