@@ -274,10 +274,12 @@
 #              process: forward+backward, bf16 and fp16, d 64 and 128, 2k /
 #              8k, causal and not, 7 rounds (~5 min)
 #   dump-lse-log2-d128  d 128's non-causal (fused, folded) backward with
-#              and without lse_log2 under Mosaic GPU's dump, for the step
-#              loops' instructions here: why it lost 0.2-1.5% there while
-#              its loop should shed 64 instructions (written in the
-#              thirty-fifth session, not yet run; ~1.5 min)
+#              and without lse_log2: each kernel's GPU time (XLA's L
+#              conversion and D fusions apart from the kernels), then both
+#              under Mosaic GPU's dump, for the step loops' instructions
+#              here: why it lost 0.2-1.5% there while its MLIR sheds what
+#              d 64's does (written in the thirty-fifth session, not yet
+#              run; ~2.5 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
@@ -1413,6 +1415,12 @@ for s in "$@"; do
         --head-dims 64 128 --seqs 2048 8192 --causal false true \
         --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/confirm-lse-log2" ;;
     dump-lse-log2-d128)
+      for seq in 4096 16384; do
+        step dump-lse-log2-d128 timeout 90 $PY benchmarks/profile_kernels.py \
+          --head-dim 128 --seq $seq --mode fwd_bwd --impls flashjax_mosaic \
+          flashjax_mosaic+bwd.lse_log2=True \
+          --out "$WORK/kernels-lse-log2-d128-$seq"
+      done
       dump_ptx dump-lse-log2-d128 dump-lse-log2-d128 --impls flashjax_mosaic \
         flashjax_mosaic+bwd.lse_log2=True --dtypes bfloat16 --head-dims 128 \
         --seqs 4096 --causal false --modes fwd_bwd --matmul 0 --repeats 1 \
