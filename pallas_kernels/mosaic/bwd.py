@@ -264,12 +264,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     # overlap: dS_{j-1} is carried (registers) or kept in ds_tile (the
     # interpreter) until step j issues dQ += dS_{j-1} K_{j-1}
-    def keep(ds):
-      if ds_tile is None:
-        return ds
-      ds_tile[...] = ds
-      plgpu.commit_smem()
-      return None
+    keep = functools.partial(pipeline.carried, tile=ds_tile)
 
     def first_step(j, slot, sync, carry, masked):
       dq, lse2, delta, _ = carry

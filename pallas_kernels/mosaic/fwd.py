@@ -262,12 +262,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     # overlap: P_{j-1} is carried (registers) or kept in p_tile (the
     # interpreter) until step j issues P_{j-1} V_{j-1}
     def keep(p):
-      p = pv_operand(p)
-      if p_tile is None:
-        return p
-      p_tile[...] = p
-      plgpu.commit_smem()
-      return None
+      return pipeline.carried(pv_operand(p), p_tile)
 
     def first_step(j, slot, sync, carry, masked):
       acc, m, l, qk_descale, _ = carry

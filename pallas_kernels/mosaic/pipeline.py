@@ -810,6 +810,18 @@ def fp8_register_operand(p):
   return regroup(p)
 
 
+def carried(x, tile=None):
+  """``x`` (P or dS) kept for the next step's product (the intra-warpgroup
+  overlap): returned, to be carried in registers (compiled), or, given
+  ``tile`` (the interpreter), stored there for the next step's SS wgmma and
+  None carried."""
+  if tile is None:
+    return x
+  tile[...] = x
+  plgpu.commit_smem()
+  return None
+
+
 def mma_acc(acc, a, b, a_smem=None, *, in_place: bool = True, issued=None):
   """``acc + a @ b`` on the tensor cores: ``a`` a register array in the
   accumulator's layout (P or dS, 16-bit or FP8), ``b`` in shared memory,
