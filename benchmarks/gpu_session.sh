@@ -273,6 +273,15 @@
 #   confirm-lse-log2  lse_log2 against the default and cuDNN in a second
 #              process: forward+backward, bf16 and fp16, d 64 and 128, 2k /
 #              8k, causal and not, 7 rounds (~5 min)
+#   opts-d64-bwd-retime  d 64's non-causal fused backward (v25, L in
+#              log2 units) with the d 128 options it lost or tied with
+#              before v25: deferred waits (twentieth session: fused 2.5-2.8%
+#              faster, within the H100's noise) and folded statistics
+#              (eighteenth: 1.6-2.7% slower, when the kernel still converted
+#              L each tile), each and both; their compiled tests first,
+#              then forward+backward against cuDNN, bf16 4k / 16k, 7
+#              rounds, ptxas's spill lines (written in the thirty-fifth
+#              session, not yet run; ~5 min)
 #   dump-lse-log2-d128  d 128's non-causal (fused, folded) backward with
 #              and without lse_log2: each kernel's GPU time (XLA's L
 #              conversion and D fusions apart from the kernels), then both
@@ -1414,6 +1423,17 @@ for s in "$@"; do
         flashjax_mosaic+bwd.lse_log2=True cudnn --dtypes bfloat16 float16 \
         --head-dims 64 128 --seqs 2048 8192 --causal false true \
         --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/confirm-lse-log2" ;;
+    opts-d64-bwd-retime)
+      mosaic_tests opts-d64-bwd-retime 200 -k "deferred_waits or lse_log2"
+      step opts-d64-bwd-retime env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.deferred_waits=True \
+        flashjax_mosaic+bwd.fold_stats=True \
+        flashjax_mosaic+bwd.deferred_waits=True+bwd.fold_stats=True cudnn \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 --causal false \
+        --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-d64-bwd-retime"
+      ptxas_table opts-d64-bwd-retime ;;
     dump-lse-log2-d128)
       for seq in 4096 16384; do
         step dump-lse-log2-d128 timeout 90 $PY benchmarks/profile_kernels.py \

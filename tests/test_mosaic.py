@@ -859,11 +859,13 @@ def test_deferred_waits(head_dim, fused):
   """``MosaicBlocks(deferred_waits=True)``: the dK/dV step keeps dV's and
   dK's products in flight (compiled only; the interpreter runs the plain
   order, which the parity tests cover), lowered for CUDA with causal masking
-  and segment ids, fused or not; on a GPU also run against the reference
-  (GQA, causal, a window, packed segments)."""
+  and segment ids, fused or not (at d 64 fused with dQ's columns split, as
+  the defaults fuse it); on a GPU also run against the reference (GQA,
+  causal, a window, packed segments)."""
   config = flashjax.default_config(head_dim, causal=True)
   config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
-      config.mosaic_bwd, fused_dq=fused, deferred_waits=True))
+      config.mosaic_bwd, fused_dq=fused, deferred_waits=True,
+      split_dq=fused and head_dim == 64))
   if jax.default_backend() == "gpu":
     check_attention(dataclasses.replace(CASES[2], head_dim=head_dim),
                     backend="mosaic", config=config)
