@@ -208,8 +208,8 @@
 #   bench-v24-d64  the same for d 64 non-causal 4k / 16k (5 stages;
 #              fp16 with JAX's attention_mgpu) (~3 min)
 #   bench-v25-d64  the same cases again for v25 (L in log2 units at d 64
-#              non-causal; written in the thirty-fifth session, not yet
-#              run; needs the tokamax wheels, carry .whl) (~3 min)
+#              non-causal; run in the thirty-sixth session; needs the
+#              tokamax wheels, carry .whl) (~3 min)
 #   opts-fused-causal-3  d 128's fused causal backward in 3 stages (v24's
 #              kernel from 8k keys) below 8k, against the two kernels and
 #              cuDNN, bf16 2k / 4k (~1.5 min)
@@ -280,15 +280,14 @@
 #              (eighteenth: 1.6-2.7% slower, when the kernel still converted
 #              L each tile), each and both; their compiled tests first,
 #              then forward+backward against cuDNN, bf16 4k / 16k, 7
-#              rounds, ptxas's spill lines (written in the thirty-fifth
-#              session, not yet run; ~5 min)
+#              rounds, ptxas's spill lines (run in the thirty-sixth
+#              session; ~4 min)
 #   dump-lse-log2-d128  d 128's non-causal (fused, folded) backward with
 #              and without lse_log2: each kernel's GPU time (XLA's L
 #              conversion and D fusions apart from the kernels), then both
 #              under Mosaic GPU's dump, for the step loops' instructions
 #              here: why it lost 0.2-1.5% there while its MLIR sheds what
-#              d 64's does (written in the thirty-fifth session, not yet
-#              run; ~2.5 min)
+#              d 64's does (run in the thirty-sixth session; ~2 min)
 #   opts-stream-k-causal  Stream-K on the causal paired grid: its tests
 #              compiled, then against the default and cuDNN, bf16 d 128 and
 #              64 at 2k / 4k / 8k, FP8 (V key-major) at 4k / 8k (~8 min)
