@@ -282,6 +282,11 @@
 #              then forward+backward against cuDNN, bf16 4k / 16k, 7
 #              rounds, ptxas's spill lines (run in the thirty-sixth
 #              session; ~4 min)
+#   opts-owned-registers  d 64's dK/dV kernel with its owned K and V in
+#              registers (the RS operands of K Qᵀ and V dOᵀ): its compiled
+#              tests, then forward+backward against the default and cuDNN,
+#              bf16 4k / 16k, causal and not, 7 rounds, ptxas's spill lines
+#              (written in the thirty-sixth session; ~5 min)
 #   dump-lse-log2-d128  d 128's non-causal (fused, folded) backward with
 #              and without lse_log2: each kernel's GPU time (XLA's L
 #              conversion and D fusions apart from the kernels), then both
@@ -1433,6 +1438,15 @@ for s in "$@"; do
         --modes fwd_bwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-d64-bwd-retime"
       ptxas_table opts-d64-bwd-retime ;;
+    opts-owned-registers)
+      mosaic_tests opts-owned-registers 200 -k "owned_registers"
+      step opts-owned-registers env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.owned_registers=True cudnn \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 --causal false true \
+        --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-owned-registers"
+      ptxas_table opts-owned-registers ;;
     dump-lse-log2-d128)
       for seq in 4096 16384; do
         step dump-lse-log2-d128 timeout 90 $PY benchmarks/profile_kernels.py \

@@ -195,6 +195,13 @@ class MosaicBlocks:
   it at d 64 non-causal, where it gained 1-2% (thirty-fifth session; the
   figures at :func:`default_config`).
 
+  ``owned_registers`` (backward's dK/dV kernel, compiled): its owned K and
+  V tiles are loaded once into registers, the register operands of Sᵀ = K
+  Qᵀ and dPᵀ = V dOᵀ (RS), so those products read only Qᵀ and dOᵀ from
+  shared memory each step (at d 64 a compute warpgroup's 64 keys: 16
+  registers a thread each, 16 KiB fewer shared-memory operand reads a step).
+  The interpreter, which has no register operand, runs the SS form.
+
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
   the two compute warpgroups could mask different K/V tiles
@@ -219,6 +226,7 @@ class MosaicBlocks:
   stream_k: bool = False
   carry_slots: bool = False
   lse_log2: bool = False
+  owned_registers: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

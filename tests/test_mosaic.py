@@ -878,6 +878,33 @@ def test_deferred_waits(head_dim, fused):
   assert text.count("custom_call @mosaic_gpu") == (2 if fused else 3)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_owned_registers(fused):
+  """``MosaicBlocks(owned_registers=True)``: the dK/dV kernel's owned K and V
+  are the register operands of Sᵀ's and dPᵀ's products (compiled only; the
+  interpreter runs the SS form, which the parity tests cover). d 64, lowered
+  for CUDA causal with segment ids, where it changes the dK/dV kernel and
+  nothing else, two kernels or fused with dQ's columns split (the defaults'
+  fused form there); on a GPU also run against the reference (GQA, causal, a
+  window, packed segments) and non-causal at 4k."""
+  base = flashjax.default_config(64, causal=True)
+  config = dataclasses.replace(base, mosaic_bwd=dataclasses.replace(
+      base.mosaic_bwd, fused_dq=fused, split_dq=fused, owned_registers=True))
+  if jax.default_backend() == "gpu":
+    check_attention(CASES[2], backend="mosaic", config=config)
+    check_attention(LSE_LOG2_CASES[2], backend="mosaic", config=config)
+
+  def kernels(config):
+    module = lowered_grad(config, 64, "bfloat16", True).compiler_ir("stablehlo")
+    return [kernel_digest.normalized(text)
+            for text in kernel_digest.mosaic_modules(module)]
+  plain = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+      config.mosaic_bwd, owned_registers=False))
+  changed = [a != b for a, b in zip(kernels(config), kernels(plain))]
+  # the forward, then dK/dV (and the dQ kernel when not fused)
+  assert changed == [False, True] + ([] if fused else [False])
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_vmap_of_gradients(head_dim):
   """``jax.vmap`` over the Hopper kernels' gradients, K and V shared by the

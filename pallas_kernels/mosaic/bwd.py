@@ -357,6 +357,9 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   shared = width < head_dim        # dSᵀ goes to both warpgroups' products
   # the step's products awaited once at its end (compiled), or each in turn
   deferred = deferred_waits and not plan.interpret
+  # the owned K and V as the register operands of Sᵀ's and dPᵀ's products
+  # (compiled)
+  in_registers = plan.config.mosaic_bwd.owned_registers and not plan.interpret
   k_tile, v_tile = k_smem.at[wg], v_smem.at[wg]
   pt_tile = None if pt_smem is None else pt_smem.at[wg]
 
@@ -385,7 +388,10 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
                           [(k_ref.at[b, rows, kv_head], k_tile),
                            (v_ref.at[b, rows, kv_head], v_tile)])
       zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
-      return zeros, zeros
+      if not in_registers:
+        return zeros, zeros
+      return zeros, zeros, *(plgpu.load(x, layout=plgpu.Layout.WGMMA)
+                             for x in (k_tile, v_tile))
 
     def share_ds(dst, count):
       # this warpgroup's dSᵀ for the dQ product(s)
@@ -425,10 +431,12 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           reduction_op=None if plan.interpret else "add")
 
     def step(j, slot, sync, carry, masked):
-      dk, dv = carry
+      dk, dv, *owned = carry
       shape = (BLOCK_Q, block_q)              # [keys, queries]
-      # the owned K and V tiles as this step indexes them (_in_step)
-      k_tile, v_tile = (x.at[_in_step(plan, wg)] for x in (k_smem, v_smem))
+      # the owned K and V: in registers, or the tiles as this step indexes
+      # them (_in_step)
+      k_tile, v_tile = owned or (x.at[_in_step(plan, wg)]
+                                 for x in (k_smem, v_smem))
       head, i = head_and_tile(j)
       # segment ids of the rows (keys) and of query tile i (first: latency
       # behind the waits)
@@ -482,7 +490,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           accs.append(zeros((block_q, width)))
         dv, dk, *_ = pl.run_state(products)(
             tuple(plgpu.ACC.init(x) for x in accs))
-        return dk, dv
+        return dk, dv, *owned
 
       # K Qᵀ and dPᵀ = V dOᵀ issued together: Pᵀ is computed while dPᵀ runs
       (pt, t), dpt = pipeline.wgmma_ss_pair(
@@ -501,10 +509,10 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       if dq_ref is not None:
         # dQ += dS K (FlashAttention 3's fused backward)
         add_dq(head, i, sync.count)
-      return dk, dv
+      return dk, dv, *owned
 
     def finish(carry):
-      dk, dv = carry
+      dk, dv = carry[:2]
       if dq_ref is not None and shared:
         # the other warpgroup's last dQ product reads this one's K: both done
         # before K's buffer takes dK
