@@ -282,11 +282,17 @@
 #              then forward+backward against cuDNN, bf16 4k / 16k, 7
 #              rounds, ptxas's spill lines (run in the thirty-sixth
 #              session; ~4 min)
-#   opts-owned-registers  d 64's dK/dV kernel with its owned K and V in
-#              registers (the RS operands of K Qᵀ and V dOᵀ): its compiled
-#              tests, then forward+backward against the default and cuDNN,
-#              bf16 4k / 16k, causal and not, 7 rounds, ptxas's spill lines
-#              (written in the thirty-sixth session; ~5 min)
+#   opts-owned-registers  owned_registers (the owned tiles as register
+#              operands: the forward's Q, the dK/dV kernel's K and V): its
+#              compiled tests (both passes, FP8), then d 64's
+#              forward+backward with it in the backward against the default
+#              and cuDNN, bf16 4k / 16k, causal and not, 7 rounds, ptxas's
+#              spill lines (written in the thirty-sixth session; ~6 min)
+#   opts-owned-registers-fwd  the forward with Q in registers against the
+#              default and cuDNN: bf16 d 128 and 64, 4k / 16k, causal and
+#              not; FP8 (V key-major) d 128 4k / 8k / 16k, causal and not
+#              (cuDNN FP8); 7 rounds, ptxas's spill lines (written in the
+#              thirty-sixth session; ~5 min)
 #   dump-lse-log2-d128  d 128's non-causal (fused, folded) backward with
 #              and without lse_log2: each kernel's GPU time (XLA's L
 #              conversion and D fusions apart from the kernels), then both
@@ -1439,7 +1445,10 @@ for s in "$@"; do
         --out "$WORK/opts-d64-bwd-retime"
       ptxas_table opts-d64-bwd-retime ;;
     opts-owned-registers)
-      mosaic_tests opts-owned-registers 200 -k "owned_registers"
+      mosaic_tests opts-owned-registers 240 -k "owned_registers"
+      step opts-owned-registers env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 120 \
+        tests/test_fp8.py -k owned_registers
       step opts-owned-registers env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+bwd.owned_registers=True cudnn \
@@ -1447,6 +1456,20 @@ for s in "$@"; do
         --modes fwd_bwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-owned-registers"
       ptxas_table opts-owned-registers ;;
+    opts-owned-registers-fwd)
+      step opts-owned-registers-fwd env MOSAIC_GPU_DUMP_PTXAS=1 timeout 270 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+owned_registers=True cudnn --dtypes bfloat16 \
+        --head-dims 128 64 --seqs 4096 16384 --causal false true \
+        --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-owned-registers-fwd"
+      step opts-owned-registers-fp8 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
+        $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+owned_registers=True cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
+        --causal false true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-owned-registers-fp8"
+      ptxas_table opts-owned-registers-fwd opts-owned-registers-fp8 ;;
     dump-lse-log2-d128)
       for seq in 4096 16384; do
         step dump-lse-log2-d128 timeout 90 $PY benchmarks/profile_kernels.py \

@@ -195,12 +195,15 @@ class MosaicBlocks:
   it at d 64 non-causal, where it gained 1-2% (thirty-fifth session; the
   figures at :func:`default_config`).
 
-  ``owned_registers`` (backward's dK/dV kernel, compiled): its owned K and
-  V tiles are loaded once into registers, the register operands of Sᵀ = K
-  Qᵀ and dPᵀ = V dOᵀ (RS), so those products read only Qᵀ and dOᵀ from
-  shared memory each step (at d 64 a compute warpgroup's 64 keys: 16
-  registers a thread each, 16 KiB fewer shared-memory operand reads a step).
-  The interpreter, which has no register operand, runs the SS form.
+  ``owned_registers`` (compiled): the tiles a compute warpgroup owns are
+  loaded once into registers as the register operands (RS) of the products
+  that read them every step, which then read only their other operand from
+  shared memory: the forward's Q for S = Q Kᵀ (at a tile's first step, once
+  it has landed), the dK/dV kernel's K and V for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ.
+  A warpgroup's 64 rows take 16 registers a thread at d 64, 32 at d 128
+  (FP8: half), and spare 8 KiB (16 KiB at d 128) of shared-memory reads per
+  product and step. The interpreter, which has no register operand, runs
+  the SS form.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while

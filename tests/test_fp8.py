@@ -322,6 +322,38 @@ def test_hopper_fp8_overlap_compiled(causal):
                       "mosaic", config=config)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_hopper_fp8_owned_registers(causal):
+  """The Hopper FP8 forward with Q in registers as S = Q Kᵀ's 8-bit register
+  operand (``MosaicBlocks(owned_registers=True)``, off by default; compiled
+  only, the interpreter runs the default's SS form). On the CPU lowered for
+  CUDA at 4k; on a GPU, with and without Stream-K's cut tiles (whose parts
+  each load Q at their first step), within the FP8 bound of the reference
+  (GQA, odd lengths, per-head scales) and at 4k (256-key tiles, causal on
+  the paired grid)."""
+  import dataclasses
+
+  def config_for(seq_kv, stream_k=True):
+    config = flashjax.default_config(128, causal=causal, fp8=True,
+                                     seq_kv=seq_kv)
+    return dataclasses.replace(config, mosaic=dataclasses.replace(
+        config.mosaic, owned_registers=True, stream_k=stream_k))
+  if jax.default_backend() != "gpu":
+    def f(q8, k8, v8, d):
+      return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
+                                v_descale=d, causal=causal, interpret=False,
+                                backend="mosaic", config=config_for(4096))
+    kv = jax.ShapeDtypeStruct((1, 4096, 2, 128), jnp.float8_e4m3fn)
+    text = lower_for_h100(f, kv.update(shape=(1, 4096, 8, 128)), kv, kv,
+                          jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
+    return
+  for stream_k in (False, True):
+    for shape in ((1, 200, 333, 8, 2, 128), (1, 4096, 4096, 8, 2, 128)):
+      check_fp8_forward("float8_e4m3fn", causal, shape, True, "mosaic",
+                        config=config_for(shape[2], stream_k))
+
+
 def test_quantize_round_trip_and_scales():
   x = jax.random.normal(jax.random.key(3), (2, 64, 4, 32)) * jnp.array(
       [1.0, 10.0, 0.1, 0.0])[None, None, :, None]

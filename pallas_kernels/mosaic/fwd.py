@@ -150,6 +150,11 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   unit = functools.partial(common.fwd_unit, plan.scale, plan.softcap)
   # one warpgroup's softmax overlaps the other's matmuls (FlashAttention 3)
   pingpong = pipeline.PingPong(wg, schedule)
+  # Q as the register operand of S = Q Kᵀ (compiled), loaded at a tile's
+  # first step
+  in_registers = plan.config.mosaic.owned_registers and not plan.interpret
+  q_layout = (plgpu.Layout.WGMMA_8BIT if jnp.dtype(q_ref.dtype).itemsize == 1
+              else plgpu.Layout.WGMMA)
 
   def work(index, part=None):
     h, q_tile_index, b = index
@@ -167,17 +172,21 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def init():
       if not prefetch_q:
         pipeline.load_owned(q_barriers.at[wg], [(q_ref.at[b, rows, h], q_tile)])
-      # carry: acc, m, l, FP8's q·k descale per row (loaded once), and (overlap,
-      # P a register operand) the last step's P
-      p = None
+      # carry: acc, m, l, FP8's q·k descale per row (loaded once), (overlap,
+      # P a register operand) the last step's P, and (owned_registers) Q,
+      # zeros until the tile's first step loads it
+      p = q = None
       if overlap and p_tile is None:
         p = plgpu.layout_cast(jnp.zeros((BLOCK_Q, block_kv), p_dtype),
                               plgpu.Layout.WGMMA_8BIT if fp8 else
                               plgpu.Layout.WGMMA)
+      if in_registers:
+        q = plgpu.layout_cast(jnp.zeros((BLOCK_Q, head_dim), q_ref.dtype),
+                              q_layout)
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
               jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
               jnp.zeros((BLOCK_Q,), jnp.float32),
-              descale(0) if fp8 and plan.fp8_qk else None, p)
+              descale(0) if fp8 and plan.fp8_qk else None, p, q)
 
     def ids_of(j, masked):
       # segment ids of the rows and of tile j, read first so that their latency
@@ -222,22 +231,22 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       # FP8: V's tile is [d, block_kv], K-major as wgmma needs
       return v_smem.at[slot].T if fp8 else v_smem.at[slot]
 
-    def qk(slot, handover=None):
-      # S = Q Kᵀ; while it runs, the other warpgroup may issue its P V
-      # (handover: a bool scalar, if it may)
+    def qk(slot, q, handover=None):
+      # S = Q Kᵀ (q: Q's registers, or None: its tile); while it runs, the
+      # other warpgroup may issue its P V (handover: a bool scalar, if it may)
       def run(acc_ref):
-        plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].T)
+        plgpu.wgmma(acc_ref, q_tile if q is None else q, k_smem.at[slot].T)
         pingpong.signal(when=handover)
         return acc_ref[...]
       return pl.run_scoped(run, plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
 
     def step(j, slot, sync, carry, masked):
-      acc, m, l, qk_descale, _ = carry
+      acc, m, l, qk_descale, _, q = carry
       ids = ids_of(j, masked)
       sync.wait(0)
       # early_handover: a tile's first Q Kᵀ does not hand over (the last
       # tile's last P V did), except the CTA's very first
-      s = qk(slot, handover=jnp.logical_or(jnp.logical_not(sync.first),
+      s = qk(slot, q, handover=jnp.logical_or(jnp.logical_not(sync.first),
                                            sync.count == 0)
              if early_handover else None)
       sync.release(0)                    # K's slot can be refilled
@@ -257,7 +266,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
           in_place=not plan.interpret,
           issued=(lambda: pingpong.signal(when=sync.last))
           if early_handover else None)
-      return acc, m, l, qk_descale, None
+      return acc, m, l, qk_descale, None, q
 
     # overlap: P_{j-1} is carried (registers) or kept in p_tile (the
     # interpreter) until step j issues P_{j-1} V_{j-1}
@@ -265,25 +274,26 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       return pipeline.carried(pv_operand(p), p_tile)
 
     def first_step(j, slot, sync, carry, masked):
-      acc, m, l, qk_descale, _ = carry
+      acc, m, l, qk_descale, _, q = carry
       ids = ids_of(j, masked)
       sync.wait(0)
       pingpong.wait()
-      s = qk(slot)
+      s = qk(slot, q)
       sync.release(0)
       sync.release_owned()
       p, m, l, _ = softmax(s, j, m, l, qk_descale, ids, masked)
-      return acc, m, l, qk_descale, keep(rounded(p))  # acc is 0: no rescale
+      # acc is 0: no rescale
+      return acc, m, l, qk_descale, keep(rounded(p)), q
 
     def overlapped_step(j, slot, sync, carry, masked):
-      acc, m, l, qk_descale, p_prev = carry
+      acc, m, l, qk_descale, p_prev, q = carry
       ids = ids_of(j, masked)
       sync.wait(0)
       sync.wait_prev(1)
       pingpong.wait()                    # the other has issued its pair
       p_operand = p_tile if p_tile is not None else p_prev
       if plan.interpret:   # no in-place accumulator: the products in turn
-        s = qk(slot)
+        s = qk(slot, q)
         acc = acc + pipeline.wgmma_ss(p_operand, v_operand(sync.prev),
                                       acc.shape)
         sync.release(0)
@@ -295,7 +305,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
           # S_j = Q K_jᵀ and acc += P_{j-1} V_{j-1} issued together; P_j is
           # computed while the latter runs
           acc_ref[...] = acc
-          plgpu.wgmma(s_ref, q_tile, k_smem.at[slot].T)
+          plgpu.wgmma(s_ref, q_tile if q is None else q, k_smem.at[slot].T)
           plgpu.wgmma(acc_ref, p_operand, v_operand(sync.prev))
           pingpong.signal()
           s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)
@@ -308,15 +318,15 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
             run, plgpu.ACC(acc.shape, jnp.float32),
             plgpu.ACC((BLOCK_Q, block_kv), jnp.float32))
       sync.release_prev(1)               # V_{j-1}'s slot can be refilled
-      return rescale(acc, alpha), m, l, qk_descale, keep(p)
+      return rescale(acc, alpha), m, l, qk_descale, keep(p), q
 
     def drain(carry, sync):
       # acc += P V of the last tile
-      acc, m, l, qk_descale, p_prev = carry
+      acc, m, l, qk_descale, p_prev, q = carry
       sync.wait_prev(1)
       acc = pipeline.mma_acc(acc, p_tile if p_tile is not None else p_prev,
                              v_operand(sync.prev), in_place=not plan.interpret)
-      return acc, m, l, qk_descale, p_prev
+      return acc, m, l, qk_descale, p_prev, q
 
     def finish(carry):
       # O = acc / l (FP8: · v descale), L = m + log l; O goes out
@@ -345,10 +355,18 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     if prefetch_q:
       w = dataclasses.replace(w, owned_src=lambda i: q_ref.at[
           b, pl.ds(cta_start + i * BLOCK_Q, BLOCK_Q), h])
-    if not overlap:
+    if overlap:
+      w = dataclasses.replace(w, first=first_step, step=overlapped_step,
+                              drain=drain)
+    if not in_registers:
       return w
-    return dataclasses.replace(w, first=first_step, step=overlapped_step,
-                               drain=drain)
+
+    def load_q(j, slot, sync, carry, masked, first=w.first or w.step):
+      # the tile's first step: Q into registers (prefetch_q: the producer's
+      # copy has landed), then the step
+      q = plgpu.load(q_tile, layout=q_layout)
+      return first(j, slot, sync, (*carry[:-1], q), masked)
+    return dataclasses.replace(w, first=load_q)
 
   pipeline.streamed_loop(
       wg=wg, tiles=tiles, work=work,
