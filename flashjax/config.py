@@ -199,10 +199,11 @@ class MosaicBlocks:
   loaded once into registers as the register operands (RS) of the products
   that read them every step, which then read only their other operand from
   shared memory: the forward's Q for S = Q Kᵀ (at a tile's first step, once
-  it has landed), the dK/dV kernel's K and V for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ.
-  A warpgroup's 64 rows take 16 registers a thread at d 64, 32 at d 128
-  (FP8: half), and spare 8 KiB (16 KiB at d 128) of shared-memory reads per
-  product and step. The interpreter, which has no register operand, runs
+  it has landed), the dK/dV kernel's K and V for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ,
+  the dQ kernel's Q and dO for S = Q Kᵀ and dP = dO Vᵀ. A warpgroup's 64
+  rows take 16 registers a thread at d 64, 32 at d 128 (FP8: half), and
+  spare 8 KiB (16 KiB at d 128) of shared-memory reads per product and
+  step. The interpreter, which has no register operand, runs
   the SS form.
 
   ``persistent=True`` with a banded mask pairs each query tile with its

@@ -191,6 +191,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   head_dim = q_ref.shape[-1]
   q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
   ds_tile = None if ds_smem is None else ds_smem.at[wg]
+  # the owned Q and dO as the register operands of S's and dP's products
+  # (compiled)
+  in_registers = plan.config.mosaic_bwd.owned_registers and not plan.interpret
 
   def work(index):
     h, tile, b = index
@@ -205,15 +208,22 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
           (lse_ref.at[b, h, rows], lse_smem.at[wg]),
           (delta_ref.at[b, h, rows], delta_smem.at[wg])])
-      # carry: dQ, the rows' L (log2 units) and D, read once, and (overlap, dS
-      # a register operand) the last step's dS
+      # carry: dQ, the rows' L (log2 units) and D, read once, (overlap, dS
+      # a register operand) the last step's dS, and the A operands of S's and
+      # dP's products: Q and dO, in registers (owned_registers) or their tiles
       ds = None
       if overlap and ds_tile is None:
         ds = plgpu.layout_cast(jnp.zeros(shape, q_ref.dtype),
                                plgpu.Layout.WGMMA)
+      owned = (tuple(plgpu.load(x, layout=plgpu.Layout.WGMMA)
+                     for x in (q_tile, do_tile)) if in_registers else None)
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
               _lse2(plan, plgpu.load(lse_smem.at[wg], layout=ROW)),
-              plgpu.load(delta_smem.at[wg], layout=ROW), ds)
+              plgpu.load(delta_smem.at[wg], layout=ROW), ds, owned)
+
+    def operands(carry):
+      # Q and dO as the A operands of S's and dP's products
+      return carry[-1] or (q_tile, do_tile)
 
     shape = (BLOCK_Q, block_kv)
 
@@ -235,12 +245,13 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       # dS = P ∘ (dP - D), rounded for the dQ product
       return _grad_scores(p, dp, dp_start, delta, t, 0).astype(q_ref.dtype)
 
-    def scores_and_grads(j, slot, sync, lse2, delta, ids, masked):
+    def scores_and_grads(j, slot, sync, carry, ids, masked):
       # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
+      _, lse2, delta, _, _ = carry
+      q, do = operands(carry)
       starts = _starts(plan, lse2, delta, shape, 0)
       (p, t), dp = pipeline.wgmma_ss_pair(
-          (q_tile, k_smem.at[slot].T, shape),
-          (do_tile, v_smem.at[slot].T, shape),
+          (q, k_smem.at[slot].T, shape), (do, v_smem.at[slot].T, shape),
           lambda acc: probabilities(j, acc, lse2, starts[0], ids, masked),
           starts, in_place=not plan.interpret)
       sync.release(1)                    # V's slot can be refilled
@@ -248,30 +259,30 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     def tile_grads(j, slot, sync, carry, masked):
       # dS of tile j, its K and V awaited
-      _, lse2, delta, _ = carry
       ids = ids_of(j, masked)
       sync.wait(0)
       sync.wait(1)
-      return scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
+      return scores_and_grads(j, slot, sync, carry, ids, masked)
 
     def step(j, slot, sync, carry, masked):
-      dq, lse2, delta, _ = carry
+      dq, lse2, delta, _, owned = carry
       ds = tile_grads(j, slot, sync, carry, masked)
       # dQ += dS K
       dq = pipeline.mma_acc(dq, ds, k_smem.at[slot], ds_tile,
                             in_place=not plan.interpret)
-      return dq, lse2, delta, None
+      return dq, lse2, delta, None, owned
 
     # overlap: dS_{j-1} is carried (registers) or kept in ds_tile (the
     # interpreter) until step j issues dQ += dS_{j-1} K_{j-1}
     keep = functools.partial(pipeline.carried, tile=ds_tile)
 
     def first_step(j, slot, sync, carry, masked):
-      dq, lse2, delta, _ = carry
-      return dq, lse2, delta, keep(tile_grads(j, slot, sync, carry, masked))
+      dq, lse2, delta, _, owned = carry
+      return (dq, lse2, delta,
+              keep(tile_grads(j, slot, sync, carry, masked)), owned)
 
     def overlapped_step(j, slot, sync, carry, masked):
-      dq, lse2, delta, ds_prev = carry
+      dq, lse2, delta, ds_prev, owned = carry
       ids = ids_of(j, masked)
       sync.wait(0)
       sync.wait(1)
@@ -279,16 +290,17 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       k_prev = k_smem.at[sync.prev]
       if plan.interpret:   # no in-place accumulator: the products in turn
         dq = dq + pipeline.wgmma_ss(ds_operand, k_prev, dq.shape)
-        ds = scores_and_grads(j, slot, sync, lse2, delta, ids, masked)
+        ds = scores_and_grads(j, slot, sync, carry, ids, masked)
       else:
         s_start, dp_start = _starts(plan, lse2, delta, shape, 0)
+        q, do = operands(carry)
 
         def run(dq_acc, s_acc, dp_acc):
           # S_j, dP_j and dQ += dS_{j-1} K_{j-1} issued together; P_j is
           # computed while dP_j runs, dS_j while dQ's product does
           pipeline.start_accs((dq_acc, s_acc, dp_acc), (dq, s_start, dp_start))
-          plgpu.wgmma(s_acc, q_tile, k_smem.at[slot].T)
-          plgpu.wgmma(dp_acc, do_tile, v_smem.at[slot].T)
+          plgpu.wgmma(s_acc, q, k_smem.at[slot].T)
+          plgpu.wgmma(dp_acc, do, v_smem.at[slot].T)
           plgpu.wgmma(dq_acc, ds_operand, k_prev)
           p, t = probabilities(
               j, plgpu.wgmma_accumulator_load(s_acc, wait_n=2), lse2,
@@ -300,14 +312,14 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
         dq, ds = pl.run_scoped(run, plgpu.ACC(dq.shape, jnp.float32),
                                plgpu.ACC(shape, jnp.float32),
                                plgpu.ACC(shape, jnp.float32))
-      return dq, lse2, delta, keep(ds)
+      return dq, lse2, delta, keep(ds), owned
 
     def drain(carry, sync):
       # dQ += dS K of the last tile
-      dq, lse2, delta, ds_prev = carry
+      dq, lse2, delta, ds_prev, owned = carry
       dq = pipeline.mma_acc(dq, ds_tile if ds_tile is not None else ds_prev,
                             k_smem.at[sync.prev], in_place=not plan.interpret)
-      return dq, lse2, delta, ds_prev
+      return dq, lse2, delta, ds_prev, owned
 
     def finish(carry):
       dq = carry[0]
