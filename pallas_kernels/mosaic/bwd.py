@@ -50,6 +50,11 @@ it they are hoisted out of the step loops (24 of 64 bits a loop at d 128,
 with K's for the fused dQ product), and the fused causal kernel spilled them
 (benchmarks/ptx_descriptors.py; with it 16 bytes instead of 460).
 
+``MosaicBlocks(owned_registers=True)`` (compiled): each kernel loads the
+tiles it owns into registers once, as the register operands of the products
+that read them every step: K and V in the dK/dV kernel, Q and dO in the dQ
+kernel. Written in the thirty-sixth session, not yet timed.
+
 ``MosaicBlocks(stream_k=True)`` (the fused kernel on the persistent grid,
 no band): as the forward's, the last rounds' key tiles are split by query
 steps where whole tiles leave the last round partly idle; a cut tile's two

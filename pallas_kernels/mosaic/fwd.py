@@ -73,6 +73,11 @@ place after the kernel. Non-causal 2-3% faster at 2k-16k
 opts-stream-k-2k-session29-h200.md), causal 0-5% at 8k-12k
 (confirm-stream-k-causal-session29-h200.md).
 
+``MosaicBlocks(owned_registers=True)`` (compiled): Q is loaded into
+registers at a tile's first step and S = Q Kᵀ issued with it as the register
+operand (8-bit layout in FP8), so each step reads only K from shared memory.
+Written in the thirty-sixth session, not yet timed.
+
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
 The banded persistent grid (mirrored pairs) is the default causal up to 12k
@@ -246,9 +251,9 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       sync.wait(0)
       # early_handover: a tile's first Q Kᵀ does not hand over (the last
       # tile's last P V did), except the CTA's very first
-      s = qk(slot, q, handover=jnp.logical_or(jnp.logical_not(sync.first),
-                                           sync.count == 0)
-             if early_handover else None)
+      handover = (jnp.logical_or(jnp.logical_not(sync.first), sync.count == 0)
+                  if early_handover else None)
+      s = qk(slot, q, handover=handover)
       sync.release(0)                    # K's slot can be refilled
       sync.release_owned()               # (prefetch_q) and, last, Q's
       p, m, l, alpha = softmax(s, j, m, l, qk_descale, ids, masked)
