@@ -293,6 +293,13 @@
 #              not; FP8 (V key-major) d 128 4k / 8k / 16k, causal and not
 #              (cuDNN FP8); 7 rounds, ptxas's spill lines (written in the
 #              thirty-sixth session; ~5 min)
+#   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
+#              kernel first, D + each row's excess for dK/dV, dQ as
+#              dS (K - k̄): the margin case's fix, as the portable backward
+#              has it): its compiled tests, then forward+backward against
+#              the default and cuDNN where the default is two kernels, bf16
+#              d 64 non-causal 2k, d 64 and 128 causal 2k / 4k, 7 rounds
+#              (written in the thirty-sixth session; ~4 min)
 #   dump-lse-log2-d128  d 128's non-causal (fused, folded) backward with
 #              and without lse_log2: each kernel's GPU time (XLA's L
 #              conversion and D fusions apart from the kernels), then both
@@ -1470,6 +1477,18 @@ for s in "$@"; do
         --causal false true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-owned-registers-fp8"
       ptxas_table opts-owned-registers-fwd opts-owned-registers-fp8 ;;
+    opts-consistent-delta)
+      mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
+      step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.consistent_delta=True \
+        cudnn --dtypes bfloat16 --head-dims 64 --seqs 2048 --causal false \
+        --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-consistent-delta-nc"
+      step opts-consistent-delta timeout 160 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.consistent_delta=True \
+        cudnn --dtypes bfloat16 --head-dims 64 128 --seqs 2048 4096 \
+        --causal true --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-consistent-delta-causal" ;;
     dump-lse-log2-d128)
       for seq in 4096 16384; do
         step dump-lse-log2-d128 timeout 90 $PY benchmarks/profile_kernels.py \

@@ -188,7 +188,7 @@ def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta,
                      dlse):
   if plan.backend == "mosaic":
     return mosaic_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse,
-                                   delta)
+                                   delta, dlse)
   return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta,
                                  dlse)
 

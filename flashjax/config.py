@@ -206,6 +206,16 @@ class MosaicBlocks:
   step. The interpreter, which has no register operand, runs
   the SS form.
 
+  ``consistent_delta`` (backward, two kernels): as the portable backward
+  does since the thirty-fourth session, the dQ kernel runs first and sums
+  each row of G = P ∘ (dP - D) (dS before a softcap's factor), whose excess
+  over dL is what D = rowsum(dO ∘ O) from the rounded O misses of the
+  backward's own rowsum(P ∘ dP); it takes dQ as dS (K - k̄) (k̄ the keys'
+  mean; not under a softcap) and hands the dK/dV kernel D + excess. The
+  same gradients in exact arithmetic, closer to float32's where the keys
+  share a direction (the margin case of the README's Status). The fused
+  backward has no pass over the rows before dK/dV: not with ``fused_dq``.
+
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while
   the two compute warpgroups could mask different K/V tiles
@@ -231,6 +241,7 @@ class MosaicBlocks:
   carry_slots: bool = False
   lse_log2: bool = False
   owned_registers: bool = False
+  consistent_delta: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -241,6 +252,9 @@ class MosaicBlocks:
                        f"{self.block_q_dkv}.")
     if self.stages < 2:
       raise ValueError(f"MosaicBlocks.stages must be >= 2, got {self.stages}.")
+    if self.consistent_delta and self.fused_dq:
+      raise ValueError("MosaicBlocks.consistent_delta needs the two-kernel "
+                       "backward (its dQ kernel first), got fused_dq=True.")
     # the producer keeps at least 24 (setmaxnreg takes multiples of 8)
     most = ((MOSAIC_COMPUTE_WGS + 1) * LAUNCH_REGISTERS - 24) // MOSAIC_COMPUTE_WGS
     if (self.compute_registers % 8 or

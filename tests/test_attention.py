@@ -215,9 +215,10 @@ def test_property_random_shapes(dtype, seq_q, seq_kv, kv_heads, group,
 @pytest.mark.parametrize("backend", [
     "triton",
     pytest.param("mosaic", marks=pytest.mark.xfail(strict=True, reason=(
-        "the Hopper backward keeps D = rowsum(dO ∘ O): compiled on the H200 "
-        "dK is 0.0048 off float32, rule 0.0039 "
-        "(results/raw/tests-triton-session35-h200.log)")))])
+        "the Hopper backward's defaults keep D = rowsum(dO ∘ O): compiled on "
+        "the H200 dK is 0.0048 off float32, rule 0.0039 "
+        "(results/raw/tests-triton-session35-h200.log); with "
+        "MosaicBlocks(consistent_delta=True) it passes (test_mosaic.py)")))])
 def test_known_margin_case(backend):
   """Found by the property test's random draw (eighth session); an xfail
   until the thirty-fourth. D = rowsum(dO ∘ O) from the bf16 O misses
@@ -226,7 +227,9 @@ def test_known_margin_case(backend):
   0.0048 (rule 0.0029). The portable backward now takes D + that excess in
   dK/dV (0.0006) and dQ as dS (K - k̄) (0.0029; benchmarks/margin_case.py):
   it fails if either is dropped. The Hopper backward (d 40 is padded to 64)
-  does not: an xfail there, which fails if it starts to pass."""
+  does so only under ``MosaicBlocks(consistent_delta=True)``, off by default
+  (test_mosaic.test_consistent_delta_passes_the_margin_case): with its
+  defaults an xfail, which fails if it starts to pass."""
   check_attention(Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
                        num_kv_heads=1, head_dim=40, segments="packed"),
                   seed=13, backend=backend)

@@ -20,7 +20,7 @@ from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 import flashjax
 from benchmarks import kernel_digest
 from flashjax.config import MOSAIC_COMPUTE_WGS
-from harness import Case, check_attention
+from harness import FLOOR, Case, check_attention, max_err
 from test_lowering import lower_for_h100
 
 # test_attention.py runs the whole parity grid on backend="mosaic" too; these
@@ -911,6 +911,85 @@ def test_owned_registers(fused):
                                     kernels(config_for(64, False)))]
   # the forward, dK/dV, (not fused) the dQ kernel
   assert changed == [True] * (2 if fused else 3)
+
+
+MARGIN_CASE = Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
+                   num_kv_heads=1, head_dim=40, segments="packed")
+
+
+def consistent(head_dim, causal=False, **blocks):
+  """The default config of ``head_dim`` with ``consistent_delta`` (two
+  backward kernels)."""
+  base = flashjax.default_config(head_dim, causal=causal)
+  return dataclasses.replace(base, mosaic_bwd=dataclasses.replace(
+      base.mosaic_bwd, consistent_delta=True, fused_dq=False, split_dq=False,
+      **blocks))
+
+
+def test_consistent_delta_passes_the_margin_case():
+  """``MosaicBlocks(consistent_delta=True)``: the dQ kernel runs first, sums
+  each row of G = P ∘ (dP - D), hands the dK/dV kernel D + excess and takes
+  dQ as dS (K - k̄), as the portable backward does. The margin case
+  (test_attention.test_known_margin_case, a strict xfail for the Hopper
+  defaults) passes with it (d 40, padded to 64); in the interpreter with the
+  race detector, and compiled on a GPU."""
+  check_without_races(MARGIN_CASE, consistent(64))
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("softcap", [None, 20.0])
+def test_consistent_delta(softcap, overlap):
+  """``consistent_delta`` against the reference: GQA, causal with a window,
+  packed segments, odd lengths, a softcap (where only D is corrected: dS's
+  rows then carry the softcap's factor), the dQ kernel's overlap or not; in
+  the interpreter with the race detector (64-key tiles). A cotangent on L
+  (dL enters D and the excess) matches the reference's gradient, and where
+  a row sees no key it moves nothing. Lowered for CUDA (d 128 causal: the
+  dQ kernel, then dK/dV)."""
+  small = ({} if jax.default_backend() == "gpu" else dict(block_kv=64))
+  config = consistent(64, True, intra_wg_overlap=overlap, **small)
+  config = dataclasses.replace(config, mosaic=dataclasses.replace(
+      config.mosaic, **small))
+  check_without_races(dataclasses.replace(BANDED_PACKED, softcap=softcap),
+                      config)
+
+  # a cotangent on L too, on the MQA case (float16; causal with seq_q >
+  # seq_kv: the first 250 rows see no key), its keys sharing a direction:
+  # the pass rule of check_attention (twice the float16 reference's error
+  # against float32's, plus the floor)
+  case = CASES[1]
+  q, k, v = mqa_inputs(3)
+  k = k + 2.0
+  w = jax.random.normal(jax.random.key(4), (1, case.num_q_heads, case.seq_q))
+
+  def grads(backend, *args, cfg=None):
+    def f(q, k, v):
+      o, lse = flashjax.attention(q, k, v, causal=True, return_lse=True,
+                                  softcap=softcap, backend=backend,
+                                  config=cfg)
+      return (jnp.sum(o.astype(jnp.float32))
+              + jnp.sum(jnp.where(jnp.isfinite(lse), lse * w, 0.0)))
+    return jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
+  got = grads("mosaic", q, k, v, cfg=config)
+  with jax.default_matmul_precision("highest"):
+    ref32 = grads("reference", *(x.astype(jnp.float32) for x in (q, k, v)))
+    lowp = grads("reference", q, k, v)
+  for g, r, l in zip(got, ref32, lowp):
+    scale = max(1.0, float(jnp.max(jnp.abs(r))))
+    assert max_err(g, r) <= 2 * max_err(l, r) + FLOOR[case.dtype] * scale
+  np.testing.assert_array_equal(np.asarray(got[0][:, :250], np.float32), 0)
+
+  text = lower_for_h100(
+      jax.grad(lambda q: jnp.sum(flashjax.attention(
+          q, q, q, causal=True, backend="mosaic", config=consistent(128, True),
+          interpret=False).astype(jnp.float32))),
+      jax.ShapeDtypeStruct((2, 1000, 4, 128), jnp.bfloat16)).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 3
+
+
+def test_consistent_delta_needs_two_kernels():
+  with pytest.raises(ValueError, match="consistent_delta.*fused_dq=True"):
+    flashjax.MosaicBlocks(fused_dq=True, consistent_delta=True)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

@@ -83,6 +83,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -184,14 +185,31 @@ def kernel_names(blocks: MosaicBlocks) -> tuple[str, ...]:
                                                          "flashjax_dq")
 
 
+class _DqCarry(NamedTuple):
+  """The dQ kernel's carry: dQ's accumulator, the rows' L (log2 units) and
+  D, read once; (overlap, dS a register operand) the last step's dS; (the
+  compiled ``owned_registers``) Q and dO in registers; (``consistent_delta``)
+  the rows' sums of G = P ∘ (dP - D). Unused fields are None."""
+  dq: object
+  lse2: object
+  delta: object
+  ds: object = None
+  owned: object = None
+  g_sum: object = None
+
+
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
-              dq_ref, q_smem, do_smem, lse_smem, delta_smem, ds_smem, k_smem,
-              v_smem, owned_barrier, k_full, v_full, k_free, v_free, *,
-              plan: Plan, block_kv: int, num_kv_blocks: int,
-              tiles: pipeline.Tiles, overlap: bool):
+              row_fix_refs, dq_ref, excess_ref, q_smem, do_smem, lse_smem,
+              delta_smem, dlse_smem, ds_smem, k_smem, v_smem, owned_barrier,
+              k_full, v_full, k_free, v_free, *, plan: Plan, block_kv: int,
+              num_kv_blocks: int, tiles: pipeline.Tiles, overlap: bool):
   # tiles: the CTA's (head, query tile, batch) tiles. overlap: step j issues
   # S_j, dP_j and dQ += dS_{j-1} K_{j-1} together and computes dS_j while
-  # the last runs (K's slot then released a step late)
+  # the last runs (K's slot then released a step late).
+  # row_fix_refs (consistent_delta): None, or (dL float32 [batch, heads,
+  # seq_q], 0 where a row sees no key; k̄ float32 [batch, kv_heads, d], the
+  # keys' mean, or None under a softcap); excess_ref: float32 [batch, heads,
+  # seq_q], each row's rowsum(G) - dL, or None; dlse_smem: dL's row tile.
   wg = lax.axis_index("wg")
   head_dim = q_ref.shape[-1]
   q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
@@ -212,23 +230,25 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       pipeline.load_owned(owned_barrier.at[wg], [
           (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
           (lse_ref.at[b, h, rows], lse_smem.at[wg]),
-          (delta_ref.at[b, h, rows], delta_smem.at[wg])])
-      # carry: dQ, the rows' L (log2 units) and D, read once, (overlap, dS
-      # a register operand) the last step's dS, and the A operands of S's and
-      # dP's products: Q and dO, in registers (owned_registers) or their tiles
+          (delta_ref.at[b, h, rows], delta_smem.at[wg]),
+          *([(row_fix_refs[0].at[b, h, rows], dlse_smem.at[wg])]
+            if row_fix_refs else [])])
       ds = None
       if overlap and ds_tile is None:
         ds = plgpu.layout_cast(jnp.zeros(shape, q_ref.dtype),
                                plgpu.Layout.WGMMA)
       owned = (tuple(plgpu.load(x, layout=plgpu.Layout.WGMMA)
                      for x in (q_tile, do_tile)) if in_registers else None)
-      return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
-              _lse2(plan, plgpu.load(lse_smem.at[wg], layout=ROW)),
-              plgpu.load(delta_smem.at[wg], layout=ROW), ds, owned)
+      return _DqCarry(
+          jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
+          _lse2(plan, plgpu.load(lse_smem.at[wg], layout=ROW)),
+          plgpu.load(delta_smem.at[wg], layout=ROW), ds, owned,
+          jnp.zeros((BLOCK_Q,), jnp.float32) if row_fix_refs else None)
 
     def operands(carry):
-      # Q and dO as the A operands of S's and dP's products
-      return carry[-1] or (q_tile, do_tile)
+      # Q and dO as the A operands of S's and dP's products: in registers
+      # (owned_registers) or their tiles
+      return carry.owned or (q_tile, do_tile)
 
     shape = (BLOCK_Q, block_kv)
 
@@ -246,21 +266,25 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           vectors=plan.config.mosaic_bwd.index_vectors) if masked else x
       return _probabilities(plan, acc, s_start, lse2, 0, mask)
 
-    def grad_scores(p, t, dp, dp_start, delta):
-      # dS = P ∘ (dP - D), rounded for the dQ product
-      return _grad_scores(p, dp, dp_start, delta, t, 0).astype(q_ref.dtype)
+    def grad_scores(p, t, dp, dp_start, carry):
+      # G = P ∘ (dP - D); dS = G (· the softcap's factor), rounded for the dQ
+      # product; (consistent_delta) the rows' sums of G go on
+      g = _grad_scores(p, dp, dp_start, carry.delta, None, 0)
+      g_sum = (None if carry.g_sum is None else
+               carry.g_sum + jnp.sum(g, axis=1))
+      return common.softcap_grad(g, t).astype(q_ref.dtype), g_sum
 
     def scores_and_grads(j, slot, sync, carry, ids, masked):
       # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
-      _, lse2, delta, _, _ = carry
       q, do = operands(carry)
-      starts = _starts(plan, lse2, delta, shape, 0)
+      starts = _starts(plan, carry.lse2, carry.delta, shape, 0)
       (p, t), dp = pipeline.wgmma_ss_pair(
           (q, k_smem.at[slot].T, shape), (do, v_smem.at[slot].T, shape),
-          lambda acc: probabilities(j, acc, lse2, starts[0], ids, masked),
+          lambda acc: probabilities(j, acc, carry.lse2, starts[0], ids,
+                                    masked),
           starts, in_place=not plan.interpret)
       sync.release(1)                    # V's slot can be refilled
-      return grad_scores(p, t, dp, starts[1], delta)
+      return grad_scores(p, t, dp, starts[1], carry)
 
     def tile_grads(j, slot, sync, carry, masked):
       # dS of tile j, its K and V awaited
@@ -270,34 +294,32 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       return scores_and_grads(j, slot, sync, carry, ids, masked)
 
     def step(j, slot, sync, carry, masked):
-      dq, lse2, delta, _, owned = carry
-      ds = tile_grads(j, slot, sync, carry, masked)
+      ds, g_sum = tile_grads(j, slot, sync, carry, masked)
       # dQ += dS K
-      dq = pipeline.mma_acc(dq, ds, k_smem.at[slot], ds_tile,
+      dq = pipeline.mma_acc(carry.dq, ds, k_smem.at[slot], ds_tile,
                             in_place=not plan.interpret)
-      return dq, lse2, delta, None, owned
+      return carry._replace(dq=dq, g_sum=g_sum)
 
     # overlap: dS_{j-1} is carried (registers) or kept in ds_tile (the
     # interpreter) until step j issues dQ += dS_{j-1} K_{j-1}
     keep = functools.partial(pipeline.carried, tile=ds_tile)
 
     def first_step(j, slot, sync, carry, masked):
-      dq, lse2, delta, _, owned = carry
-      return (dq, lse2, delta,
-              keep(tile_grads(j, slot, sync, carry, masked)), owned)
+      ds, g_sum = tile_grads(j, slot, sync, carry, masked)
+      return carry._replace(ds=keep(ds), g_sum=g_sum)
 
     def overlapped_step(j, slot, sync, carry, masked):
-      dq, lse2, delta, ds_prev, owned = carry
+      dq = carry.dq
       ids = ids_of(j, masked)
       sync.wait(0)
       sync.wait(1)
-      ds_operand = ds_tile if ds_tile is not None else ds_prev
+      ds_operand = ds_tile if ds_tile is not None else carry.ds
       k_prev = k_smem.at[sync.prev]
       if plan.interpret:   # no in-place accumulator: the products in turn
         dq = dq + pipeline.wgmma_ss(ds_operand, k_prev, dq.shape)
-        ds = scores_and_grads(j, slot, sync, carry, ids, masked)
+        ds, g_sum = scores_and_grads(j, slot, sync, carry, ids, masked)
       else:
-        s_start, dp_start = _starts(plan, lse2, delta, shape, 0)
+        s_start, dp_start = _starts(plan, carry.lse2, carry.delta, shape, 0)
         q, do = operands(carry)
 
         def run(dq_acc, s_acc, dp_acc):
@@ -308,27 +330,43 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           plgpu.wgmma(dp_acc, do, v_smem.at[slot].T)
           plgpu.wgmma(dq_acc, ds_operand, k_prev)
           p, t = probabilities(
-              j, plgpu.wgmma_accumulator_load(s_acc, wait_n=2), lse2,
+              j, plgpu.wgmma_accumulator_load(s_acc, wait_n=2), carry.lse2,
               s_start, ids, masked)
           dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)
           sync.release(1)                # V's slot can be refilled
-          ds = grad_scores(p, t, dp, dp_start, delta)
-          return plgpu.wgmma_accumulator_load(dq_acc), ds
-        dq, ds = pl.run_scoped(run, plgpu.ACC(dq.shape, jnp.float32),
-                               plgpu.ACC(shape, jnp.float32),
-                               plgpu.ACC(shape, jnp.float32))
-      return dq, lse2, delta, keep(ds), owned
+          ds, g_sum = grad_scores(p, t, dp, dp_start, carry)
+          return plgpu.wgmma_accumulator_load(dq_acc), ds, g_sum
+        dq, ds, g_sum = pl.run_scoped(run, plgpu.ACC(dq.shape, jnp.float32),
+                                      plgpu.ACC(shape, jnp.float32),
+                                      plgpu.ACC(shape, jnp.float32))
+      return carry._replace(dq=dq, ds=keep(ds), g_sum=g_sum)
 
     def drain(carry, sync):
       # dQ += dS K of the last tile
-      dq, lse2, delta, ds_prev, owned = carry
-      dq = pipeline.mma_acc(dq, ds_tile if ds_tile is not None else ds_prev,
-                            k_smem.at[sync.prev], in_place=not plan.interpret)
-      return dq, lse2, delta, ds_prev, owned
+      dq = pipeline.mma_acc(
+          carry.dq, ds_tile if ds_tile is not None else carry.ds,
+          k_smem.at[sync.prev], in_place=not plan.interpret)
+      return carry._replace(dq=dq)
 
     def finish(carry):
-      dq = carry[0]
-      pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h])])
+      dq, stores = carry.dq, []
+      if row_fix_refs:
+        # rowsum(G) is dL exactly (0 where a row sees no key), but D from the
+        # rounded O misses rowsum(P ∘ dP) by a little: the excess, which the
+        # dK/dV kernel adds to D
+        excess = carry.g_sum - plgpu.load(dlse_smem.at[wg], layout=ROW)
+        kbar_ref = row_fix_refs[1]
+        if kbar_ref is not None:
+          # dQ carries excess · Σ_j P k_j; taken out for the keys' mean k̄
+          # (dS (K - k̄): the same gradient exactly)
+          kbar = plgpu.load(kbar_ref.at[b, kv_head], layout=COL,
+                            optimized=False)
+          dq = dq - (lax.broadcast_in_dim(excess, dq.shape, [0])
+                     * lax.broadcast_in_dim(kbar, dq.shape, [1]))
+        # through L's tile, read into registers at init
+        stores.append((excess, lse_smem.at[wg], excess_ref.at[b, h, rows]))
+      pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h]),
+                      *stores])
 
     w = pipeline.kv_work(
         plan.mask, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
@@ -583,24 +621,32 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
 
 def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
-             delta):
-  """dQ, dK, dV on padded inputs (layouts as the forward's; lse and delta
-  float32 ``[batch, num_q_heads, seq_q]``, delta = rowsum(dO ∘ O) - dL;
-  segment ids int32 ``[batch, seq_q]`` / ``[batch, seq_kv]`` or None).
+             delta, dlse):
+  """dQ, dK, dV on padded inputs (layouts as the forward's; lse, delta and
+  dlse float32 ``[batch, num_q_heads, seq_q]``, delta = rowsum(dO ∘ O) - dL,
+  dlse = dL, read only under ``consistent_delta``; segment ids int32
+  ``[batch, seq_q]`` / ``[batch, seq_kv]`` or None).
   Under ``jax.vmap`` a mapped axis is folded into the batch
   (:func:`pipeline.fold_vmap`: the fused form's ``pl.run_state`` has no
   batching rule)."""
   ids = ((q_segment_ids, kv_segment_ids) if plan.mask.has_segments else ())
   return pipeline.fold_vmap(functools.partial(_backward, plan))(
-      q, k, v, do, lse, delta, *ids)
+      q, k, v, do, lse, delta, dlse, *ids)
 
 
-def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
+def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
   q_segment_ids, kv_segment_ids = ids or (None, None)
   batch, seq_q, num_heads, head_dim = q.shape
   _, seq_kv, num_kv_heads, _ = k.shape
   blocks = plan.config.mosaic_bwd
   bkv, stages, bq = blocks.block_kv, blocks.stages, blocks.block_q_dkv
+  row_fix = None
+  if blocks.consistent_delta:
+    # dL where a row sees some key (a row that sees none keeps dQ = 0), and
+    # (no softcap) each K/V head's keys' mean k̄ (padding rows are zeros)
+    row_fix = (jnp.where(jnp.isneginf(lse), 0.0, dlse),
+               jnp.sum(k.astype(jnp.float32), axis=1) / plan.mask.seq_kv
+               if plan.softcap is None else None)
   if blocks.lse_log2:
     # once here, not a tile a step: L2 (folded: S's start, -L2 / u)
     lse = common.lse_log2_for_recompute(lse)
@@ -678,27 +724,35 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, *ids):
     if sk is not None:
       dk, dv = merge(sk, dk, dv, *parts, interpret=plan.interpret)
     return dq, dk, dv
-  dk, dv, _ = dkdv(q, k, v, do, lse, delta, seg_refs, None)
-
   dq_tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
                                      blocks.persistent)
-  dq = plgpu.kernel(
+  dq_call = plgpu.kernel(
       functools.partial(dq_kernel, plan=plan, block_kv=bkv,
                         num_kv_blocks=seq_kv // bkv, tiles=dq_tiles,
                         overlap=blocks.intra_wg_overlap),
       **dq_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
-      out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      out_type=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                row_fix and jax.ShapeDtypeStruct(lse.shape, jnp.float32)],
       scratch_types=(
           *owned(((BLOCK_Q, head_dim), q.dtype), ((BLOCK_Q, head_dim), q.dtype),
                  ((BLOCK_Q,), jnp.float32), ((BLOCK_Q,), jnp.float32)),
+          row_fix and owned(((BLOCK_Q,), jnp.float32))[0],
           ds_or_pt((BLOCK_Q, bkv)),
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
-          plgpu.Barrier(num_arrivals=4, num_barriers=COMPUTE_WGS),
+          plgpu.Barrier(num_arrivals=4 + bool(row_fix),
+                        num_barriers=COMPUTE_WGS),
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
       compiler_params=params, interpret=interpret,
-      kernel_name=kernel_names(blocks)[1],
-  )(q, k, v, do, lse, delta, seg_refs)
+      kernel_name=kernel_names(blocks)[1])
+  if row_fix is None:
+    dk, dv, _ = dkdv(q, k, v, do, lse, delta, seg_refs, None)
+    dq, _ = dq_call(q, k, v, do, lse, delta, seg_refs, None)
+    return dq, dk, dv
+  # consistent_delta: dQ first, then dK/dV with D + each row's excess, a D
+  # consistent with the backward's own P
+  dq, excess = dq_call(q, k, v, do, lse, delta, seg_refs, row_fix)
+  dk, dv, _ = dkdv(q, k, v, do, lse, delta + excess, seg_refs, None)
   return dq, dk, dv
 
 
