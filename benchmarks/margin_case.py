@@ -2,7 +2,7 @@
 its dQ error against float32, as the kernels compute it and with K centred
 on its mean over the sequence (the same attention in exact arithmetic).
 
-    python benchmarks/margin_case.py
+    python benchmarks/margin_case.py [--backend mosaic]
 
 The backward's D = rowsum(dO ∘ O) comes from the bf16 O, so dS's rows do not
 sum exactly to 0, and dQ = dS K carries rowsum(dS) times the keys' mean; with
@@ -12,14 +12,25 @@ Since the thirty-fourth session the portable backward does it inside: its
 dQ kernel sums each row of dS (the excess over dL), hands the dK/dV kernel
 D + excess, consistent with its own P, and takes dQ as dS (K − k̄). The
 log before that: results/margin-case-cpu.log; after:
-results/margin-case-session34-cpu.log.
+results/margin-case-session34-cpu.log. ``--backend mosaic`` runs the
+Hopper kernels (in the interpreter on a CPU; d 40 is padded to 64) with
+their defaults, which keep D = rowsum(dO ∘ O), and with
+``MosaicBlocks(consistent_delta=True)``, which does what the portable
+backward does (thirty-sixth session: results/raw/margin-case-mosaic-
+session36-cpu.log).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+
+# a host thread per interpreted warpgroup (as tests/conftest.py sets it)
+os.environ.setdefault("NPROC", "8")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,15 +40,25 @@ from flashjax import fp8  # noqa: E402
 from harness import Case, inputs, max_err, reference_outputs, run  # noqa: E402
 
 
-def main():
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--backend", default="auto", choices=["auto", "triton",
+                                                       "mosaic"])
+  args = p.parse_args(argv)
   case = Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
               num_kv_heads=1, head_dim=40, segments="packed")
   q, k, v, do, q_seg, kv_seg = inputs(case, seed=13)
-  kw = case.kwargs(q_seg, kv_seg)
+  kw = dict(case.kwargs(q_seg, kv_seg), backend=args.backend)
   ref32 = reference_outputs(q, k, v, do, kw, upcast=True)
   k_centred, _ = fp8.center_keys(k)
-  for name, keys in (("as given", k), ("K centred", k_centred)):
-    got = run(flashjax.attention, q, keys, v, do, kw)
+  runs = [("as given", k, {}), ("K centred", k_centred, {})]
+  if args.backend == "mosaic":
+    base = flashjax.default_config(64)
+    runs.append(("as given, consistent_delta", k, dict(
+        config=dataclasses.replace(base, mosaic_bwd=dataclasses.replace(
+            base.mosaic_bwd, consistent_delta=True)))))
+  for name, keys, extra in runs:
+    got = run(flashjax.attention, q, keys, v, do, {**kw, **extra})
     print(json.dumps(dict(keys=name, **{
         f"{n}_max_err": float(max_err(got[n], ref32[n]))
         for n in ("o", "dq", "dk", "dv") if n in got})))
