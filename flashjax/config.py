@@ -203,8 +203,7 @@ class MosaicBlocks:
   the dQ kernel's Q and dO for S = Q Kᵀ and dP = dO Vᵀ. A warpgroup's 64
   rows take 16 registers a thread at d 64, 32 at d 128 (FP8: half), and
   spare 8 KiB (16 KiB at d 128) of shared-memory reads per product and
-  step. The interpreter, which has no register operand, runs
-  the SS form.
+  step. The interpreter, which has no register operand, runs the SS form.
 
   ``consistent_delta`` (backward, two kernels): as the portable backward
   does since the thirty-fourth session, the dQ kernel runs first and sums
