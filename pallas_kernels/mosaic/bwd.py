@@ -237,8 +237,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       if overlap and ds_tile is None:
         ds = plgpu.layout_cast(jnp.zeros(shape, q_ref.dtype),
                                plgpu.Layout.WGMMA)
-      owned = (tuple(plgpu.load(x, layout=plgpu.Layout.WGMMA)
-                     for x in (q_tile, do_tile)) if in_registers else None)
+      owned = (pipeline.register_operands(q_tile, do_tile) if in_registers
+               else None)
       return _DqCarry(
           jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
           _lse2(plan, plgpu.load(lse_smem.at[wg], layout=ROW)),
@@ -445,8 +445,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       zeros = jnp.zeros((BLOCK_Q, head_dim), jnp.float32)
       if not in_registers:
         return zeros, zeros
-      return zeros, zeros, *(plgpu.load(x, layout=plgpu.Layout.WGMMA)
-                             for x in (k_tile, v_tile))
+      return zeros, zeros, *pipeline.register_operands(k_tile, v_tile)
 
     def share_ds(dst, count):
       # this warpgroup's dSᵀ for the dQ product(s)
@@ -640,13 +639,9 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
   _, seq_kv, num_kv_heads, _ = k.shape
   blocks = plan.config.mosaic_bwd
   bkv, stages, bq = blocks.block_kv, blocks.stages, blocks.block_q_dkv
-  row_fix = None
-  if blocks.consistent_delta:
-    # dL where a row sees some key (a row that sees none keeps dQ = 0), and
-    # (no softcap) each K/V head's keys' mean k̄ (padding rows are zeros)
-    row_fix = (jnp.where(jnp.isneginf(lse), 0.0, dlse),
-               jnp.sum(k.astype(jnp.float32), axis=1) / plan.mask.seq_kv
-               if plan.softcap is None else None)
+  row_fix = (common.consistent_delta_inputs(lse, dlse, k, plan.mask.seq_kv,
+                                            plan.softcap)
+             if blocks.consistent_delta else None)
   if blocks.lse_log2:
     # once here, not a tile a step: L2 (folded: S's start, -L2 / u)
     lse = common.lse_log2_for_recompute(lse)

@@ -158,8 +158,6 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # Q as the register operand of S = Q Kᵀ (compiled), loaded at a tile's
   # first step
   in_registers = plan.config.mosaic.owned_registers and not plan.interpret
-  q_layout = (plgpu.Layout.WGMMA_8BIT if jnp.dtype(q_ref.dtype).itemsize == 1
-              else plgpu.Layout.WGMMA)
 
   def work(index, part=None):
     h, q_tile_index, b = index
@@ -183,11 +181,10 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       p = q = None
       if overlap and p_tile is None:
         p = plgpu.layout_cast(jnp.zeros((BLOCK_Q, block_kv), p_dtype),
-                              plgpu.Layout.WGMMA_8BIT if fp8 else
-                              plgpu.Layout.WGMMA)
+                              pipeline.operand_layout(p_dtype))
       if in_registers:
         q = plgpu.layout_cast(jnp.zeros((BLOCK_Q, head_dim), q_ref.dtype),
-                              q_layout)
+                              pipeline.operand_layout(q_ref.dtype))
       return (jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
               jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32),
               jnp.zeros((BLOCK_Q,), jnp.float32),
@@ -369,7 +366,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
     def load_q(j, slot, sync, carry, masked, first=w.first or w.step):
       # the tile's first step: Q into registers (prefetch_q: the producer's
       # copy has landed), then the step
-      q = plgpu.load(q_tile, layout=q_layout)
+      q, = pipeline.register_operands(q_tile)
       return first(j, slot, sync, (*carry[:-1], q), masked)
     return dataclasses.replace(w, first=load_q)
 

@@ -810,6 +810,19 @@ def fp8_register_operand(p):
   return regroup(p)
 
 
+def operand_layout(dtype):
+  """The layout of a wgmma's register operand of ``dtype``: the
+  accumulator's, or for 8-bit operands the 8-bit one."""
+  return (plgpu.Layout.WGMMA_8BIT if jnp.dtype(dtype).itemsize == 1
+          else plgpu.Layout.WGMMA)
+
+
+def register_operands(*tiles):
+  """Shared-memory tiles loaded into registers as wgmma register operands
+  (``MosaicBlocks(owned_registers=True)``, compiled)."""
+  return tuple(plgpu.load(t, layout=operand_layout(t.dtype)) for t in tiles)
+
+
 def carried(x, tile=None):
   """``x`` (P or dS) kept for the next step's product (the intra-warpgroup
   overlap): returned, to be carried in registers (compiled), or, given

@@ -99,8 +99,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
               block_q: int, block_kv: int, num_kv_blocks: int,
               needs_mask: bool, precision):
   # q_ref/do_ref/dq_ref: [block_q, d]; lse_ref/delta_ref/dlse_ref/excess_ref:
-  # [block_q]; k_ref/v_ref: [seq_kv, d] of the K/V head this query head
-  # reads; kbar_ref: [d], its keys' mean (float32), or None (softcap).
+  # [block_q] (dL 0 where a row sees no key); k_ref/v_ref: [seq_kv, d] of
+  # the K/V head this query head reads; kbar_ref: [d], its keys' mean
+  # (float32), or None (softcap) (common.consistent_delta_inputs).
   q_start = pl.program_id(0) * block_q
   q = q_ref[...]
   do = do_ref[...]
@@ -130,7 +131,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
   # rowsum(G) is dL exactly (0 where a row sees no key: P = 0), but D from
   # the rounded O misses rowsum(P ∘ dP) by a little, the excess; the dK/dV
   # kernel takes D + excess, consistent with its P
-  excess = g_sum - jnp.where(lse2 == jnp.inf, 0.0, dlse_ref[...])
+  excess = g_sum - dlse_ref[...]
   excess_ref[...] = excess
   if kbar_ref is not None:
     # dQ carries excess · Σ_j P k_j; taken out for the keys' mean k̄, which
@@ -173,8 +174,8 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
   # Without a softcap dQ is taken as dS (K - k̄), k̄ the mean of each K/V
   # head's keys (the padding rows are zeros); under one dS w.r.t. the raw
   # scores carries the softcap's factor and its rows do not sum to dL.
-  kbar = (jnp.sum(k.astype(jnp.float32), axis=1) / plan.mask.seq_kv
-          if plan.softcap is None else None)    # [batch, kv_heads, d]
+  dlse, kbar = common.consistent_delta_inputs(lse, dlse, k, plan.mask.seq_kv,
+                                             plan.softcap)
   q_tile = pl.BlockSpec((None, block_q, None, head_dim),
                         lambda i, b, h: (b, i, h, 0))
   kv_all = pl.BlockSpec((None, seq_kv, None, head_dim),
