@@ -293,6 +293,17 @@
 #              not; FP8 (V key-major) d 128 4k / 8k / 16k, causal and not
 #              (cuDNN FP8); 7 rounds, ptxas's spill lines (written in the
 #              thirty-sixth session; ~5 min)
+#   confirm-owned-registers  owned_registers where the first timing
+#              gained (thirty-seventh session): the backward at d 64
+#              non-causal, the forward at d 128 non-causal, bf16 and fp16,
+#              2k-16k, and the backward at d 128 non-causal (fused, not timed
+#              before), a second process, 7 rounds (~6 min)
+#   opts-fp8-causal  the FP8 causal forward (d 128, V key-major; 0.97x
+#              cuDNN FP8 at 8k in the thirty-seventh session, 1.03 at 4k and
+#              16k) against itself without Stream-K, on one tile a CTA, and
+#              at 240 registers, with cuDNN FP8 and our bf16 forward in the
+#              same process (the 1.3x ratio), 4k / 6k / 8k / 10k / 16k,
+#              9 rounds, ptxas's spill lines (~4 min)
 #   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
 #              kernel first, D + each row's excess for dK/dV, dQ as
 #              dS (K - k̄): the margin case's fix, as the portable backward
@@ -1477,6 +1488,32 @@ for s in "$@"; do
         --causal false true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-owned-registers-fp8"
       ptxas_table opts-owned-registers-fwd opts-owned-registers-fp8 ;;
+    confirm-owned-registers)
+      step confirm-owned-registers timeout 230 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.owned_registers=True cudnn \
+        --dtypes bfloat16 float16 --head-dims 64 --seqs 2048 4096 8192 16384 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-owned-registers-bwd-d64"
+      step confirm-owned-registers timeout 70 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.owned_registers=True cudnn \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-owned-registers-bwd-d128"
+      step confirm-owned-registers timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+owned_registers=True cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 2048 4096 8192 16384 \
+        --causal false --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-owned-registers-fwd-d128" ;;
+    opts-fp8-causal)
+      step opts-fp8-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
+        $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+stream_k=False \
+        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False \
+        flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 flashjax_mosaic \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 6144 8192 10240 16384 \
+        --causal true --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/opts-fp8-causal"
+      ptxas_table opts-fp8-causal ;;
     opts-consistent-delta)
       mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
       step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \

@@ -76,7 +76,9 @@ opts-stream-k-2k-session29-h200.md), causal 0-5% at 8k-12k
 ``MosaicBlocks(owned_registers=True)`` (compiled): Q is loaded into
 registers at a tile's first step and S = Q Kᵀ issued with it as the register
 operand (8-bit layout in FP8), so each step reads only K from shared memory.
-Written in the thirty-sixth session, not yet timed.
+Thirty-seventh session (results/raw/opts-owned-registers-{fwd,fp8}-
+session37-h200.md): d 128 non-causal 1.6-1.9% faster, slower elsewhere, FP8
+9-21% slower (it spills); off until a second process confirms the gain.
 
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
