@@ -300,10 +300,12 @@
 #              before), a second process, 7 rounds (~6 min)
 #   opts-fp8-causal  the FP8 causal forward (d 128, V key-major; 0.97x
 #              cuDNN FP8 at 8k in the thirty-seventh session, 1.03 at 4k and
-#              16k) against itself without Stream-K, on one tile a CTA, and
-#              at 240 registers, with cuDNN FP8 and our bf16 forward in the
-#              same process (the 1.3x ratio), 4k / 6k / 8k / 10k / 16k,
-#              9 rounds, ptxas's spill lines (~4 min)
+#              16k) against itself on one tile a CTA (its 256-key tiles with
+#              index vectors were timed there only at 16k; Stream-K off and
+#              240 registers were timed at 8k in the thirty-first session),
+#              with cuDNN FP8 and our bf16 forward in the same process (the
+#              1.3x ratio), 4k / 6k / 8k / 10k / 16k, 9 rounds, ptxas's
+#              spill lines (~3 min)
 #   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
 #              kernel first, D + each row's excess for dK/dV, dQ as
 #              dS (K - k̄): the margin case's fix, as the portable backward
@@ -1507,9 +1509,8 @@ for s in "$@"; do
     opts-fp8-causal)
       step opts-fp8-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
         $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
-        flashjax_fp8_mosaic_vt+stream_k=False \
-        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False \
-        flashjax_fp8_mosaic_vt+compute_registers=240 cudnn_fp8 flashjax_mosaic \
+        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False cudnn_fp8 \
+        flashjax_mosaic \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 6144 8192 10240 16384 \
         --causal true --modes fwd --matmul 0 --repeats 9 \
         --out "$WORK/opts-fp8-causal"
