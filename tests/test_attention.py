@@ -228,7 +228,9 @@ def test_known_margin_case(backend):
   dK/dV (0.0006) and dQ as dS (K - k̄) (0.0029; benchmarks/margin_case.py):
   it fails if either is dropped. The Hopper backward (d 40 is padded to 64)
   does so only under ``MosaicBlocks(consistent_delta=True)``, off by default
-  (test_mosaic.test_consistent_delta_passes_the_margin_case): with its
+  since it costs 3.5-6.3% of forward+backward on the H200
+  (results/raw/opts-consistent-delta-*-session37-h200.md;
+  test_mosaic.test_consistent_delta_passes_the_margin_case): with its
   defaults an xfail, which fails if it starts to pass."""
   check_attention(Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
                        num_kv_heads=1, head_dim=40, segments="packed"),
