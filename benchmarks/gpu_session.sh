@@ -306,6 +306,13 @@
 #              with cuDNN FP8 and our bf16 forward in the same process (the
 #              1.3x ratio), 4k / 6k / 8k / 10k / 16k, 9 rounds, ptxas's
 #              spill lines (~3 min)
+#   opts-shared-full  shared_full (the backward's streamed tiles of a step
+#              on one barrier a stage, awaited once: four waits a step to
+#              one in the dK/dV kernel, two to one in the dQ kernel): its
+#              compiled tests, then forward+backward against the default
+#              and cuDNN, bf16 d 64 and 128, 4k / 16k, causal and not, 7
+#              rounds, ptxas's spill lines (written in the thirty-seventh
+#              session; ~6 min)
 #   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
 #              kernel first, D + each row's excess for dK/dV, dQ as
 #              dS (K - k̄): the margin case's fix, as the portable backward
@@ -1515,6 +1522,14 @@ for s in "$@"; do
         --causal true --modes fwd --matmul 0 --repeats 9 \
         --out "$WORK/opts-fp8-causal"
       ptxas_table opts-fp8-causal ;;
+    opts-shared-full)
+      mosaic_tests opts-shared-full 150 -k "shared_full"
+      step opts-shared-full env MOSAIC_GPU_DUMP_PTXAS=1 timeout 330 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.shared_full=True cudnn --dtypes bfloat16 \
+        --head-dims 64 128 --seqs 4096 16384 --causal false true \
+        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/opts-shared-full"
+      ptxas_table opts-shared-full ;;
     opts-consistent-delta)
       mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
       step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \

@@ -913,6 +913,35 @@ def test_owned_registers(fused):
   assert changed == [True] * (2 if fused else 3)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_shared_full(fused):
+  """``MosaicBlocks(shared_full=True)``: the backward's streamed tiles of a
+  step land on one barrier a stage, awaited once (four arrivals in the dK/dV
+  kernel, two in the dQ kernel). Against the reference on GQA, causal with a
+  window, packed segments, odd lengths, two kernels or fused; in the
+  interpreter with the race detector (64-key tiles). Lowered for CUDA (d 64
+  causal): the backward's kernels change, the forward does not."""
+  small = ({} if jax.default_backend() == "gpu" else dict(block_kv=64))
+
+  def config_for(on, **extra):
+    base = flashjax.default_config(64, causal=True)
+    return dataclasses.replace(
+        base, mosaic=dataclasses.replace(base.mosaic, **extra),
+        mosaic_bwd=dataclasses.replace(
+            base.mosaic_bwd, fused_dq=fused, split_dq=fused, shared_full=on,
+            **extra))
+  check_without_races(BANDED_PACKED, config_for(True, **small))
+
+  def kernels(config):
+    module = lowered_grad(config, 64, "bfloat16", True).compiler_ir("stablehlo")
+    return [kernel_digest.normalized(text)
+            for text in kernel_digest.mosaic_modules(module)]
+  changed = [a != b for a, b in zip(kernels(config_for(True)),
+                                    kernels(config_for(False)))]
+  # the forward, dK/dV, (not fused) the dQ kernel
+  assert changed == [False] + [True] * (1 if fused else 2)
+
+
 MARGIN_CASE = Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
                    num_kv_heads=1, head_dim=40, segments="packed")
 

@@ -379,6 +379,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
     return dataclasses.replace(w, first=first_step, step=overlapped_step,
                                drain=drain)
 
+  k_full, v_full = pipeline.fulls(k_full, v_full)    # (shared_full) one
   pipeline.streamed_loop(
       wg=wg, tiles=tiles, work=work,
       streams=[pipeline.Stream(k_smem, k_full, k_free, lagged=overlap),
@@ -610,6 +611,9 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               lambda j: lse_ref.at[b, tile_of(j)[0], tile_of(j)[1]],
               lambda j: delta_ref.at[b, tile_of(j)[0], tile_of(j)[1]]))
 
+  # (shared_full) one barrier for all four
+  q_full, do_full, lse_full, delta_full = pipeline.fulls(
+      q_full, do_full, lse_full, delta_full)
   pipeline.streamed_loop(
       wg=wg, tiles=tiles, work=work,
       # one release for all four: Q and dO are read until the step's end
@@ -693,7 +697,8 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
           *streamed(((bq, head_dim), q.dtype), ((bq, head_dim), q.dtype),
                     ((bq,), jnp.float32), ((bq,), jnp.float32)),
           plgpu.Barrier(num_arrivals=2, num_barriers=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=4, stages=stages),
+          *pipeline.barriers(num_streams=4, stages=stages,
+                             shared_full=blocks.shared_full),
           *((plgpu.SMEM((2, COMPUTE_WGS, BLOCK_Q, bq), q.dtype),
              plgpu.SMEM((COMPUTE_WGS, bq, blocks.dq_columns(head_dim)),
                         jnp.float32),
@@ -739,7 +744,10 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
           plgpu.Barrier(num_arrivals=4 + bool(row_fix),
                         num_barriers=COMPUTE_WGS),
-          *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
+          # shared_full: not with the overlap, whose K is read a step late
+          *pipeline.barriers(num_streams=2, stages=stages, num_free=2,
+                             shared_full=blocks.shared_full
+                             and not blocks.intra_wg_overlap)),
       compiler_params=params, interpret=interpret,
       kernel_name=kernel_names(blocks)[1])
   if row_fix is None:

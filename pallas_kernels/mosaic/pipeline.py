@@ -43,11 +43,13 @@ COL = plgpu.Layout.WGMMA.reduce(0)      # a value per accumulator column
 @dataclasses.dataclass(frozen=True)
 class Stream:
   """One streamed operand: ``smem`` has one slot per stage (its leading axis);
-  ``full`` and ``free`` one barrier per stage (``free`` may be shared with
-  other streams). ``lagged``: read until the next step (step j reads tile
-  j - 1 too, awaited then with :attr:`Sync.wait_prev` if step j - 1 did not;
-  the tile's last one is read by :attr:`Work.drain`), so its slot is released
-  a step late; its ``free`` is its own."""
+  ``full`` and ``free`` one barrier per stage (either may be shared with
+  other streams; a shared ``full`` counts an arrival per stream,
+  :func:`barriers`, and a step waits on it once). ``lagged``: read until
+  the next step (step j reads tile j - 1 too, awaited then with
+  :attr:`Sync.wait_prev` if step j - 1 did not; the tile's last one is read
+  by :attr:`Work.drain`), so its slot is released a step late; its ``free``
+  and ``full`` are its own."""
 
   smem: object
   full: object
@@ -101,10 +103,11 @@ class Work:
 
 @dataclasses.dataclass(frozen=True)
 class Sync:
-  """What a step does with its slot: ``wait(i)`` before it reads stream i's
-  tile, ``release(i)`` (optional, at the step's top level) once it no longer
-  reads it; the loop releases what the step did not. ``count``: the CTA's
-  steps before this one (over all its tiles), int32. For a lagged stream i,
+  """What a step does with its slot: ``wait(i)`` (at the step's top level)
+  before it reads stream i's tile, ``release(i)`` (optional, at the step's
+  top level) once it no longer reads it; the loop releases what the step
+  did not. ``count``: the CTA's steps before this one (over all its tiles),
+  int32. For a lagged stream i,
   ``wait_prev(i)``/``release_prev(i)`` do the same for the previous step's
   slot ``prev`` (not in a tile's first step). ``release_owned()`` (with
   :class:`Owned`, at the step's top level): the warpgroup no longer reads its
@@ -477,7 +480,13 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
         prev = lax.rem(count + stages - 1, stages)
       else:
         prev = jnp.where(slot == 0, stages - 1, slot - 1)
-      released = []
+      released, waited = [], []
+
+      def wait(i):
+        full = streams[i].full
+        if not any(full is w for w in waited):
+          plgpu.barrier_wait(full.at[slot])
+          waited.append(full)
 
       def release(i, slot=slot):
         free = streams[i].free
@@ -490,7 +499,7 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
           pl.when(last)(lambda: plgpu.barrier_arrive(owned.free.at[wg]))
           released.append(owned)
       sync = Sync(
-          wait=lambda i: plgpu.barrier_wait(streams[i].full.at[slot]),
+          wait=wait,
           release=release, count=count,
           wait_prev=lambda i: plgpu.barrier_wait(streams[i].full.at[prev]),
           release_prev=lambda i: release(i, prev), prev=prev,
@@ -738,12 +747,22 @@ def store(copies, wait: bool = True, elsewhere=None):
     plgpu.wait_smem_to_gmem(0)
 
 
-def barriers(num_streams: int, stages: int, num_free: int = 1):
-  """Scratch types of the loop's barriers: ``full`` per stream, then
-  ``num_free`` ``free`` barriers."""
-  return (*(plgpu.Barrier(num_barriers=stages) for _ in range(num_streams)),
-          *(plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages)
-            for _ in range(num_free)))
+def barriers(num_streams: int, stages: int, num_free: int = 1,
+             shared_full: bool = False):
+  """Scratch types of the loop's barriers: ``full`` per stream (or,
+  ``shared_full``, one for all, an arrival per stream's copy, and None for
+  the others: :func:`fulls`), then ``num_free`` ``free`` barriers."""
+  full = ([plgpu.Barrier(num_arrivals=num_streams, num_barriers=stages)]
+          + [None] * (num_streams - 1) if shared_full else
+          [plgpu.Barrier(num_barriers=stages) for _ in range(num_streams)])
+  return (*full, *(plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages)
+                   for _ in range(num_free)))
+
+
+def fulls(*refs):
+  """The streams' ``full`` barriers as :func:`barriers` allocated them: each
+  its own, or (a shared one) the first for every None."""
+  return [refs[0] if ref is None else ref for ref in refs]
 
 
 def wgmma_ss(a, b, shape):
