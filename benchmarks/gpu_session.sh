@@ -306,13 +306,16 @@
 #              with cuDNN FP8 and our bf16 forward in the same process (the
 #              1.3x ratio), 4k / 6k / 8k / 10k / 16k, 9 rounds, ptxas's
 #              spill lines (~3 min)
-#   opts-shared-full  shared_full (the backward's streamed tiles of a step
-#              on one barrier a stage, awaited once: four waits a step to
-#              one in the dK/dV kernel, two to one in the dQ kernel): its
-#              compiled tests, then forward+backward against the default
-#              and cuDNN, bf16 d 64 and 128, 4k / 16k, causal and not, 7
-#              rounds, ptxas's spill lines (written in the thirty-seventh
-#              session; ~6 min)
+#   opts-shared-full  shared_full (a step's streamed tiles on one barrier a
+#              stage, awaited once: four waits a step to one in the dK/dV
+#              kernel, two to one in the dQ kernel and the forward): its
+#              compiled tests (both passes, FP8), then forward+backward with
+#              it in the backward against the default and cuDNN, bf16 d 64
+#              and 128, 4k / 16k, causal and not, 7 rounds, ptxas's spill
+#              lines (written in the thirty-seventh session; ~6 min)
+#   opts-shared-full-fwd  the same in the forward: bf16 d 64 and 128, FP8
+#              (V key-major) d 128, 4k / 16k, causal and not, 7 rounds
+#              (~3 min)
 #   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
 #              kernel first, D + each row's excess for dK/dV, dQ as
 #              dS (K - k̄): the margin case's fix, as the portable backward
@@ -1524,12 +1527,26 @@ for s in "$@"; do
       ptxas_table opts-fp8-causal ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
+      step opts-shared-full env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 90 $PY -m pytest -v -p no:cacheprovider $HUNG 60 \
+        tests/test_fp8.py -k shared_full
       step opts-shared-full env MOSAIC_GPU_DUMP_PTXAS=1 timeout 330 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+bwd.shared_full=True cudnn --dtypes bfloat16 \
         --head-dims 64 128 --seqs 4096 16384 --causal false true \
         --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/opts-shared-full"
       ptxas_table opts-shared-full ;;
+    opts-shared-full-fwd)
+      step opts-shared-full-fwd timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+shared_full=True cudnn \
+        --dtypes bfloat16 --head-dims 64 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-shared-full-fwd"
+      step opts-shared-full-fwd timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+shared_full=True \
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-shared-full-fp8" ;;
     opts-consistent-delta)
       mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
       step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \

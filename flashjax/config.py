@@ -215,12 +215,13 @@ class MosaicBlocks:
   share a direction (the margin case of the README's Status). The fused
   backward has no pass over the rows before dK/dV: not with ``fused_dq``.
 
-  ``shared_full`` (backward): the streamed tiles of a step (the dK/dV
-  kernel's Q, dO, L and D; the dQ kernel's K and V, without its overlap)
-  land on one barrier a stage, which the step waits on once, where each had
-  its own barrier, awaited in turn at the step's start (four waits a step
-  in the dK/dV kernel; ``try_wait`` spins, waiting on the long scoreboard,
+  ``shared_full``: the streamed tiles of a step (the dK/dV kernel's Q, dO,
+  L and D; the dQ kernel's and the forward's K and V, not with their
+  overlap) land on one barrier a stage, which the step waits on once, where
+  each had its own barrier, awaited in turn (four waits a step in the dK/dV
+  kernel, at its start; ``try_wait`` spins, waiting on the long scoreboard,
   were 32% of its stall samples at d 64, results/ncu-h200/ncu-source-bwd.md).
+  In the forward, S = Q Kᵀ then waits for V's tile too.
 
   ``persistent=True`` with a banded mask pairs each query tile with its
   mirror (equal work a CTA). It did not finish compiled on the H200 while

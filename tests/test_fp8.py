@@ -354,6 +354,26 @@ def test_hopper_fp8_owned_registers(causal):
                         config=config_for(shape[2], stream_k))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_hopper_fp8_shared_full(causal):
+  """The Hopper FP8 forward with K's and V's tiles on one barrier a stage
+  (``MosaicBlocks(shared_full=True)``, off by default), within the FP8
+  bound of the reference: GQA, odd lengths, per-head scales, V key-major;
+  in the interpreter (no race found) or compiled."""
+  import dataclasses
+  from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+  config = flashjax.default_config(128, causal=causal, fp8=True, seq_kv=333)
+  config = dataclasses.replace(config, mosaic=dataclasses.replace(
+      config.mosaic, shared_full=True))
+  interpreted = jax.default_backend() != "gpu"
+  if interpreted:
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+  check_fp8_forward("float8_e4m3fn", causal, (1, 200, 333, 8, 2, 128), True,
+                    "mosaic", config=config, key_major=True)
+  if interpreted:
+    assert not interpret_pallas_call.get_races().races_found
+
+
 def test_quantize_round_trip_and_scales():
   x = jax.random.normal(jax.random.key(3), (2, 64, 4, 32)) * jnp.array(
       [1.0, 10.0, 0.1, 0.0])[None, None, :, None]

@@ -915,18 +915,19 @@ def test_owned_registers(fused):
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_shared_full(fused):
-  """``MosaicBlocks(shared_full=True)``: the backward's streamed tiles of a
-  step land on one barrier a stage, awaited once (four arrivals in the dK/dV
-  kernel, two in the dQ kernel). Against the reference on GQA, causal with a
-  window, packed segments, odd lengths, two kernels or fused; in the
-  interpreter with the race detector (64-key tiles). Lowered for CUDA (d 64
-  causal): the backward's kernels change, the forward does not."""
+  """``MosaicBlocks(shared_full=True)`` in both passes: a step's streamed
+  tiles land on one barrier a stage, awaited once (four arrivals in the
+  dK/dV kernel, two in the dQ kernel and the forward). Against the reference
+  on GQA, causal with a window, packed segments, odd lengths, the backward
+  in two kernels or fused; in the interpreter with the race detector (64-key
+  tiles). Lowered for CUDA (d 64 causal): every kernel changes."""
   small = ({} if jax.default_backend() == "gpu" else dict(block_kv=64))
 
   def config_for(on, **extra):
     base = flashjax.default_config(64, causal=True)
     return dataclasses.replace(
-        base, mosaic=dataclasses.replace(base.mosaic, **extra),
+        base, mosaic=dataclasses.replace(base.mosaic, shared_full=on,
+                                         **extra),
         mosaic_bwd=dataclasses.replace(
             base.mosaic_bwd, fused_dq=fused, split_dq=fused, shared_full=on,
             **extra))
@@ -939,7 +940,7 @@ def test_shared_full(fused):
   changed = [a != b for a, b in zip(kernels(config_for(True)),
                                     kernels(config_for(False)))]
   # the forward, dK/dV, (not fused) the dQ kernel
-  assert changed == [False] + [True] * (1 if fused else 2)
+  assert changed == [True] * (2 if fused else 3)
 
 
 MARGIN_CASE = Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,

@@ -372,6 +372,7 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       return first(j, slot, sync, (*carry[:-1], q), masked)
     return dataclasses.replace(w, first=load_q)
 
+  k_full, v_full = pipeline.fulls(k_full, v_full)    # (shared_full) one
   pipeline.streamed_loop(
       wg=wg, tiles=tiles, work=work,
       streams=[pipeline.Stream(k_smem, k_full, k_free),
@@ -484,7 +485,10 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           else plgpu.Barrier(num_barriers=COMPUTE_WGS),
           # the ping-pong's: named hardware barriers when compiled
           plgpu.Barrier(num_barriers=2) if plan.interpret else None,
-          *pipeline.barriers(num_streams=2, stages=stages, num_free=2)),
+          # shared_full: not with the overlap, whose V is read a step late
+          *pipeline.barriers(num_streams=2, stages=stages, num_free=2,
+                             shared_full=blocks.shared_full
+                             and not blocks.intra_wg_overlap)),
       compiler_params=pipeline.compiler_params(plan),
       interpret=interpret,
       kernel_name=kernel_name(fp8),
