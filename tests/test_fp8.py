@@ -359,7 +359,7 @@ def test_hopper_fp8_shared_full(causal):
   """The Hopper FP8 forward with K's and V's tiles on one barrier a stage
   (``MosaicBlocks(shared_full=True)``, off by default), within the FP8
   bound of the reference: GQA, odd lengths, per-head scales, V key-major;
-  in the interpreter (no race found) or compiled."""
+  in the interpreter (no race found, and lowered for CUDA) or compiled."""
   import dataclasses
   from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
   config = flashjax.default_config(128, causal=causal, fp8=True, seq_kv=333)
@@ -372,6 +372,15 @@ def test_hopper_fp8_shared_full(causal):
                     "mosaic", config=config, key_major=True)
   if interpreted:
     assert not interpret_pallas_call.get_races().races_found
+
+    def f(q8, k8, v8, d):
+      return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
+                                v_descale=d, causal=causal, interpret=False,
+                                backend="mosaic", config=config)
+    kv = jax.ShapeDtypeStruct((1, 333, 2, 128), jnp.float8_e4m3fn)
+    text = lower_for_h100(f, kv.update(shape=(1, 200, 8, 128)), kv, kv,
+                          jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1
 
 
 def test_quantize_round_trip_and_scales():
