@@ -479,6 +479,15 @@ mosaic_tests() {
     $PY -m pytest -v -p no:cacheprovider $HUNG $((t - 30)) tests/test_mosaic.py "$@"
 }
 
+fp8_tests() {
+  # fp8_tests STEP SECONDS [pytest args]: tests/test_fp8.py compiled (an
+  # option's FP8 tests), each test cut after SECONDS - 30
+  local s=$1 t=$2
+  shift 2
+  step "$s" env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout "$t" \
+    $PY -m pytest -v -p no:cacheprovider $HUNG $((t - 30)) tests/test_fp8.py "$@"
+}
+
 nsight() {
   # nsight STEP NAME PAGE TABLE [ncu options] -- [profile_kernels options]:
   # Nsight Compute on one call of each impl (4k), the report's PAGE ("details",
@@ -1097,9 +1106,7 @@ for s in "$@"; do
         --modes fwd --matmul 0 --repeats 9 \
         --out "$WORK/opts-fp8-causal-256-16k" ;;
     opts-fp8-overlap)
-      step opts-fp8-overlap env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
-        timeout 120 $PY -m pytest -v -p no:cacheprovider $HUNG 100 \
-        tests/test_fp8.py -k overlap_compiled
+      fp8_tests opts-fp8-overlap 130 -k overlap_compiled
       step opts-fp8-overlap env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
         benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
         flashjax_fp8_mosaic_vt+intra_wg_overlap=True \
@@ -1476,9 +1483,7 @@ for s in "$@"; do
       ptxas_table opts-d64-bwd-retime ;;
     opts-owned-registers)
       mosaic_tests opts-owned-registers 240 -k "owned_registers"
-      step opts-owned-registers env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
-        timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 120 \
-        tests/test_fp8.py -k owned_registers
+      fp8_tests opts-owned-registers 150 -k owned_registers
       step opts-owned-registers env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+bwd.owned_registers=True cudnn \
@@ -1527,9 +1532,7 @@ for s in "$@"; do
       ptxas_table opts-fp8-causal ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
-      step opts-shared-full env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
-        timeout 90 $PY -m pytest -v -p no:cacheprovider $HUNG 60 \
-        tests/test_fp8.py -k shared_full
+      fp8_tests opts-shared-full 90 -k shared_full
       step opts-shared-full env MOSAIC_GPU_DUMP_PTXAS=1 timeout 330 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+bwd.shared_full=True cudnn --dtypes bfloat16 \

@@ -32,6 +32,26 @@ def _inputs(key, b, sq, skv, hq, hkv, d, dtype=jnp.bfloat16, outliers=False):
 BACKENDS = ["triton", "mosaic"]     # portable and Hopper FP8 forwards
 
 
+def lowered_fp8_forward(causal, shape, config=None, fmt="float8_e4m3fn",
+                        backend="mosaic", key_major=False):
+  """The FP8 forward on ``shape = (batch, seq_q, seq_kv, q_heads, kv_heads,
+  d)`` with ``config``, lowered for CUDA against an abstract H100 (compiled
+  mode): its text. ``key_major``: V given as :func:`fp8.quantize_v` makes
+  it (keys padded to 16)."""
+  b, sq, skv, hq, hkv, d = shape
+
+  def f(q8, k8, v8, descale):
+    return flashjax.attention(q8, k8, v8, q_descale=descale,
+                              k_descale=descale, v_descale=descale,
+                              causal=causal, interpret=False, backend=backend,
+                              config=config)
+  kv = jax.ShapeDtypeStruct((b, skv, hkv, d), jnp.dtype(fmt))
+  v = (fp8.KeyMajorV(kv.update(shape=(b, hkv, d, -(-skv // 16) * 16)), skv)
+       if key_major else kv)
+  return lower_for_h100(f, kv.update(shape=(b, sq, hq, d)), kv, v,
+                        jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", fp8.FORMATS)
 @pytest.mark.parametrize("causal,shape,per_head", [
@@ -339,13 +359,8 @@ def test_hopper_fp8_owned_registers(causal):
     return dataclasses.replace(config, mosaic=dataclasses.replace(
         config.mosaic, owned_registers=True, stream_k=stream_k))
   if jax.default_backend() != "gpu":
-    def f(q8, k8, v8, d):
-      return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
-                                v_descale=d, causal=causal, interpret=False,
-                                backend="mosaic", config=config_for(4096))
-    kv = jax.ShapeDtypeStruct((1, 4096, 2, 128), jnp.float8_e4m3fn)
-    text = lower_for_h100(f, kv.update(shape=(1, 4096, 8, 128)), kv, kv,
-                          jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+    text = lowered_fp8_forward(causal, (1, 4096, 4096, 8, 2, 128),
+                               config_for(4096))
     assert text.count("custom_call @mosaic_gpu") == 1
     return
   for stream_k in (False, True):
@@ -372,14 +387,8 @@ def test_hopper_fp8_shared_full(causal):
                     "mosaic", config=config, key_major=True)
   if interpreted:
     assert not interpret_pallas_call.get_races().races_found
-
-    def f(q8, k8, v8, d):
-      return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
-                                v_descale=d, causal=causal, interpret=False,
-                                backend="mosaic", config=config)
-    kv = jax.ShapeDtypeStruct((1, 333, 2, 128), jnp.float8_e4m3fn)
-    text = lower_for_h100(f, kv.update(shape=(1, 200, 8, 128)), kv, kv,
-                          jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+    text = lowered_fp8_forward(causal, (1, 200, 333, 8, 2, 128), config,
+                               key_major=True)
     assert text.count("custom_call @mosaic_gpu") == 1
 
 
@@ -575,16 +584,8 @@ def test_fp8_forward_lowers_for_cuda(backend, head_dim, fmt, causal, overlap,
     config = dataclasses.replace(config, mosaic=dataclasses.replace(
         config.mosaic, intra_wg_overlap=True))
 
-  def f(q8, k8, v8, d):
-    return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
-                              v_descale=d, causal=causal, interpret=False,
-                              backend=backend, config=config)
-  kv = jax.ShapeDtypeStruct((1, 300, 2, head_dim), jnp.dtype(fmt))
-  v = (fp8.KeyMajorV(kv.update(shape=(1, 2, head_dim, 304)), 300)
-       if key_major else kv)
-  lowered = lower_for_h100(f, kv.update(shape=(1, 300, 4, head_dim)), kv, v,
-                           jax.ShapeDtypeStruct((), jnp.float32))
-  text = lowered.as_text()
+  text = lowered_fp8_forward(causal, (1, 300, 300, 4, 2, head_dim), config,
+                             fmt, backend, key_major)
   assert ("triton" if backend == "triton" else "mosaic_gpu") in text
   # XLA's transpose of V before the kernel is there unless V came key-major
   assert ("stablehlo.transpose" in text) != key_major or backend == "triton"
@@ -599,14 +600,7 @@ def test_fp8_forward_takes_deeper_pipelines():
   assert blocks.smem_bytes(128, 2, fp8=True) <= flashjax.config.SMEM_BYTES
   assert blocks.smem_bytes(128, 2) > flashjax.config.SMEM_BYTES
   config = dataclasses.replace(flashjax.default_config(128), mosaic=blocks)
-
-  def f(q8, k8, v8, d):
-    return flashjax.attention(q8, k8, v8, q_descale=d, k_descale=d,
-                              v_descale=d, causal=True, interpret=False,
-                              backend="mosaic", config=config)
-  kv = jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.float8_e4m3fn)
-  text = lower_for_h100(f, kv.update(shape=(1, 1024, 4, 128)), kv, kv,
-                        jax.ShapeDtypeStruct((), jnp.float32)).as_text()
+  text = lowered_fp8_forward(True, (1, 1024, 1024, 4, 2, 128), config)
   assert "mosaic_gpu" in text
 
 
