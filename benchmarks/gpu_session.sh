@@ -1419,7 +1419,7 @@ for s in "$@"; do
       # the fused backward (flashjax_dkdv_dq, 5 matmuls a tile pair) beside
       # the two kernels (7), d 128 4k: by its times it ran ~560 effective
       # TFLOP/s non-causal and ~375 causal where the two kernels run ~740
-      # (README, Benchmarks: the backward counted in matmuls): Nsight
+      # (docs/benchmarks.md: the backward counted in matmuls): Nsight
       # details, then the stall reasons per issue, and ptxas's spill lines per
       # kernel (~5 min)
       export MOSAIC_GPU_DUMP_PTXAS=1
