@@ -316,6 +316,10 @@
 #   opts-shared-full-fwd  the same in the forward: bf16 d 64 and 128, FP8
 #              (V key-major) d 128, 4k / 16k, causal and not, 7 rounds
 #              (~3 min)
+#   parity-sweep  benchmarks/parity_sweep.py compiled: random cases (the
+#              property test's space, lengths 1-299) on both backends, four
+#              processes a backend at once, 20 cases each (the thirty-eighth
+#              session's interpreted sweep, compiled; ~5 min)
 #   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
 #              kernel first, D + each row's excess for dK/dV, dQ as
 #              dS (K - k̄): the margin case's fix, as the portable backward
@@ -1550,6 +1554,17 @@ for s in "$@"; do
         cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-shared-full-fp8" ;;
+    parity-sweep)
+      for backend in mosaic triton; do
+        for seed in 1 2 3 4; do
+          env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 280 \
+            $PY benchmarks/parity_sweep.py --backend $backend --cases 20 \
+            --seed $seed > "$WORK/parity-sweep-$backend-$seed.log" 2>&1 &
+        done
+      done
+      wait
+      tail -n 3 "$WORK"/parity-sweep-*.log | tee -a "$WORK/parity-sweep.log"
+      pack ;;
     opts-consistent-delta)
       mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
       step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \

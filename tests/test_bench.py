@@ -280,3 +280,26 @@ def test_joined_table_puts_dtypes_side_by_side():
                       "| fp16: flashjax | cuDNN |")
   assert lines[2] == "| 4×4096×16, 128 | no | fwd | 600 (1.10) | 550 | n/a | 610 |"
   assert lines[3] == "| 4×4096×32, 64 | no | fwd | 500 (1.10) | 450 | 500 (0.90) | 560 |"
+
+
+def test_parity_sweep_draws_hopper_cases_and_reports_failures(capsys,
+                                                              monkeypatch):
+  """benchmarks/parity_sweep.py: its Hopper draws are cases backend="mosaic"
+  takes; a short sweep on the portable kernels passes and says so; a case
+  that fails the rule makes it report the case and exit 1."""
+  import numpy as np
+  from harness import mosaic_supports
+  from benchmarks import parity_sweep
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    case, _ = parity_sweep.draw(rng, "mosaic")
+    assert mosaic_supports(case), case
+  assert parity_sweep.main(["--backend", "triton", "--cases", "2"]) == 0
+  assert "triton: 2 of 2 cases passed" in capsys.readouterr().out
+
+  def fail(case, seed, backend):
+    raise AssertionError(f"{case.id}: dq max err 1 > tol 0.1")
+  monkeypatch.setattr(parity_sweep, "check_attention", fail)
+  assert parity_sweep.main(["--backend", "triton", "--cases", "1"]) == 1
+  out = capsys.readouterr().out
+  assert "0 of 1 cases passed" in out and "FAIL" in out and "dq max err" in out
