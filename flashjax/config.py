@@ -193,7 +193,7 @@ class MosaicBlocks:
   folded loop converted and scaled each tile: 16 FSETP, 16 FSEL, 32 FMUL
   of 394, results/raw/dump-ptx-session25-h200.tar.xz). The defaults take
   it at d 64 non-causal, where it gained 1-2% (thirty-fifth session; the
-  figures at :func:`default_config`).
+  figures in docs/defaults.md).
 
   ``owned_registers`` (compiled): the tiles a compute warpgroup owns are
   loaded once into registers as the register operands (RS) of the products
@@ -366,36 +366,16 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
     # d = 256 (not tuned): smaller tiles keep the accumulators in registers.
     config = Config(fwd=Blocks(64, 32, num_warps=8, num_stages=2),
                     bwd=Blocks(32, 32, num_warps=8, num_stages=1))
-  # Mosaic (`tune_blocks.py --backend mosaic`, the RS/ping-pong kernels).
-  # Forward, d 64 (results/tune-mosaic-v2-d64-h100.json): 256-row K/V tiles in
-  # 2 stages, 1.32 ms vs 1.48 for 128 rows non-causal, 0.78 vs 0.83 causal
-  # (3 stages of 128: 0.78). Forward, d 128
-  # (results/raw/tune-mosaic-v2-d128-best-only.log): 128 rows in 2 stages,
-  # causal and not. FP8 forward, d 128 (results/tune-mosaic-fp8-d128-h100.json):
-  # 256 rows in 2 stages non-causal (0.79 ms vs 0.88 for 128 rows), 128 rows
-  # causal (0.54 ms; 256 rows: 0.67, as the diagonal tile masks more); d 64 not
-  # tuned, the same choice. Backward: 128-row K/V tiles in 2 stages, 64-row
-  # dK/dV query tiles (d 64, results/tune-mosaic-v5-bwd-d64-h100.json: 4.65 ms
-  # vs 6.76 for 128 rows, which were 4-8% faster before the backward issued
-  # its two products back to back; the paired accumulators need the registers).
-  # Persistent grid, non-causal only (results/tune-mosaic-v5-fwd-h100.json,
-  # tune-mosaic-v5-fp8-h100.json): d 128 0.869 ms vs 0.890, d 64 1.108 vs
-  # 1.169, FP8 0.748 vs 0.752; causal it loses at d 128 (0.717 vs 0.488: the
-  # CTAs' fixed share of triangle tiles is uneven), wins 2% at d 64.
-  # Fused backward (dQ in the dK/dV kernel), d 128 non-causal only
-  # (results/tune-mosaic-v6-bwd-d128-h100.json): 3 stages, 3.63 ms vs 3.95
-  # for the best two-kernel tiling (4.10 for its default 2 stages); with 2
-  # stages it is slower (5.09), and causal it loses (2.76 vs 2.01). At d 64
-  # (tune-mosaic-v6-bwd-d64-h100.json) it is within noise (4.53 vs 4.59).
-  # Causal, the K/V tile by length (H200, one process each; the diagonal tile
-  # masks more of a larger tile, a larger share of a short row):
-  # bf16 d 64 at 1k (results/raw/tune-short-h200.json, 16 × 1024 × 32):
-  # 128 rows 0.287 ms vs 0.308 for 256 (at 4k 256 won, above); FP8 d 128
-  # (results/raw/fp8-causal-h200.md): 256 rows 1.366 ms vs 1.483 at 16k,
-  # 0.491 vs 0.461 at 4k, 0.283 vs 0.198 at 1k (8k not timed).
+  # The Hopper kernels: each choice below is the faster side of a run on
+  # the H100 or H200 against the alternatives (tune_blocks.py --backend
+  # mosaic, then bench_attention.py options, one process each); the runs,
+  # with their figures and raw files: docs/defaults.md.
+  # Forward K/V tiles: 256 rows at d 64 (128 when causal below 4k keys,
+  # where the diagonal tile masks more of a larger tile), 128 at d 128; FP8
+  # 256 (causal below 2k keys: 128), 128 when K stays 16-bit.
   short = causal and seq_kv is not None and seq_kv < 4096
   # causal on the persistent grid (mirrored pairs of query tiles) up to 12k
-  # keys, FP8 up to 16k (below)
+  # keys, FP8 up to 16k: equal work a pair (beyond, one tile a CTA won)
   paired = (causal and seq_kv is not None
             and seq_kv <= (16384 if fp8 and fp8_qk else 12288))
   if fp8 and not fp8_qk:
@@ -406,94 +386,13 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
     fwd_kv = 128 if causal and (seq_kv is None or seq_kv < 2048) else 256
   else:
     fwd_kv = 256 if head_dim <= 64 and not short else 128
-  # Q prefetched by the producer, O's store left in flight (H200,
-  # results/raw/opts-prefetch-h200.md, one process): non-causal 0.241 ms vs
-  # 0.268 at d 128 1k, 0.888 vs 0.926 at 4k, 3.575 vs 3.581 at 16k; d 64
-  # 0.299 vs 0.342 at 1k; FP8 0.611 vs 0.639 at 4k.
-  # Persistent without a band, and causal up to 12k keys: a banded mask's
-  # persistent grid walks the query tiles in mirrored pairs, faster with the
-  # prefetch there (d 64 1k 0.212 ms vs 0.277, d 128 1k 0.160 vs 0.186, 2k
-  # 0.261 vs 0.279, same file; sixteenth session, results/raw/short-causal-
-  # h200.md: d 64 1k 0.210 vs 0.270, 2k 0.357 vs 0.444; FP8 d 128
-  # short-causal-fp8-h200.md: 1k 0.161 vs 0.191, 2k 0.233 vs 0.258), even at
-  # 4k (d 128 0.474 vs 0.474, results/raw/causal-long-h200.md). It once did
-  # not finish on the H200 (results/debug-hang-h200.md) when the two compute
-  # warpgroups masked different tiles; since they mask the same ones it
-  # finished compiled (results/raw/hang-check-session16-h200.log). At 4k keys
-  # too (seventeenth session, results/raw/causal-long-session17-h200.md, one
-  # process): d 64 0.638 ms vs 0.709 one tile a CTA (256-row tiles), d 128
-  # 0.452 vs 0.469, FP8 d 128 0.393 vs 0.421; at 8k (causal-8k-h200.md)
-  # d 64 1.207 vs 1.269, d 128 0.848 vs 0.879, FP8 0.691 vs 0.713; at 16k
-  # it loses at d 128 (1.856 vs 1.710) and FP8 (1.427 vs 1.285), d 64 about
-  # even (2.359 vs 2.386). At 12k (eighteenth session,
-  # results/raw/causal-12k-h200.md) it wins: d 64 1.279 vs 1.370, d 128 0.935
-  # vs 0.976, FP8 0.753 vs 0.793; so up to 12k keys (12k-16k not timed).
-  # Windows stay on one tile per CTA (not timed persistent).
-  # The ping-pong's early hand-over at a tile's end (nineteenth session,
-  # results/raw/opts-handover-h200.md and opts-handover-branch-h200.md, two
-  # processes) wins on one tile a CTA: causal 16k d 128 1.796 ms vs 1.840
-  # (1.779 vs 1.817), d 64 2.347 vs 2.411 (2.375 vs 2.412). On the persistent
-  # grid it loses at d 64 non-causal (1.149 vs 1.071 at 4k, 4.664 vs 4.456
-  # at 16k) and is noise at d 128 (4k 0.932 vs 0.876 in one process, 0.873
-  # vs 0.919 in the other); FP8 causal 16k loses (1.323 vs 1.273, 1.319 vs
-  # 1.281; opts-handover-fp8-h200.md): 16-bit, one tile a CTA only.
-  # FlashAttention 3's intra-warpgroup overlap (S_j's product issued with
-  # P_{j-1} V_{j-1}) replaces the early hand-over in the 16-bit d 128 causal
-  # forward on one tile a CTA (twenty-seventh session, H200, one process
-  # each; timed before only in the tenth, without prefetch_q and the
-  # persistent grid): bf16 16k 1.748 ms vs 1.841 (cuDNN 2.135,
-  # results/raw/opts-overlap-session27-h200.md); 11 rounds
-  # (confirm-overlap-session27-h200.md) bf16 1.724 vs 1.837, fp16 1.781 vs
-  # 1.921, forward+backward even (7.195 vs 7.220, 7.487 vs 7.438). On the
-  # paired grid it loses (bf16 4k 0.523 vs 0.516; 8k 0.984 vs 0.950, 12k
-  # 1.071 vs 1.038, confirm-overlap-mid-session27-h200.md); on one tile a
-  # CTA it won at 8k (0.914 vs 0.950, fp16 0.942 vs 0.980) but not at 12k
-  # (1.054 vs 1.038), and in the twenty-eighth session again at 8k (0.907 vs
-  # 0.951) but not at 6k (0.550 vs 0.540) or 10k (0.744 vs 0.726;
-  # results/raw/opts-overlap-next-session28-h200.md): the paired grid is
-  # kept up to 12k.
-  # Non-causal (persistent) it is even (16k 3.667 vs 3.689, 4k 0.951 vs
-  # 0.951); FP8 loses 14-24% (it spills 160-392 bytes); d 64 lost 10-23%
-  # in the tenth session (not re-timed).
-  # Stream-K's split of the non-banded persistent grid's last rounds
-  # (twenty-eighth session, H200, bf16 unless noted, one process,
-  # results/raw/opts-stream-k-session28-h200.md): d 128 16k 3.487 ms vs
-  # 3.588, 4k 0.918 vs 0.933, 1k 0.263 vs 0.258; d 64 16k 4.325 vs 4.419,
-  # 4k 1.113 vs 1.140, 1k 0.309 vs 0.311; FP8 16k 2.360 vs 2.451, 4k 0.630
-  # vs 0.640. The last round had cost 2-2.5% (33 heads' whole rounds against
-  # 32's, results/raw/tail-hidden{4096,4224}-session28-h200.md). At 2k
-  # (twenty-ninth session, results/raw/opts-stream-k-2k-session29-h200.md):
-  # d 128 0.490 vs 0.493, d 64 0.590 vs 0.609, FP8 0.317 vs 0.325. From 2k
-  # keys. On the causal paired grid (its pairs split; twenty-ninth session,
-  # results/raw/opts-stream-k-causal-session29-h200.md and
-  # confirm-stream-k-causal-session29-h200.md, bf16 unless noted): d 64 8k
-  # 1.185 vs 1.248, 12k 1.299 vs 1.358; d 128 8k 0.946 vs 0.946, 12k 1.041
-  # vs 1.065; FP8 8k 0.713 vs 0.731, 12k 0.769 vs 0.787; but 4k even (d 64
-  # 0.642 vs 0.650, d 128 0.505 vs 0.502, FP8 0.385 vs 0.383) and 2k slower
-  # (d 64 0.378 vs 0.369, d 128 0.275 vs 0.269): from 8k keys (the paired
-  # grid ends at 12k).
-  # Index vectors in the FP8 forward's masked steps at 256-key tiles
-  # (thirtieth session, H200, causal 16k, ms, vectors / iotas, cuDNN FP8, in
-  # three processes: results/raw/opts-fp8-index-vectors-session30-h200.md,
-  # confirm-fp8-index-vectors[-2]-session30-h200.md): with iotas those tiles
-  # spilled 388 bytes (ptxas), with vectors none: 1.245 / 1.344 (1.303),
-  # 1.361 / 1.378 (1.336), 1.383 / 1.417 (1.376). At 128-key tiles (4k, 8k;
-  # nothing spills either way) noise: 8k 0.714 / 0.724, 0.732 / 0.733,
-  # 0.765 / 0.753, so iotas stay there. The 16-bit forward spills nothing
-  # either way and keeps iotas (d 128 16k 1.755 vs 1.751, d 64 2.349 vs
-  # 2.326, opts-fwd-index-vectors-session30-h200.md; the backward's
-  # timing, below). With index vectors the FP8 causal 256-key tiles win on
-  # the paired grid below 16k too (thirty-first session, d 128, ms against
-  # 128-key tiles with iotas, cuDNN FP8,
-  # results/raw/opts-fp8-causal-256-vectors-session31-h200.md): 4k 0.373 vs
-  # 0.397 (0.373), 8k 0.672 vs 0.732 (0.661), 12k 0.710 vs 0.773 (0.767);
-  # with iotas they had lost there (4k 0.486 vs 0.364). Again with 2k and
-  # 16k (confirm-fp8-causal-256[-16k]-session31-h200.md): d 128 2k 0.219 vs
-  # 0.229 (1k 0.141 vs 0.139), d 64 2k 0.332 vs 0.329, 4k 0.584 vs 0.601;
-  # and at 16k the paired grid, which had lost with iotas (1.501 vs 1.308),
-  # wins: d 64 1.899 vs 2.260 one tile a CTA (cuDNN FP8 1.978), d 128 1.318
-  # vs 1.371 (1.321). So from 2k keys, and paired up to 16k (longer: not
-  # timed).
+  # Forward options: Q prefetched by the producer everywhere; the
+  # persistent grid without a band (and paired, above); on one tile a CTA
+  # the 16-bit early hand-over, or at d 128 causal (above 12k keys) the
+  # intra-warpgroup overlap instead; Stream-K's split of the last rounds
+  # from 2k keys without a band, from 8k on the paired grid; index vectors
+  # in the FP8 forward's masked steps at 256-key tiles (the 16-bit forward
+  # spills nothing with iotas and keeps them).
   banded = causal if banded is None else banded
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
@@ -505,85 +404,19 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                         stream_k=(not banded and (seq_kv is None
                                                   or seq_kv >= 2048))
                         or (paired and seq_kv >= 8192))
-  # Deferred waits, d 128 (results/tune-mosaic-bwd-h200.json, forward+backward,
-  # bf16 4 × 4096 × 16, one process): 3.558 ms vs 3.653 non-causal (fused),
-  # 1.958 vs 2.028 causal (two kernels); in the benchmark after the change
-  # (results/attention-bwd-deferred-h200.md) our times moved by 0.2-1%. At
-  # d 64 alone they gained nothing (4.682 vs 4.650, 2.622 vs 2.606); fused
-  # with them d 64 ran 2.5-2.8% faster (4.532, 2.534), within the H100's
-  # earlier noise for the fused kernel, whose dQ sum order varies: not taken.
-  # The S and dP accumulators started at -L2/u and -D (fold_stats), d 128
-  # (eighteenth session, results/raw/opts-fold-h200.md, forward+backward,
-  # bf16, one process): non-causal (fused) 3.614 ms vs 3.805 at 4k, 13.685 vs
-  # 14.703 at 16k (ptxas: 16 bytes spilled vs 92), causal 2.113 vs 2.138 and
-  # 7.461 vs 7.497; at d 64, where nothing spills either way, it loses
-  # 1.6-2.7% (4.788 vs 4.711, 2.646 vs 2.577 at 4k): d 128 only.
-  # d 64 by length (twenty-first session, bf16 forward+backward, one process
-  # each, results/raw/opts-split-dq-len-h200.md and opts-split-dq-h200.md):
-  # fused with dQ's columns split between the warpgroups (split_dq), 3
-  # stages, non-causal: 4.484 ms vs 4.739 for the two kernels at 4k, 8.927 vs
-  # 9.304 at 8k, 17.440 vs 18.387 at 16k, but 1.330 vs 1.313 at 1k; causal
-  # (2 stages; 3 lose) at 16k 9.184 vs 9.465 (9.024 vs 9.450 in the other
-  # process), even at 8k (4.823 vs 4.850), behind at 4k (2.620 vs 2.573).
-  # Without a length (seq_kv=None) d 64 keeps the two kernels.
-  # Masked steps' index tiles from broadcast vectors, backward only
-  # (twenty-second session, results/raw/opts-index-vectors-h200.md, bf16
-  # causal, one process): ptxas's spills go (dK/dV 168 bytes stored to 8, dQ
-  # 436 to 0, d 128) and forward+backward gains: d 128 2.103 ms vs 2.144 at
-  # 4k, 7.605 vs 7.678 at 16k, d 64 9.125 vs 9.338 at 16k (2.608 vs 2.610 at
-  # 4k). The forward, which spills nothing either way, is even or loses (d
-  # 128 16k 1.859 vs 1.825): iotas there.
-  # The dK/dV kernel's owned K/V tiles indexed in each step
-  # (step_descriptors), so LLVM no longer hoists their wgmma descriptors out
-  # of the loops, d 128 (twenty-fifth session,
-  # results/raw/opts-step-desc-h200.md, bf16 forward+backward, one process):
-  # the fused causal kernel's spills 460 bytes to 16 (0 with 240 registers a
-  # compute thread); non-causal (fused) 3.583 ms vs 3.705 at 4k, 13.659 vs
-  # 14.050 at 16k; causal fused with 240 registers 3.822 vs 3.896 (two
-  # kernels) at 8k, 7.188 vs 7.579 at 16k (cuDNN 7.440), even at 4k (2.033
-  # vs 2.053): fused causal from 8k keys. Against v18 again (11 rounds,
-  # results/raw/confirm-v19-causal-h200.md, confirm-v19-h200.md): causal
-  # 3.785 vs 3.847 at 8k, 7.238 vs 7.445 at 16k (cuDNN 7.379), non-causal
-  # 3.570 vs 3.648 at 4k, 13.619 vs 14.056 at 16k. The two-kernel causal
-  # dK/dV (8 bytes spilled) loses with them (2.104 vs 2.053 at 4k, 3.995 vs
-  # 3.896 at 8k): fused kernels only. Twenty-sixth session (one process,
-  # results/raw/opts-step-desc-d64-session26-h200.md, opts-fused-causal-short-
-  # session26-h200.md): in d 64's fused kernel, which spills nothing either
-  # way, they are noise or lose (non-causal 4.628 vs 4.617 ms at 4k, 17.554
-  # vs 17.795 at 16k; causal 16k 9.549 vs 9.283): d 128 only; d 128 causal
-  # fused below 8k keys loses (1.181 vs 1.155 ms at 2k, 2.092 vs 2.073 at 4k).
+  # Backward: fused (dQ in the dK/dV kernel) at d 128 non-causal, causal
+  # from 8k keys (240 registers a compute thread), d 64 from 4k keys
+  # non-causal and 16k causal (dQ's columns split between the
+  # warpgroups); two kernels elsewhere. Deferred waits and folded
+  # statistics at d 128, step descriptors in its fused kernel; index
+  # vectors in every masked step; L in log2 units from XLA at d 64
+  # non-causal; the fused kernel's query tiles in 3 stages at d 128, 5 at
+  # d 64 non-causal, 2 at d 64 causal (the two kernels: 2).
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
                  seq_kv >= 8192)
   fused = (head_dim > 64 and not causal) or split or long_causal
-  # d 128's fused kernel in 3 stages causal too (thirty-second session,
-  # H200, forward+backward, ms, 3 stages vs 2, cuDNN; nothing spills either
-  # way, results/raw/opts-bwd-stages-session32-h200.md and, 9 rounds,
-  # confirm-bwd-stages-session32-h200.md): bf16 16k 6.982 vs 7.244 (7.417)
-  # and 7.162 vs 7.258 (7.409), 12k 4.121 vs 4.279 (4.353), 8k 3.799 vs
-  # 3.771 (3.955) and 3.772 vs 3.785 (3.999); fp16 16k 7.318 vs 7.524, 12k
-  # 4.246 vs 4.438, 8k 3.879 vs 3.907. They had lost while the kernel
-  # spilled 640 bytes (9.142 vs 7.839 at 16k, results/raw/opts-fused-iv-
-  # h200.md). d 64's causal fused kernel keeps 2 (16k 9.177 vs 9.243, 9.124
-  # vs 9.074: noise; 3 had lost in the twenty-second session; 4 and 5 lose,
-  # 9.389 and 9.615 vs 9.117, results/raw/opts-bwd-d64-stages-causal-
-  # session32-h200.md). d 64's non-causal fused kernel (3 stages since the
-  # twenty-first session) takes 5 (same session, bf16, ms, 5 vs 3 stages,
-  # cuDNN; results/raw/opts-bwd-d64-stages-session32-h200.md and, 9 rounds,
-  # confirm-bwd-d64-stages-session32-h200.md): 4k 4.502 vs 4.636 (4.680)
-  # and 4.567 vs 4.676 (4.680), 8k 8.964 vs 8.986 (9.018), 16k 17.588 vs
-  # 17.678 (17.781) and 17.490 vs 17.606 (17.827); 4 lost (4.776, 18.235),
-  # 6 is even (4.580, 9.060, 17.633).
-  # L converted to log2 units once by XLA (lse_log2; thirty-fifth session,
-  # H200, forward+backward, ms, with / without, cuDNN, two processes,
-  # results/raw/opts-lse-log2-session35-h200.md and confirm-lse-log2-session35-
-  # h200.md): d 64 non-causal gains in all six: bf16 2k 2.465 vs 2.500
-  # (2.563), 4k 4.541 vs 4.595 (4.597), 8k 8.776 vs 8.906 (9.049), 16k 17.159
-  # vs 17.354 (17.532); fp16 2k 2.533 vs 2.596, 8k 8.989 vs 9.147. d 64
-  # causal is noise (bf16 2k 1.465 vs 1.453, 4k 2.556 vs 2.584, 8k 4.826 vs
-  # 4.789, 16k 9.197 vs 9.028) and d 128 loses 0.2-1.5% non-causal (4k 3.612
-  # vs 3.576, 16k 13.853 vs 13.649) and is noise causal: d 64 non-causal only.
   lse_log2 = head_dim <= 64 and not causal
   if not fused:
     stages = 2
