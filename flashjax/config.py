@@ -81,154 +81,92 @@ MOSAIC_HEAD_DIMS = (64, 128)
 
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
-  """Tiling of one pass of the Hopper kernels: rows of each streamed K/V tile
-  (forward, dQ), of each streamed query tile (dK/dV; the forward ignores it),
-  the pipeline's stages, and ``persistent``: one CTA per SM walking the
-  output tiles (the forward's and dQ's query tiles, dK/dV's key tiles), so a
-  tile's epilogue and the next one's first loads overlap compute.
-  ``fused_dq`` (backward): one kernel for dK, dV and dQ, dQ reduce-added in
-  float32 per step (FlashAttention 3's 5 matmuls per tile pair instead of 7;
-  dQ's sum order then varies from run to run). ``deferred_waits``
-  (backward's dK/dV kernel, compiled): dV's product stays on the tensor cores
-  while dSᵀ is computed, and dK's while (fused) dSᵀ is handed over and dQ's
-  product issued; the step awaits them once, at its end (FlashAttention 3's
-  order; the interpreter, which has no in-place accumulator, runs the step
-  in the plain order). ``intra_wg_overlap`` (forward, and the backward's dQ
-  kernel): each step issues S_j = Q K_jᵀ (and dP_j) together with the
-  previous step's P V (dS K) and computes P_j (dS_j) while that runs
-  (FlashAttention 3's intra-warpgroup overlap; V's (K's) slot is released a
-  step late; the default in the 16-bit d 128 causal forward above 12k
-  keys). ``prefetch_q`` (forward): the producer warpgroup loads each
-  tile's Q (:class:`pallas_kernels.mosaic.pipeline.Owned`), the next tile's
-  as soon as the compute warpgroups issued their last Q Kᵀ, and O goes out
-  through its own shared-memory tile, its store left in flight; on a
-  persistent grid the next tile's Q then lands while the current one's last
-  P V and epilogue run. ``early_handover`` (forward, without the
-  intra-warpgroup overlap): the compute warpgroups' ping-pong hands over
-  when a tile's last P V is issued rather than after the next tile's first
-  Q Kᵀ, so one warpgroup's epilogue (O's store, the next Q's wait) overlaps
-  the other's last P V and first Q Kᵀ instead of holding it back (the
-  default for the 16-bit forward on one tile a CTA but d 128 causal's,
-  which overlaps; on the persistent grid it lost at d 64,
-  results/raw/opts-handover-h200.md).
-  ``compute_registers``:
-  each compute thread's registers, taken from the producer warpgroup's
-  (``setmaxnreg``; 240 leaves it 24, FlashAttention 3's split; on the H200
-  forward+backward moved by -2.3% to +2.1%, results/raw/opts-registers-h200.md,
-  so the default stays 232; 240 in d 128's fused causal backward; in the
-  forward alone it is even at d 128 non-causal and loses elsewhere, up to
-  1.9% at d 128 causal and 0.7-4.0% at d 64,
-  results/raw/opts-fwd-registers-session26-h200.md; in the two-kernel
-  backward alone even at d 128 causal and 1.2-1.8% behind at d 64,
-  results/raw/opts-bwd-registers-session26-h200.md).
-  ``fold_stats`` (backward): the S and dP accumulators start at ``-L2 / u``
-  and ``-D`` (:func:`pallas_kernels.mosaic.bwd._starts`) instead of zero,
-  so the per-row statistics (in the dK/dV kernel 16 registers each, a
-  vector over the tile's queries) are not live while the step computes P
-  and dS, and no subtraction runs per entry.
-  ``split_dq`` (fused backward): below d 128 too, the two warpgroups share
-  their dSᵀ and each takes half of dQ's columns over both warpgroups' keys
-  (:meth:`dq_columns`; at d >= 128 the fused kernel always does),
-  which halves the float32 dQ the kernel reduce-adds per step.
-  ``index_vectors``: under a banded mask (causal or a window), a masked
-  step's row and column index tiles are index vectors broadcast over the
-  other axis rather than an iota per entry
-  (:func:`pallas_kernels.mosaic.pipeline.index_tiles`; the same mask, fewer
-  index registers live: the backward's spills go, and the FP8 forward's at
-  256-key tiles; the default in both, the 16-bit forward keeps iotas).
-  ``step_descriptors``
-  (dK/dV kernel): the owned K and V tiles are indexed through an
-  optimization barrier in each step (:func:`pallas_kernels.mosaic.bwd.
-  _in_step`), so their wgmma descriptors are computed there instead of
-  hoisted before the loop and held (or spilled) across it (the default in
-  d 128's fused backward, where they had spilled).
-  ``stream_k`` (forward, persistent without a band): where whole query
-  tiles leave the grid's last round partly idle, the last rounds' tiles are
-  split by K/V steps so every CTA runs the same number of steps (Stream-K's
-  hybrid, :class:`pallas_kernels.mosaic.pipeline.StreamK`); a tile cut in
-  two writes each part's O and L apart, and a small kernel merges them in
-  place after the forward (:func:`pallas_kernels.mosaic.fwd.merge`; the
-  default without a band from 2k keys, and causal from 8k keys on the
-  paired grid, whose mirrored pairs are then split, where every pair has
-  the same steps). In the fused backward on the persistent grid without a
-  band (off by default), the last rounds' key tiles are split by query
-  steps, a cut tile's two parts' float32 dK and dV summed after it
-  (:func:`pallas_kernels.mosaic.bwd.merge`). With carried slots it gains
-  at d 64 non-causal 4k only, and not in every process (thirty-fourth
-  session, bf16 forward+backward ms against the default, H200,
-  results/raw/opts-carry-slots-, confirm-stream-k-bwd[-short]-
-  session34-h200.md): 4.507 vs 4.609 and 4.508 vs 4.656, then 4.577 vs
-  4.628 (fp16 4.748 vs 4.734, 2k even); it loses at 8k (9.084 vs 8.960),
-  16k (17.559 vs 17.341, 17.575 vs 17.272) and at d 128 (3.796 vs 3.646,
-  14.146 vs 13.901).
+  """Tiling and options of one pass of the Hopper kernels: ``Config.mosaic``
+  the forward's, ``Config.mosaic_bwd`` the dQ and dK/dV kernels'. Brackets
+  say which kernels an option changes; :func:`default_config` picks them,
+  and docs/defaults.md gives the runs behind each default and each option
+  left off, with their figures and raw files.
 
-  ``carry_slots``: the step loops carry their pipeline slot from step to
-  step instead of dividing the CTA's step count by the stages each step.
-  Where that count does not start at a constant (the persistent grid's
-  later tiles), LLVM made it a 64-bit induction variable and divided it
-  by 3 or 5 stages (PTX ``mul.hi.u64``), which took the step loop's slot
-  and descriptor arithmetic off ptxas's uniform datapath: the persistent
-  d 64 dK/dV kernel ran 37 more integer instructions a warp per step and
-  lost 1-6% to one tile a CTA (thirty-third session,
-  results/ncu-h200/ncu-bwd-persistent-source.md, results/raw/dump-split-
-  tail[-slots]-sass-session33-cpu.md; a loop carrying its slot compiled
-  to the one-tile loop's 469 instructions). On the persistent backward it
-  gives that loop back (465 instructions, results/raw/dump-persistent-
-  carry-ptx-session34-h200.tar.xz) but not the one-tile kernel's time
-  (thirty-fourth session, bf16 forward+backward ms, persistent with / without
-  carried slots / default, results/raw/opts-carry-slots-session34-h200.md):
-  d 64 4k 4.669 / 4.781 / 4.609, 16k 18.547 / 18.290 / 17.341; d 128 4k
-  3.733 / 3.683 / 3.646, 16k 14.225 / 13.943 / 13.901. Under Stream-K it
-  gains 2-5% (d 64 4k / 8k / 16k 4.508 / 9.084 / 17.575 vs 4.735 / 9.307 /
-  17.849, results/raw/confirm-stream-k-bwd-session34-h200.md).
+  Tiling:
 
-  ``lse_log2`` (backward): the kernels take L already in log2 units (rows
-  that see no key as +inf, :func:`pallas_kernels.common.
-  lse_log2_for_recompute`), converted once by XLA before them, instead of
-  converting each L tile they load: in d 64's dK/dV kernel that is 16
-  FSETP, 16 FMUL and 32 FSEL a thread a step, 64 of its step loop's 469
-  SASS instructions (results/raw/dump-split-tail-ptx-session33-h200.tar.xz,
-  compiled here; thirty-fourth session). With ``fold_stats`` XLA hands
-  them S's start -L2 / u instead, the only use they then make of L (d 128's
-  folded loop converted and scaled each tile: 16 FSETP, 16 FSEL, 32 FMUL
-  of 394, results/raw/dump-ptx-session25-h200.tar.xz). The defaults take
-  it at d 64 non-causal, where it gained 1-2% (thirty-fifth session; the
-  figures in docs/defaults.md).
+  - ``block_kv``: rows of each streamed K/V tile (forward, dQ): 64, 128 or
+    256, a wgmma N.
+  - ``block_q_dkv``: rows of each streamed query tile (dK/dV): 64 or 128.
+  - ``stages``: shared-memory slots a stream, at least 2.
+  - ``persistent``: one CTA per SM walks the output tiles (the forward's
+    and dQ's query tiles, dK/dV's key tiles), so a tile's epilogue and the
+    next one's first loads overlap compute; under a banded mask the query
+    tiles go in mirrored pairs, equal work a pair.
+  - ``stream_k`` (persistent, no band; forward, fused backward): where
+    whole tiles leave the last round partly idle, the last rounds' tiles
+    are split by steps so every CTA runs as many (Stream-K's hybrid,
+    :class:`pallas_kernels.mosaic.pipeline.StreamK`); a cut tile's two
+    parts are merged after the kernel (:func:`pallas_kernels.mosaic.fwd.
+    merge`, :func:`pallas_kernels.mosaic.bwd.merge`).
+  - ``compute_registers``: each compute thread's registers, taken from the
+    producer warpgroup's (``setmaxnreg``; 240 leaves it 24, FlashAttention
+    3's split).
 
-  ``owned_registers`` (compiled): the tiles a compute warpgroup owns are
-  loaded once into registers as the register operands (RS) of the products
-  that read them every step, which then read only their other operand from
-  shared memory: the forward's Q for S = Q Kᵀ (at a tile's first step, once
-  it has landed), the dK/dV kernel's K and V for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ,
-  the dQ kernel's Q and dO for S = Q Kᵀ and dP = dO Vᵀ. A warpgroup's 64
-  rows take 16 registers a thread at d 64, 32 at d 128 (FP8: half), and
-  spare 8 KiB (16 KiB at d 128) of shared-memory reads per product and
-  step. The interpreter, which has no register operand, runs the SS form.
+  Schedules (FlashAttention 3's, and others):
 
-  ``consistent_delta`` (backward, two kernels): as the portable backward
-  does since the thirty-fourth session, the dQ kernel runs first and sums
-  each row of G = P ∘ (dP - D) (dS before a softcap's factor), whose excess
-  over dL is what D = rowsum(dO ∘ O) from the rounded O misses of the
-  backward's own rowsum(P ∘ dP); it takes dQ as dS (K - k̄) (k̄ the keys'
-  mean; not under a softcap) and hands the dK/dV kernel D + excess. The
-  same gradients in exact arithmetic, closer to float32's where the keys
-  share a direction (the margin case of the README's Status). The fused
-  backward has no pass over the rows before dK/dV: not with ``fused_dq``.
+  - ``fused_dq`` (backward): one kernel for dK, dV and dQ, dQ reduce-added
+    in float32 per step (5 matmuls a tile pair instead of 7; dQ's sum
+    order then varies from run to run).
+  - ``split_dq`` (fused backward): below d 128 too, the two warpgroups
+    share their dSᵀ and each takes half of dQ's columns over both
+    warpgroups' keys (:meth:`dq_columns`), which halves the float32 dQ
+    reduce-added a step.
+  - ``deferred_waits`` (dK/dV, compiled): the step awaits its products
+    once, at its end, so dV's product runs while dSᵀ is computed and dK's
+    while dQ's is issued (the interpreter runs the plain order).
+  - ``intra_wg_overlap`` (forward, dQ): each step issues S_j = Q K_jᵀ (and
+    dP_j) with the previous step's P V (dS K) and computes P_j (dS_j)
+    while that runs; V's (K's) slot is released a step late.
+  - ``prefetch_q`` (forward): the producer loads each tile's Q, the next
+    tile's once the compute warpgroups issued their last Q Kᵀ, and O goes
+    out through its own shared-memory tile, its store left in flight.
+  - ``early_handover`` (forward, without the overlap): the ping-pong hands
+    over when a tile's last P V is issued, so one warpgroup's epilogue
+    overlaps the other's last P V and first Q Kᵀ.
+  - ``shared_full``: a step's streamed tiles (dK/dV's Q, dO, L and D; the
+    dQ kernel's and the forward's K and V, not with their overlap) land on
+    one barrier a stage, awaited once a step, where each had its own.
 
-  ``shared_full``: the streamed tiles of a step (the dK/dV kernel's Q, dO,
-  L and D; the dQ kernel's and the forward's K and V, not with their
-  overlap) land on one barrier a stage, which the step waits on once, where
-  each had its own barrier, awaited in turn (four waits a step in the dK/dV
-  kernel, at its start; ``try_wait`` spins, waiting on the long scoreboard,
-  were 32% of its stall samples at d 64, results/ncu-h200/ncu-source-bwd.md).
-  In the forward, S = Q Kᵀ then waits for V's tile too.
+  Registers and instructions:
 
-  ``persistent=True`` with a banded mask pairs each query tile with its
-  mirror (equal work a CTA). It did not finish compiled on the H200 while
-  the two compute warpgroups could mask different K/V tiles
-  (benchmarks/results/debug-hang-h200.md); both now mask the same tiles
-  and the cases that hung finish (results/raw/hang-check-session16-h200.log).
-  The defaults take it causal up to 12k keys (the FP8 forward: 16k)."""
+  - ``fold_stats`` (backward): the S and dP accumulators start at
+    ``-L2 / u`` and ``-D`` (:func:`pallas_kernels.mosaic.bwd._starts`), so
+    the statistics are not live while P and dS are computed, and no
+    subtraction runs per entry.
+  - ``lse_log2`` (backward): the kernels take L already in log2 units,
+    converted once by XLA (with ``fold_stats``, S's start -L2 / u), instead
+    of converting each L tile they load.
+  - ``index_vectors``: under a banded mask a masked step's row and column
+    indices are vectors broadcast over the other axis, not an iota per
+    entry (:func:`pallas_kernels.mosaic.pipeline.index_tiles`): fewer index
+    registers live.
+  - ``step_descriptors`` (dK/dV): the owned K and V tiles are indexed
+    through an optimization barrier in each step
+    (:func:`pallas_kernels.mosaic.bwd._in_step`), so their wgmma
+    descriptors are computed there, not hoisted and held across the loop.
+  - ``carry_slots``: the step loops carry their pipeline slot instead of
+    dividing the CTA's step count by the stages each step (which, where
+    the count does not start at a constant, LLVM did in 64 bits, off
+    ptxas's uniform datapath).
+  - ``owned_registers`` (compiled): the tiles a compute warpgroup owns (the
+    forward's Q; dK/dV's K and V; dQ's Q and dO) are loaded once into
+    registers as the register operands of the products that read them
+    every step (the interpreter, which has no register operand, runs the
+    shared-memory form).
+
+  Accuracy:
+
+  - ``consistent_delta`` (two-kernel backward): as the portable backward
+    does, the dQ kernel runs first and sums each row of G = P ∘ (dP - D),
+    takes dQ as dS (K - k̄) (not under a softcap) and hands the dK/dV
+    kernel D + each row's excess over dL: a D consistent with the
+    backward's own P (the margin case of the README's Status). Not with
+    ``fused_dq``."""
 
   block_kv: int = 64
   stages: int = 2
