@@ -26,8 +26,9 @@ from pallas_kernels import mosaic as mosaic_kernels
 from pallas_kernels import triton as triton_kernels
 
 
-def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
-              kv_segment_ids=None, window=None, softcap=None, scale=None,
+def attention(q, k, v, *, causal: bool = False, segment_ids=None,
+              q_segment_ids=None, kv_segment_ids=None, window=None,
+              softcap=None, scale=None,
               return_lse: bool = False, config=None, backend: str = "auto",
               interpret: bool | None = None, fp8=None, fp8_qk: bool = True,
               q_descale=None, k_descale=None, v_descale=None, out_dtype=None):
@@ -41,9 +42,11 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
     causal: query i sees keys j <= i + seq_kv - seq_q (diagonal aligned to the
       bottom right, as FlashAttention 2; equal to the usual rule when
       seq_q == seq_kv).
-    q_segment_ids, kv_segment_ids: int ``[batch, seq_q]`` / ``[batch, seq_kv]``;
-      a token sees only keys of its own segment (packing; padding gets its own
-      id). kv ids default to the q ids for self-attention.
+    segment_ids: int ``[batch, seq]`` (self-attention, seq_q == seq_kv): a
+      token sees only keys of its own segment (packing; padding gets its own
+      id). Shorthand for ``q_segment_ids=kv_segment_ids=segment_ids``.
+    q_segment_ids, kv_segment_ids: int ``[batch, seq_q]`` / ``[batch, seq_kv]``,
+      the same for cross-attention; kv ids default to the q ids.
     window: ``(left, right)``: query i sees keys within ``[diag(i) - left,
       diag(i) + right]``; either side may be None (unbounded). Composes with
       causal (which caps right at 0).
@@ -91,7 +94,8 @@ def attention(q, k, v, *, causal: bool = False, q_segment_ids=None,
     gradients.
   """
   plan, q_seg, kv_seg = make_plan(
-      q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+      q, k, v, segment_ids=segment_ids, q_segment_ids=q_segment_ids,
+      kv_segment_ids=kv_segment_ids,
       causal=causal, window=window, softcap=softcap, scale=scale,
       config=config, backend=backend, interpret=interpret, fp8=fp8,
       fp8_qk=fp8_qk, out_dtype=out_dtype)

@@ -105,15 +105,16 @@ def _shape_of(name, x):
   return tuple(x.shape)
 
 
-def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
-              causal=False, window=None, softcap=None, scale=None,
+def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
+              kv_segment_ids=None, causal=False, window=None, softcap=None,
+              scale=None,
               config=None, backend="auto", interpret=None, fp8=None,
               fp8_qk=True, out_dtype=None):
   """Validate the arguments of :func:`flashjax.attention` and resolve them.
 
   Returns ``(plan, q_segment_ids, kv_segment_ids)``, the ids as int32 (kv ids
-  default to the q ids for self-attention) or both None. The FP8 descales are
-  checked by :func:`check_descales`.
+  default to the q ids for self-attention; ``segment_ids`` gives both) or
+  both None. The FP8 descales are checked by :func:`check_descales`.
   """
   q_shape, k_shape, v_shape = (_shape_of(n, x) for n, x in
                                (("q", q), ("k", k), ("v", v)))
@@ -165,8 +166,13 @@ def make_plan(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
         f"or a format, on bfloat16/float16 inputs); got fp8={fp8!r} with "
         f"{'FP8' if fp8_inputs else dtype} inputs.")
 
+  if segment_ids is not None:
+    q_segment_ids, kv_segment_ids = _self_attention_ids(
+        segment_ids, q_segment_ids, kv_segment_ids, q_shape, k_shape)
   q_segment_ids, kv_segment_ids = _check_segments(
-      q_segment_ids, kv_segment_ids, batch, seq_q, seq_kv)
+      q_segment_ids, kv_segment_ids, batch, seq_q, seq_kv,
+      names=(("segment_ids",) * 2 if segment_ids is not None else
+             ("q_segment_ids", "kv_segment_ids")))
   window = _check_window(window)
   if softcap is not None and not (isinstance(softcap, (int, float))
                                   and math.isfinite(softcap) and softcap > 0):
@@ -352,7 +358,22 @@ def _is_sm90(device) -> bool:
   return str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
-def _check_segments(q_seg, kv_seg, batch, seq_q, seq_kv):
+def _self_attention_ids(ids, q_seg, kv_seg, q_shape, k_shape):
+  """``segment_ids``: the same ids for the queries and the keys, so only
+  alone and where seq_q == seq_kv."""
+  if q_seg is not None or kv_seg is not None:
+    raise ValueError("segment_ids gives the queries and the keys the same "
+                     "ids; pass it alone, or q_segment_ids (and "
+                     "kv_segment_ids) instead, not both.")
+  if q_shape[1] != k_shape[1]:
+    raise ValueError(f"segment_ids needs seq_q == seq_kv (self-attention), "
+                     f"got q {q_shape} and k {k_shape}; for cross-attention "
+                     f"pass q_segment_ids and kv_segment_ids.")
+  return ids, ids
+
+
+def _check_segments(q_seg, kv_seg, batch, seq_q, seq_kv,
+                    names=("q_segment_ids", "kv_segment_ids")):
   if q_seg is None and kv_seg is None:
     return None, None
   if q_seg is None:
@@ -363,8 +384,7 @@ def _check_segments(q_seg, kv_seg, batch, seq_q, seq_kv):
       raise ValueError(f"kv_segment_ids is required when seq_q ({seq_q}) != "
                        f"seq_kv ({seq_kv}).")
     kv_seg = q_seg
-  for name, ids, seq in (("q_segment_ids", q_seg, seq_q),
-                         ("kv_segment_ids", kv_seg, seq_kv)):
+  for name, ids, seq in ((names[0], q_seg, seq_q), (names[1], kv_seg, seq_kv)):
     shape = _shape_of(name, ids)
     if shape != (batch, seq):
       raise ValueError(f"{name} must have shape [batch, seq] = "

@@ -237,6 +237,20 @@ def test_known_margin_case(backend):
                   seed=13, backend=backend)
 
 
+def test_segment_ids_gives_queries_and_keys_the_same_ids():
+  """segment_ids is q_segment_ids = kv_segment_ids for self-attention: the
+  same output, bit for bit, and not the output without ids."""
+  q, k, v, _, ids, _ = inputs(Case(batch=2, seq_q=48, seq_kv=48,
+                                   num_q_heads=2, num_kv_heads=1,
+                                   head_dim=32, segments="packed"))
+  got = flashjax.attention(q, k, v, causal=True, segment_ids=ids)
+  want = flashjax.attention(q, k, v, causal=True, q_segment_ids=ids,
+                            kv_segment_ids=ids)
+  np.testing.assert_array_equal(got, want)
+  unmasked = flashjax.attention(q, k, v, causal=True)
+  assert np.max(np.abs(np.asarray(got) - np.asarray(unmasked))) > 1e-2
+
+
 class TestComposition:
   """The op works under jit, vmap, remat and scan; grad of grad says no."""
 
