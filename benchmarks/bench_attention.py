@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import statistics
 import sys
@@ -58,6 +59,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -294,49 +296,49 @@ def matmul_rate(dtype: str, n: int, iters: int, repeats: int) -> float:
 def bench(args):
   """Yields one result row per (impl, dtype, head_dim, causal, seq, mode)."""
   key = jax.random.PRNGKey(0)
-  for dtype in args.dtypes:
-    for d in args.head_dims:
-      h = args.hidden // d
-      for causal in args.causal:
-        for s in args.seqs:
-          b = max(1, args.tokens // s)
-          keys = jax.random.split(key, 12)
-          sets = [tuple(jax.random.normal(keys[4 * i + j], (b, s, h, d),
-                                          jnp.dtype(dtype)) for j in range(4))
-                  for i in range(3)]
-          fns, errs = {}, {}
-          for name in args.impls:
-            fns[name] = resolve(name, causal)
-            try:
-              errs[name] = relerr(name, fns[name], *sets[0][:3], causal)
-            except Exception as e:  # noqa: BLE001 - record, keep going
-              errs[name] = None
-              print(f"  {name} relerr failed: {describe(e, 120)}", flush=True)
-          for mode in args.modes:
-            # every impl compiled and warmed up, then timed in turns
-            rows, calls = [], {}
-            for name in args.impls:
-              fp8_impl = base_name(name) in FP8_IMPLS
-              if fp8_impl and mode != "fwd":
-                continue        # FP8 attention is forward only
-              row = dict(impl=name, dtype=dtype, b=b, s=s, h=h, kv_h=h, d=d,
-                         causal=causal, mode=mode, relerr=errs[name])
-              inputs = [impl_inputs(name, x, mode) for x in sets]
-              try:
-                call = make_call(fns[name], mode).lower(*inputs[0]).compile()
-                row["peak_bytes"] = peak_bytes(call)
-                warm_up(call, inputs)
-                calls[name] = (call, inputs)
-              except Exception as e:  # noqa: BLE001 - OOM / unsupported: record
-                row["error"] = describe(e)
-              rows.append(row)
-            times = time_calls(calls, args.iters, args.repeats)
-            for row in rows:
-              if row["impl"] in times:
-                row["ms"] = times[row["impl"]]
-                row["tflops"] = flops(b, s, h, d, causal, mode) / row["ms"] / 1e9
-              print(json.dumps(row), flush=True)
-              yield row
+  # a progress bar on a terminal (none in a log: disable=None)
+  cases = list(itertools.product(args.dtypes, args.head_dims, args.causal,
+                                 args.seqs))
+  for dtype, d, causal, s in tqdm(cases, desc="cases", unit="case",
+                                  disable=None):
+    h, b = args.hidden // d, max(1, args.tokens // s)
+    keys = jax.random.split(key, 12)
+    sets = [tuple(jax.random.normal(keys[4 * i + j], (b, s, h, d),
+                                    jnp.dtype(dtype)) for j in range(4))
+            for i in range(3)]
+    fns, errs = {}, {}
+    for name in args.impls:
+      fns[name] = resolve(name, causal)
+      try:
+        errs[name] = relerr(name, fns[name], *sets[0][:3], causal)
+      except Exception as e:  # noqa: BLE001 - record, keep going
+        errs[name] = None
+        print(f"  {name} relerr failed: {describe(e, 120)}", flush=True)
+    for mode in args.modes:
+      # every impl compiled and warmed up, then timed in turns
+      rows, calls = [], {}
+      for name in args.impls:
+        fp8_impl = base_name(name) in FP8_IMPLS
+        if fp8_impl and mode != "fwd":
+          continue        # FP8 attention is forward only
+        row = dict(impl=name, dtype=dtype, b=b, s=s, h=h, kv_h=h, d=d,
+                   causal=causal, mode=mode, relerr=errs[name])
+        inputs = [impl_inputs(name, x, mode) for x in sets]
+        try:
+          call = make_call(fns[name], mode).lower(*inputs[0]).compile()
+          row["peak_bytes"] = peak_bytes(call)
+          warm_up(call, inputs)
+          calls[name] = (call, inputs)
+        except Exception as e:  # noqa: BLE001 - OOM / unsupported: record
+          row["error"] = describe(e)
+        rows.append(row)
+      times = time_calls(calls, args.iters, args.repeats)
+      for row in rows:
+        if row["impl"] in times:
+          row["ms"] = times[row["impl"]]
+          row["tflops"] = flops(b, s, h, d, causal, mode) / row["ms"] / 1e9
+        print(json.dumps(row), flush=True)
+        yield row
 
 
 def case_key(r):

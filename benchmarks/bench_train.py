@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -191,16 +193,17 @@ def main(argv=None):
             if k in ("tokens", "layers", "d_model", "heads", "kv_heads",
                      "dtype", "warmup", "steps")]
   shared.append("--remat" if args.remat else "--no-remat")
-  for seq in args.seqs:
-    for attention in args.attentions:
-      batch = max(1, args.tokens // seq)
-      row = not_run(attention, seq, batch, oom) or run_in_subprocess(
-          attention, seq, batch, shared, args.timeout)
-      if out_of_memory(row):
-        oom.setdefault(attention, seq)
-      rows.append(row)
-      print(json.dumps(row), flush=True)
-      write(Path(args.out), " ".join(sys.argv), rows)   # after every case
+  # a progress bar on a terminal (none in a log: disable=None)
+  cases = [(seq, attention) for seq in args.seqs for attention in args.attentions]
+  for seq, attention in tqdm(cases, desc="cases", unit="case", disable=None):
+    batch = max(1, args.tokens // seq)
+    row = not_run(attention, seq, batch, oom) or run_in_subprocess(
+        attention, seq, batch, shared, args.timeout)
+    if out_of_memory(row):
+      oom.setdefault(attention, seq)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    write(Path(args.out), " ".join(sys.argv), rows)   # after every case
   plot(rows, Path(args.out).with_suffix(".png"))
   print(table(rows))
 

@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from harness import Case, check_attention  # noqa: E402
@@ -56,7 +57,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   rng = np.random.default_rng(args.seed)
   failures, start = [], time.time()
-  for i in range(args.cases):
+  # a progress bar on a terminal (none in a log: disable=None)
+  for i in tqdm(range(args.cases), desc=args.backend, unit="case",
+                disable=None):
     case, seed = draw(rng, args.backend)
     try:
       _, report = check_attention(case, seed=seed, backend=args.backend)
