@@ -296,8 +296,10 @@
 #   confirm-owned-registers  owned_registers where the first timing
 #              gained (thirty-seventh session): the backward at d 64
 #              non-causal, the forward at d 128 non-causal, bf16 and fp16,
-#              2k-16k, and the backward at d 128 non-causal (fused, not timed
-#              before), a second process, 7 rounds (~6 min)
+#              2k-16k (at d 64 also with shared_full, its compiled test
+#              first; run it after opts-shared-full's tests pass), and the
+#              backward at d 128 non-causal (fused, not timed before), a
+#              second process, 7 rounds (~9 min)
 #   opts-fp8-causal  the FP8 causal forward (d 128, V key-major; 0.97x
 #              cuDNN FP8 at 8k in the thirty-seventh session, 1.03 at 4k and
 #              16k) against itself on one tile a CTA (its 256-key tiles with
@@ -1510,8 +1512,10 @@ for s in "$@"; do
         --out "$WORK/opts-owned-registers-fp8"
       ptxas_table opts-owned-registers-fwd opts-owned-registers-fp8 ;;
     confirm-owned-registers)
-      step confirm-owned-registers timeout 230 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.owned_registers=True cudnn \
+      mosaic_tests confirm-owned-registers 110 -k owned_registers_with_shared_full
+      step confirm-owned-registers timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.owned_registers=True \
+        flashjax_mosaic+bwd.owned_registers=True+bwd.shared_full=True cudnn \
         --dtypes bfloat16 float16 --head-dims 64 --seqs 2048 4096 8192 16384 \
         --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
         --out "$WORK/confirm-owned-registers-bwd-d64"

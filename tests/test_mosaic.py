@@ -943,6 +943,23 @@ def test_shared_full(fused):
   assert changed == [True] * (2 if fused else 3)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_owned_registers_with_shared_full(causal):
+  """The two options together, as ``gpu_session.sh confirm-owned-registers``
+  times them in d 64's backward: the defaults' fused kernel there (non-
+  causal from 4k keys: dQ's columns split, 5 stages, L in log2 units;
+  causal from 16k). Lowered for CUDA; on a GPU (``owned_registers`` is
+  compiled only) also against the reference at a short length."""
+  base = flashjax.default_config(64, causal=causal, seq_kv=16384)
+  config = dataclasses.replace(base, mosaic_bwd=dataclasses.replace(
+      base.mosaic_bwd, owned_registers=True, shared_full=True))
+  assert grad_kernels(config, 64, "bfloat16", causal) == 2    # fused
+  if jax.default_backend() == "gpu":
+    check_attention(BANDED_PACKED if causal else dataclasses.replace(
+        LSE_LOG2_CASES[2], seq_q=700, seq_kv=700), backend="mosaic",
+                    config=config)
+
+
 MARGIN_CASE = Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
                    num_kv_heads=1, head_dim=40, segments="packed")
 
