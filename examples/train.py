@@ -35,6 +35,14 @@ from models import transformer
 from models.transformer import ModelConfig
 
 
+def progress(iterable, **kwargs):
+  """A tqdm bar: redrawn up to 10 times a second on a terminal, every 30 s
+  in a log file (a GPU run's log then holds a few updates, not one a
+  step)."""
+  return tqdm(iterable, mininterval=0.1 if sys.stderr.isatty() else 30,
+              **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Optimisation, data and bookkeeping of one run."""
@@ -435,8 +443,8 @@ def train(model: ModelConfig, cfg: TrainConfig, train_data, eval_data,
   evaluate = make_eval(model, cfg, eval_data)
   tokens_per_step = cfg.batch_size * cfg.seq_len
   start, rows = int(state["step"]), []
-  bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
-             desc=f"train ({model.attention})", unit="step")
+  bar = progress(range(start, cfg.steps), initial=start, total=cfg.steps,
+                 desc=f"train ({model.attention})", unit="step")
   for step in bar:
     batch = data.batch(train_data, step=step, batch_size=cfg.batch_size,
                        seq_len=cfg.seq_len, seed=cfg.seed)
@@ -454,7 +462,8 @@ def train(model: ModelConfig, cfg: TrainConfig, train_data, eval_data,
       ckpt.save(done, {"params": state["params"],
                        "opt_state": state["opt_state"]})
     rows.append(row)
-    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
+                    refresh=False)     # drawn at the bar's own interval
   bar.close()
   if not rows:
     print(f"nothing to do: the checkpoint is already at step {cfg.steps}")
@@ -502,8 +511,8 @@ def compare(model: ModelConfig, cfg: TrainConfig, train_data, eval_data,
   steps = {k: make_train_step(m, tx, schedule) for k, m in kinds.items()}
   states = {k: init_state(model, tx, cfg.seed) for k in kinds}
   rows = []
-  for step in tqdm(range(cfg.steps), desc="compare " + " vs ".join(names),
-                   unit="step"):
+  for step in progress(range(cfg.steps), desc="compare " + " vs ".join(names),
+                       unit="step"):
     batch = data.batch(train_data, step=step, batch_size=cfg.batch_size,
                        seq_len=cfg.seq_len, seed=cfg.seed)
     row = {"step": step}
