@@ -8,15 +8,21 @@ from a seeded generator and checks each with the test suite's own rule
 dense reference), on one backend. On the CPU the kernels run in interpret
 mode (``mosaic``: Mosaic GPU's interpreter); on a GPU compiled. Prints one
 line a case (the worst error as a fraction of its tolerance) and the
-failures at the end; exits 1 if any case failed.
+failures at the end; exits 1 if any case failed. ``--options`` sets
+Hopper options over each case's default tiling, as bench_attention.py's
+impl names do (``field=value`` for the forward, ``bwd.field=value`` for
+the backward), to check an option on many shapes before it runs on a GPU.
 
   python benchmarks/parity_sweep.py --backend triton --cases 400 --seed 1
   NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 150
+  NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 60 \
+      --options shared_full=True bwd.shared_full=True
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -25,7 +31,9 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from harness import Case, check_attention  # noqa: E402
+from harness import Case, check_attention, inputs  # noqa: E402
+
+from flashjax.checks import make_plan  # noqa: E402
 
 
 def draw(rng: np.random.Generator, backend: str) -> tuple[Case, int]:
@@ -47,6 +55,32 @@ def draw(rng: np.random.Generator, backend: str) -> tuple[Case, int]:
   return case, int(rng.integers(2**16))
 
 
+def parse_options(options: list[str]) -> tuple[dict, dict]:
+  """``field=value`` (forward) and ``bwd.field=value`` (backward) MosaicBlocks
+  fields, values True, False or ints."""
+  fwd, bwd = {}, {}
+  for option in options:
+    field, value = option.split("=")
+    target = bwd if field.startswith("bwd.") else fwd
+    target[field.removeprefix("bwd.")] = (
+        value == "True" if value in ("True", "False") else int(value))
+  return fwd, bwd
+
+
+def configured(case: Case, seed: int, fwd: dict, bwd: dict):
+  """The Hopper config the case would run with, ``fwd``/``bwd`` fields set
+  (None without options)."""
+  if not fwd and not bwd:
+    return None
+  q, k, v, _, q_seg, kv_seg = inputs(case, seed)
+  plan, _, _ = make_plan(q, k, v, backend="mosaic",
+                         **case.kwargs(q_seg, kv_seg))
+  config = plan.config
+  return dataclasses.replace(
+      config, mosaic=dataclasses.replace(config.mosaic, **fwd),
+      mosaic_bwd=dataclasses.replace(config.mosaic_bwd, **bwd))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--backend", choices=["triton", "mosaic"],
@@ -54,7 +88,14 @@ def main(argv=None) -> int:
   parser.add_argument("--cases", type=int, default=200)
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the case generator")
+  parser.add_argument("--options", nargs="*", default=[],
+                      help="mosaic only: MosaicBlocks fields over the "
+                      "default tiling, field=value (forward) or "
+                      "bwd.field=value (backward)")
   args = parser.parse_args(argv)
+  fwd, bwd = parse_options(args.options)
+  if (fwd or bwd) and args.backend != "mosaic":
+    parser.error("--options needs --backend mosaic")
   rng = np.random.default_rng(args.seed)
   failures, start = [], time.time()
   # a progress bar on a terminal (none in a log: disable=None)
@@ -62,7 +103,10 @@ def main(argv=None) -> int:
                 disable=None):
     case, seed = draw(rng, args.backend)
     try:
-      _, report = check_attention(case, seed=seed, backend=args.backend)
+      extra = {} if not (fwd or bwd) else dict(
+          config=configured(case, seed, fwd, bwd))
+      _, report = check_attention(case, seed=seed, backend=args.backend,
+                                  **extra)
       worst = max(err / tol for err, tol in report.values())
       print(f"{i} ok {case.id} seed={seed} worst err/tol {worst:.2f}",
             flush=True)
@@ -70,8 +114,9 @@ def main(argv=None) -> int:
       failures.append(f"{case.id} seed={seed}: {type(e).__name__}: "
                       f"{str(e)[:300]}")
       print(f"{i} FAIL {failures[-1]}", flush=True)
-  print(f"{args.backend}: {args.cases - len(failures)} of {args.cases} cases "
-        f"passed (generator seed {args.seed}, {time.time() - start:.0f} s)")
+  print(f"{args.backend}{''.join(' +' + o for o in args.options)}: "
+        f"{args.cases - len(failures)} of {args.cases} cases passed "
+        f"(generator seed {args.seed}, {time.time() - start:.0f} s)")
   for f in failures:
     print("FAIL", f)
   return 1 if failures else 0

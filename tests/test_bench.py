@@ -287,8 +287,10 @@ def test_parity_sweep_draws_hopper_cases_and_reports_failures(capsys,
   """benchmarks/parity_sweep.py: its Hopper draws are cases backend="mosaic"
   takes; a short sweep on the portable kernels passes and says so; a case
   that fails the rule makes it report the case and exit 1."""
+  import dataclasses
   import numpy as np
-  from harness import mosaic_supports
+  import flashjax
+  from harness import Case, mosaic_supports
   from benchmarks import parity_sweep
   rng = np.random.default_rng(0)
   for _ in range(50):
@@ -296,6 +298,14 @@ def test_parity_sweep_draws_hopper_cases_and_reports_failures(capsys,
     assert mosaic_supports(case), case
   assert parity_sweep.main(["--backend", "triton", "--cases", "2"]) == 0
   assert "triton: 2 of 2 cases passed" in capsys.readouterr().out
+  # --options: fields over the case's default Hopper tiling
+  fwd, bwd = parity_sweep.parse_options(["shared_full=True", "bwd.stages=3"])
+  assert (fwd, bwd) == ({"shared_full": True}, {"stages": 3})
+  case = Case(dtype="bfloat16", seq_q=100, seq_kv=100, causal=True)
+  config = parity_sweep.configured(case, 0, fwd, bwd)
+  default = flashjax.default_config(64, causal=True, seq_kv=100)
+  assert config.mosaic == dataclasses.replace(default.mosaic, shared_full=True)
+  assert config.mosaic_bwd == dataclasses.replace(default.mosaic_bwd, stages=3)
 
   def fail(case, seed, backend):
     raise AssertionError(f"{case.id}: dq max err 1 > tol 0.1")
