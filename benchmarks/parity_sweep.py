@@ -6,7 +6,8 @@ GQA/MQA, head dims, causal, window, softcap, padded or packed segment ids)
 from a seeded generator and checks each with the test suite's own rule
 (``tests/harness.check_attention``: O, L, dQ, dK, dV against the float32
 dense reference), on one backend. On the CPU the kernels run in interpret
-mode (``mosaic``: Mosaic GPU's interpreter); on a GPU compiled. Prints one
+mode (``mosaic``: Mosaic GPU's interpreter, whose race detector must find
+no race either); on a GPU compiled. Prints one
 line a case (the worst error as a fraction of its tolerance) and the
 failures at the end; exits 1 if any case failed. ``--options`` sets
 Hopper options over each case's default tiling, as bench_attention.py's
@@ -27,7 +28,9 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
+from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -105,8 +108,13 @@ def main(argv=None) -> int:
     try:
       extra = {} if not (fwd or bwd) else dict(
           config=configured(case, seed, fwd, bwd))
+      races = args.backend == "mosaic" and jax.default_backend() != "gpu"
+      if races:
+        interpret_pallas_call.reset_gpu_interpret_mode_state()
       _, report = check_attention(case, seed=seed, backend=args.backend,
                                   **extra)
+      if races and interpret_pallas_call.get_races().races_found:
+        raise AssertionError(f"{case.id}: the interpreter found a race")
       worst = max(err / tol for err, tol in report.values())
       print(f"{i} ok {case.id} seed={seed} worst err/tol {worst:.2f}",
             flush=True)
