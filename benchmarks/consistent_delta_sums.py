@@ -10,7 +10,8 @@ dS tile with a tile of ones. This script emulates, in float64 with the
 kernels' roundings written out (bf16 O from P V with P rounded, as the
 forward's; P and dP in float32 in the backward; dS rounded to bf16 before
 the dQ and dK products), what each choice of the excess e (D + e for dK/dV,
-dQ = dS K − e ⊗ k̄) gives against the float32 reference:
+dQ = dS K − e ⊗ k̄, the kernels' form until the thirty-eighth session, which
+then took dQ − e ⊗ P'K instead) gives against the float32 reference:
 
 - ``none``: the defaults (D = rowsum(dO ∘ O), O in bf16);
 - ``float32``: the row sums of G in float32 (what the kernels do);

@@ -318,10 +318,11 @@
 #   opts-shared-full-fwd  the same in the forward: bf16 d 64 and 128, FP8
 #              (V key-major) d 128, 4k / 16k, causal and not, 7 rounds
 #              (~3 min)
-#   parity-sweep  benchmarks/parity_sweep.py compiled: random cases (the
+#   parity-sweep  consistent_delta's margin-case tests compiled, then
+#              benchmarks/parity_sweep.py compiled: random cases (the
 #              property test's space, lengths 1-299) on both backends, four
 #              processes a backend at once, 20 cases each (the thirty-eighth
-#              session's interpreted sweep, compiled; ~5 min)
+#              session's interpreted sweep, compiled; ~7 min)
 #   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
 #              kernel first, D + each row's excess for dK/dV, dQ as
 #              dS (K - k̄): the margin case's fix, as the portable backward
@@ -1559,6 +1560,10 @@ for s in "$@"; do
         --causal false true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-shared-full-fp8" ;;
     parity-sweep)
+      # consistent_delta on both margin cases compiled (the thirty-seventh
+      # session's compiled run took the first on inputs where the defaults
+      # pass too), then the sweep
+      mosaic_tests parity-sweep 120 -k margin_case
       for backend in mosaic triton; do
         for seed in 1 2 3 4; do
           env XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout 280 \

@@ -162,11 +162,12 @@ class MosaicBlocks:
   Accuracy:
 
   - ``consistent_delta`` (two-kernel backward): as the portable backward
-    does, the dQ kernel runs first and sums each row of G = P ∘ (dP - D),
-    takes dQ as dS (K - k̄) (not under a softcap) and hands the dK/dV
-    kernel D + each row's excess over dL: a D consistent with the
-    backward's own P (the margin case of the README's Status). Not with
-    ``fused_dq``."""
+    does, the dQ kernel runs first, sums each row of G = P ∘ (dP - D) and
+    of P'K (P' = P times a softcap's factor: one more product a step),
+    takes dQ with D + each row's excess over dL (dQ - excess ⊗ P'K) and
+    hands the dK/dV kernel D + excess: gradients with a D consistent with
+    the backward's own P (the margin cases of the README's Status). Not
+    with ``fused_dq``."""
 
   block_kv: int = 64
   stages: int = 2

@@ -176,19 +176,13 @@ def recompute_unit(scale: float, softcap: float | None):
   return scale * LOG2E if _folds(scale, softcap) else None
 
 
-def consistent_delta_inputs(lse, dlse, k, seq_kv: int,
-                            softcap: float | None):
+def consistent_delta_inputs(lse, dlse):
   """What a backward that makes D consistent with its own P (its dQ kernel
-  first: excess = rowsum(G) - dL per row, dK/dV with D + excess, dQ as
-  dS (K - k̄)) reads besides the residuals: dL, 0 where a row sees no key
+  first: excess = rowsum(G) - dL per row, dQ - excess ⊗ P'K, dK/dV with
+  D + excess) reads besides the residuals: dL, 0 where a row sees no key
   (L = -inf: P = 0 there, so its excess and dQ stay 0), float32 ``[batch,
-  heads, seq_q]``; and k̄, each K/V head's keys' mean over the ``seq_kv``
-  real keys (padding rows are zeros), float32 ``[batch, kv_heads, d]``, or
-  None under a softcap, whose factor keeps dS's rows from summing to dL."""
-  dlse_seen = jnp.where(jnp.isneginf(lse), 0.0, dlse)
-  kbar = (None if softcap is not None else
-          jnp.sum(k.astype(jnp.float32), axis=1) / seq_kv)
-  return dlse_seen, kbar
+  heads, seq_q]``."""
+  return jnp.where(jnp.isneginf(lse), 0.0, dlse)
 
 
 def softcap_grad(ds, t):

@@ -191,13 +191,15 @@ class _DqCarry(NamedTuple):
   """The dQ kernel's carry: dQ's accumulator, the rows' L (log2 units) and
   D, read once; (overlap, dS a register operand) the last step's dS; (the
   compiled ``owned_registers``) Q and dO in registers; (``consistent_delta``)
-  the rows' sums of G = P ∘ (dP - D). Unused fields are None."""
+  the rows' sums of G = P ∘ (dP - D) and the sum of P'K (P' = P times a
+  softcap's factor). Unused fields are None."""
   dq: object
   lse2: object
   delta: object
   ds: object = None
   owned: object = None
   g_sum: object = None
+  pk: object = None
 
 
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
@@ -209,8 +211,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   # S_j, dP_j and dQ += dS_{j-1} K_{j-1} together and computes dS_j while
   # the last runs (K's slot then released a step late).
   # row_fix_refs (consistent_delta): None, or (dL float32 [batch, heads,
-  # seq_q], 0 where a row sees no key; k̄ float32 [batch, kv_heads, d], the
-  # keys' mean, or None under a softcap); excess_ref: float32 [batch, heads,
+  # seq_q], 0 where a row sees no key,); excess_ref: float32 [batch, heads,
   # seq_q], each row's rowsum(G) - dL, or None; dlse_smem: dL's row tile.
   wg = lax.axis_index("wg")
   head_dim = q_ref.shape[-1]
@@ -245,7 +246,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           jnp.zeros((BLOCK_Q, head_dim), jnp.float32),
           _lse2(plan, plgpu.load(lse_smem.at[wg], layout=ROW)),
           plgpu.load(delta_smem.at[wg], layout=ROW), ds, owned,
-          jnp.zeros((BLOCK_Q,), jnp.float32) if row_fix_refs else None)
+          *((jnp.zeros((BLOCK_Q,), jnp.float32),
+             jnp.zeros((BLOCK_Q, head_dim), jnp.float32))
+            if row_fix_refs else ()))
 
     def operands(carry):
       # Q and dO as the A operands of S's and dP's products: in registers
@@ -270,11 +273,21 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     def grad_scores(p, t, dp, dp_start, carry):
       # G = P ∘ (dP - D); dS = G (· the softcap's factor), rounded for the dQ
-      # product; (consistent_delta) the rows' sums of G go on
+      # product; (consistent_delta) the rows' sums of G go on, and P' = P
+      # (· that factor), rounded for P'K's product: dS with D + e is dS - e P'
       g = _grad_scores(p, dp, dp_start, carry.delta, None, 0)
-      g_sum = (None if carry.g_sum is None else
-               carry.g_sum + jnp.sum(g, axis=1))
-      return common.softcap_grad(g, t).astype(q_ref.dtype), g_sum
+      if carry.g_sum is None:
+        return common.softcap_grad(g, t).astype(q_ref.dtype), None, None
+      return (common.softcap_grad(g, t).astype(q_ref.dtype),
+              carry.g_sum + jnp.sum(g, axis=1),
+              common.softcap_grad(p, t).astype(q_ref.dtype))
+
+    def add_pk(carry, p_factor, k_tile):
+      # (consistent_delta) P'K += P' K, P' through ds_tile in the interpreter
+      if p_factor is None:
+        return carry.pk
+      return pipeline.mma_acc(carry.pk, p_factor, k_tile, ds_tile,
+                              in_place=not plan.interpret)
 
     def scores_and_grads(j, slot, sync, carry, ids, masked):
       # Q Kᵀ and dP = dO Vᵀ issued together: P is computed while dP runs
@@ -296,19 +309,21 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       return scores_and_grads(j, slot, sync, carry, ids, masked)
 
     def step(j, slot, sync, carry, masked):
-      ds, g_sum = tile_grads(j, slot, sync, carry, masked)
+      ds, g_sum, p_factor = tile_grads(j, slot, sync, carry, masked)
+      pk = add_pk(carry, p_factor, k_smem.at[slot])
       # dQ += dS K
       dq = pipeline.mma_acc(carry.dq, ds, k_smem.at[slot], ds_tile,
                             in_place=not plan.interpret)
-      return carry._replace(dq=dq, g_sum=g_sum)
+      return carry._replace(dq=dq, g_sum=g_sum, pk=pk)
 
     # overlap: dS_{j-1} is carried (registers) or kept in ds_tile (the
     # interpreter) until step j issues dQ += dS_{j-1} K_{j-1}
     keep = functools.partial(pipeline.carried, tile=ds_tile)
 
     def first_step(j, slot, sync, carry, masked):
-      ds, g_sum = tile_grads(j, slot, sync, carry, masked)
-      return carry._replace(ds=keep(ds), g_sum=g_sum)
+      ds, g_sum, p_factor = tile_grads(j, slot, sync, carry, masked)
+      pk = add_pk(carry, p_factor, k_smem.at[slot])   # before keep's store
+      return carry._replace(ds=keep(ds), g_sum=g_sum, pk=pk)
 
     def overlapped_step(j, slot, sync, carry, masked):
       dq = carry.dq
@@ -319,7 +334,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       k_prev = k_smem.at[sync.prev]
       if plan.interpret:   # no in-place accumulator: the products in turn
         dq = dq + pipeline.wgmma_ss(ds_operand, k_prev, dq.shape)
-        ds, g_sum = scores_and_grads(j, slot, sync, carry, ids, masked)
+        ds, g_sum, p_factor = scores_and_grads(j, slot, sync, carry, ids,
+                                               masked)
       else:
         s_start, dp_start = _starts(plan, carry.lse2, carry.delta, shape, 0)
         q, do = operands(carry)
@@ -336,12 +352,14 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
               s_start, ids, masked)
           dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)
           sync.release(1)                # V's slot can be refilled
-          ds, g_sum = grad_scores(p, t, dp, dp_start, carry)
-          return plgpu.wgmma_accumulator_load(dq_acc), ds, g_sum
-        dq, ds, g_sum = pl.run_scoped(run, plgpu.ACC(dq.shape, jnp.float32),
-                                      plgpu.ACC(shape, jnp.float32),
-                                      plgpu.ACC(shape, jnp.float32))
-      return carry._replace(dq=dq, ds=keep(ds), g_sum=g_sum)
+          ds, g_sum, p_factor = grad_scores(p, t, dp, dp_start, carry)
+          return plgpu.wgmma_accumulator_load(dq_acc), ds, g_sum, p_factor
+        dq, ds, g_sum, p_factor = pl.run_scoped(
+            run, plgpu.ACC(dq.shape, jnp.float32),
+            plgpu.ACC(shape, jnp.float32), plgpu.ACC(shape, jnp.float32))
+      # K_j's slot is held until the next step (lagged); before keep's store
+      pk = add_pk(carry, p_factor, k_smem.at[slot])
+      return carry._replace(dq=dq, ds=keep(ds), g_sum=g_sum, pk=pk)
 
     def drain(carry, sync):
       # dQ += dS K of the last tile
@@ -355,16 +373,9 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       if row_fix_refs:
         # rowsum(G) is dL exactly (0 where a row sees no key), but D from the
         # rounded O misses rowsum(P ∘ dP) by a little: the excess, which the
-        # dK/dV kernel adds to D
+        # dK/dV kernel adds to D; dQ with D + excess is dQ - excess ⊗ P'K
         excess = carry.g_sum - plgpu.load(dlse_smem.at[wg], layout=ROW)
-        kbar_ref = row_fix_refs[1]
-        if kbar_ref is not None:
-          # dQ carries excess · Σ_j P k_j; taken out for the keys' mean k̄
-          # (dS (K - k̄): the same gradient exactly)
-          kbar = plgpu.load(kbar_ref.at[b, kv_head], layout=COL,
-                            optimized=False)
-          dq = dq - (lax.broadcast_in_dim(excess, dq.shape, [0])
-                     * lax.broadcast_in_dim(kbar, dq.shape, [1]))
+        dq = dq - lax.broadcast_in_dim(excess, dq.shape, [0]) * carry.pk
         # through L's tile, read into registers at init
         stores.append((excess, lse_smem.at[wg], excess_ref.at[b, h, rows]))
       pipeline.store([(dq * plan.scale, q_tile, dq_ref.at[b, rows, h]),
@@ -645,8 +656,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
   _, seq_kv, num_kv_heads, _ = k.shape
   blocks = plan.config.mosaic_bwd
   bkv, stages, bq = blocks.block_kv, blocks.stages, blocks.block_q_dkv
-  row_fix = (common.consistent_delta_inputs(lse, dlse, k, plan.mask.seq_kv,
-                                            plan.softcap)
+  row_fix = ((common.consistent_delta_inputs(lse, dlse),)
              if blocks.consistent_delta else None)
   if blocks.lse_log2:
     # once here, not a tile a step: L2 (folded: S's start, -L2 / u)

@@ -4,8 +4,10 @@ P is recomputed tile by tile from L; nothing of size seq_q × seq_kv is stored.
 Two kernels, each parallel over the tiles it writes:
 
 * dQ, one program per query tile, looping over K/V tiles; it also sums each
-  row of dS, whose excess over dL is what D = rowsum(dO ∘ O) from the
-  rounded O misses of rowsum(P ∘ dP), and takes dQ as dS (K − k̄);
+  row of G = P ∘ (dP − D), whose excess over dL is what D = rowsum(dO ∘ O)
+  from the rounded O misses of rowsum(P ∘ dP), and takes that excess out of
+  dQ at the end (dQ −= excess ⊗ P'K, P' = P times a softcap's factor: an
+  extra product a step);
 * then dK/dV, one program per K/V tile of a K/V head, looping over the query
   tiles of every query head in its GQA group (the group sum happens in
   registers), with D + excess: a D consistent with the backward's own P.
@@ -31,10 +33,11 @@ def _ds_tile(q, k, v, do, lse2, delta, *, mask: MaskSpec, scale, softcap,
              precision):
   """Recompute P for one (query tile, K/V tile) pair and form dS.
 
-  Returns ``(P, dS, G)``, float32 ``[block_q, block_kv]``; dS is w.r.t. the
-  raw ``scale · QKᵀ`` divided by scale (the caller multiplies by scale
+  Returns ``(P, dS, G, P')``, float32 ``[block_q, block_kv]``; dS is w.r.t.
+  the raw ``scale · QKᵀ`` divided by scale (the caller multiplies by scale
   once); G = P ∘ (dP - D), dS before a softcap's factor (dS itself without
-  one), whose rows sum to dL in exact arithmetic.
+  one), whose rows sum to dL in exact arithmetic; P' = P with that factor,
+  what a change of D moves dS by: dS(D + e) = dS(D) - e P'.
   """
   # S = scale · Q Kᵀ (log2 units), invisible entries -inf
   s, t = common.scores(q, k, scale=scale, softcap=softcap, precision=precision)
@@ -47,7 +50,7 @@ def _ds_tile(q, k, v, do, lse2, delta, *, mask: MaskSpec, scale, softcap,
   dp = common.dot(do, v, trans_b=True, precision=precision)
   # dS = P ∘ (dP - D)   (∘ (1 - t²) under soft-capping)
   g = p * (dp - delta[:, None])
-  return p, common.softcap_grad(g, t), g
+  return p, common.softcap_grad(g, t), g, common.softcap_grad(p, t)
 
 
 def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
@@ -70,7 +73,7 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
       q = q_ref[rows, g, :]
       do = do_ref[rows, g, :]
       q_seg = None if q_seg_ref is None else q_seg_ref[rows]
-      p, ds, _ = _ds_tile(
+      p, ds, _, _ = _ds_tile(
           q, k, v, do, common.lse_log2_for_recompute(lse_ref[g, rows]),
           delta_ref[g, rows], mask=mask, scale=scale, softcap=softcap,
           q_start=q_start, kv_start=kv_start, block_q=block_q,
@@ -94,14 +97,13 @@ def dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
 
 
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
-              kv_seg_ref, dlse_ref, kbar_ref, dq_ref, excess_ref, *,
+              kv_seg_ref, dlse_ref, dq_ref, excess_ref, *,
               mask: MaskSpec, scale: float, softcap: float | None,
               block_q: int, block_kv: int, num_kv_blocks: int,
               needs_mask: bool, precision):
   # q_ref/do_ref/dq_ref: [block_q, d]; lse_ref/delta_ref/dlse_ref/excess_ref:
   # [block_q] (dL 0 where a row sees no key); k_ref/v_ref: [seq_kv, d] of
-  # the K/V head this query head reads; kbar_ref: [d], its keys' mean
-  # (float32), or None (softcap) (common.consistent_delta_inputs).
+  # the K/V head this query head reads.
   q_start = pl.program_id(0) * block_q
   q = q_ref[...]
   do = do_ref[...]
@@ -110,33 +112,33 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref,
   q_seg = None if q_seg_ref is None else q_seg_ref[...]
 
   def body(j, carry):
-    dq, g_sum = carry
+    dq, pk, g_sum = carry
     kv_start = pl.multiple_of(j * block_kv, block_kv)
     cols = pl.ds(kv_start, block_kv)
     k = k_ref[cols, :]
-    _, ds, g = _ds_tile(
+    _, ds, g, p_factor = _ds_tile(
         q, k, v_ref[cols, :], do, lse2, delta, mask=mask, scale=scale,
         softcap=softcap, q_start=q_start, kv_start=kv_start, block_q=block_q,
         block_kv=block_kv, q_seg=q_seg,
         kv_seg=None if kv_seg_ref is None else kv_seg_ref[cols],
         needs_mask=needs_mask, precision=precision)
-    # dQ += dS K; rowsum(G)
+    # dQ += dS K; P'K; rowsum(G)
     return (dq + common.dot(ds.astype(k.dtype), k, precision=precision),
+            pk + common.dot(p_factor.astype(k.dtype), k, precision=precision),
             g_sum + jnp.sum(g, axis=1))
 
   lo, hi = mask.kv_block_range(q_start, block_q, block_kv, num_kv_blocks)
-  dq, g_sum = lax.fori_loop(
-      lo, hi, body, (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
-                     jnp.zeros((block_q,), jnp.float32)))
+  zeros = jnp.zeros((block_q, q.shape[-1]), jnp.float32)
+  dq, pk, g_sum = lax.fori_loop(lo, hi, body,
+                                (zeros, zeros, jnp.zeros((block_q,),
+                                                         jnp.float32)))
   # rowsum(G) is dL exactly (0 where a row sees no key: P = 0), but D from
   # the rounded O misses rowsum(P ∘ dP) by a little, the excess; the dK/dV
-  # kernel takes D + excess, consistent with its P
+  # kernel takes D + excess, consistent with its P, and dQ with D + excess
+  # is dQ - excess ⊗ P'K
   excess = g_sum - dlse_ref[...]
   excess_ref[...] = excess
-  if kbar_ref is not None:
-    # dQ carries excess · Σ_j P k_j; taken out for the keys' mean k̄, which
-    # holds their common part (dS (K - k̄): the same gradient exactly)
-    dq = dq - excess[:, None] * kbar_ref[...][None, :]
+  dq = dq - excess[:, None] * pk
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
@@ -170,12 +172,9 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
                            interpret=plan.interpret)
 
   # dQ first: grid (query tile, batch, query head). It also gives each row's
-  # excess (dq_kernel), so that the dK/dV kernel's D matches its own P.
-  # Without a softcap dQ is taken as dS (K - k̄), k̄ the mean of each K/V
-  # head's keys (the padding rows are zeros); under one dS w.r.t. the raw
-  # scores carries the softcap's factor and its rows do not sum to dL.
-  dlse, kbar = common.consistent_delta_inputs(lse, dlse, k, plan.mask.seq_kv,
-                                             plan.softcap)
+  # excess (dq_kernel), so that its dQ and the dK/dV kernel's D match the
+  # backward's own P.
+  dlse = common.consistent_delta_inputs(lse, dlse)
   q_tile = pl.BlockSpec((None, block_q, None, head_dim),
                         lambda i, b, h: (b, i, h, 0))
   kv_all = pl.BlockSpec((None, seq_kv, None, head_dim),
@@ -190,15 +189,12 @@ def backward(plan: Plan, q, k, v, q_segment_ids, kv_segment_ids, do, lse,
                 if has_seg else None,
                 pl.BlockSpec((None, seq_kv), lambda i, b, h: (b, 0))
                 if has_seg else None,
-                row_tile,
-                pl.BlockSpec((None, None, head_dim),
-                             lambda i, b, h: (b, h // group, 0))
-                if kbar is not None else None],
+                row_tile],
       out_specs=[q_tile, row_tile],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct(lse.shape, jnp.float32)],
       name="flashjax_bwd_dq",
-  )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids, dlse, kbar)
+  )(q, k, v, do, lse, delta, q_segment_ids, kv_segment_ids, dlse)
 
   # dK, dV: grid (K/V tile, batch, K/V head); a program reads its whole
   # group. D + excess = rowsum(P ∘ dP) - dL of the backward's own P.
