@@ -157,6 +157,18 @@ def base_name(name: str) -> str:
   return name.split("+")[0]
 
 
+def parse_options(options: list[str]) -> tuple[dict, dict]:
+  """``field=value`` (forward) and ``bwd.field=value`` (backward)
+  MosaicBlocks fields, values True, False or ints."""
+  fwd, bwd = {}, {}
+  for option in options:
+    field, value = option.split("=")
+    target = bwd if field.startswith("bwd.") else fwd
+    target[field.removeprefix("bwd.")] = (
+        value == "True" if value in ("True", "False") else int(value))
+  return fwd, bwd
+
+
 def with_options(name: str, causal: bool):
   """The attention of ``name`` = ``flashjax_mosaic`` or
   ``flashjax_fp8_mosaic[_vt]`` followed by ``+field=value`` (forward
@@ -166,12 +178,7 @@ def with_options(name: str, causal: bool):
   if base not in ("flashjax_mosaic", "flashjax_fp8_mosaic",
                   "flashjax_fp8_mosaic_vt"):
     raise ValueError(f"options apply to the Hopper impls only, got {name!r}")
-  fwd, bwd = {}, {}
-  for option in options:
-    field, value = option.split("=")
-    target = bwd if field.startswith("bwd.") else fwd
-    target[field.removeprefix("bwd.")] = (
-        value == "True" if value in ("True", "False") else int(value))
+  fwd, bwd = parse_options(options)
   fp8_impl = base in FP8_IMPLS
 
   def configured(head_dim, seq_kv):

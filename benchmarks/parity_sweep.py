@@ -34,8 +34,10 @@ from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from harness import Case, check_attention, inputs  # noqa: E402
 
+from benchmarks.bench_attention import parse_options  # noqa: E402
 from flashjax.checks import make_plan  # noqa: E402
 
 
@@ -56,18 +58,6 @@ def draw(rng: np.random.Generator, backend: str) -> tuple[Case, int]:
       softcap=None if rng.integers(3) else float(rng.uniform(1, 50)),
       segments=[None, "padded", "packed"][int(rng.integers(3))])
   return case, int(rng.integers(2**16))
-
-
-def parse_options(options: list[str]) -> tuple[dict, dict]:
-  """``field=value`` (forward) and ``bwd.field=value`` (backward) MosaicBlocks
-  fields, values True, False or ints."""
-  fwd, bwd = {}, {}
-  for option in options:
-    field, value = option.split("=")
-    target = bwd if field.startswith("bwd.") else fwd
-    target[field.removeprefix("bwd.")] = (
-        value == "True" if value in ("True", "False") else int(value))
-  return fwd, bwd
 
 
 def configured(case: Case, seed: int, fwd: dict, bwd: dict):
