@@ -464,6 +464,20 @@ step() {
   pack
 }
 
+bwd_option() {
+  # bwd_option STEP OPTION SECONDS "HEAD DIMS": forward+backward with a
+  # backward option (bench_attention's +bwd.OPTION=True) against the default
+  # and cuDNN, bf16, 4k / 16k, causal and not, 7 rounds, ptxas's spill lines
+  local s=$1 option=$2 t=$3 dims=$4
+  # shellcheck disable=SC2086  # dims is a word list
+  step "$s" env MOSAIC_GPU_DUMP_PTXAS=1 timeout "$t" \
+    $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+    "flashjax_mosaic+bwd.$option=True" cudnn --dtypes bfloat16 \
+    --head-dims $dims --seqs 4096 16384 --causal false true \
+    --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/$s"
+  ptxas_table "$s"
+}
+
 fwd_index_vectors() {
   # fwd_index_vectors STEP "HEAD DIMS" "SEQS": the 16-bit causal forward with
   # index vectors against iotas and cuDNN, bf16, 9 rounds, ptxas's spill lines
@@ -1365,12 +1379,7 @@ for s in "$@"; do
       # bf16 d 64 and 128, 4k / 16k, causal and not, 7 rounds, ptxas's lines;
       # then the d 64 kernels' PTX for the step loop's count (~7 min)
       mosaic_tests opts-lse-log2 180 -k lse_log2
-      step opts-lse-log2 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 \
-        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+bwd.lse_log2=True cudnn --dtypes bfloat16 \
-        --head-dims 64 128 --seqs 4096 16384 --causal false true \
-        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/opts-lse-log2"
-      ptxas_table opts-lse-log2
+      bwd_option opts-lse-log2 lse_log2 240 "64 128"
       dump_ptx opts-lse-log2 dump-lse-log2 --impls flashjax_mosaic \
         flashjax_mosaic+bwd.lse_log2=True --dtypes bfloat16 --head-dims 64 \
         --seqs 4096 --causal false --modes fwd_bwd --matmul 0 --repeats 1 \
@@ -1491,13 +1500,7 @@ for s in "$@"; do
     opts-owned-registers)
       mosaic_tests opts-owned-registers 240 -k "owned_registers"
       fp8_tests opts-owned-registers 150 -k owned_registers
-      step opts-owned-registers env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
-        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+bwd.owned_registers=True cudnn \
-        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 --causal false true \
-        --modes fwd_bwd --matmul 0 --repeats 7 \
-        --out "$WORK/opts-owned-registers"
-      ptxas_table opts-owned-registers ;;
+      bwd_option opts-owned-registers owned_registers 300 64 ;;
     opts-owned-registers-fwd)
       step opts-owned-registers-fwd env MOSAIC_GPU_DUMP_PTXAS=1 timeout 270 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
@@ -1542,12 +1545,7 @@ for s in "$@"; do
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
       fp8_tests opts-shared-full 90 -k shared_full
-      step opts-shared-full env MOSAIC_GPU_DUMP_PTXAS=1 timeout 330 \
-        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+bwd.shared_full=True cudnn --dtypes bfloat16 \
-        --head-dims 64 128 --seqs 4096 16384 --causal false true \
-        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/opts-shared-full"
-      ptxas_table opts-shared-full ;;
+      bwd_option opts-shared-full shared_full 330 "64 128" ;;
     opts-shared-full-fwd)
       step opts-shared-full-fwd timeout 150 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+shared_full=True cudnn \
