@@ -210,9 +210,10 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
   # tiles: the CTA's (head, query tile, batch) tiles. overlap: step j issues
   # S_j, dP_j and dQ += dS_{j-1} K_{j-1} together and computes dS_j while
   # the last runs (K's slot then released a step late).
-  # row_fix_refs (consistent_delta): None, or (dL float32 [batch, heads,
-  # seq_q], 0 where a row sees no key,); excess_ref: float32 [batch, heads,
-  # seq_q], each row's rowsum(G) - dL, or None; dlse_smem: dL's row tile.
+  # row_fix_refs (consistent_delta): None, or a 1-tuple of dL, float32
+  # [batch, heads, seq_q], 0 where a row sees no key; excess_ref: float32
+  # [batch, heads, seq_q], each row's rowsum(G) - dL, or None; dlse_smem:
+  # dL's row tile.
   wg = lax.axis_index("wg")
   head_dim = q_ref.shape[-1]
   q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
@@ -276,10 +277,10 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
       # product; (consistent_delta) the rows' sums of G go on, and P' = P
       # (· that factor), rounded for P'K's product: dS with D + e is dS - e P'
       g = _grad_scores(p, dp, dp_start, carry.delta, None, 0)
+      ds = common.softcap_grad(g, t).astype(q_ref.dtype)
       if carry.g_sum is None:
-        return common.softcap_grad(g, t).astype(q_ref.dtype), None, None
-      return (common.softcap_grad(g, t).astype(q_ref.dtype),
-              carry.g_sum + jnp.sum(g, axis=1),
+        return ds, None, None
+      return (ds, carry.g_sum + jnp.sum(g, axis=1),
               common.softcap_grad(p, t).astype(q_ref.dtype))
 
     def add_pk(carry, p_factor, k_tile):
