@@ -318,15 +318,22 @@
 #   opts-shared-full-fwd  the same in the forward: bf16 d 64 and 128, FP8
 #              (V key-major) d 128, 4k / 16k, causal and not, 7 rounds
 #              (~3 min)
-#   parity-sweep  consistent_delta's margin-case tests compiled, then
+#   opts-o-residual  o_residual (the forward also writes O's rounding
+#              residual r; the backward's D from O + r: the margin cases'
+#              fix with the default backward kernels): its compiled tests,
+#              then forward+backward against the default and cuDNN, bf16
+#              d 64 and 128, 4k / 16k, causal and not, 7 rounds, ptxas's
+#              spill lines (written in the thirty-ninth session; ~6 min)
+#   parity-sweep  the margin-case tests (consistent_delta, o_residual)
+#              compiled, then
 #              benchmarks/parity_sweep.py compiled: random cases (the
 #              property test's space, lengths 1-299) on both backends, four
 #              processes a backend at once, 20 cases each (the thirty-eighth
 #              session's interpreted sweep, compiled; ~7 min)
 #   opts-consistent-delta  consistent_delta (the two-kernel backward's dQ
-#              kernel first, D + each row's excess for dK/dV, dQ as
-#              dS (K - k̄): the margin case's fix, as the portable backward
-#              has it): its compiled tests, then forward+backward against
+#              kernel first, D + each row's excess for dK/dV, dQ - excess ⊗
+#              P'K: the margin cases' fix, as the portable backward has
+#              it): its compiled tests, then forward+backward against
 #              the default and cuDNN where the default is two kernels, bf16
 #              d 64 non-causal 2k, d 64 and 128 causal 2k / 4k, 7 rounds
 #              (written in the thirty-sixth session; ~4 min)
@@ -1572,6 +1579,14 @@ for s in "$@"; do
       wait
       tail -n 3 "$WORK"/parity-sweep-*.log | tee -a "$WORK/parity-sweep.log"
       pack ;;
+    opts-o-residual)
+      mosaic_tests opts-o-residual 150 -k "o_residual"
+      step opts-o-residual env MOSAIC_GPU_DUMP_PTXAS=1 timeout 330 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+o_residual=True cudnn --dtypes bfloat16 \
+        --head-dims 64 128 --seqs 4096 16384 --causal false true \
+        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/opts-o-residual"
+      ptxas_table opts-o-residual ;;
     opts-consistent-delta)
       mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
       step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \

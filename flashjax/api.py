@@ -2,6 +2,8 @@
 
 The forward saves only (Q, K, V, O, L) and the segment ids; the backward
 computes D = rowsum(dO ∘ O) - dL and recomputes P tile by tile in its kernels.
+With ``MosaicBlocks(o_residual=True)`` the Hopper forward also saves O's
+rounding residual r, and D is taken from O + r, the unrounded O's.
 With ``fp8=True`` the forward quantises Q, K, V to FP8 itself (power-of-2
 per-tensor scales) and the backward runs in bf16/fp16 on the same quantised
 values, exact in 16 bits, so the recomputed P = exp(S - L) matches the forward's
@@ -182,9 +184,11 @@ def _first_order_only(kernel):
   return launch
 
 
-def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, descale):
+def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, descale,
+                    residual=False):
   if plan.backend == "mosaic":
-    return mosaic_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale)
+    return mosaic_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale,
+                                  residual=residual)
   return triton_kernels.forward(plan, q, k, v, q_seg, kv_seg, descale)
 
 
@@ -199,12 +203,25 @@ def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta,
 
 _forward = _first_order_only(_forward_kernel)
 _backward = _first_order_only(_backward_kernel)
+# (O, L, r): O's rounding residual too, for the backward's D
+_forward_with_residual = _first_order_only(
+    functools.partial(_forward_kernel, residual=True))
 
 
-def _quantized_forward(plan: Plan, q, k, v, q_seg, kv_seg, descale):
+def _saves_residual(plan: Plan) -> bool:
+  """Whether the differentiated forward also returns O's rounding residual
+  (``MosaicBlocks.o_residual``, the 16-bit Hopper forward)."""
+  return (plan.backend == "mosaic" and plan.config.mosaic.o_residual
+          and not plan.fp8)
+
+
+def _quantized_forward(plan: Plan, q, k, v, q_seg, kv_seg, descale,
+                       forward=_forward):
   """The forward kernel; under the fp8 policy, on Q, K, V quantised here
   (only V with ``fp8_qk=False``; Q and K then go in 16 bits, descale 1).
-  Returns ``(O, L)`` and the Q, K, V it multiplied, in the inputs' dtype
+  Returns ``forward``'s outputs (``(O, L)``, or with
+  :data:`_forward_with_residual` ``(O, L, r)``) and the Q, K, V it
+  multiplied, in the inputs' dtype
   (under the policy, the quantised values: power-of-2 scales make them exact
   in 16 bits), which the backward differentiates at."""
   if plan.fp8 and not plan.fp8_inputs:
@@ -217,8 +234,8 @@ def _quantized_forward(plan: Plan, q, k, v, q_seg, kv_seg, descale):
     (q8, qd, q), (k8, kd, k), (v8, vd, v) = (*qk, quantised(v))
     descale = jnp.broadcast_to(jnp.stack([qd, kd, vd, jnp.float32(0)]),
                                (plan.num_q_heads, 4))
-    return _forward(plan, q8, k8, v8, q_seg, kv_seg, descale), (q, k, v)
-  return _forward(plan, q, k, v, q_seg, kv_seg, descale), (q, k, v)
+    return forward(plan, q8, k8, v8, q_seg, kv_seg, descale), (q, k, v)
+  return forward(plan, q, k, v, q_seg, kv_seg, descale), (q, k, v)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -227,9 +244,10 @@ def _flash_core(plan: Plan, q, k, v, q_seg, kv_seg, descale):
 
 
 def _flash_core_fwd(plan: Plan, q, k, v, q_seg, kv_seg, descale):
-  (o, lse), (q, k, v) = _quantized_forward(plan, q, k, v, q_seg, kv_seg,
-                                           descale)
-  return (o, lse), (q, k, v, q_seg, kv_seg, o, lse)
+  (o, lse, *r), (q, k, v) = _quantized_forward(
+      plan, q, k, v, q_seg, kv_seg, descale,
+      _forward_with_residual if _saves_residual(plan) else _forward)
+  return (o, lse), (q, k, v, q_seg, kv_seg, o, lse, *r)
 
 
 def _flash_core_bwd(plan: Plan, residuals, cotangents):
@@ -238,12 +256,15 @@ def _flash_core_bwd(plan: Plan, residuals, cotangents):
         "flashjax.attention on pre-quantised FP8 inputs is forward only; to "
         "train with an FP8 forward pass bfloat16/float16 inputs with fp8=True "
         "(the backward then runs in that dtype).")
-  q, k, v, q_seg, kv_seg, o, lse = residuals
+  q, k, v, q_seg, kv_seg, o, lse, *r = residuals
   do, dlse = cotangents
   # D = rowsum(dO ∘ O) - dL   [batch, heads, seq_q]; a dL term arises only when
-  # the caller differentiates through the returned logsumexp.
-  delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32),
-                     o.astype(jnp.float32)) - dlse
+  # the caller differentiates through the returned logsumexp. O + r: the
+  # unrounded O (o_residual), whose D is the backward's own rowsum(P ∘ dP).
+  o = o.astype(jnp.float32)
+  if r:
+    o = o + r[0].astype(jnp.float32)
+  delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), o) - dlse
   dq, dk, dv = _backward(plan, q, k, v, q_seg, kv_seg, do.astype(q.dtype),
                          lse, delta, dlse)
   return dq, dk, dv, None, None, None

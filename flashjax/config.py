@@ -167,7 +167,13 @@ class MosaicBlocks:
     takes dQ with D + each row's excess over dL (dQ - excess ⊗ P'K) and
     hands the dK/dV kernel D + excess: gradients with a D consistent with
     the backward's own P (the margin cases of the README's Status). Not
-    with ``fused_dq``."""
+    with ``fused_dq``.
+  - ``o_residual`` (forward, 16-bit; when differentiated): the forward also
+    writes O's rounding residual r = O32 - round(O32) in O's dtype, and the
+    backward takes D = rowsum(dO ∘ (O + r)), the unrounded O's: the same
+    margin cases without a cost in the backward (one more tile stored in
+    the forward's epilogue, one more residual of O's size kept for the
+    backward). Any backward tiling, fused included."""
 
   block_kv: int = 64
   stages: int = 2
@@ -189,6 +195,7 @@ class MosaicBlocks:
   owned_registers: bool = False
   consistent_delta: bool = False
   shared_full: bool = False
+  o_residual: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):
@@ -214,7 +221,8 @@ class MosaicBlocks:
                  fp8: bool = False, fp8_qk: bool = True) -> int:
     """Shared memory of the forward kernel, or (``backward``) the larger of the
     dQ and dK/dV kernels, compiled: owned tiles (Q, with O written over it
-    unless ``prefetch_q`` gives O its own; Q and dO; K and V) and the
+    unless ``prefetch_q`` gives O its own, and ``o_residual``'s r; Q and
+    dO; K and V) and the
     streamed stages (P and dS stay in registers; the
     1-D L/D tiles and barriers fit in the slack). ``itemsize``: the inputs'
     bytes; ``fp8``: the FP8 forward (1-byte Q, K, V, and an O tile of
@@ -226,7 +234,7 @@ class MosaicBlocks:
       return (wgs * rows * head_dim * (qk_bytes + itemsize)
               + self.stages * self.block_kv * head_dim * (qk_bytes + 1))
     if not backward:
-      return ((1 + self.prefetch_q) * wgs * rows * head_dim
+      return ((1 + self.prefetch_q + self.o_residual) * wgs * rows * head_dim
               + self.stages * 2 * self.block_kv * head_dim) * itemsize
     if not self.fused_dq:      # the larger of the dQ and dK/dV kernels
       streamed = max(self.block_kv, self.block_q_dkv)

@@ -161,6 +161,12 @@ def finalize(acc, m, l, unit: float = 1.0, p_scale: float = 1.0):
   return o, lse
 
 
+def rounding_residual(o, dtype):
+  """``r = O - round(O)`` in ``dtype``, of float32 ``O``: what rounding O to
+  ``dtype`` dropped (``O + r`` is O to about twice ``dtype``'s bits)."""
+  return (o - o.astype(dtype).astype(jnp.float32)).astype(dtype)
+
+
 def lse_log2_for_recompute(lse):
   """L (natural log) -> log2 units for ``P = exp2(S2 - L2)``; -inf rows -> +inf.
 

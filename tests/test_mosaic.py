@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import glob
 import os
 
@@ -1054,6 +1055,68 @@ def test_consistent_delta(softcap, overlap):
 def test_consistent_delta_needs_two_kernels():
   with pytest.raises(ValueError, match="consistent_delta.*fused_dq=True"):
     flashjax.MosaicBlocks(fused_dq=True, consistent_delta=True)
+
+
+def with_residual(head_dim, causal=False, **mosaic):
+  """The default config of ``head_dim`` with ``MosaicBlocks(o_residual)``."""
+  base = flashjax.default_config(head_dim, causal=causal)
+  return dataclasses.replace(base, mosaic=dataclasses.replace(
+      base.mosaic, o_residual=True, **mosaic))
+
+
+@pytest.mark.parametrize("case,seed", MARGIN_CASES,
+                         ids=[c.id for c, _ in MARGIN_CASES])
+def test_o_residual_passes_the_margin_case(case, seed):
+  """``MosaicBlocks(o_residual=True)``: the forward also writes O's
+  rounding residual r and the backward's D = rowsum(dO ∘ (O + r)) is the
+  unrounded O's, so the margin cases, which the defaults miss (dQ;
+  :func:`test_consistent_delta_passes_the_margin_case` checks that in the
+  interpreter), pass with the default backward kernels; race detector on."""
+  check_without_races(case, with_residual(64), seed=seed)
+
+
+@pytest.mark.parametrize("stream_k", [False, True])
+def test_o_residual(stream_k):
+  """The forward's r (``forward(..., residual=True)``) is what rounding O
+  dropped: at most half an ulp of O, and O + r is nearer float32's O (a
+  third of O's error here; the rest is P's rounding for P V), after
+  Stream-K's merge too (the interpreter's 2 CTAs cut the causal pairs'
+  middle one). Gradients through it (packed segments, GQA) pass the rule,
+  race detector on. Lowered for CUDA at d 64 and 128 (there the forward's
+  shared memory is 224 KiB of 227), non-causal (Stream-K's merge writes r)
+  and causal; FP8 has no residual."""
+  from flashjax.checks import make_plan
+  from pallas_kernels import mosaic
+  case = STREAM_K_INTERPRETED[1]
+  small = {} if jax.default_backend() == "gpu" else dict(block_kv=64)
+  config = with_residual(64, causal=True, persistent=True, stream_k=stream_k,
+                         **small)
+  check_without_races(case, config)
+
+  q, k, v = (jax.random.normal(key, (1, 256, 3, 64), jnp.bfloat16)
+             for key in jax.random.split(jax.random.key(0), 3))
+  plan, _, _ = make_plan(q, k, v, causal=True, backend="mosaic",
+                         config=config)
+  o, _, r = jax.jit(functools.partial(mosaic.forward, plan,
+                                      residual=True))(q, k, v)
+  o32 = flashjax.attention(*(x.astype(jnp.float32) for x in (q, k, v)),
+                           causal=True, backend="reference")
+  # |r| at most half a bfloat16 ulp of O (8 bits of 24: float32's spacing
+  # times 2^16)
+  o_np, r_np = (np.asarray(x, np.float32) for x in (o, r))
+  assert np.all(np.abs(r_np) <= np.spacing(np.abs(o_np)) * 2.0 ** 15)
+  assert np.any(r_np != 0)
+  unrounded = o.astype(jnp.float32) + r.astype(jnp.float32)
+  assert max_err(unrounded, o32) < max_err(o, o32) / 2
+  with pytest.raises(ValueError, match="16-bit forward's only"):
+    mosaic.forward(dataclasses.replace(plan, fp8="float8_e4m3fn"), q, k, v,
+                   residual=True)
+
+  for head_dim in (64, 128):
+    for causal in (False, True):
+      text = lowered_grad(with_residual(head_dim, causal), head_dim,
+                          "bfloat16", causal, seq=4096).as_text()
+      assert ("flashjax_fwd_merge" in text) == (not causal)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

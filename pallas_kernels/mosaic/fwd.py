@@ -121,8 +121,8 @@ def kernel_name(fp8: bool) -> str:
 
 
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
-               part_refs, q_smem, o_smem, k_smem, v_smem, p_smem, lse_smem,
-               q_barriers, schedule, k_full, v_full, k_free, v_free, *,
+               r_ref, part_refs, q_smem, o_smem, r_smem, k_smem, v_smem,
+               p_smem, lse_smem, q_barriers, schedule, k_full, v_full, k_free, v_free, *,
                plan: Plan, block_kv: int, num_kv_blocks: int,
                tiles: pipeline.Tiles, overlap: bool, prefetch_q: bool,
                early_handover: bool):
@@ -130,9 +130,11 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # v_ref: like k_ref, or (FP8) [batch, kv_heads, d, seq_kv]; lse_ref: [batch,
   # heads, seq_q]; seg_refs: None or the int32 segment ids ([batch, seq_q],
   # [batch, seq_kv]); descale_ref: None or (FP8) float32 [heads, 2, BLOCK_Q],
-  # each head's q·k descale and v descale, repeated per row. part_refs: None,
-  # or (Stream-K, tiles.stream_k) the cut tiles' parts' O [ctas, 2,
-  # COMPUTE_WGS · BLOCK_Q, d] and L [ctas, 2, COMPUTE_WGS · BLOCK_Q].
+  # each head's q·k descale and v descale, repeated per row. r_ref: None, or
+  # (o_residual) O's rounding residual, like o_ref, through r_smem. part_refs:
+  # None, or (Stream-K, tiles.stream_k) the cut tiles' parts' O [ctas, 2,
+  # COMPUTE_WGS · BLOCK_Q, d], L [ctas, 2, COMPUTE_WGS · BLOCK_Q] and
+  # (o_residual) r like O.
   # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
   # (FP8: O is not in Q's dtype; prefetch_q: the next tile's Q may be landing
   # in q_smem); k_smem/v_smem are the streamed K/V slots;
@@ -338,15 +340,19 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
       o, lse = common.finalize(*carry[:3], unit(carry[3]), p_scale)
       if fp8:
         o = o * lax.broadcast_in_dim(descale(1), o.shape, [0])
+      copies = [(o, o_tile, o_ref.at[b, rows, h]),
+                (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])]
+      if r_ref is not None:
+        # o_residual: what rounding O drops, so that the backward's D =
+        # rowsum(dO ∘ (O + r)) is the unrounded O's
+        copies.append((common.rounding_residual(o, o_ref.dtype),
+                       r_smem.at[wg], r_ref.at[b, rows, h]))
       # a Stream-K unit's part of a cut tile: to the parts' row of its slot
       elsewhere = None
       if part is not None:
-        o_part, lse_part = part_refs
         at = (part.cta, jnp.maximum(part.slot, 0), pl.ds(wg * BLOCK_Q, BLOCK_Q))
-        elsewhere = (part.slot >= 0, [o_part.at[at], lse_part.at[at]])
-      pipeline.store([(o, o_tile, o_ref.at[b, rows, h]),
-                      (lse, lse_smem.at[wg], lse_ref.at[b, h, rows])],
-                     wait=not prefetch_q, elsewhere=elsewhere)
+        elsewhere = (part.slot >= 0, [ref.at[at] for ref in part_refs])
+      pipeline.store(copies, wait=not prefetch_q, elsewhere=elsewhere)
 
     w = pipeline.kv_work(
         plan.mask, cta_start=cta_start, k_ref=k_ref, v_ref=v_ref,
@@ -409,7 +415,7 @@ def end(wg, pingpong, overlap: bool, prefetch_q: bool, early_handover: bool,
 
 
 def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
-            descale=None):
+            descale=None, residual: bool = False):
   """Run the Hopper forward on padded inputs.
 
   Args:
@@ -421,6 +427,9 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
       ``[batch, seq_kv]``, or None.
     descale: FP8 only: float32 ``[num_q_heads, 4]``, each query head's q, k
       and v descales (:func:`flashjax.checks.check_descales`).
+    residual: also return O's rounding residual r (16-bit only;
+      ``MosaicBlocks.o_residual``): ``O + r`` is the float32 O before
+      rounding, to about twice O's bits.
 
   FP8: wgmma takes 8-bit operands only K-major, so the kernel reads V as
   ``[batch, kv_heads, d, seq_kv]``, its keys in
@@ -430,10 +439,13 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   ``fp8=True`` policy it fuses with the quantisation).
 
   Returns:
-    O ``[batch, seq_q, num_q_heads, head_dim]`` in ``plan.dtype``, and L
-    (natural log, float32) ``[batch, num_q_heads, seq_q]``.
+    O ``[batch, seq_q, num_q_heads, head_dim]`` in ``plan.dtype``, L
+    (natural log, float32) ``[batch, num_q_heads, seq_q]``, and with
+    ``residual`` r like O.
   """
   batch, seq_q, num_heads, head_dim = q.shape
+  if residual and plan.fp8:
+    raise ValueError("O's rounding residual is the 16-bit forward's only.")
   seq_kv = k.shape[1]
   blocks = plan.config.mosaic
   bkv, stages = blocks.block_kv, blocks.stages
@@ -461,20 +473,24 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
                   axis=1)[:, :, None], (num_heads, 2, BLOCK_Q))
   v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
   rows = COMPUTE_WGS * BLOCK_Q
+  o_type = jax.ShapeDtypeStruct(q.shape, plan.dtype)
+  o_part = jax.ShapeDtypeStruct((sk.ctas, 2, rows, head_dim),
+                                plan.dtype) if sk else None
   parts = None if sk is None else (
-      jax.ShapeDtypeStruct((sk.ctas, 2, rows, head_dim), plan.dtype),
-      jax.ShapeDtypeStruct((sk.ctas, 2, rows), jnp.float32))
-  o, lse, parts = plgpu.kernel(
+      o_part, jax.ShapeDtypeStruct((sk.ctas, 2, rows), jnp.float32),
+      *[o_part] * residual)
+  o_tile = plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), plan.dtype)
+  o, lse, r, parts = plgpu.kernel(
       kernel,
       **tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
-      out_type=[jax.ShapeDtypeStruct(q.shape, plan.dtype),
+      out_type=[o_type,
                 jax.ShapeDtypeStruct((batch, num_heads, seq_q), jnp.float32),
-                parts],
+                o_type if residual else None, parts],
       scratch_types=(
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), q.dtype),
-          plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), plan.dtype)
-          if fp8 or blocks.prefetch_q else None,
+          o_tile if fp8 or blocks.prefetch_q else None,
+          o_tile if residual else None,
           plgpu.SMEM((stages, bkv, head_dim), k.dtype),
           plgpu.SMEM((stages, *v_tile), v.dtype),
           plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, bkv), fp8 or q.dtype)
@@ -494,8 +510,9 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
       kernel_name=kernel_name(fp8),
   )(q, k, v, (q_segment_ids, kv_segment_ids) if plan.mask.has_segments
       else None, descale if fp8 else None)
-  return (o, lse) if sk is None else merge(sk, plan.mask, o, lse, *parts,
-                                            interpret=plan.interpret)
+  outs = (o, lse, r) if residual else (o, lse)
+  return outs if sk is None else merge(sk, plan.mask, outs, parts,
+                                       interpret=plan.interpret)
 
 
 def stream_k(plan: Plan, tiles: pipeline.Tiles, block_kv: int,
@@ -526,25 +543,31 @@ def stream_k(plan: Plan, tiles: pipeline.Tiles, block_kv: int,
                              first_steps=lambda i: kv_range(i)[1])
 
 
-def merge(sk: pipeline.StreamK, mask, o, lse, o_part, lse_part,
-          interpret: bool = False):
-  """O and L of the tiles Stream-K cut in two (:class:`pipeline.StreamK`),
-  from their parts' (each normalised over its own keys, with its own L):
-  L = log(exp L₁ + exp L₂), O = exp(L₁ - L) O₁ + exp(L₂ - L) O₂ in float32
-  (a part or row that saw no key: weight 0), written over those tiles' rows
-  of ``o`` [batch, seq_q, heads, d] and ``lse`` [batch, heads, seq_q] in
-  place (aliased: nothing else of O is read or copied). One program per
+def merge(sk: pipeline.StreamK, mask, outs, parts, interpret: bool = False):
+  """O and L (and O's rounding residual r) of the tiles Stream-K cut in two
+  (:class:`pipeline.StreamK`), from their parts' (each normalised over its
+  own keys, with its own L): L = log(exp L₁ + exp L₂), O = exp(L₁ - L) O₁ +
+  exp(L₂ - L) O₂ in float32 (a part or row that saw no key: weight 0; with
+  r, each part's O is O + r), written over those tiles' rows of ``outs`` =
+  (o [batch, seq_q, heads, d], lse [batch, heads, seq_q][, r like o]) in
+  place (aliased: nothing else of them is read or copied). One program per
   boundary between CTAs c and c + 1 (the Stream-K CTAs' last one has none),
   a Triton-lowered Pallas kernel. ``sk``'s units index the forward's
   (heads, query tiles, batch) grid, its query tiles in
-  :func:`pipeline.heavy_first`'s order under ``mask``; ``o_part`` [ctas, 2,
-  rows, d], ``lse_part`` [ctas, 2, rows]."""
-  rows = o_part.shape[2]
-  num_tiles = o.shape[1] // rows
+  :func:`pipeline.heavy_first`'s order under ``mask``; ``parts`` = (o_part
+  [ctas, 2, rows, d], lse_part [ctas, 2, rows][, r_part like o_part])."""
+  rows = parts[0].shape[2]
+  num_tiles = outs[0].shape[1] // rows
 
-  def combine(parts, c, index, outs):
-    (o_part_ref, lse_part_ref), (o_ref, lse_ref) = parts, outs
+  def combine(part_refs, c, index, out_refs):
     h, q_tile, b = index
+    o_part_ref, lse_part_ref, *r_part_ref = part_refs
+
+    def part_o(i, j):
+      # part j of CTA i's O (+ r) in float32
+      o = o_part_ref[i, j, :, :].astype(jnp.float32)
+      return o + r_part_ref[0][i, j, :, :].astype(jnp.float32) \
+          if r_part_ref else o
     # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
     l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
     top = jnp.maximum(l1, l2)
@@ -553,11 +576,13 @@ def merge(sk: pipeline.StreamK, mask, o, lse, o_part, lse_part,
                   -jnp.inf)
     w1 = jnp.where(l1 > -jnp.inf, jnp.exp(l1 - l), 0.0)
     w2 = jnp.where(l2 > -jnp.inf, jnp.exp(l2 - l), 0.0)
-    o_cut = (w1[:, None] * o_part_ref[c, 1, :, :].astype(jnp.float32)
-             + w2[:, None] * o_part_ref[c + 1, 0, :, :].astype(jnp.float32))
+    o_cut = w1[:, None] * part_o(c, 1) + w2[:, None] * part_o(c + 1, 0)
     at = pl.ds(pipeline.heavy_first(mask, q_tile, num_tiles) * rows, rows)
+    o_ref, lse_ref, *r_ref = out_refs
     o_ref[b, at, h, :] = o_cut.astype(o_ref.dtype)
     lse_ref[b, h, at] = l
+    if r_ref:
+      r_ref[0][b, at, h, :] = common.rounding_residual(o_cut, o_ref.dtype)
 
-  return pipeline.merge_cut(sk, combine, [o_part, lse_part], [o, lse],
-                            "flashjax_fwd_merge", interpret)
+  return tuple(pipeline.merge_cut(sk, combine, list(parts), list(outs),
+                                  "flashjax_fwd_merge", interpret))
