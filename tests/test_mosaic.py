@@ -1064,15 +1064,21 @@ def with_residual(head_dim, causal=False, **mosaic):
       base.mosaic, o_residual=True, **mosaic))
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("case,seed", MARGIN_CASES,
                          ids=[c.id for c, _ in MARGIN_CASES])
-def test_o_residual_passes_the_margin_case(case, seed):
+def test_o_residual_passes_the_margin_case(case, seed, fused):
   """``MosaicBlocks(o_residual=True)``: the forward also writes O's
   rounding residual r and the backward's D = rowsum(dO ∘ (O + r)) is the
   unrounded O's, so the margin cases, which the defaults miss (dQ;
   :func:`test_consistent_delta_passes_the_margin_case` checks that in the
-  interpreter), pass with the default backward kernels; race detector on."""
-  check_without_races(case, with_residual(64), seed=seed)
+  interpreter), pass with the default backward kernels, the two (these
+  cases' defaults) and the fused one (with split dQ columns, the default's
+  form at d 64 from 4k keys); race detector on."""
+  config = with_residual(64, causal=case.causal)
+  config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
+      config.mosaic_bwd, fused_dq=fused, split_dq=fused))
+  check_without_races(case, config, seed=seed)
 
 
 @pytest.mark.parametrize("stream_k", [False, True])
