@@ -323,7 +323,8 @@
 #              fix with the default backward kernels): its compiled tests,
 #              then forward+backward against the default and cuDNN, bf16
 #              d 64 and 128, 4k / 16k, causal and not, 7 rounds, ptxas's
-#              spill lines (written in the thirty-ninth session; ~6 min)
+#              spill lines, then each kernel's GPU time at d 128 16k
+#              (written in the thirty-ninth session; ~8 min)
 #   parity-sweep  the margin-case tests (consistent_delta, o_residual)
 #              compiled, then
 #              benchmarks/parity_sweep.py compiled: random cases (the
@@ -1581,12 +1582,17 @@ for s in "$@"; do
       pack ;;
     opts-o-residual)
       mosaic_tests opts-o-residual 150 -k "o_residual"
-      step opts-o-residual env MOSAIC_GPU_DUMP_PTXAS=1 timeout 330 \
+      step opts-o-residual env MOSAIC_GPU_DUMP_PTXAS=1 timeout 270 \
         $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+o_residual=True cudnn --dtypes bfloat16 \
         --head-dims 64 128 --seqs 4096 16384 --causal false true \
         --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/opts-o-residual"
-      ptxas_table opts-o-residual ;;
+      ptxas_table opts-o-residual
+      # the forward kernel's own GPU time with r and without (the D fusion
+      # apart), d 128 non-causal 16k: the epilogue's extra store
+      step opts-o-residual timeout 100 $PY benchmarks/profile_kernels.py \
+        --head-dim 128 --seq 16384 --mode fwd_bwd --impls flashjax_mosaic \
+        flashjax_mosaic+o_residual=True --out "$WORK/kernels-o-residual" ;;
     opts-consistent-delta)
       mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
       step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \
