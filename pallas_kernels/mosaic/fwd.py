@@ -122,7 +122,8 @@ def kernel_name(fp8: bool) -> str:
 
 def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
                r_ref, part_refs, q_smem, o_smem, r_smem, k_smem, v_smem,
-               p_smem, lse_smem, q_barriers, schedule, k_full, v_full, k_free, v_free, *,
+               p_smem, lse_smem, q_barriers, schedule, k_full, v_full,
+               k_free, v_free, *,
                plan: Plan, block_kv: int, num_kv_blocks: int,
                tiles: pipeline.Tiles, overlap: bool, prefetch_q: bool,
                early_handover: bool):
