@@ -212,33 +212,21 @@ def test_property_random_shapes(dtype, seq_q, seq_kv, kv_heads, group,
                        softcap=softcap, segments=segments), seed=seed)
 
 
-@pytest.mark.parametrize("backend", [
-    "triton",
-    pytest.param("mosaic", marks=pytest.mark.xfail(strict=True, reason=(
-        "the Hopper backward's defaults keep D = rowsum(dO ∘ O): compiled on "
-        "the H200 dK is 0.0048 off float32, rule 0.0039 "
-        "(results/raw/tests-triton-session35-h200.log); with "
-        "MosaicBlocks(consistent_delta=True) or o_residual=True it passes "
-        "(test_mosaic.py)")))])
+@pytest.mark.parametrize("backend", ["triton", "mosaic"])
 def test_known_margin_case(backend):
   """Found by the property test's random draw (eighth session); an xfail
-  until the thirty-fourth. D = rowsum(dO ∘ O) from the bf16 O misses
-  rowsum(P ∘ dP) of the backward's own P, so dS's rows do not sum to dL:
-  bf16 dQ was 0.0035 off float32 at one element (rule 0.0034) and dK
-  0.0048 (rule 0.0029). The portable backward now takes D + that excess in
-  dK/dV (0.0006) and in dQ, as dQ - excess ⊗ P'K (0.00069; before the
-  thirty-eighth session dS (K - k̄), 0.0029; benchmarks/margin_case.py):
-  it fails if either is dropped. The Hopper backward (d 40 is padded to 64)
-  does so only under ``MosaicBlocks(consistent_delta=True)``, off by default
-  since it cost 3.5-6.3% of forward+backward on the H200 in its k̄ form
-  (results/raw/opts-consistent-delta-*-session37-h200.md; P'K's product
-  adds to that, not yet timed;
-  test_mosaic.test_consistent_delta_passes_the_margin_case), or under
-  ``MosaicBlocks(o_residual=True)`` (thirty-ninth session), whose forward
-  writes O's rounding residual r so that D comes from the unrounded O + r
-  with the default backward kernels (dQ 0.00069, dK 0.00062; its cost not
-  yet timed; test_mosaic.test_o_residual_passes_the_margin_case): with
-  its defaults an xfail, which fails if it starts to pass."""
+  until the thirty-fourth (portable) and the thirty-ninth (Hopper). D =
+  rowsum(dO ∘ O) from the bf16 O misses rowsum(P ∘ dP) of the backward's
+  own P, so dS's rows do not sum to dL: bf16 dQ was 0.0035 off float32 at
+  one element (rule 0.0034) and dK 0.0048 (rule 0.0029). The portable
+  backward takes D + that excess in dK/dV (0.0006) and in dQ, as dQ -
+  excess ⊗ P'K (0.00069; before the thirty-eighth session dS (K - k̄),
+  0.0029; benchmarks/margin_case.py): it fails if either is dropped. The
+  Hopper forward writes O's rounding residual r by default since the
+  thirty-ninth session (``MosaicBlocks(o_residual)``), and its backward
+  takes D from the unrounded O + r (dQ 0.00069, dK 0.00062; d 40 is padded
+  to 64); without it the case fails (test_mosaic.
+  test_consistent_delta_passes_the_margin_case checks that)."""
   check_attention(Case(dtype="bfloat16", seq_q=1, seq_kv=5, num_q_heads=1,
                        num_kv_heads=1, head_dim=40, segments="packed"),
                   seed=13, backend=backend)

@@ -974,10 +974,19 @@ MARGIN_CASES = [
           num_kv_heads=1, head_dim=64, causal=True, segments="packed"), 61349)]
 
 
-def consistent(head_dim, causal=False, **blocks):
-  """The default config of ``head_dim`` with ``consistent_delta`` (two
-  backward kernels)."""
+def rounded_o(head_dim, causal=False):
+  """The default config of ``head_dim`` with D = rowsum(dO ∘ O) from the
+  rounded O (``o_residual=False``), the Hopper defaults until the
+  thirty-ninth session."""
   base = flashjax.default_config(head_dim, causal=causal)
+  return dataclasses.replace(base, mosaic=dataclasses.replace(
+      base.mosaic, o_residual=False))
+
+
+def consistent(head_dim, causal=False, **blocks):
+  """:func:`rounded_o`'s config with ``consistent_delta`` (two backward
+  kernels)."""
+  base = rounded_o(head_dim, causal)
   return dataclasses.replace(base, mosaic_bwd=dataclasses.replace(
       base.mosaic_bwd, consistent_delta=True, fused_dq=False, split_dq=False,
       **blocks))
@@ -989,16 +998,18 @@ def test_consistent_delta_passes_the_margin_case(case, seed):
   """``MosaicBlocks(consistent_delta=True)``: the dQ kernel runs first, sums
   each row of G = P ∘ (dP - D), hands the dK/dV kernel D + excess and takes
   dQ with D + excess (dQ - excess ⊗ P'K), as the portable backward does.
-  The margin cases (the first also test_attention.test_known_margin_case,
-  a strict xfail for the Hopper defaults) pass with it; in the interpreter
-  with the race detector, where the defaults miss the rule (dQ), and
-  compiled on a GPU. (Until the thirty-eighth session this test ran the
-  first case on seed 0's inputs, where the defaults pass too, and dQ was
-  taken as dS (K - k̄), which missed the third case.)"""
+  The margin cases (the first also test_attention.test_known_margin_case)
+  pass with it, with D from the rounded O (``o_residual=False``); in the
+  interpreter with the race detector, where that D without the excess
+  misses the rule (dQ), and compiled on a GPU. (Until the thirty-eighth
+  session this test ran the first case on seed 0's inputs, where the
+  defaults pass too, and dQ was taken as dS (K - k̄), which missed the
+  third case.)"""
   if jax.default_backend() != "gpu":
     with pytest.raises(AssertionError, match="dq max err"):
-      check_attention(case, backend="mosaic", seed=seed)
-  check_without_races(case, consistent(64), seed=seed)
+      check_attention(case, backend="mosaic", seed=seed,
+                      config=rounded_o(64, case.causal))
+  check_without_races(case, consistent(64, case.causal), seed=seed)
 
 
 @pytest.mark.parametrize("overlap", [False, True])
@@ -1058,23 +1069,27 @@ def test_consistent_delta_needs_two_kernels():
 
 
 def with_residual(head_dim, causal=False, **mosaic):
-  """The default config of ``head_dim`` with ``MosaicBlocks(o_residual)``."""
+  """The default config of ``head_dim`` (``MosaicBlocks(o_residual)``, the
+  16-bit default since the thirty-ninth session) with ``mosaic``'s
+  changes."""
   base = flashjax.default_config(head_dim, causal=causal)
+  assert base.mosaic.o_residual
   return dataclasses.replace(base, mosaic=dataclasses.replace(
-      base.mosaic, o_residual=True, **mosaic))
+      base.mosaic, **mosaic))
 
 
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("case,seed", MARGIN_CASES,
                          ids=[c.id for c, _ in MARGIN_CASES])
 def test_o_residual_passes_the_margin_case(case, seed, fused):
-  """``MosaicBlocks(o_residual=True)``: the forward also writes O's
-  rounding residual r and the backward's D = rowsum(dO ∘ (O + r)) is the
-  unrounded O's, so the margin cases, which the defaults miss (dQ;
-  :func:`test_consistent_delta_passes_the_margin_case` checks that in the
-  interpreter), pass with the default backward kernels, the two (these
-  cases' defaults) and the fused one (with split dQ columns, the default's
-  form at d 64 from 4k keys); race detector on."""
+  """``MosaicBlocks(o_residual=True)`` (the default): the forward also
+  writes O's rounding residual r and the backward's D = rowsum(dO ∘ (O +
+  r)) is the unrounded O's, so the margin cases, which D from the rounded
+  O misses (dQ; :func:`test_consistent_delta_passes_the_margin_case`
+  checks that in the interpreter), pass with the default backward
+  kernels, the two (these cases' defaults) and the fused one (with split
+  dQ columns, the default's form at d 64 from 4k keys); race detector
+  on."""
   config = with_residual(64, causal=case.causal)
   config = dataclasses.replace(config, mosaic_bwd=dataclasses.replace(
       config.mosaic_bwd, fused_dq=fused, split_dq=fused))
