@@ -203,17 +203,16 @@ class _DqCarry(NamedTuple):
 
 
 def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
-              row_fix_refs, dq_ref, excess_ref, q_smem, do_smem, lse_smem,
+              dlse_ref, dq_ref, excess_ref, q_smem, do_smem, lse_smem,
               delta_smem, dlse_smem, ds_smem, k_smem, v_smem, owned_barrier,
               k_full, v_full, k_free, v_free, *, plan: Plan, block_kv: int,
               num_kv_blocks: int, tiles: pipeline.Tiles, overlap: bool):
   # tiles: the CTA's (head, query tile, batch) tiles. overlap: step j issues
   # S_j, dP_j and dQ += dS_{j-1} K_{j-1} together and computes dS_j while
   # the last runs (K's slot then released a step late).
-  # row_fix_refs (consistent_delta): None, or a 1-tuple of dL, float32
-  # [batch, heads, seq_q], 0 where a row sees no key; excess_ref: float32
-  # [batch, heads, seq_q], each row's rowsum(G) - dL, or None; dlse_smem:
-  # dL's row tile.
+  # dlse_ref (consistent_delta): None, or dL, float32 [batch, heads,
+  # seq_q], 0 where a row sees no key; excess_ref: float32 [batch, heads,
+  # seq_q], each row's rowsum(G) - dL, or None; dlse_smem: dL's row tile.
   wg = lax.axis_index("wg")
   head_dim = q_ref.shape[-1]
   q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
@@ -235,8 +234,8 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           (q_ref.at[b, rows, h], q_tile), (do_ref.at[b, rows, h], do_tile),
           (lse_ref.at[b, h, rows], lse_smem.at[wg]),
           (delta_ref.at[b, h, rows], delta_smem.at[wg]),
-          *([(row_fix_refs[0].at[b, h, rows], dlse_smem.at[wg])]
-            if row_fix_refs else [])])
+          *([(dlse_ref.at[b, h, rows], dlse_smem.at[wg])]
+            if dlse_ref is not None else [])])
       ds = None
       if overlap and ds_tile is None:
         ds = plgpu.layout_cast(jnp.zeros(shape, q_ref.dtype),
@@ -249,7 +248,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
           plgpu.load(delta_smem.at[wg], layout=ROW), ds, owned,
           *((jnp.zeros((BLOCK_Q,), jnp.float32),
              jnp.zeros((BLOCK_Q, head_dim), jnp.float32))
-            if row_fix_refs else ()))
+            if dlse_ref is not None else ()))
 
     def operands(carry):
       # Q and dO as the A operands of S's and dP's products: in registers
@@ -371,7 +370,7 @@ def dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, seg_refs,
 
     def finish(carry):
       dq, stores = carry.dq, []
-      if row_fix_refs:
+      if dlse_ref is not None:
         # rowsum(G) is dL exactly (0 where a row sees no key), but D from the
         # rounded O misses rowsum(P ∘ dP) by a little: the excess, which the
         # dK/dV kernel adds to D; dQ with D + excess is dQ - excess ⊗ P'K
@@ -657,8 +656,11 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
   _, seq_kv, num_kv_heads, _ = k.shape
   blocks = plan.config.mosaic_bwd
   bkv, stages, bq = blocks.block_kv, blocks.stages, blocks.block_q_dkv
-  row_fix = ((common.consistent_delta_inputs(lse, dlse),)
-             if blocks.consistent_delta else None)
+  consistent = blocks.consistent_delta
+  # (consistent_delta) dL, 0 where a row sees no key: read off L before any
+  # conversion below
+  dlse_seen = (common.consistent_delta_inputs(lse, dlse) if consistent
+               else None)
   if blocks.lse_log2:
     # once here, not a tile a step: L2 (folded: S's start, -L2 / u)
     lse = common.lse_log2_for_recompute(lse)
@@ -746,14 +748,15 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
       **dq_tiles.launch(plan),
       num_threads=COMPUTE_WGS + 1, thread_name="wg",
       out_type=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                row_fix and jax.ShapeDtypeStruct(lse.shape, jnp.float32)],
+                jax.ShapeDtypeStruct(lse.shape, jnp.float32)
+                if consistent else None],
       scratch_types=(
           *owned(((BLOCK_Q, head_dim), q.dtype), ((BLOCK_Q, head_dim), q.dtype),
                  ((BLOCK_Q,), jnp.float32), ((BLOCK_Q,), jnp.float32)),
-          row_fix and owned(((BLOCK_Q,), jnp.float32))[0],
+          owned(((BLOCK_Q,), jnp.float32))[0] if consistent else None,
           ds_or_pt((BLOCK_Q, bkv)),
           *streamed(((bkv, head_dim), k.dtype), ((bkv, head_dim), v.dtype)),
-          plgpu.Barrier(num_arrivals=4 + bool(row_fix),
+          plgpu.Barrier(num_arrivals=4 + consistent,
                         num_barriers=COMPUTE_WGS),
           # shared_full: not with the overlap, whose K is read a step late
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2,
@@ -761,13 +764,13 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
                              and not blocks.intra_wg_overlap)),
       compiler_params=params, interpret=interpret,
       kernel_name=kernel_names(blocks)[1])
-  if row_fix is None:
+  if not consistent:
     dk, dv, _ = dkdv(q, k, v, do, lse, delta, seg_refs, None)
     dq, _ = dq_call(q, k, v, do, lse, delta, seg_refs, None)
     return dq, dk, dv
   # consistent_delta: dQ first, then dK/dV with D + each row's excess, a D
   # consistent with the backward's own P
-  dq, excess = dq_call(q, k, v, do, lse, delta, seg_refs, row_fix)
+  dq, excess = dq_call(q, k, v, do, lse, delta, seg_refs, dlse_seen)
   dk, dv, _ = dkdv(q, k, v, do, lse, delta + excess, seg_refs, None)
   return dq, dk, dv
 
