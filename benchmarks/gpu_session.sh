@@ -17,6 +17,10 @@
 #   tests-core the core suite alone (the start of `tests`; ~5 min)
 #   tests-large  the long sequences alone (the end of `tests`; ~2 min)
 #   tests-fp8  tests/test_fp8.py compiled (~2 min)
+#   tests-v27  the kernel record v27's new kernel (d 64's non-causal fused
+#              backward, owned_registers) against the reference: test_mosaic's
+#              by-length and owned_registers tests, the long d 64 non-causal
+#              case (~5 min)
 #   tests-triton  test_attention.py's portable cases compiled, with the
 #              margin case, the property test and the gradient checks (the
 #              thirty-fourth session's consistent D; run in the
@@ -294,12 +298,17 @@
 #              (cuDNN FP8); 7 rounds, ptxas's spill lines (written in the
 #              thirty-sixth session; ~5 min)
 #   confirm-owned-registers  owned_registers where the first timing
-#              gained (thirty-seventh session): the backward at d 64
-#              non-causal, the forward at d 128 non-causal, bf16 and fp16,
-#              2k-16k (at d 64 also with shared_full, its compiled test
-#              first; run it after opts-shared-full's tests pass), and the
-#              backward at d 128 non-causal (fused, not timed before), a
-#              second process, 7 rounds (~9 min)
+#              gained (thirty-seventh session): d 64's non-causal backward,
+#              where the defaults take it since the fortieth session (v27:
+#              fused, from 4k keys), against itself off and with
+#              shared_full (its compiled test first; run it after
+#              opts-shared-full's tests pass), bf16 and fp16, 2k-16k; the
+#              forward at d 128 non-causal with it (a second process);
+#              7 rounds (~7 min)
+#   confirm-owned-registers-short  what the fortieth session ran of that
+#              (owned_registers still off then): the backward with it at d 64
+#              and 128 non-causal, bf16 4k / 16k, then d 64 causal, bf16
+#              and fp16; 5 rounds (~3.5 min)
 #   opts-fp8-causal  the FP8 causal forward (d 128, V key-major; 0.97x
 #              cuDNN FP8 at 8k in the thirty-seventh session, 1.03 at 4k and
 #              16k) against itself on one tile a CTA (its 256-key tiles with
@@ -600,6 +609,16 @@ for s in "$@"; do
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 210 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
         tests/test_large.py -k "mosaic or fp8" ;;
+    tests-v27)
+      # v27's one new kernel (d 64's non-causal fused backward with its
+      # owned tiles in registers) against the reference: test_mosaic's
+      # by-length test (the default at 16k keys, GQA, odd lengths) and the
+      # option's tests, then the long d 64 non-causal case (8k keys)
+      mosaic_tests tests-v27 200 -k "d64_backward_by_length or \
+        test_owned_registers"
+      step tests-v27 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 120 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 100 tests/test_large.py \
+        -k "mosaic and d64 and not causal" ;;
     tests-triton)
       # the portable kernels compiled: test_attention.py's triton cases, the
       # margin case and the property test (backend "auto" takes the portable
@@ -1526,21 +1545,29 @@ for s in "$@"; do
     confirm-owned-registers)
       mosaic_tests confirm-owned-registers 110 -k owned_registers_with_shared_full
       step confirm-owned-registers timeout 300 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.owned_registers=True \
-        flashjax_mosaic+bwd.owned_registers=True+bwd.shared_full=True cudnn \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.owned_registers=False \
+        flashjax_mosaic+bwd.shared_full=True cudnn \
         --dtypes bfloat16 float16 --head-dims 64 --seqs 2048 4096 8192 16384 \
         --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
         --out "$WORK/confirm-owned-registers-bwd-d64"
-      step confirm-owned-registers timeout 70 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.owned_registers=True cudnn \
-        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
-        --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
-        --out "$WORK/confirm-owned-registers-bwd-d128"
       step confirm-owned-registers timeout 100 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+owned_registers=True cudnn \
         --dtypes bfloat16 float16 --head-dims 128 --seqs 2048 4096 8192 16384 \
         --causal false --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/confirm-owned-registers-fwd-d128" ;;
+    confirm-owned-registers-short)
+      # the fortieth session's shortened confirm (~3.5 min): the backward's
+      # owned tiles at d 64 and 128 non-causal, then d 64 causal
+      step confirm-owned-registers-short timeout 270 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.owned_registers=True cudnn --dtypes bfloat16 \
+        --head-dims 64 128 --seqs 4096 16384 --causal false --modes fwd_bwd \
+        --matmul 0 --repeats 5 --out "$WORK/confirm-owned-registers-short"
+      step confirm-owned-registers-short timeout 150 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.owned_registers=True cudnn --dtypes bfloat16 \
+        float16 --head-dims 64 --seqs 4096 16384 --causal true --modes fwd_bwd \
+        --matmul 0 --repeats 5 --out "$WORK/owned-registers-d64-causal" ;;
     opts-fp8-causal)
       step opts-fp8-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
         $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \

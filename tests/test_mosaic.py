@@ -145,18 +145,21 @@ def test_d64_backward_by_length():
   """d 64's backward (flashjax.default_config by ``seq_kv``): two kernels
   below 4k keys (causal: below 16k, and without a length), then one fused
   kernel with dQ's columns split between the warpgroups, 5 stages
-  non-causal, 2 causal. The non-causal form lowers for CUDA here
-  (test_split_dq lowers the causal one and runs split_dq in the
-  interpreter); on a GPU both run against the reference (GQA, odd
-  lengths); flashjax.explain names the kernels."""
+  non-causal (its owned K and V tiles as register operands, v27), 2
+  causal. The non-causal form lowers for CUDA here (test_split_dq lowers
+  the causal one and runs split_dq in the interpreter, which runs the
+  owned tiles' shared-memory form); on a GPU both run against the
+  reference (GQA, odd lengths); flashjax.explain names the kernels."""
   def bwd(causal, seq_kv):
     blocks = flashjax.default_config(64, causal=causal,
                                      seq_kv=seq_kv).mosaic_bwd
-    return blocks.fused_dq, blocks.split_dq, blocks.stages
+    return (blocks.fused_dq, blocks.split_dq, blocks.stages,
+            blocks.owned_registers)
   assert [bwd(False, 2048), bwd(False, 4096), bwd(True, 8192),
           bwd(True, 16384), bwd(True, None)] == [
-              (False, False, 2), (True, True, 5), (False, False, 2),
-              (True, True, 2), (False, False, 2)]
+              (False, False, 2, False), (True, True, 5, True),
+              (False, False, 2, False), (True, True, 2, False),
+              (False, False, 2, False)]
   # flashjax.explain names the kernels that run (as profilers show them)
   q = jax.ShapeDtypeStruct((1, 4096, 2, 64), jnp.bfloat16)
   assert "backward flashjax_dkdv_dq MosaicBlocks(" in flashjax.explain(
