@@ -567,8 +567,9 @@ def merge(sk: pipeline.StreamK, mask, outs, parts, interpret: bool = False):
     def part_o(i, j):
       # part j of CTA i's O (+ r) in float32
       o = o_part_ref[i, j, :, :].astype(jnp.float32)
-      return o + r_part_ref[0][i, j, :, :].astype(jnp.float32) \
-          if r_part_ref else o
+      for ref in r_part_ref:
+        o = o + ref[i, j, :, :].astype(jnp.float32)
+      return o
     # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
     l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
     top = jnp.maximum(l1, l2)
