@@ -315,8 +315,16 @@
 #              index vectors were timed there only at 16k; Stream-K off and
 #              240 registers were timed at 8k in the thirty-first session),
 #              with cuDNN FP8 and our bf16 forward in the same process (the
-#              1.3x ratio), 4k / 6k / 8k / 10k / 16k, 9 rounds, ptxas's
-#              spill lines (~3 min)
+#              1.3x ratio), and with Stream-K below 8k (the paired grid's
+#              1024 pairs at 4k are 7.76 rounds on 132 SMs; from 8k it is
+#              the default, so there that column is a same-kernel pair),
+#              4k / 6k / 8k / 10k / 16k, 7 rounds, ptxas's spill lines
+#              (~4 min)
+#   opts-stream-k-causal-4k  Stream-K on the 16-bit causal paired grid
+#              below 8k keys, where it is off (the twenty-ninth session's one
+#              process: d 64 4k 0.642 vs 0.650 ms, d 128 0.505 vs 0.502; d 64
+#              causal 4k is 1.08-1.10x cuDNN against the 1.10x target), bf16
+#              and fp16, d 64 / 128, 4k / 6k, 9 rounds (~3 min)
 #   opts-shared-full  shared_full (a step's streamed tiles on one barrier a
 #              stage, awaited once: four waits a step to one in the dK/dV
 #              kernel, two to one in the dQ kernel and the forward): its
@@ -1569,14 +1577,20 @@ for s in "$@"; do
         float16 --head-dims 64 --seqs 4096 16384 --causal true --modes fwd_bwd \
         --matmul 0 --repeats 5 --out "$WORK/owned-registers-d64-causal" ;;
     opts-fp8-causal)
-      step opts-fp8-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 300 \
+      step opts-fp8-causal env MOSAIC_GPU_DUMP_PTXAS=1 timeout 360 \
         $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
-        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False cudnn_fp8 \
-        flashjax_mosaic \
+        flashjax_fp8_mosaic_vt+persistent=False+stream_k=False \
+        flashjax_fp8_mosaic_vt+stream_k=True cudnn_fp8 flashjax_mosaic \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 6144 8192 10240 16384 \
-        --causal true --modes fwd --matmul 0 --repeats 9 \
+        --causal true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-fp8-causal"
       ptxas_table opts-fp8-causal ;;
+    opts-stream-k-causal-4k)
+      step opts-stream-k-causal-4k timeout 240 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+stream_k=True cudnn --dtypes bfloat16 float16 \
+        --head-dims 64 128 --seqs 4096 6144 --causal true --modes fwd \
+        --matmul 0 --repeats 9 --out "$WORK/opts-stream-k-causal-4k" ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
       fp8_tests opts-shared-full 90 -k shared_full

@@ -564,6 +564,25 @@ def test_stream_k_schedule():
   assert not stream_k(causal=True, seq_kv=4096)
   assert not stream_k(causal=True, seq_kv=16384)          # one tile a CTA
   assert not stream_k(causal=True, seq_kv=16385, fp8=True)
+  # below 8k keys, where it is off, the benchmark's causal shapes (batch
+  # 16384 // seq) still have a paired schedule for the option to take
+  # (gpu_session.sh opts-stream-k-causal-4k, opts-fp8-causal): every pair
+  # the same steps, and whole pairs leave the last round part idle
+  from flashjax.checks import make_plan
+  from pallas_kernels.mosaic import fwd
+  for d, heads, seq, dtype, units in [
+      (64, 32, 4096, jnp.bfloat16, 2048), (128, 16, 4096, jnp.bfloat16, 1024),
+      (64, 32, 6144, jnp.bfloat16, 1536), (128, 16, 6144, jnp.bfloat16, 768),
+      (128, 16, 4096, jnp.float8_e4m3fn, 1024)]:
+    batch = max(1, 16384 // seq)
+    x = jax.ShapeDtypeStruct((batch, seq, heads, d), dtype)
+    plan, _, _ = make_plan(x, x, x, causal=True, backend="mosaic",
+                           interpret=False)
+    blocks = plan.config.mosaic
+    assert blocks.persistent and not blocks.stream_k
+    tiles = pipeline.Tiles.per_head(plan, heads, seq, batch, True)
+    sk = fwd.stream_k(plan, tiles, blocks.block_kv, seq // blocks.block_kv)
+    assert sk is not None and (sk.units, sk.ctas) == (units, 132)
 
 
 @pytest.mark.parametrize("case", STREAM_K_CASES, ids=lambda c: c.id)

@@ -53,9 +53,14 @@ with K's for the fused dQ product), and the fused causal kernel spilled them
 ``MosaicBlocks(owned_registers=True)`` (compiled): each kernel loads the
 tiles it owns into registers once, as the register operands of the products
 that read them every step: K and V in the dK/dV kernel, Q and dO in the dQ
-kernel. Thirty-seventh session (results/raw/opts-owned-registers-session37-
-h200.md): d 64 non-causal forward+backward 1.2-1.8% faster, causal 2.4-3.1%
-slower; off until a second process confirms the gain.
+kernel. d 64 non-causal forward+backward 1.2-2.4% faster in two processes
+(results/raw/opts-owned-registers-session37-h200.md,
+confirm-owned-registers-short-session40-h200.md): the default of d 64's
+non-causal fused kernel since v27. Slower causal (2-3%) and at d 128 (the
+fused kernel 40-50%: there the two owned tiles' 64 registers a thread join
+the 192 of the float32 accumulators in flight, dK's and dV's 128 and Sᵀ's
+and dPᵀ's 64: 256 against the 232 allowed, so it must spill;
+docs/hopper-notes.md).
 
 ``MosaicBlocks(stream_k=True)`` (the fused kernel on the persistent grid,
 no band): as the forward's, the last rounds' key tiles are split by query
@@ -75,8 +80,9 @@ spills: results/raw/confirm-bwd-stages-session32-h200.md), 5 at d 64
 non-causal and 2 at d 64 causal, the two kernels through 2; deferred
 waits and folded statistics at d 128 (the latter cut the fused kernel's
 spills from 92 to 16 bytes, results/raw/opts-fold-h200.md), and
-``step_descriptors`` in its fused kernel (results/raw/confirm-v19-h200.md);
-the dQ overlap off (slower in every tuned case on the H200) and the
+``step_descriptors`` in its fused kernel (results/raw/confirm-v19-h200.md),
+L in log2 units from XLA and the owned tiles in registers at d 64
+non-causal; the dQ overlap off (slower in every tuned case on the H200) and the
 persistent grid off (it gained nothing on the H100).
 """
 
