@@ -320,6 +320,9 @@
 #              the default, so there that column is a same-kernel pair),
 #              4k / 6k / 8k / 10k / 16k, 7 rounds, ptxas's spill lines
 #              (~4 min)
+#   profile-fp8-causal-8k  GPU time per kernel of the causal FP8 forward
+#              at 8k and 4k keys: the default, one tile a CTA, cuDNN FP8, our
+#              bf16 (~1.5 min)
 #   opts-stream-k-causal-4k  Stream-K on the 16-bit causal paired grid
 #              below 8k keys, where it is off (the twenty-ninth session's one
 #              process: d 64 4k 0.642 vs 0.650 ms, d 128 0.505 vs 0.502; d 64
@@ -1458,6 +1461,18 @@ for s in "$@"; do
           --impls flashjax_fp8_mosaic cudnn_fp8 flashjax_mosaic \
           --out "$WORK/kernels-fp8-$seq${c:+-causal}"
       done; done ;;
+    profile-fp8-causal-8k)
+      # GPU time per kernel of the causal FP8 forward at 8k keys, where it
+      # is 0.95-0.99x cuDNN FP8 (4k beside it, level): the default (paired
+      # grid, Stream-K, its merge) and one tile a CTA against cuDNN FP8 and
+      # our bf16 forward (~1.5 min)
+      for seq in 8192 4096; do
+        step profile-fp8-causal-8k timeout 80 $PY benchmarks/profile_kernels.py \
+          --mode fwd --seq $seq --head-dim 128 --causal \
+          --impls flashjax_fp8_mosaic_vt \
+          flashjax_fp8_mosaic_vt+persistent=False+stream_k=False cudnn_fp8 \
+          flashjax_mosaic --out "$WORK/kernels-fp8-vt-$seq-causal"
+      done ;;
     ncu)
       # Nsight Compute on one forward+backward each, ours and cuDNN's, d 128
       # 4k, causal and not (hardware counters: the H200 runs Firecracker)

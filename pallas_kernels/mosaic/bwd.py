@@ -56,11 +56,11 @@ that read them every step: K and V in the dK/dV kernel, Q and dO in the dQ
 kernel. d 64 non-causal forward+backward 1.2-2.4% faster in two processes
 (results/raw/opts-owned-registers-session37-h200.md,
 confirm-owned-registers-short-session40-h200.md): the default of d 64's
-non-causal fused kernel since v27. Slower causal (2-3%) and at d 128 (the
-fused kernel 40-50%: there the two owned tiles' 64 registers a thread join
-the 192 of the float32 accumulators in flight, dK's and dV's 128 and Sᵀ's
-and dPᵀ's 64: 256 against the 232 allowed, so it must spill;
-docs/hopper-notes.md).
+non-causal fused kernel since v27. Slower causal (2-3%) and at d 128
+(forward+backward about 50% longer with the fused kernel: there the two
+owned tiles' 64 registers a thread join the 192 of the float32
+accumulators in flight, dK's and dV's 128 and Sᵀ's and dPᵀ's 64: 256
+against the 232 allowed, so it must spill; docs/hopper-notes.md).
 
 ``MosaicBlocks(stream_k=True)`` (the fused kernel on the persistent grid,
 no band): as the forward's, the last rounds' key tiles are split by query
