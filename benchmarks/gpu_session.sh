@@ -328,6 +328,10 @@
 #              process: d 64 4k 0.642 vs 0.650 ms, d 128 0.505 vs 0.502; d 64
 #              causal 4k is 1.08-1.10x cuDNN against the 1.10x target), bf16
 #              and fp16, d 64 / 128, 4k / 6k, 9 rounds (~3 min)
+#   opts-stream-k-bwd-v27  Stream-K on the persistent fused backward
+#              (slots carried) on v27's d 64 non-causal kernel: its compiled
+#              tests (with the owned tiles in registers too), then against
+#              the default and cuDNN at 2k / 4k / 8k, bf16 and fp16 (~6 min)
 #   opts-shared-full  shared_full (a step's streamed tiles on one barrier a
 #              stage, awaited once: four waits a step to one in the dK/dV
 #              kernel, two to one in the dQ kernel and the forward): its
@@ -1606,6 +1610,19 @@ for s in "$@"; do
         flashjax_mosaic+stream_k=True cudnn --dtypes bfloat16 float16 \
         --head-dims 64 128 --seqs 4096 6144 --causal true --modes fwd \
         --matmul 0 --repeats 9 --out "$WORK/opts-stream-k-causal-4k" ;;
+    opts-stream-k-bwd-v27)
+      # Stream-K on the persistent fused backward (slots carried) on v27's d
+      # 64 non-causal kernel (owned tiles in registers, L in log2 units),
+      # where it gained 1-3% at 4k in three processes of v25's (thirty-
+      # fourth session) and lost from 8k: its compiled tests, then 2k / 4k /
+      # 8k, bf16 and fp16, 9 rounds (~6 min)
+      mosaic_tests opts-stream-k-bwd-v27 200 -k stream_k_backward
+      step opts-stream-k-bwd-v27 timeout 300 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.fused_dq=True+bwd.split_dq=True+bwd.stages=5+bwd.owned_registers=True+bwd.persistent=True+bwd.carry_slots=True+bwd.stream_k=True \
+        cudnn --dtypes bfloat16 float16 --head-dims 64 --seqs 2048 4096 8192 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 9 \
+        --out "$WORK/opts-stream-k-bwd-v27" ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
       fp8_tests opts-shared-full 90 -k shared_full

@@ -689,10 +689,10 @@ def test_stream_k_backward(case, monkeypatch):
   grid without a band: the last rounds' key tiles split by query steps, a
   cut tile's two parts' float32 dK and dV summed after the kernel
   (:func:`pallas_kernels.mosaic.bwd.merge`), with and without carried
-  slots. Parity with the reference, in the interpreter (2 CTAs: 3 key
-  tiles, the middle one cut) with the race detector and on a GPU (132 SMs)
-  with its own cases; the compiled form lowers for CUDA, the merge beside
-  it."""
+  slots (compiled at d 64 also with the owned tiles in registers). Parity
+  with the reference, in the interpreter (2 CTAs: 3 key tiles, the middle
+  one cut) with the race detector and on a GPU (132 SMs) with its own
+  cases; the compiled form lowers for CUDA, the merge beside it."""
   from pallas_kernels.mosaic import bwd
   interpreted = jax.default_backend() != "gpu"
   if interpreted != (case is STREAM_K_BWD_CASES[0]):
@@ -705,6 +705,12 @@ def test_stream_k_backward(case, monkeypatch):
       mosaic_bwd=dataclasses.replace(
           base.mosaic_bwd, persistent=True, stream_k=True, fused_dq=True,
           split_dq=True, carry_slots=carry)) for carry in (False, True)]
+  if not interpreted and case.head_dim == 64:
+    # compiled, at d 64: also with v27's owned K and V tiles in registers
+    # (the form step opts-stream-k-bwd-v27 times; the interpreter has no
+    # register operand)
+    owned = dataclasses.replace(configs[1].mosaic_bwd, owned_registers=True)
+    configs.append(dataclasses.replace(configs[1], mosaic_bwd=owned))
   cuts, merge = [], bwd.merge
   def counted(sk, *args, **kw):
     cuts.append(len(sk.cut()))
@@ -713,7 +719,7 @@ def test_stream_k_backward(case, monkeypatch):
     patch.setattr(bwd, "merge", counted)
     for config in configs:
       check_without_races(case, config)
-  assert len(cuts) == 2 and all(n > 0 for n in cuts)
+  assert len(cuts) == len(configs) and all(n > 0 for n in cuts)
   config = configs[0]
 
   # 4096 key tiles over 132 SMs: the last rounds split
