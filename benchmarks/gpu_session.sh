@@ -328,6 +328,9 @@
 #              process: d 64 4k 0.642 vs 0.650 ms, d 128 0.505 vs 0.502; d 64
 #              causal 4k is 1.08-1.10x cuDNN against the 1.10x target), bf16
 #              and fp16, d 64 / 128, 4k / 6k, 9 rounds (~3 min)
+#   profile-o-residual-4k  GPU time per kernel of forward+backward with O's
+#              rounding residual (the default) and without, d 128 and 64
+#              causal 4k, beside cuDNN's (~1.5 min)
 #   opts-stream-k-bwd-v27  Stream-K on the persistent fused backward
 #              (slots carried) on v27's d 64 non-causal kernel: its compiled
 #              tests (with the owned tiles in registers too), then against
@@ -1666,6 +1669,17 @@ for s in "$@"; do
       step opts-o-residual timeout 100 $PY benchmarks/profile_kernels.py \
         --head-dim 128 --seq 16384 --mode fwd_bwd --impls flashjax_mosaic \
         flashjax_mosaic+o_residual=True --out "$WORK/kernels-o-residual" ;;
+    profile-o-residual-4k)
+      # where o_residual's cost goes at 4k keys (d 128 causal: 3.6% of
+      # forward+backward in the thirty-ninth session's one process, 0.3% at
+      # 16k): GPU time per kernel with r and without, and cuDNN's, d 128 and
+      # 64 causal (~1.5 min)
+      for d in 128 64; do
+        step profile-o-residual-4k timeout 80 $PY benchmarks/profile_kernels.py \
+          --head-dim $d --seq 4096 --causal --mode fwd_bwd \
+          --impls flashjax_mosaic flashjax_mosaic+o_residual=False cudnn \
+          --out "$WORK/kernels-o-residual-d$d-causal-4k"
+      done ;;
     opts-consistent-delta)
       mosaic_tests opts-consistent-delta 200 -k "consistent_delta"
       step opts-consistent-delta timeout 100 $PY benchmarks/bench_attention.py \
