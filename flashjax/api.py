@@ -133,8 +133,8 @@ def explain(q, k, v, **kwargs) -> str:
   kernels = (mosaic_kernels.kernel_name(bool(plan.fp8)),
              " + ".join(mosaic_kernels.kernel_names(plan.config.mosaic_bwd)))
   tiles = (f"Mosaic GPU, 2+1 warpgroups, CTA tiles {2 * MOSAIC_BLOCK_Q} rows, "
-           f"forward {kernels[0]} {plan.config.mosaic}, backward {kernels[1]} "
-           f"{plan.config.mosaic_bwd}"
+           f"forward {kernels[0]} ({plan.config.mosaic.summary()}), backward "
+           f"{kernels[1]} ({plan.config.mosaic_bwd.summary()})"
            if plan.backend == "mosaic" else
            f"Triton-lowered, fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}")
   return (f"{plan.backend}: Pallas kernels, {mode}; {tiles}; "

@@ -247,6 +247,16 @@ class MosaicBlocks:
              + 2 * wgs * rows * self.block_q_dkv) * itemsize
             + wgs * self.block_q_dkv * self.dq_columns(head_dim) * 4)
 
+  def summary(self) -> str:
+    """The tiling and the options that are on, as :func:`flashjax.explain`
+    prints them: ``block_kv=128 stages=2 block_q_dkv=64
+    compute_registers=232 with persistent, prefetch_q``."""
+    values = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+    on = [name for name, value in values if value is True]
+    return " ".join(f"{name}={value}" for name, value in values
+                    if not isinstance(value, bool)) + (
+                        f" with {', '.join(on)}" if on else "")
+
   def dq_columns(self, head_dim: int) -> int:
     """dQ columns per warpgroup in the fused backward: at d >= 128 (or with
     ``split_dq``) the two warpgroups share their dSᵀ and each takes a half
