@@ -579,10 +579,9 @@ def test_stream_k_schedule():
     x = jax.ShapeDtypeStruct((batch, seq, heads, d), dtype)
     plan, _, _ = make_plan(x, x, x, causal=True, backend="mosaic",
                            interpret=False)
-    blocks = plan.config.mosaic
-    assert blocks.persistent and not blocks.stream_k
-    tiles = pipeline.Tiles.per_head(plan, heads, seq, batch, True)
-    sk = fwd.stream_k(plan, tiles, blocks.block_kv, seq // blocks.block_kv)
+    assert fwd.output_tiles(plan, heads, seq, batch, seq).stream_k is None
+    sk = fwd.output_tiles(plan, heads, seq, batch, seq,
+                          with_stream_k=True).stream_k
     assert sk is not None and (sk.units, sk.ctas) == (units, 132)
 
 

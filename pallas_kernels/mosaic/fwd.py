@@ -450,11 +450,7 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   seq_kv = k.shape[1]
   blocks = plan.config.mosaic
   bkv, stages = blocks.block_kv, blocks.stages
-  tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
-                                  blocks.persistent)
-  if blocks.stream_k and tiles.persistent:
-    tiles = dataclasses.replace(tiles, stream_k=stream_k(plan, tiles, bkv,
-                                                         seq_kv // bkv))
+  tiles = output_tiles(plan, num_heads, seq_q, batch, seq_kv)
   sk = tiles.stream_k
   kernel = functools.partial(fwd_kernel, plan=plan, block_kv=bkv,
                              num_kv_blocks=seq_kv // bkv, tiles=tiles,
@@ -514,6 +510,24 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   outs = (o, lse, r) if residual else (o, lse)
   return outs if sk is None else merge(sk, plan.mask, outs, parts,
                                        interpret=plan.interpret)
+
+
+def output_tiles(plan: Plan, num_heads: int, seq_q: int, batch: int,
+                 seq_kv: int, with_stream_k: bool | None = None
+                 ) -> pipeline.Tiles:
+  """The forward's (head, query tile, batch) tiles over the padded lengths:
+  persistent as ``plan.config.mosaic`` says, with Stream-K's schedule
+  (:func:`stream_k`) where ``with_stream_k`` (default: the config's
+  ``stream_k``) and the grid takes one."""
+  blocks = plan.config.mosaic
+  tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
+                                  blocks.persistent)
+  if with_stream_k is None:
+    with_stream_k = blocks.stream_k
+  if not (with_stream_k and tiles.persistent):
+    return tiles
+  return dataclasses.replace(tiles, stream_k=stream_k(
+      plan, tiles, blocks.block_kv, seq_kv // blocks.block_kv))
 
 
 def stream_k(plan: Plan, tiles: pipeline.Tiles, block_kv: int,
