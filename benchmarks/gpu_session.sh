@@ -335,6 +335,21 @@
 #              (slots carried) on v27's d 64 non-causal kernel: its compiled
 #              tests (with the owned tiles in registers too), then against
 #              the default and cuDNN at 2k / 4k / 8k, bf16 and fp16 (~6 min)
+#   ncu-balanced  Nsight on the forwards whose step needs the special-
+#              function unit as long as the tensor cores (ptx_descriptors.py
+#              --budget: FP8 d 128 and bf16 d 64, ~2080 cycles each a step;
+#              the only profile of either, the eleventh session's FP8, had
+#              both pipes under half busy): ours against cuDNN's, stall
+#              reasons, pipes and the SMs' active cycles, then where our warps
+#              stall (source page); FP8 non-causal 4k and causal 8k, bf16 d 64
+#              non-causal 4k (~5 min)
+#   opts-overlap-v27  the intra-warpgroup overlap (each step's softmax
+#              beside its own warpgroup's matmuls, FlashAttention 3's answer
+#              for those two kernels) on them again, last timed there on the
+#              tenth (d 64) and twenty-seventh (FP8) sessions' kernels: its
+#              compiled tests, then the forward against the default and the
+#              cuDNN peer at 128- and 256-key tiles, 4k / 16k (FP8 causal: 4k
+#              / 8k), causal and not, 7 rounds, ptxas's spill lines (~8 min)
 #   opts-shared-full  shared_full (a step's streamed tiles on one barrier a
 #              stage, awaited once: four waits a step to one in the dK/dV
 #              kernel, two to one in the dQ kernel and the forward): its
@@ -1626,6 +1641,38 @@ for s in "$@"; do
         cudnn --dtypes bfloat16 float16 --head-dims 64 --seqs 2048 4096 8192 \
         --causal false --modes fwd_bwd --matmul 0 --repeats 9 \
         --out "$WORK/opts-stream-k-bwd-v27" ;;
+    ncu-balanced)
+      for spec in "fp8-4k:128:4096::flashjax_fp8_mosaic_vt cudnn_fp8" \
+          "fp8-causal-8k:128:8192:--causal:flashjax_fp8_mosaic_vt cudnn_fp8" \
+          "d64-4k:64:4096::flashjax_mosaic cudnn"; do
+        IFS=: read -r tag d seq c impls <<< "$spec"
+        calls=(--mode fwd --head-dim "$d" --seq "$seq" $c --impls $impls)
+        nsight ncu-balanced "ncu-balanced-$tag" raw --stalls \
+          -k 'regex:mosaic|sdpa' --metrics "$STALL_METRICS,$SM_BALANCE" -- \
+          "${calls[@]}"
+        nsight ncu-balanced "ncu-balanced-source-$tag" \
+          "source --print-source sass" --source \
+          -k 'regex:flashjax_fwd.*mosaic' --section SourceCounters \
+          --section WarpStateStats -- "${calls[@]}"
+      done ;;
+    opts-overlap-v27)
+      mosaic_tests opts-overlap-v27 150 -k intra_wg_overlap
+      fp8_tests opts-overlap-v27 120 -k overlap_compiled
+      step opts-overlap-v27-d64 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+intra_wg_overlap=True \
+        flashjax_mosaic+intra_wg_overlap=True+block_kv=128 cudnn \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
+        --causal false true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-overlap-v27-d64"
+      step opts-overlap-v27-fp8 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
+        $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+intra_wg_overlap=True \
+        flashjax_fp8_mosaic_vt+intra_wg_overlap=True+block_kv=128 cudnn_fp8 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 \
+        --causal false true --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-overlap-v27-fp8"
+      ptxas_table opts-overlap-v27-d64 opts-overlap-v27-fp8 ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
       fp8_tests opts-shared-full 90 -k shared_full

@@ -23,6 +23,17 @@ its SASS as dumped, with their integer instructions on the vector datapath
 uniform register) and on the uniform one (``U...``): where a loop's slot or
 descriptor arithmetic left the uniform datapath (thirty-third session,
 ``gpu_session.sh dump-split-tail``).
+
+``--budget`` instead: for each innermost wgmma loop, what one pass (a step
+of a compute warpgroup) asks of an SM's units, counted off the SASS: the
+instructions a warp issues, its ``MUFU`` (exponentials), and its wgmmas'
+FLOPs; and the cycles a pass of both compute warpgroups needs, at the
+least, of each unit an SM sub-partition (one warp of each warpgroup) or
+the SM has: the issue slot (one instruction a cycle), the special-function
+unit (``MUFU``: 16 lanes a cycle an SM, so 8 cycles a warp instruction)
+and the tensor cores (dense: 4096 FLOP a cycle an SM with 16-bit operands,
+8192 with 8-bit; H100/H200). The largest is the pass's floor: a kernel
+whose units overlap perfectly would run a pass in that many cycles.
 """
 
 from __future__ import annotations
@@ -98,11 +109,19 @@ def compile_ptx(ptxas: str, lines: list[str], nvdisasm: str | None):
               if "bytes stack frame" in line), sass
 
 
+# a wgmma's opcode (16-bit operands, 8-bit) and its m x n x k
+GMMA = re.compile(r"\b([HQ])GMMA\.(\d+)x(\d+)x(\d+)")
+# dense tensor-core FLOPs a cycle an SM (H100/H200), by operand width
+TENSOR_FLOPS = {"H": 4096, "Q": 8192}
+# cycles of an SM sub-partition's MUFU unit a warp instruction takes
+MUFU_CYCLES = 8
+
+
 def wgmma_loops(sass: str) -> list[list[str]]:
   """The instructions (nvdisasm's addresses and ``;`` dropped) of each
-  innermost SASS loop that issues wgmmas (``HGMMA``) and branches back, in
-  order; the wait loops' retries, placed at the function's end, are left
-  out (they branch into these)."""
+  innermost SASS loop that issues wgmmas (``HGMMA``, 8-bit ``QGMMA``) and
+  branches back, in order; the wait loops' retries, placed at the
+  function's end, are left out (they branch into these)."""
   labels, code = {}, []
   for line in sass.split("\n"):
     line = line.strip()
@@ -115,13 +134,45 @@ def wgmma_loops(sass: str) -> list[list[str]]:
     m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", ins)
     start = labels.get(m.group(1), i) if m else i
     body = code[start:i + 1]
-    if start < i and any("HGMMA" in x for x in body) and not any(
+    if start < i and any(GMMA.search(x) for x in body) and not any(
         "EXIT" in x for x in body):
       found.append((start, i))
   # innermost: drop loops that contain another
   inner = [f for f in found if not any(
       g != f and f[0] <= g[0] and g[1] <= f[1] for g in found)]
   return [code[a:b + 1] for a, b in inner]
+
+
+def opcode(ins: str) -> str:
+  """An instruction's opcode without predicate or modifiers."""
+  return (ins.split()[1] if ins.startswith("@") else ins.split()[0]).split(
+      ".")[0]
+
+
+def pass_budget(body: list[str], warpgroups: int = 2) -> dict:
+  """One pass of a wgmma loop (:func:`wgmma_loops`), as ``--budget`` counts
+  it: a warp's instructions, MUFU and FSEL (masking), the wgmmas' FLOPs (a
+  warpgroup's), and the cycles ``warpgroups`` compute warpgroups, each
+  running the pass, need of a sub-partition's issue slot and MUFU unit and
+  of the SM's tensor cores; ``floor`` is the largest."""
+  ops = [opcode(x) for x in body]
+  flops = cycles = 0
+  for x in body:
+    if m := GMMA.search(x):
+      f = 2 * int(m.group(2)) * int(m.group(3)) * int(m.group(4))
+      flops += f
+      cycles += f / TENSOR_FLOPS[m.group(1)]
+  b = dict(instructions=len(body), mufu=ops.count("MUFU"),
+           fsel=ops.count("FSEL"), flops=flops,
+           issue=warpgroups * len(body),
+           mufu_cycles=warpgroups * MUFU_CYCLES * ops.count("MUFU"),
+           tensor=round(warpgroups * cycles))
+  b["floor"] = max(b["issue"], b["mufu_cycles"], b["tensor"])
+  return b
+
+
+BUDGET = ("instructions", "mufu", "fsel", "flops", "tensor", "mufu_cycles",
+          "issue", "floor")
 
 
 def loop_spills(sass: str) -> list[str]:
@@ -140,8 +191,7 @@ def loop_mix(sass: str) -> list[str]:
   count of each opcode of ``MIX`` (predicates and modifiers dropped)."""
   rows = []
   for body in wgmma_loops(sass):
-    ops = [(x.split()[1] if x.startswith("@") else x.split()[0]).split(".")[0]
-           for x in body]
+    ops = [opcode(x) for x in body]
     rows.append(f"| {len(body)} | " + " | ".join(
         str(ops.count(op)) for op in MIX) + " |")
   return rows
@@ -154,7 +204,23 @@ def main():
   p.add_argument("--nvdisasm", help="to count spills per loop pass")
   p.add_argument("--mix", action="store_true",
                  help="the wgmma loops' integer instructions, per file")
+  p.add_argument("--budget", action="store_true",
+                 help="each wgmma loop's pass: instructions, MUFU, FLOPs "
+                 "and the cycles it needs of each unit, per file")
   args = p.parse_args()
+  if args.budget:
+    print("| PTX | loop | a warp's instructions | MUFU | FSEL | wgmma FLOP "
+          "(a warpgroup) | tensor cycles | MUFU cycles | issue cycles | "
+          "floor |")
+    print("|---|---|" + "---|" * len(BUDGET))
+    for path in args.ptx:
+      lines = pathlib.Path(path).read_text().split("\n")
+      _, sass = compile_ptx(args.ptxas, lines, args.nvdisasm or "nvdisasm")
+      for i, body in enumerate(wgmma_loops(sass)):
+        b = pass_budget(body)
+        print(f"| `{path}` | {i} | "
+              + " | ".join(str(b[k]) for k in BUDGET) + " |")
+    return
   if args.mix:
     print("| PTX | loop instructions | " + " | ".join(MIX) + " |")
     print("|---|---|" + "---|" * len(MIX))

@@ -190,7 +190,9 @@ def test_ptx_descriptors_sinks_hoisted_descriptors():
   again at the loop's top instead, in every such loop, and its hoisted
   definition goes; other lines stay. setmaxnreg's counts are rewritten; the
   SASS count takes each wgmma loop's local stores and loads, not the
-  enclosing loop's or a wait loop's."""
+  enclosing loop's or a wait loop's; ``--budget`` counts a pass's
+  instructions, exponentials and wgmma FLOPs (8-bit ones too) and the
+  cycles they need of each unit."""
   from benchmarks import ptx_descriptors as pd
   filler = ["\tadd.s32 \t%r1, %r1, 1;"] * 301
   ptx = ["\tsetmaxnreg.inc.sync.aligned.u32 232;",
@@ -225,6 +227,17 @@ def test_ptx_descriptors_sinks_hoisted_descriptors():
   assert pd.loop_mix(sass)[0].startswith("| 4 | ")
   assert (row["HGMMA"], row["IMAD"], row["UIADD3"], row["R2UR"]) == (
       "1", "1", "1", "0")
+  # --budget: an 8-bit wgmma loop (QGMMA counts as a wgmma loop too); two
+  # warpgroups' passes: 2 x 2·64·256·32 FLOP at 8192 a cycle, 2 x 2 MUFU
+  # at 8 cycles, 2 x 5 instructions
+  sass = "\n".join(f"        /*{i:04x}*/ {x} ;" if not x.startswith(".")
+                    else x for i, x in enumerate([
+      ".L_x_4:", "MUFU.EX2 R1, R1", "@P0 MUFU.EX2 R2, R2", "FSEL R3, R3, RZ, P1",
+      "QGMMA.64x256x32.F32.E4M3.E4M3 R8, gdesc[UR4], R8", "BRA `(.L_x_4)"]))
+  body, = pd.wgmma_loops(sass)
+  assert pd.pass_budget(body) == dict(
+      instructions=5, mufu=2, fsel=1, flops=2 * 64 * 256 * 32, issue=10,
+      mufu_cycles=32, tensor=256, floor=256)
 
 
 def test_profile_kernels_tabulates_ncu_source_samples(tmp_path):
