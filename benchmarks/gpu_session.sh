@@ -347,9 +347,11 @@
 #              beside its own warpgroup's matmuls, FlashAttention 3's answer
 #              for those two kernels) on them again, last timed there on the
 #              tenth (d 64) and twenty-seventh (FP8) sessions' kernels: its
-#              compiled tests, then the forward against the default and the
-#              cuDNN peer at 128- and 256-key tiles, 4k / 16k (FP8 causal: 4k
-#              / 8k), causal and not, 7 rounds, ptxas's spill lines (~8 min)
+#              compiled tests (16-bit and FP8), then the bf16 d 64 forward
+#              against the default and cuDNN at 128- and 256-key tiles, 4k /
+#              16k, causal and not, 7 rounds, ptxas's spill lines (~7 min)
+#   opts-overlap-v27-fp8  the same for the FP8 d 128 forward against cuDNN
+#              FP8, 4k / 8k, causal and not (~3.5 min)
 #   opts-shared-full  shared_full (a step's streamed tiles on one barrier a
 #              stage, awaited once: four waits a step to one in the dK/dV
 #              kernel, two to one in the dQ kernel and the forward): its
@@ -1665,6 +1667,8 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
         --causal false true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-overlap-v27-d64"
+      ptxas_table opts-overlap-v27-d64 ;;
+    opts-overlap-v27-fp8)
       step opts-overlap-v27-fp8 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
         $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
         flashjax_fp8_mosaic_vt+intra_wg_overlap=True \
@@ -1672,7 +1676,7 @@ for s in "$@"; do
         --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 \
         --causal false true --modes fwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-overlap-v27-fp8"
-      ptxas_table opts-overlap-v27-d64 opts-overlap-v27-fp8 ;;
+      ptxas_table opts-overlap-v27-fp8 ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
       fp8_tests opts-shared-full 90 -k shared_full
