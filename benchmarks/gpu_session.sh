@@ -543,6 +543,22 @@ fwd_index_vectors() {
   ptxas_table "$s"
 }
 
+fwd_options() {
+  # fwd_options STEP BASE PEER HEAD_DIM "SEQS" OPTIONS...: the forward of
+  # BASE (flashjax_mosaic or flashjax_fp8_mosaic_vt) with each OPTIONS
+  # (bench_attention's field=value[+field=value]) against its default and
+  # PEER, bf16, causal and not, 7 rounds, ptxas's spill lines
+  local s=$1 base=$2 peer=$3 d=$4 seqs=$5 impls=() o
+  shift 5
+  for o in "$@"; do impls+=("$base+$o"); done
+  # shellcheck disable=SC2086  # seqs is a word list
+  step "$s" env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
+    $PY benchmarks/bench_attention.py --impls "$base" "${impls[@]}" "$peer" \
+    --dtypes bfloat16 --head-dims "$d" --seqs $seqs --causal false true \
+    --modes fwd --matmul 0 --repeats 7 --out "$WORK/$s"
+  ptxas_table "$s"
+}
+
 mosaic_tests() {
   # mosaic_tests STEP SECONDS [pytest args]: tests/test_mosaic.py compiled
   # (an option's tests before its timing), each test cut after SECONDS - 30
@@ -1660,23 +1676,12 @@ for s in "$@"; do
     opts-overlap-v27)
       mosaic_tests opts-overlap-v27 150 -k intra_wg_overlap
       fp8_tests opts-overlap-v27 120 -k overlap_compiled
-      step opts-overlap-v27-d64 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
-        $PY benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+intra_wg_overlap=True \
-        flashjax_mosaic+intra_wg_overlap=True+block_kv=128 cudnn \
-        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 \
-        --causal false true --modes fwd --matmul 0 --repeats 7 \
-        --out "$WORK/opts-overlap-v27-d64"
-      ptxas_table opts-overlap-v27-d64 ;;
+      fwd_options opts-overlap-v27-d64 flashjax_mosaic cudnn 64 "4096 16384" \
+        intra_wg_overlap=True intra_wg_overlap=True+block_kv=128 ;;
     opts-overlap-v27-fp8)
-      step opts-overlap-v27-fp8 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
-        $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
-        flashjax_fp8_mosaic_vt+intra_wg_overlap=True \
-        flashjax_fp8_mosaic_vt+intra_wg_overlap=True+block_kv=128 cudnn_fp8 \
-        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 \
-        --causal false true --modes fwd --matmul 0 --repeats 7 \
-        --out "$WORK/opts-overlap-v27-fp8"
-      ptxas_table opts-overlap-v27-fp8 ;;
+      fwd_options opts-overlap-v27-fp8 flashjax_fp8_mosaic_vt cudnn_fp8 128 \
+        "4096 8192" intra_wg_overlap=True \
+        intra_wg_overlap=True+block_kv=128 ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
       fp8_tests opts-shared-full 90 -k shared_full
