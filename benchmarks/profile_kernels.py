@@ -289,25 +289,38 @@ def source_table(csv_text: str, top: int = 12) -> str:
   return "\n".join(out)
 
 
+# ptxas's note (C7512 and kin) that it issued a kernel's wgmmas one at a
+# time, each awaited before the next, and why
+SERIALIZED = re.compile(r"wgmma\.mma_async instructions are serialized due to "
+                        r"(.*?) (?:for|in) the function")
+
+
 def ptxas_table(log_text: str) -> str:
   """Markdown of ptxas's lines in a log (``MOSAIC_GPU_DUMP_PTXAS=1``): per
-  kernel compiled, in order, its stack frame and spill stores/loads, under
-  the ``== step: command`` header that ran it (gpu_session.sh's logs). The
-  Hopper kernels are named since the twenty-first session (``flashjax_fwd``,
-  ``flashjax_dkdv``, ...; ``anonymous`` before)."""
+  kernel compiled, in order, its stack frame and spill stores/loads, and
+  whether ptxas serialised its wgmmas (the reason, from the note it prints
+  before the kernel's properties), under the ``== step: command`` header
+  that ran it (gpu_session.sh's logs). The Hopper kernels are named since
+  the twenty-first session (``flashjax_fwd``, ``flashjax_dkdv``, ...;
+  ``anonymous`` before)."""
   props = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack "
                      r"frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
   parts = re.split(r"(?m)^== (.*)$", log_text)   # text, header, text, ...
   out = []
   for header, chunk in zip(["(before any step)"] + parts[1::2], parts[::2]):
-    kernels = props.findall(chunk)
+    kernels, start = [], 0
+    for m in props.finditer(chunk):
+      notes = SERIALIZED.findall(chunk[start:m.start()])
+      kernels.append((*m.groups(), "; ".join(notes) or "no"))
+      start = m.end()
     if not kernels:
       continue
     out += [f"`{header[:160]}`", "",
-            "| # | kernel | stack frame | spill stores | spill loads |",
-            "|---|---|---|---|---|"]
-    out += [f"| {i} | `{name}` | {stack} | {stores} | {loads} |"
-            for i, (name, stack, stores, loads) in enumerate(kernels)]
+            "| # | kernel | stack frame | spill stores | spill loads | "
+            "wgmmas serialised |",
+            "|---|---|---|---|---|---|"]
+    out += [f"| {i} | `{name}` | {stack} | {stores} | {loads} | {why} |"
+            for i, (name, stack, stores, loads, why) in enumerate(kernels)]
     out.append("")
   if not out:
     raise ValueError("no ptxas 'Function properties' lines in the log")

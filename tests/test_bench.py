@@ -161,8 +161,9 @@ def test_profile_kernels_tabulates_ncu_stalls(tmp_path):
 
 def test_profile_kernels_tabulates_ptxas_spills(tmp_path):
   """--ptxas on a gpu_session.sh log with ptxas's lines: per step, each
-  kernel's stack frame and spills in compile order; a step without ptxas
-  lines is left out."""
+  kernel's stack frame and spills in compile order, and the reason ptxas
+  gives, before a kernel's properties, for issuing its wgmmas one at a
+  time; a step without ptxas lines is left out."""
   from benchmarks import profile_kernels
   props = lambda name, stack, st, ld: (
       f"ptxas info    : Compiling entry function '{name}' for 'sm_90a'\n"
@@ -172,6 +173,9 @@ def test_profile_kernels_tabulates_ptxas_spills(tmp_path):
   log = ("== tests: python3 -m pytest tests/test_mosaic.py\n1 passed\n"
          "== opts: python3 benchmarks/bench_attention.py --impls a b\n"
          + props("flashjax_fwd_mosaic_gpu", 0, 0, 0)
+         + "ptxas info    : (C7512) Potential Performance Loss: "
+         "wgmma.mma_async instructions are serialized due to insufficient "
+         "register resources for the function 'flashjax_dkdv_mosaic_gpu'\n"
          + props("flashjax_dkdv_mosaic_gpu", 112, 168, 192)
          + '{"impl": "a", "ms": 1.0}\n')
   (tmp_path / "run.log").write_text(log)
@@ -179,8 +183,10 @@ def test_profile_kernels_tabulates_ptxas_spills(tmp_path):
                         "--out", str(tmp_path / "ptxas")])
   lines = (tmp_path / "ptxas.md").read_text().splitlines()
   assert lines[0] == "`opts: python3 benchmarks/bench_attention.py --impls a b`"
-  assert lines[4:6] == ["| 0 | `flashjax_fwd_mosaic_gpu` | 0 | 0 | 0 |",
-                        "| 1 | `flashjax_dkdv_mosaic_gpu` | 112 | 168 | 192 |"]
+  assert lines[4:6] == [
+      "| 0 | `flashjax_fwd_mosaic_gpu` | 0 | 0 | 0 | no |",
+      "| 1 | `flashjax_dkdv_mosaic_gpu` | 112 | 168 | 192 | insufficient "
+      "register resources |"]
   assert "tests:" not in "\n".join(lines)
 
 
