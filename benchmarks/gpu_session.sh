@@ -352,6 +352,11 @@
 #              16k, causal and not, 7 rounds, ptxas's spill lines (~7 min)
 #   opts-overlap-v27-fp8  the same for the FP8 d 128 forward against cuDNN
 #              FP8, 4k / 8k, causal and not (~3.5 min)
+#   dump-overlap-v27  the PTX of the forwards with and without the overlap
+#              at 128-key tiles (bf16 d 64, FP8 d 128; 4k non-causal), for
+#              ptx_descriptors.py --budget / --nvdisasm here: whether each
+#              step's wgmmas run beside its softmax, and what spills a pass
+#              (~2 min)
 #   opts-shared-full  shared_full (a step's streamed tiles on one barrier a
 #              stage, awaited once: four waits a step to one in the dK/dV
 #              kernel, two to one in the dQ kernel and the forward): its
@@ -1682,6 +1687,16 @@ for s in "$@"; do
       fwd_options opts-overlap-v27-fp8 flashjax_fp8_mosaic_vt cudnn_fp8 128 \
         "4096 8192" intra_wg_overlap=True \
         intra_wg_overlap=True+block_kv=128 ;;
+    dump-overlap-v27)
+      dump_ptx dump-overlap-v27 dump-overlap-v27-d64 --impls flashjax_mosaic \
+        flashjax_mosaic+intra_wg_overlap=True+block_kv=128 --dtypes bfloat16 \
+        --head-dims 64 --seqs 4096 --causal false --modes fwd --matmul 0 \
+        --repeats 1 --out "$WORK/dump-overlap-v27-d64"
+      dump_ptx dump-overlap-v27 dump-overlap-v27-fp8 \
+        --impls flashjax_fp8_mosaic_vt \
+        flashjax_fp8_mosaic_vt+intra_wg_overlap=True+block_kv=128 \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 --causal false \
+        --modes fwd --matmul 0 --repeats 1 --out "$WORK/dump-overlap-v27-fp8" ;;
     opts-shared-full)
       mosaic_tests opts-shared-full 150 -k "shared_full"
       fp8_tests opts-shared-full 90 -k shared_full
