@@ -1,4 +1,8 @@
-"""What hoisted wgmma descriptors cost a kernel in registers, read off its PTX.
+"""A dumped kernel's PTX compiled and read on the CPU (descriptors, mix, budget).
+
+What hoisted wgmma descriptors cost a kernel in registers (the default),
+its wgmma loops' integer mix (``--mix``) and what a step asks of each unit
+(``--budget``).
 
 LLVM hoists the shared-memory matrix descriptors of a kernel's owned tiles
 (64-bit ``add``/``or`` of a base address and a descriptor constant) out of
