@@ -186,16 +186,18 @@ def loop_spills(sass: str) -> list[str]:
           for body in wgmma_loops(sass)]
 
 
-MIX = ("HGMMA", "R2UR", "IMAD", "IADD3", "VIADD", "LOP3", "SHF", "UIADD3",
+MIX = ("GMMA", "R2UR", "IMAD", "IADD3", "VIADD", "LOP3", "SHF", "UIADD3",
        "UIMAD", "ULOP3", "USHF")
 
 
 def loop_mix(sass: str) -> list[str]:
   """Markdown rows: per innermost wgmma loop, its instructions and the
-  count of each opcode of ``MIX`` (predicates and modifiers dropped)."""
+  count of each opcode of ``MIX`` (predicates and modifiers dropped;
+  ``GMMA``: the wgmmas, 16-bit ``HGMMA`` and 8-bit ``QGMMA``)."""
   rows = []
   for body in wgmma_loops(sass):
-    ops = [opcode(x) for x in body]
+    ops = ["GMMA" if op in ("HGMMA", "QGMMA") else op
+           for op in map(opcode, body)]
     rows.append(f"| {len(body)} | " + " | ".join(
         str(ops.count(op)) for op in MIX) + " |")
   return rows

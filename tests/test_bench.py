@@ -231,7 +231,7 @@ def test_ptx_descriptors_sinks_hoisted_descriptors():
       "BRA `(.L_x_2)", "BRA `(.L_x_1)"]))
   row = dict(zip(pd.MIX, pd.loop_mix(sass)[0].strip("| ").split(" | ")[1:]))
   assert pd.loop_mix(sass)[0].startswith("| 4 | ")
-  assert (row["HGMMA"], row["IMAD"], row["UIADD3"], row["R2UR"]) == (
+  assert (row["GMMA"], row["IMAD"], row["UIADD3"], row["R2UR"]) == (
       "1", "1", "1", "0")
   # --budget: an 8-bit wgmma loop (QGMMA counts as a wgmma loop too); two
   # warpgroups' passes: 2 x 2·64·256·32 FLOP at 8192 a cycle, 2 x 2 MUFU
