@@ -343,6 +343,19 @@
 #              reasons, pipes and the SMs' active cycles, then where our warps
 #              stall (source page); FP8 non-causal 4k and causal 8k, bf16 d 64
 #              non-causal 4k (~5 min)
+#   opts-multicast  the forward's clusters of two CTAs sharing each K/V
+#              tile through TMA multicast (FlashAttention 3's cluster at d
+#              >= 128, 16-bit, non-causal; our d 128 non-causal forward's L2
+#              throughput was 43% against cuDNN's 34%, and its warps' largest
+#              stall the wait for K): its compiled tests (to the bit against
+#              the unclustered grid, a 4k case walking several pairs a
+#              cluster), then the d 128 forward against the default (Stream-
+#              K), the unclustered grid without Stream-K and cuDNN, bf16 and
+#              fp16, 2k / 4k / 16k, non-causal, 7 rounds, ptxas's lines
+#              (~7 min)
+#   opts-multicast-more  the same at d 64 (bf16) and for the FP8 d 128
+#              forward against cuDNN FP8, 4k / 16k, then d 128's forward +
+#              backward, bf16, 4k / 16k (~6 min)
 #   opts-overlap-v27  the intra-warpgroup overlap (each step's softmax
 #              beside its own warpgroup's matmuls, FlashAttention 3's answer
 #              for those two kernels) on them again, last timed there on the
@@ -1678,6 +1691,31 @@ for s in "$@"; do
           -k 'regex:flashjax_fwd.*mosaic' --section SourceCounters \
           --section WarpStateStats -- "${calls[@]}"
       done ;;
+    opts-multicast)
+      mosaic_tests opts-multicast 150 -k multicast
+      step opts-multicast env MOSAIC_GPU_DUMP_PTXAS=1 timeout 270 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+multicast=True flashjax_mosaic+stream_k=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 2048 4096 16384 \
+        --causal false --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-multicast"
+      ptxas_table opts-multicast ;;
+    opts-multicast-more)
+      step opts-multicast-more timeout 120 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+multicast=True \
+        flashjax_mosaic+stream_k=False cudnn --dtypes bfloat16 \
+        --head-dims 64 --seqs 4096 16384 --causal false --modes fwd \
+        --matmul 0 --repeats 7 --out "$WORK/opts-multicast-d64"
+      step opts-multicast-more timeout 100 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+multicast=True \
+        flashjax_fp8_mosaic_vt+stream_k=False cudnn_fp8 --dtypes bfloat16 \
+        --head-dims 128 --seqs 4096 16384 --causal false --modes fwd \
+        --matmul 0 --repeats 7 --out "$WORK/opts-multicast-fp8"
+      step opts-multicast-more timeout 130 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+multicast=True cudnn \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal false \
+        --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-multicast-fwd-bwd" ;;
     opts-overlap-v27)
       mosaic_tests opts-overlap-v27 150 -k intra_wg_overlap
       fp8_tests opts-overlap-v27 120 -k overlap_compiled

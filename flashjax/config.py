@@ -103,6 +103,12 @@ class MosaicBlocks:
     :class:`pallas_kernels.mosaic.pipeline.StreamK`); a cut tile's two
     parts are merged after the kernel (:func:`pallas_kernels.mosaic.fwd.
     merge`, :func:`pallas_kernels.mosaic.bwd.merge`).
+  - ``multicast`` (forward, persistent, no band): CTAs in clusters of two
+    take neighbouring query tiles of one head and walk its K/V tiles in
+    step, each tile loaded once for both, half by each CTA's TMA into both
+    CTAs' shared memory (FlashAttention 3's cluster at d >= 128, 16-bit,
+    non-causal): half the L2 reads a step. Where a head's query tiles do
+    not pair up, the grid stays unclustered; no Stream-K when clustered.
   - ``compute_registers``: each compute thread's registers, taken from the
     producer warpgroup's (``setmaxnreg``; 240 leaves it 24, FlashAttention
     3's split).
@@ -196,6 +202,7 @@ class MosaicBlocks:
   consistent_delta: bool = False
   shared_full: bool = False
   o_residual: bool = False
+  multicast: bool = False
 
   def __post_init__(self):
     if self.block_kv not in (64, 128, 256):

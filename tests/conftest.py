@@ -14,7 +14,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 # them never gets a thread: on a 2-core host the forward with packed segment
 # ids (GQA, causal, window) hung with both compute warpgroups waiting for the
 # producer's first K/V tile, which the producer never issued. A thread per
-# warpgroup plus one for the program that launched the kernel; this must be
-# set before JAX creates its CPU client.
+# warpgroup of a cluster's two CTAs (the forward's ``multicast``: they wait on
+# each other's releases) plus one for the program that launched the kernel;
+# this must be set before JAX creates its CPU client.
+INTERPRETER_THREADS = 2 * (MOSAIC_COMPUTE_WGS + 1) + 1
 os.environ["NPROC"] = str(max(int(os.environ.get("NPROC", 0)),
-                              os.cpu_count() or 1, MOSAIC_COMPUTE_WGS + 2))
+                              os.cpu_count() or 1, INTERPRETER_THREADS))

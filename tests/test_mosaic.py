@@ -97,11 +97,14 @@ def test_no_races_in_the_interpreter(case):
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
                     reason="counts the host threads through Linux's /proc")
 def test_interpreter_has_a_host_thread_per_warpgroup():
-  """tests/conftest.py sized XLA's CPU thread pool before JAX created it."""
+  """tests/conftest.py sized XLA's CPU thread pool before JAX created it:
+  a thread for each warpgroup of a cluster of two CTAs, and one more."""
+  from conftest import INTERPRETER_THREADS
   jax.block_until_ready(jnp.ones(2) + 1)
   pool = [t for t in glob.glob("/proc/self/task/*/comm")
           if open(t).read().startswith("tf_XLAEigen")]
-  assert len(pool) >= MOSAIC_COMPUTE_WGS + 2
+  assert INTERPRETER_THREADS == 2 * (MOSAIC_COMPUTE_WGS + 1) + 1
+  assert len(pool) >= INTERPRETER_THREADS
 
 
 @pytest.mark.parametrize("blocks,window", [
@@ -634,6 +637,81 @@ def test_stream_k(case):
       interpret=False), q).as_text()
   assert text.count("custom_call @mosaic_gpu") == 1
   assert "flashjax_fwd_merge" in text
+
+
+# Clusters of two CTAs: GQA with a ragged K/V tail (4 query tiles a head, so
+# the interpreter's 2 clusters each walk 2 pairs); packed segment ids at d
+# 128 over 2 batch rows
+MULTICAST_CASES = [
+    Case(dtype="bfloat16", batch=1, seq_q=500, seq_kv=300, num_q_heads=2,
+         num_kv_heads=1, head_dim=64),
+    Case(dtype="float16", batch=2, seq_q=256, seq_kv=333, num_q_heads=2,
+         num_kv_heads=2, head_dim=128, segments="packed"),
+    # the GPU's: 256 pairs of query tiles over 66 clusters (132 SMs), GQA
+    Case(dtype="bfloat16", batch=2, seq_q=4096, seq_kv=4000, num_q_heads=8,
+         num_kv_heads=2, head_dim=128),
+]
+
+
+@pytest.mark.parametrize("case", MULTICAST_CASES, ids=lambda c: c.id)
+def test_multicast(case):
+  """``MosaicBlocks(multicast=True)`` (the forward's persistent grid without
+  a band): clusters of two CTAs take neighbouring query tiles of one head
+  and load each K/V tile once for both (TMA multicast, half by each CTA), a
+  slot refilled only once both CTAs' compute warpgroups released it (a
+  cluster barrier). Only the loads change, so O and L equal those of the
+  unclustered persistent grid (without Stream-K, which a clustered grid
+  does not take) to the bit; parity with the reference, gradients
+  included; FP8 too (d 128, V key-major: its tile splits along d). In the
+  interpreter (race detector on) the cluster barrier counts its arrivals
+  as on the GPU, but each CTA's copy lands in its own shared memory only
+  (jax 0.11.2's interpreter ignores ``collective_axes``), so writes into
+  the other CTA's tiles are checked compiled on a GPU only. The grid is
+  clustered only where a head's query tiles pair up, and the compiled form
+  lowers for CUDA."""
+  from flashjax.checks import make_plan
+  from harness import inputs
+  from pallas_kernels.mosaic import fwd
+  from test_fp8 import check_fp8_forward
+  if case is MULTICAST_CASES[-1]:
+    skip_in_interpreter("each cluster walks several pairs in the first two")
+
+  def persistent(base, **kw):
+    return dataclasses.replace(base, mosaic=dataclasses.replace(
+        base.mosaic, persistent=True, stream_k=False, **kw))
+  base = flashjax.default_config(case.head_dim)
+  check_without_races(case, persistent(base, multicast=True))
+  q, k, v, _, q_seg, kv_seg = inputs(case, 1)
+  assert_same_bits(
+      forward_bits(persistent(base), q, k, v, **case.kwargs(q_seg, kv_seg)),
+      forward_bits(persistent(base, multicast=True), q, k, v,
+                   **case.kwargs(q_seg, kv_seg)))
+  if case.head_dim == 128:
+    interpreted = jax.default_backend() != "gpu"
+    fp8_base = flashjax.default_config(128, fp8=True)
+    check_fp8_forward("float8_e4m3fn", False, (
+        case.batch, case.seq_q, case.seq_kv, case.num_q_heads,
+        case.num_kv_heads, 128), False, "mosaic", config=persistent(
+            fp8_base, multicast=True,
+            **dict(block_kv=128) if interpreted else {}))
+
+  # where it applies: 32 query tiles of 128 rows a head, not 33
+  def cluster(seq, causal=False, **kw):
+    x = jax.ShapeDtypeStruct((1, seq, 4, case.head_dim), jnp.bfloat16)
+    config = dataclasses.replace(base, mosaic=dataclasses.replace(
+        base.mosaic, multicast=True, **kw))
+    plan, _, _ = make_plan(x, x, x, causal=causal, backend="mosaic",
+                           interpret=False, config=config)
+    tiles = fwd.output_tiles(plan, 4, seq, 1, seq)
+    assert tiles.cluster == 1 or tiles.stream_k is None
+    return tiles.cluster
+  assert cluster(4096) == 2 and cluster(4096, persistent=False) == 1
+  assert cluster(4096 + 128) == 1 and cluster(4096, causal=True) == 1
+  x = jax.ShapeDtypeStruct((2, 4096, 4, case.head_dim), jnp.dtype(case.dtype))
+  text = lower_for_h100(lambda q: flashjax.attention(
+      q, q, q, backend="mosaic", config=persistent(base, multicast=True),
+      interpret=False), x).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1
 
 
 # the GPU's backward: 198 tiles of keys over 132 SMs

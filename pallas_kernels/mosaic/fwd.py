@@ -501,7 +501,8 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
           # shared_full: not with the overlap, whose V is read a step late
           *pipeline.barriers(num_streams=2, stages=stages, num_free=2,
                              shared_full=blocks.shared_full
-                             and not blocks.intra_wg_overlap)),
+                             and not blocks.intra_wg_overlap,
+                             cluster=tiles.cluster)),
       compiler_params=pipeline.compiler_params(plan),
       interpret=interpret,
       kernel_name=kernel_name(fp8),
@@ -516,12 +517,17 @@ def output_tiles(plan: Plan, num_heads: int, seq_q: int, batch: int,
                  seq_kv: int, with_stream_k: bool | None = None
                  ) -> pipeline.Tiles:
   """The forward's (head, query tile, batch) tiles over the padded lengths:
-  persistent as ``plan.config.mosaic`` says, with Stream-K's schedule
+  persistent as ``plan.config.mosaic`` says, in clusters of two sharing
+  their K/V tiles (``multicast``) where the grid is persistent, unbanded
+  and each head's query tiles pair up, else with Stream-K's schedule
   (:func:`stream_k`) where ``with_stream_k`` (default: the config's
   ``stream_k``) and the grid takes one."""
   blocks = plan.config.mosaic
   tiles = pipeline.Tiles.per_head(plan, num_heads, seq_q, batch,
                                   blocks.persistent)
+  if (blocks.multicast and tiles.persistent and tiles.paired is None
+      and not plan.mask.banded and tiles.grid[1] % 2 == 0):
+    return dataclasses.replace(tiles, cluster=2)
   if with_stream_k is None:
     with_stream_k = blocks.stream_k
   if not (with_stream_k and tiles.persistent):

@@ -323,13 +323,33 @@ class Tiles:
   causal mask's query tiles grow, its key tiles shrink); the walk then takes
   its tiles in mirrored pairs (i, n-1-i), each pair the same work, so CTAs
   with a fixed share of the grid finish together (a fixed stride over unequal
-  tiles leaves some CTAs with far more work than others)."""
+  tiles leaves some CTAs with far more work than others). ``cluster``
+  (persistent, not paired, no Stream-K): CTAs a cluster (axis
+  ``"cluster"``), which take ``cluster`` neighbouring tiles along axis 1 (the
+  same head and batch) and walk the same streamed tiles in step, each
+  loaded once for all of them (:func:`streamed_loop`; FlashAttention 3's
+  TMA multicast); the kernel's grid is then one cluster per ``cluster`` SMs."""
 
   grid: tuple
   names: tuple
   persistent: bool = False
   paired: int | None = None
   stream_k: StreamK | None = None
+  cluster: int = 1
+
+  def __post_init__(self):
+    if self.cluster > 1 and (not self.persistent or self.paired is not None
+                             or self.stream_k is not None
+                             or self.grid[1] % self.cluster):
+      raise ValueError(
+          f"Tiles.cluster={self.cluster} needs a persistent grid, unpaired, "
+          f"without Stream-K, whose {self.grid[1]} tiles along axis 1 group "
+          f"by {self.cluster}.")
+
+  @property
+  def collective(self) -> tuple | None:
+    """The axes a streamed tile's load is multicast over, or None."""
+    return ("cluster",) if self.cluster > 1 else None
 
   @staticmethod
   def per_head(plan, num_heads: int, seq: int, batch: int,
@@ -345,11 +365,18 @@ class Tiles:
     (persistent) one CTA per SM."""
     if not self.persistent:
       return dict(grid=self.grid, grid_names=self.names)
-    return dict(grid=(num_ctas(plan, math.prod(self.walk())),),
-                grid_names=("sm",))
+    units = math.prod(self.walk())
+    if self.cluster == 1:
+      return dict(grid=(num_ctas(plan, units),), grid_names=("sm",))
+    return dict(grid=(num_ctas(plan, units, self.cluster),),
+                grid_names=("sm",), cluster=(self.cluster,),
+                cluster_names=("cluster",))
 
   def walk(self) -> tuple:
-    """The grid the CTAs walk: ``grid``, or (paired) its pairs."""
+    """The grid the CTAs (clusters) walk: ``grid``, (paired) its pairs, or
+    (clustered) its groups of ``cluster`` tiles along axis 1."""
+    if self.cluster > 1:
+      return (self.grid[0], self.grid[1] // self.cluster, *self.grid[2:])
     if self.paired is None:
       return self.grid
     a = self.paired
@@ -366,6 +393,13 @@ class Tiles:
       return self._run_stream_k(body)
     walk = functools.partial(plgpu.nd_loop, collective_axes="sm",
                              init_carry=jnp.int32(0))
+    if self.cluster > 1:
+      def group(info, carry):
+        # the cluster's group of tiles along axis 1: this CTA's is its rank's
+        h, t, *rest = info.index
+        return body((h, t * self.cluster + lax.axis_index("cluster"), *rest),
+                    carry)
+      return walk(self.walk())(group)
     if self.paired is None:
       return walk(self.grid)(lambda info, carry: body(info.index, carry))
     a, n = self.paired, self.grid[self.paired]
@@ -413,7 +447,10 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
   (``LAUNCH_REGISTERS`` a thread). ``carry_slots``
   (:attr:`flashjax.config.MosaicBlocks.carry_slots`): the step loops carry
   their slot (:func:`next_slot`) instead of dividing the CTA's step count
-  by the stages each step."""
+  by the stages each step. Clustered (:attr:`Tiles.cluster`): the streamed
+  tiles are multicast and each ``free`` must be :func:`barriers`'s cluster
+  barrier, so a slot is refilled only once every CTA's compute warpgroups
+  released it."""
   stages = streams[0].smem.shape[0]
   frees = _distinct([stream.free for stream in streams])
 
@@ -437,8 +474,11 @@ def streamed_loop(*, wg, tiles: Tiles, streams, work, compute_registers: int,
             plgpu.barrier_wait(free.at[slot])
           for stream, src in zip(streams, w.srcs):
             if stream.free is free:
+              # (clustered) each CTA loads its share of the tile into every
+              # CTA of the cluster, whose full barrier counts all of it
               plgpu.copy_gmem_to_smem(src(j), stream.smem.at[slot],
-                                      stream.full.at[slot])
+                                      stream.full.at[slot],
+                                      collective_axes=tiles.collective)
         if owned is not None:
           @pl.when(j == w.lo)
           def _():
@@ -700,16 +740,18 @@ def heavy_first(mask, i, num_tiles: int):
   return num_tiles - 1 - i if mask.heavy_last else i
 
 
-def num_ctas(plan, num_tiles: int) -> int:
+def num_ctas(plan, num_tiles: int, cluster: int = 1) -> int:
   """CTAs of a persistent kernel: one per SM, at most one per work item (a
-  tile, or a pair of tiles), so that no CTA is idle. The interpreter runs 2,
-  so that CTAs walk several tiles; lowering on a CPU for an abstract H100
-  takes the H100's 132."""
+  tile, or a pair of tiles), so that no CTA is idle; with ``cluster`` > 1,
+  clusters of that many CTAs, one per ``cluster`` SMs, at most one per work
+  item (a group of tiles). The interpreter runs 2, so that CTAs walk
+  several tiles; lowering on a CPU for an abstract H100 takes the H100's
+  132 SMs."""
   if plan.interpret:
     return min(2, num_tiles)
   device = jax.devices()[0]
   sms = device.core_count if device.platform == "gpu" else 132
-  return min(sms, num_tiles)
+  return min(sms // cluster, num_tiles)
 
 
 def load_owned(barrier, copies):
@@ -748,14 +790,18 @@ def store(copies, wait: bool = True, elsewhere=None):
 
 
 def barriers(num_streams: int, stages: int, num_free: int = 1,
-             shared_full: bool = False):
+             shared_full: bool = False, cluster: int = 1):
   """Scratch types of the loop's barriers: ``full`` per stream (or,
   ``shared_full``, one for all, an arrival per stream's copy, and None for
-  the others: :func:`fulls`), then ``num_free`` ``free`` barriers."""
+  the others: :func:`fulls`), then ``num_free`` ``free`` barriers
+  (``cluster`` > 1: cluster barriers, which each compute warpgroup's release
+  arrives at in every CTA of the cluster)."""
   full = ([plgpu.Barrier(num_arrivals=num_streams, num_barriers=stages)]
           + [None] * (num_streams - 1) if shared_full else
           [plgpu.Barrier(num_barriers=stages) for _ in range(num_streams)])
-  return (*full, *(plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages)
+  free = (functools.partial(plgpu.ClusterBarrier, collective_axes=("cluster",))
+          if cluster > 1 else plgpu.Barrier)
+  return (*full, *(free(num_arrivals=COMPUTE_WGS, num_barriers=stages)
                    for _ in range(num_free)))
 
 
