@@ -349,13 +349,17 @@
 #              throughput was 43% against cuDNN's 34%, and its warps' largest
 #              stall the wait for K): its compiled tests (to the bit against
 #              the unclustered grid, a 4k case walking several pairs a
-#              cluster), then the d 128 forward against the default (Stream-
-#              K), the unclustered grid without Stream-K and cuDNN, bf16 and
-#              fp16, 2k / 4k / 16k, non-causal, 7 rounds, ptxas's lines
-#              (~7 min)
-#   opts-multicast-more  the same at d 64 (bf16) and for the FP8 d 128
-#              forward against cuDNN FP8, 4k / 16k, then d 128's forward +
-#              backward, bf16, 4k / 16k (~6 min)
+#              cluster, Stream-K over clusters), then the bf16 d 128 forward:
+#              the default (Stream-K), clustered with and without Stream-K,
+#              unclustered without it, and cuDNN, 2k / 4k / 16k,
+#              non-causal, 7 rounds, ptxas's lines (~6.5 min)
+#   opts-multicast-more  clustered (with Stream-K) against the default and
+#              cuDNN: fp16 d 128, bf16 d 64, FP8 d 128 (against cuDNN FP8),
+#              4k / 16k forward, then bf16 d 128 forward + backward (~7 min)
+#   ncu-multicast  Nsight on the bf16 d 128 non-causal forward (4k),
+#              default and clustered, and cuDNN's: the details page (L2
+#              throughput), stalls and pipes, and our kernels' source page
+#              (where their warps wait) (~4 min)
 #   opts-overlap-v27  the intra-warpgroup overlap (each step's softmax
 #              beside its own warpgroup's matmuls, FlashAttention 3's answer
 #              for those two kernels) on them again, last timed there on the
@@ -1693,29 +1697,44 @@ for s in "$@"; do
       done ;;
     opts-multicast)
       mosaic_tests opts-multicast 150 -k multicast
-      step opts-multicast env MOSAIC_GPU_DUMP_PTXAS=1 timeout 270 $PY \
+      step opts-multicast env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+multicast=True flashjax_mosaic+stream_k=False cudnn \
-        --dtypes bfloat16 float16 --head-dims 128 --seqs 2048 4096 16384 \
-        --causal false --modes fwd --matmul 0 --repeats 7 \
-        --out "$WORK/opts-multicast"
+        flashjax_mosaic+multicast=True \
+        flashjax_mosaic+multicast=True+stream_k=False \
+        flashjax_mosaic+stream_k=False cudnn --dtypes bfloat16 \
+        --head-dims 128 --seqs 2048 4096 16384 --causal false --modes fwd \
+        --matmul 0 --repeats 7 --out "$WORK/opts-multicast"
       ptxas_table opts-multicast ;;
     opts-multicast-more)
-      step opts-multicast-more timeout 120 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+multicast=True \
-        flashjax_mosaic+stream_k=False cudnn --dtypes bfloat16 \
-        --head-dims 64 --seqs 4096 16384 --causal false --modes fwd \
-        --matmul 0 --repeats 7 --out "$WORK/opts-multicast-d64"
+      step opts-multicast-more timeout 110 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+multicast=True cudnn \
+        --dtypes float16 --head-dims 128 --seqs 4096 16384 --causal false \
+        --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-multicast-fp16"
+      step opts-multicast-more timeout 110 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+multicast=True cudnn \
+        --dtypes bfloat16 --head-dims 64 --seqs 4096 16384 --causal false \
+        --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-multicast-d64"
       step opts-multicast-more timeout 100 $PY benchmarks/bench_attention.py \
         --impls flashjax_fp8_mosaic_vt flashjax_fp8_mosaic_vt+multicast=True \
-        flashjax_fp8_mosaic_vt+stream_k=False cudnn_fp8 --dtypes bfloat16 \
-        --head-dims 128 --seqs 4096 16384 --causal false --modes fwd \
-        --matmul 0 --repeats 7 --out "$WORK/opts-multicast-fp8"
+        cudnn_fp8 --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 \
+        --causal false --modes fwd --matmul 0 --repeats 7 \
+        --out "$WORK/opts-multicast-fp8"
       step opts-multicast-more timeout 130 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+multicast=True cudnn \
         --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal false \
         --modes fwd_bwd --matmul 0 --repeats 7 \
         --out "$WORK/opts-multicast-fwd-bwd" ;;
+    ncu-multicast)
+      calls=(--mode fwd --head-dim 128 --seq 4096 --impls flashjax_mosaic
+             flashjax_mosaic+multicast=True cudnn)
+      nsight ncu-multicast ncu-multicast details --summarize --set detailed \
+        -k 'regex:mosaic|sdpa' -- "${calls[@]}"
+      nsight ncu-multicast ncu-multicast-stalls raw --stalls \
+        -k 'regex:mosaic|sdpa' --metrics "$STALL_METRICS,$SM_BALANCE" -- \
+        "${calls[@]}"
+      nsight ncu-multicast ncu-multicast-source "source --print-source sass" \
+        --source -k 'regex:flashjax_fwd.*mosaic' --section SourceCounters \
+        --section WarpStateStats -- "${calls[@]}" ;;
     opts-overlap-v27)
       mosaic_tests opts-overlap-v27 150 -k intra_wg_overlap
       fp8_tests opts-overlap-v27 120 -k overlap_compiled

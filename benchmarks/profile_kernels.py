@@ -68,6 +68,7 @@ NCU_METRICS = [
     ("SM %", ("Compute (SM) Throughput",)),
     ("memory %", ("Memory Throughput",)),
     ("DRAM %", ("DRAM Throughput",)),
+    ("L2 %", ("L2 Cache Throughput",)),
     ("IPC", ("Executed Ipc Active",)),
     ("issue slots %", ("Issue Slots Busy",)),
     ("registers", ("Registers Per Thread",)),

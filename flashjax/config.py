@@ -108,7 +108,8 @@ class MosaicBlocks:
     step, each tile loaded once for both, half by each CTA's TMA into both
     CTAs' shared memory (FlashAttention 3's cluster at d >= 128, 16-bit,
     non-causal): half the L2 reads a step. Where a head's query tiles do
-    not pair up, the grid stays unclustered; no Stream-K when clustered.
+    not pair up, the grid stays unclustered; with ``stream_k`` a unit is a
+    cluster's pair of tiles.
   - ``compute_registers``: each compute thread's registers, taken from the
     producer warpgroup's (``setmaxnreg``; 240 leaves it 24, FlashAttention
     3's split).

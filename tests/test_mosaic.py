@@ -517,28 +517,33 @@ def test_stream_k_schedule():
   from pallas_kernels.mosaic import pipeline
 
   def check(sk, tile_steps):
-    runs, per_cta, last, first = collections.Counter(), [], {}, {}
+    # CTA c (clustered: cluster c's CTA of rank r)
+    runs, per_cta, last, first = collections.Counter(), {}, {}, {}
     with jax.ensure_compile_time_eval():
       for c in range(sk.ctas):
-        count, piece = sk.pieces(c)
-        per_cta.append(0)
-        for k in range(int(count)):
-          index, part = piece(k)
-          index = tuple(int(x) for x in index)
-          lo, hi, slot = int(part.lo), int(part.hi), int(part.slot)
-          assert 0 <= lo < hi <= tile_steps[index] and int(part.cta) == c
-          runs.update((index, j) for j in range(lo, hi))
-          per_cta[-1] += hi - lo
-          if slot == 1:
-            assert k == count - 1 and hi < tile_steps[index]
-            last[c] = index
-          if slot == 0:
-            assert k == sk.rounds * sk.halves and lo > 0   # the first split
-            first[c] = index
+        for r in range(sk.cluster):
+          count, piece = sk.pieces(c, r)
+          per_cta[c, r] = 0
+          for k in range(int(count)):
+            index, part = piece(k)
+            index = tuple(int(x) for x in index)
+            lo, hi, slot = int(part.lo), int(part.hi), int(part.slot)
+            assert 0 <= lo < hi <= tile_steps[index]
+            assert int(part.cta) == c * sk.cluster + r
+            runs.update((index, j) for j in range(lo, hi))
+            per_cta[c, r] += hi - lo
+            if slot == 1:
+              assert k == count - 1 and hi < tile_steps[index]
+              last[c, r] = index
+            if slot == 0:
+              assert k == sk.rounds * sk.halves and lo > 0  # the first split
+              first[c, r] = index
     assert runs == {(i, j): 1 for i, n in tile_steps.items() for j in range(n)}
-    assert max(per_cta) - min(per_cta) <= 1
-    assert sk.cut() == [(i, c) for c, i in last.items()]
-    assert all(first[c + 1] == i for c, i in last.items())
+    assert max(per_cta.values()) - min(per_cta.values()) <= 1
+    # a cluster's CTAs run the same steps
+    assert all(per_cta[c, r] == per_cta[c, 0] for c, r in per_cta)
+    assert sk.cut() == [(i, c) for (c, _), i in last.items()]
+    assert all(first[c + 1, r] == i for (c, r), i in last.items())
 
   for tiles, ctas, steps in [(2048, 132, 128), (4096, 132, 8), (198, 132, 12),
                              (3, 2, 5), (5, 2, 3)]:
@@ -551,6 +556,13 @@ def test_stream_k_schedule():
     sk = pipeline.StreamK.of(heads * n // 2 * batch, ctas, n + 1,
                              (heads, n // 2, batch), 1, lambda i: i + 1)
     check(sk, {(h, t, b): t + 1 for h in range(heads) for t in range(n)
+               for b in range(batch)})
+  # clusters of two tiles along axis 1 of (heads, tiles, batch): 66 clusters
+  for heads, n, batch, ctas, steps in [(16, 128, 1, 66, 128),
+                                       (3, 2, 1, 2, 5), (5, 4, 14, 66, 12)]:
+    sk = pipeline.StreamK.of(heads * n // 2 * batch, ctas, steps,
+                             (heads, n // 2, batch), cluster=2)
+    check(sk, {(h, t, b): steps for h in range(heads) for t in range(n)
                for b in range(batch)})
   assert pipeline.StreamK.of(264, 132, 12) is None      # 2 whole rounds
   assert pipeline.StreamK.of(100, 132, 12) is None      # fewer tiles than SMs
@@ -660,15 +672,15 @@ def test_multicast(case):
   and load each K/V tile once for both (TMA multicast, half by each CTA), a
   slot refilled only once both CTAs' compute warpgroups released it (a
   cluster barrier). Only the loads change, so O and L equal those of the
-  unclustered persistent grid (without Stream-K, which a clustered grid
-  does not take) to the bit; parity with the reference, gradients
-  included; FP8 too (d 128, V key-major: its tile splits along d). In the
-  interpreter (race detector on) the cluster barrier counts its arrivals
-  as on the GPU, but each CTA's copy lands in its own shared memory only
-  (jax 0.11.2's interpreter ignores ``collective_axes``), so writes into
-  the other CTA's tiles are checked compiled on a GPU only. The grid is
-  clustered only where a head's query tiles pair up, and the compiled form
-  lowers for CUDA."""
+  unclustered persistent grid to the bit (both without Stream-K, whose
+  cut tiles are merged: test_multicast_stream_k); parity with the
+  reference, gradients included; FP8 too (d 128, V key-major: its tile
+  splits along d). In the interpreter (race detector on) the cluster
+  barrier counts its arrivals as on the GPU, but each CTA's copy lands in
+  its own shared memory only (jax 0.11.2's interpreter ignores
+  ``collective_axes``), so writes into the other CTA's tiles are checked
+  compiled on a GPU only. The grid is clustered only where a head's query
+  tiles pair up, and the compiled form lowers for CUDA."""
   from flashjax.checks import make_plan
   from harness import inputs
   from pallas_kernels.mosaic import fwd
@@ -702,9 +714,7 @@ def test_multicast(case):
         base.mosaic, multicast=True, **kw))
     plan, _, _ = make_plan(x, x, x, causal=causal, backend="mosaic",
                            interpret=False, config=config)
-    tiles = fwd.output_tiles(plan, 4, seq, 1, seq)
-    assert tiles.cluster == 1 or tiles.stream_k is None
-    return tiles.cluster
+    return fwd.output_tiles(plan, 4, seq, 1, seq).cluster
   assert cluster(4096) == 2 and cluster(4096, persistent=False) == 1
   assert cluster(4096 + 128) == 1 and cluster(4096, causal=True) == 1
   x = jax.ShapeDtypeStruct((2, 4096, 4, case.head_dim), jnp.dtype(case.dtype))
@@ -712,6 +722,55 @@ def test_multicast(case):
       q, q, q, backend="mosaic", config=persistent(base, multicast=True),
       interpret=False), x).as_text()
   assert text.count("custom_call @mosaic_gpu") == 1
+
+
+# Stream-K over clusters: 3 pairs of query tiles over the interpreter's 2
+# clusters (5 steps of 64 keys each), packed segment ids; the GPU's: 96
+# pairs over 66 clusters, GQA
+MULTICAST_STREAM_K_CASES = [
+    Case(dtype="bfloat16", batch=1, seq_q=256, seq_kv=300, num_q_heads=3,
+         num_kv_heads=1, head_dim=64, segments="packed"),
+    Case(dtype="float16", batch=1, seq_q=4096, seq_kv=1500, num_q_heads=6,
+         num_kv_heads=3, head_dim=128),
+]
+
+
+@pytest.mark.parametrize("case", MULTICAST_STREAM_K_CASES, ids=lambda c: c.id)
+def test_multicast_stream_k(case):
+  """``multicast=True`` with ``stream_k=True``: Stream-K's units are the
+  clusters' pairs of query tiles, both CTAs of a cluster run the same
+  steps of their own tile and write their own parts, merged after the
+  kernel (one merge program per boundary and rank). Parity with the
+  reference, gradients included (the backward reads the merged O and L),
+  with tiles cut; on the CPU in the interpreter (race detector on), on a
+  GPU its own case; the compiled form lowers for CUDA with the merge."""
+  from pallas_kernels.mosaic import fwd
+  if (jax.default_backend() == "gpu") == (case is MULTICAST_STREAM_K_CASES[0]):
+    pytest.skip("the interpreter's 2 clusters split the first case, the "
+                "GPU's 66 the second")
+  cuts, merge = [], fwd.merge
+
+  def counted(sk, *args, **kw):
+    assert sk.cluster == 2
+    cuts.append(len(sk.cut()))
+    return merge(sk, *args, **kw)
+  base = flashjax.default_config(case.head_dim)
+  config = dataclasses.replace(base, mosaic=dataclasses.replace(
+      base.mosaic, persistent=True, stream_k=True, multicast=True,
+      **dict(block_kv=64) if jax.default_backend() != "gpu" else {}))
+  fwd.merge = counted
+  try:
+    check_without_races(case, config)
+  finally:
+    fwd.merge = merge
+  assert len(cuts) == 1 and cuts[0] > 0
+  q = jax.ShapeDtypeStruct((1, 4096, 6, case.head_dim), jnp.dtype(case.dtype))
+  text = lower_for_h100(lambda q: flashjax.attention(
+      q, q, q, backend="mosaic", config=dataclasses.replace(
+          config, mosaic=dataclasses.replace(config.mosaic, block_kv=128)),
+      interpret=False), q).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1
+  assert "flashjax_fwd_merge" in text
 
 
 # the GPU's backward: 198 tiles of keys over 132 SMs

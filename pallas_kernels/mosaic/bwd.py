@@ -699,7 +699,7 @@ def _backward(plan: Plan, q, k, v, do, lse, delta, dlse, *ids):
         dkdv_tiles.grid))
   sk = dkdv_tiles.stream_k
   part_type = None if sk is None else [
-      jax.ShapeDtypeStruct((sk.ctas, 2, COMPUTE_WGS * BLOCK_Q, head_dim),
+      jax.ShapeDtypeStruct((sk.part_rows, 2, COMPUTE_WGS * BLOCK_Q, head_dim),
                            jnp.float32)] * 2
   dkdv = plgpu.kernel(
       functools.partial(dkdv_kernel, plan=plan, block_q=bq,
@@ -792,11 +792,12 @@ def merge(sk: pipeline.StreamK, dk, dv, dk_part, dv_part,
   :func:`pallas_kernels.mosaic.fwd.merge`)."""
   rows = dk_part.shape[2]
 
-  def combine(parts, c, index, outs):
+  def combine(parts, part_rows, index, outs):
     h, tile, b = index
     at = pl.ds(tile * rows, rows)
+    first, second = part_rows
     for part_ref, out_ref in zip(parts, outs):
-      total = part_ref[c, 1, :, :] + part_ref[c + 1, 0, :, :]
+      total = part_ref[first, 1, :, :] + part_ref[second, 0, :, :]
       out_ref[b, at, h, :] = total.astype(out_ref.dtype)
 
   return pipeline.merge_cut(sk, combine, [dk_part, dv_part], [dk, dv],

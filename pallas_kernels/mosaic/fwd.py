@@ -73,6 +73,15 @@ place after the kernel. Non-causal 2-3% faster at 2k-16k
 opts-stream-k-2k-session29-h200.md), causal 0-5% at 8k-12k
 (confirm-stream-k-causal-session29-h200.md).
 
+``MosaicBlocks(multicast=True)`` (written in the forty-third session, not
+yet timed): on the persistent grid without a band, CTAs in clusters of two
+take neighbouring query tiles of one head and walk its K/V tiles in step,
+each tile loaded once for both, half by each CTA's TMA into both CTAs'
+shared memory (:attr:`pipeline.Tiles.cluster`); a slot is refilled once
+both CTAs' compute warpgroups released it (a cluster barrier).
+FlashAttention 3's cluster at d >= 128 (16-bit, non-causal). With
+Stream-K, a unit is the cluster's pair of tiles, each CTA its own part.
+
 ``MosaicBlocks(owned_registers=True)`` (compiled): Q is loaded into
 registers at a tile's first step and S = Q Kᵀ issued with it as the register
 operand (8-bit layout in FP8), so each step reads only K from shared memory.
@@ -133,8 +142,8 @@ def fwd_kernel(q_ref, k_ref, v_ref, seg_refs, descale_ref, o_ref, lse_ref,
   # [batch, seq_kv]); descale_ref: None or (FP8) float32 [heads, 2, BLOCK_Q],
   # each head's q·k descale and v descale, repeated per row. r_ref: None, or
   # (o_residual) O's rounding residual, like o_ref, through r_smem. part_refs:
-  # None, or (Stream-K, tiles.stream_k) the cut tiles' parts' O [ctas, 2,
-  # COMPUTE_WGS · BLOCK_Q, d], L [ctas, 2, COMPUTE_WGS · BLOCK_Q] and
+  # None, or (Stream-K, tiles.stream_k) the cut tiles' parts' O [part_rows, 2,
+  # COMPUTE_WGS · BLOCK_Q, d], L [part_rows, 2, COMPUTE_WGS · BLOCK_Q] and
   # (o_residual) r like O.
   # q_smem holds Q per compute warpgroup, and then O unless o_smem is given
   # (FP8: O is not in Q's dtype; prefetch_q: the next tile's Q may be landing
@@ -471,10 +480,10 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
   v_tile = (head_dim, bkv) if fp8 else (bkv, head_dim)
   rows = COMPUTE_WGS * BLOCK_Q
   o_type = jax.ShapeDtypeStruct(q.shape, plan.dtype)
-  o_part = jax.ShapeDtypeStruct((sk.ctas, 2, rows, head_dim),
+  o_part = jax.ShapeDtypeStruct((sk.part_rows, 2, rows, head_dim),
                                 plan.dtype) if sk else None
   parts = None if sk is None else (
-      o_part, jax.ShapeDtypeStruct((sk.ctas, 2, rows), jnp.float32),
+      o_part, jax.ShapeDtypeStruct((sk.part_rows, 2, rows), jnp.float32),
       *[o_part] * residual)
   o_tile = plgpu.SMEM((COMPUTE_WGS, BLOCK_Q, head_dim), plan.dtype)
   o, lse, r, parts = plgpu.kernel(
@@ -519,7 +528,7 @@ def output_tiles(plan: Plan, num_heads: int, seq_q: int, batch: int,
   """The forward's (head, query tile, batch) tiles over the padded lengths:
   persistent as ``plan.config.mosaic`` says, in clusters of two sharing
   their K/V tiles (``multicast``) where the grid is persistent, unbanded
-  and each head's query tiles pair up, else with Stream-K's schedule
+  and each head's query tiles pair up, with Stream-K's schedule
   (:func:`stream_k`) where ``with_stream_k`` (default: the config's
   ``stream_k``) and the grid takes one."""
   blocks = plan.config.mosaic
@@ -527,7 +536,7 @@ def output_tiles(plan: Plan, num_heads: int, seq_q: int, batch: int,
                                   blocks.persistent)
   if (blocks.multicast and tiles.persistent and tiles.paired is None
       and not plan.mask.banded and tiles.grid[1] % 2 == 0):
-    return dataclasses.replace(tiles, cluster=2)
+    tiles = dataclasses.replace(tiles, cluster=2)
   if with_stream_k is None:
     with_stream_k = blocks.stream_k
   if not (with_stream_k and tiles.persistent):
@@ -546,9 +555,10 @@ def stream_k(plan: Plan, tiles: pipeline.Tiles, block_kv: int,
   the diagonal on a K/V tile boundary: the benchmark's shapes)."""
   walk = tiles.walk()
   units = math.prod(walk)
-  ctas = pipeline.num_ctas(plan, units)
+  ctas = pipeline.num_ctas(plan, units, tiles.cluster)
   if tiles.paired is None:
-    return pipeline.StreamK.of(units, ctas, num_kv_blocks, walk)
+    return pipeline.StreamK.of(units, ctas, num_kv_blocks, walk,
+                               cluster=tiles.cluster)
   n, rows = tiles.grid[tiles.paired], COMPUTE_WGS * BLOCK_Q
 
   def kv_range(i):
@@ -576,13 +586,15 @@ def merge(sk: pipeline.StreamK, mask, outs, parts, interpret: bool = False):
   a Triton-lowered Pallas kernel. ``sk``'s units index the forward's
   (heads, query tiles, batch) grid, its query tiles in
   :func:`pipeline.heavy_first`'s order under ``mask``; ``parts`` = (o_part
-  [ctas, 2, rows, d], lse_part [ctas, 2, rows][, r_part like o_part])."""
+  [sk.part_rows, 2, rows, d], lse_part [sk.part_rows, 2, rows][, r_part
+  like o_part])."""
   rows = parts[0].shape[2]
   num_tiles = outs[0].shape[1] // rows
 
-  def combine(part_refs, c, index, out_refs):
+  def combine(part_refs, part_rows, index, out_refs):
     h, q_tile, b = index
     o_part_ref, lse_part_ref, *r_part_ref = part_refs
+    first, second = part_rows
 
     def part_o(i, j):
       # part j of CTA i's O (+ r) in float32
@@ -591,14 +603,14 @@ def merge(sk: pipeline.StreamK, mask, outs, parts, interpret: bool = False):
         o = o + ref[i, j, :, :].astype(jnp.float32)
       return o
     # part 1: the tile's first keys, c's last unit; part 2: c + 1's first
-    l1, l2 = lse_part_ref[c, 1, :], lse_part_ref[c + 1, 0, :]
+    l1, l2 = lse_part_ref[first, 1, :], lse_part_ref[second, 0, :]
     top = jnp.maximum(l1, l2)
     seen = top > -jnp.inf
     l = jnp.where(seen, top + jnp.log(jnp.exp(l1 - top) + jnp.exp(l2 - top)),
                   -jnp.inf)
     w1 = jnp.where(l1 > -jnp.inf, jnp.exp(l1 - l), 0.0)
     w2 = jnp.where(l2 > -jnp.inf, jnp.exp(l2 - l), 0.0)
-    o_cut = w1[:, None] * part_o(c, 1) + w2[:, None] * part_o(c + 1, 0)
+    o_cut = w1[:, None] * part_o(first, 1) + w2[:, None] * part_o(second, 0)
     at = pl.ds(pipeline.heavy_first(mask, q_tile, num_tiles) * rows, rows)
     o_ref, lse_ref, *r_ref = out_refs
     o_ref[b, at, h, :] = o_cut.astype(o_ref.dtype)

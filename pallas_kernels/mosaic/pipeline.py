@@ -165,7 +165,11 @@ class StreamK:
   its mirror's. A tile cut between CTAs c and c + 1 runs its first steps as
   c's last piece (slot 1) and the rest as c + 1's first (slot 0); each part
   writes its own O and L, which :func:`pallas_kernels.mosaic.fwd.merge`
-  merges."""
+  merges. ``cluster`` (:attr:`Tiles.cluster`): ``ctas`` counts clusters and
+  a unit is a group of ``cluster`` tiles along ``walk``'s axis 1, of which
+  the cluster's CTA of rank r (``rank``) takes tile r, all with the same
+  steps; a part's row in the buffers of parts is ``c · cluster + r``
+  (:attr:`Part.cta`)."""
 
   units: int
   ctas: int
@@ -174,16 +178,24 @@ class StreamK:
   paired: int | None = None
   first_steps: Callable | None = dataclasses.field(default=None,
                                                    compare=False)
+  cluster: int = 1
 
   @staticmethod
   def of(units: int, ctas: int, steps: int, walk: tuple | None = None,
-         paired: int | None = None, first_steps=None) -> "StreamK | None":
+         paired: int | None = None, first_steps=None,
+         cluster: int = 1) -> "StreamK | None":
     """The schedule, or None where whole units already fill every round (or
     a unit has one step, or there are fewer units than CTAs). ``walk``:
     the grid of units (default ``(units,)``)."""
     if units < ctas or units % ctas == 0 or steps < 2:
       return None
-    return StreamK(units, ctas, steps, walk or (units,), paired, first_steps)
+    return StreamK(units, ctas, steps, walk or (units,), paired, first_steps,
+                   cluster)
+
+  @property
+  def part_rows(self) -> int:
+    """Rows of the buffers of parts: one per CTA (of every cluster)."""
+    return self.ctas * self.cluster
 
   @property
   def rounds(self) -> int:
@@ -201,9 +213,12 @@ class StreamK:
     div = (lambda a, b: a // b) if isinstance(c, int) else lax.div
     return div(c * total, self.ctas), div((c + 1) * total, self.ctas)
 
-  def index(self, unit, half=0) -> tuple:
-    """The grid index of ``unit``'s tile (``half`` 1: a pair's mirror)."""
+  def index(self, unit, half=0, rank=0) -> tuple:
+    """The grid index of ``unit``'s tile (``half`` 1: a pair's mirror;
+    clustered, ``rank``'s tile of the group)."""
     index = unravel(unit, self.walk)
+    if self.cluster > 1:
+      return (index[0], index[1] * self.cluster + rank, *index[2:])
     if self.paired is None:
       return index
     a, i = self.paired, index[self.paired]
@@ -227,12 +242,12 @@ class StreamK:
     return 2 * t + (lax.rem(x, self.steps) >= self.split(unit)).astype(
         jnp.int32)
 
-  def pieces(self, c):
-    """CTA ``c``'s pieces (a tile, or a pair's tile): their count and
-    ``piece(k) -> (index, Part)``, the k-th's grid index and share: the
-    data-parallel rounds' whole units, then its steps ``[start, end)`` of
-    the split units, each piece clipped to them (c and k ints or int32
-    scalars)."""
+  def pieces(self, c, rank=0):
+    """CTA ``c``'s pieces (a tile, or a pair's tile; clustered, cluster c's
+    CTA of rank ``rank``): their count and ``piece(k) -> (index, Part)``,
+    the k-th's grid index and share: the data-parallel rounds' whole units,
+    then its steps ``[start, end)`` of the split units, each piece clipped
+    to them (c, rank and k ints or int32 scalars)."""
     start, end = self.bounds(c)
     first, last = self.piece_of(start), self.piece_of(end - 1)
     whole = self.rounds * self.halves
@@ -257,45 +272,57 @@ class StreamK:
       lo = jnp.where(split, jnp.maximum(local(start), 0), 0)
       hi = jnp.where(split, jnp.minimum(local(end), n), n)
       slot = jnp.where(lo > 0, 0, jnp.where(hi < n, 1, -1))
-      return self.index(unit, half), Part(lo, hi, slot, c)
+      return (self.index(unit, half, rank),
+              Part(lo, hi, slot, c * self.cluster + rank))
     return whole + last - first + 1, piece
 
-  def cut_after(self, c):
-    """``(cut, index)``: whether CTAs c and c + 1 share a tile, and its grid
-    index (c an int or an int32 scalar)."""
+  def cut_after(self, c, rank=0):
+    """``(cut, index)``: whether CTAs (clusters) c and c + 1 share a tile
+    (clustered: a group, of which this is ``rank``'s tile), and its grid
+    index (c and rank ints or int32 scalars)."""
     end = self.bounds(c)[1]
     t, o = lax.div(end, self.steps), lax.rem(end, self.steps)
     unit = self.rounds * self.ctas + t
     f = self.split(unit)
-    return (o != 0) & (o != f), self.index(unit, (o > f).astype(jnp.int32))
+    return (o != 0) & (o != f), self.index(unit, (o > f).astype(jnp.int32),
+                                           rank)
 
   def cut(self) -> list:
-    """``(index, c)`` of each tile cut between CTAs c and c + 1."""
+    """``(index, c)`` of each tile cut between CTAs (clusters) c and
+    c + 1."""
     with jax.ensure_compile_time_eval():
       return [(tuple(int(x) for x in index), c) for c in range(self.ctas - 1)
-              for cut, index in [self.cut_after(c)] if cut]
+              for r in range(self.cluster)
+              for cut, index in [self.cut_after(c, r)] if cut]
 
 
 def merge_cut(sk: StreamK, combine, parts, outs, name: str,
               interpret: bool = False):
   """``outs`` with the tiles Stream-K cut in two rewritten from their two
   parts, in place (aliased: nothing else of them is read or copied): one
-  program per boundary between CTAs c and c + 1 (the last CTA has none), a
-  Triton-lowered Pallas kernel named ``name``; where c and c + 1 share a
-  tile, ``combine(part_refs, c, index, out_refs)`` writes it from rows
-  ``[c, 1]`` (its first steps, c's last unit) and ``[c + 1, 0]`` of the
-  ``parts`` (``[ctas, 2, ...]`` each), ``index`` its grid index
-  (:meth:`StreamK.cut_after`)."""
+  program per boundary between CTAs c and c + 1 (the last CTA has none; a
+  cluster's: one per rank r), a Triton-lowered Pallas kernel named
+  ``name``; where c and c + 1 share a tile, ``combine(part_refs, (first,
+  second), index, out_refs)`` writes it from rows ``[first, 1]`` (its first
+  steps, c's last unit) and ``[second, 0]`` of the ``parts``
+  (``[sk.part_rows, 2, ...]`` each; first = c · cluster + r, second =
+  first + cluster), ``index`` its grid index (:meth:`StreamK.cut_after`)."""
   n = len(parts)
 
   def kernel(*refs):
     part_refs, out_refs = refs[:n], refs[n + len(outs):]
     c = pl.program_id(0)
-    cut, index = sk.cut_after(c)
-    pl.when(cut)(lambda: combine(part_refs, c, index, out_refs))
+    if sk.cluster == 1:
+      r, first = 0, c
+    else:
+      r = pl.program_id(1)
+      first = c * sk.cluster + r
+    cut, index = sk.cut_after(c, r)
+    pl.when(cut)(lambda: combine(part_refs, (first, first + sk.cluster),
+                                 index, out_refs))
 
   return pl.pallas_call(
-      kernel, grid=(sk.ctas - 1,),
+      kernel, grid=(sk.ctas - 1, *[sk.cluster] * (sk.cluster > 1)),
       out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outs],
       input_output_aliases={n + i: i for i in range(len(outs))},
       interpret=interpret, name=name)(*parts, *outs)
@@ -324,7 +351,7 @@ class Tiles:
   its tiles in mirrored pairs (i, n-1-i), each pair the same work, so CTAs
   with a fixed share of the grid finish together (a fixed stride over unequal
   tiles leaves some CTAs with far more work than others). ``cluster``
-  (persistent, not paired, no Stream-K): CTAs a cluster (axis
+  (persistent, not paired): CTAs a cluster (axis
   ``"cluster"``), which take ``cluster`` neighbouring tiles along axis 1 (the
   same head and batch) and walk the same streamed tiles in step, each
   loaded once for all of them (:func:`streamed_loop`; FlashAttention 3's
@@ -339,12 +366,14 @@ class Tiles:
 
   def __post_init__(self):
     if self.cluster > 1 and (not self.persistent or self.paired is not None
-                             or self.stream_k is not None
                              or self.grid[1] % self.cluster):
       raise ValueError(
           f"Tiles.cluster={self.cluster} needs a persistent grid, unpaired, "
-          f"without Stream-K, whose {self.grid[1]} tiles along axis 1 group "
-          f"by {self.cluster}.")
+          f"whose {self.grid[1]} tiles along axis 1 group by "
+          f"{self.cluster}.")
+    if self.stream_k is not None and self.stream_k.cluster != self.cluster:
+      raise ValueError(f"Tiles.stream_k's cluster ({self.stream_k.cluster}) "
+                       f"is not the grid's ({self.cluster}).")
 
   @property
   def collective(self) -> tuple | None:
@@ -419,7 +448,8 @@ class Tiles:
     return walk(self.walk())(pair)
 
   def _run_stream_k(self, body):
-    count, piece = self.stream_k.pieces(lax.axis_index("sm"))
+    rank = lax.axis_index("cluster") if self.cluster > 1 else 0
+    count, piece = self.stream_k.pieces(lax.axis_index("sm"), rank)
 
     def run(k, done):
       index, part = piece(k)
