@@ -352,7 +352,7 @@
 #              cluster, Stream-K over clusters), then the bf16 d 128 forward:
 #              the default (Stream-K), clustered with and without Stream-K,
 #              unclustered without it, and cuDNN, 2k / 4k / 16k,
-#              non-causal, 7 rounds, ptxas's lines (~6.5 min)
+#              non-causal, 7 rounds, ptxas's lines (~8 min)
 #   opts-multicast-more  clustered (with Stream-K) against the default and
 #              cuDNN: fp16 d 128, bf16 d 64, FP8 d 128 (against cuDNN FP8),
 #              4k / 16k forward, then bf16 d 128 forward + backward (~7 min)
@@ -1696,7 +1696,7 @@ for s in "$@"; do
           --section WarpStateStats -- "${calls[@]}"
       done ;;
     opts-multicast)
-      mosaic_tests opts-multicast 150 -k multicast
+      mosaic_tests opts-multicast 240 -k multicast
       step opts-multicast env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
         benchmarks/bench_attention.py --impls flashjax_mosaic \
         flashjax_mosaic+multicast=True \
