@@ -18,6 +18,8 @@ the backward), to check an option on many shapes before it runs on a GPU.
   NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 150
   NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 60 \
       --options shared_full=True bwd.shared_full=True
+  NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 40 \
+      --unbanded --options multicast=True
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from benchmarks.bench_attention import parse_options  # noqa: E402
 from flashjax.checks import make_plan  # noqa: E402
 
 
-def draw(rng: np.random.Generator, backend: str) -> tuple[Case, int]:
+def draw(rng: np.random.Generator, backend: str,
+         unbanded: bool = False) -> tuple[Case, int]:
   """One random case and its input seed. The Hopper backend takes bf16/fp16
-  and head dims 64/128 (40 and 96 padded); the portable one everything."""
+  and head dims 64/128 (40 and 96 padded); the portable one everything.
+  ``unbanded``: neither causal nor a window (the same draws otherwise)."""
   mosaic = backend == "mosaic"
   dtypes = ["bfloat16", "float16"] + ([] if mosaic else ["float32"])
   head_dims = [40, 64, 96, 128] + ([] if mosaic else [8])
@@ -57,6 +61,8 @@ def draw(rng: np.random.Generator, backend: str) -> tuple[Case, int]:
       window=None if rng.integers(2) else (side(), side()),
       softcap=None if rng.integers(3) else float(rng.uniform(1, 50)),
       segments=[None, "padded", "packed"][int(rng.integers(3))])
+  if unbanded:
+    case = dataclasses.replace(case, causal=False, window=None)
   return case, int(rng.integers(2**16))
 
 
@@ -85,6 +91,10 @@ def main(argv=None) -> int:
                       help="mosaic only: MosaicBlocks fields over the "
                       "default tiling, field=value (forward) or "
                       "bwd.field=value (backward)")
+  parser.add_argument("--unbanded", action="store_true",
+                      help="only cases without a band (neither causal nor "
+                      "a window), where the persistent grid's unbanded "
+                      "options (multicast, Stream-K) apply")
   args = parser.parse_args(argv)
   fwd, bwd = parse_options(args.options)
   if (fwd or bwd) and args.backend != "mosaic":
@@ -94,7 +104,7 @@ def main(argv=None) -> int:
   # a progress bar on a terminal (none in a log: disable=None)
   for i in tqdm(range(args.cases), desc=args.backend, unit="case",
                 disable=None):
-    case, seed = draw(rng, args.backend)
+    case, seed = draw(rng, args.backend, args.unbanded)
     try:
       extra = {} if not (fwd or bwd) else dict(
           config=configured(case, seed, fwd, bwd))
@@ -112,7 +122,8 @@ def main(argv=None) -> int:
       failures.append(f"{case.id} seed={seed}: {type(e).__name__}: "
                       f"{str(e)[:300]}")
       print(f"{i} FAIL {failures[-1]}", flush=True)
-  print(f"{args.backend}{''.join(' +' + o for o in args.options)}: "
+  print(f"{args.backend}{''.join(' +' + o for o in args.options)}"
+        f"{' (unbanded)' * args.unbanded}: "
         f"{args.cases - len(failures)} of {args.cases} cases passed "
         f"(generator seed {args.seed}, {time.time() - start:.0f} s)")
   for f in failures:

@@ -304,7 +304,8 @@ def test_joined_table_puts_dtypes_side_by_side():
 def test_parity_sweep_draws_hopper_cases_and_reports_failures(capsys,
                                                               monkeypatch):
   """benchmarks/parity_sweep.py: its Hopper draws are cases backend="mosaic"
-  takes; a short sweep on the portable kernels passes and says so; a case
+  takes (``--unbanded``: the same draws without a band); a short sweep on
+  the portable kernels passes and says so; a case
   that fails the rule makes it report the case and exit 1."""
   import dataclasses
   import numpy as np
@@ -315,6 +316,12 @@ def test_parity_sweep_draws_hopper_cases_and_reports_failures(capsys,
   for _ in range(50):
     case, _ = parity_sweep.draw(rng, "mosaic")
     assert mosaic_supports(case), case
+  # --unbanded: the same draws, neither causal nor a window
+  draws = [parity_sweep.draw(np.random.default_rng(1), "mosaic", unbanded)
+           for unbanded in (False, True)]
+  assert draws[1][0] == dataclasses.replace(draws[0][0], causal=False,
+                                            window=None)
+  assert draws[1][1] == draws[0][1]
   assert parity_sweep.main(["--backend", "triton", "--cases", "2"]) == 0
   assert "triton: 2 of 2 cases passed" in capsys.readouterr().out
   # --options: fields over the case's default Hopper tiling

@@ -673,14 +673,15 @@ def test_multicast(case):
   slot refilled only once both CTAs' compute warpgroups released it (a
   cluster barrier). Only the loads change, so O and L equal those of the
   unclustered persistent grid to the bit (both without Stream-K, whose
-  cut tiles are merged: test_multicast_stream_k); parity with the
-  reference, gradients included; FP8 too (d 128, V key-major: its tile
-  splits along d). In the interpreter (race detector on) the cluster
-  barrier counts its arrivals as on the GPU, but each CTA's copy lands in
-  its own shared memory only (jax 0.11.2's interpreter ignores
-  ``collective_axes``), so writes into the other CTA's tiles are checked
-  compiled on a GPU only. The grid is clustered only where a head's query
-  tiles pair up, and the compiled form lowers for CUDA."""
+  cut tiles are merged: test_multicast_stream_k), with the
+  intra-warpgroup overlap too (d 64); parity with the reference,
+  gradients included; FP8 too (d 128, V key-major: its tile splits along
+  d). In the interpreter (race detector on) the cluster barrier counts its
+  arrivals as on the GPU, but each CTA's copy lands in its own shared
+  memory only (jax 0.11.2's interpreter ignores ``collective_axes``), so
+  writes into the other CTA's tiles are checked compiled on a GPU only.
+  The grid is clustered only where a head's query tiles pair up, and the
+  compiled form lowers for CUDA."""
   from flashjax.checks import make_plan
   from harness import inputs
   from pallas_kernels.mosaic import fwd
@@ -694,10 +695,15 @@ def test_multicast(case):
   base = flashjax.default_config(case.head_dim)
   check_without_races(case, persistent(base, multicast=True))
   q, k, v, _, q_seg, kv_seg = inputs(case, 1)
-  assert_same_bits(
-      forward_bits(persistent(base), q, k, v, **case.kwargs(q_seg, kv_seg)),
-      forward_bits(persistent(base, multicast=True), q, k, v,
-                   **case.kwargs(q_seg, kv_seg)))
+  # d 64: also with the intra-warpgroup overlap (V's slot released a step
+  # late, through the cluster barrier too)
+  for overlap in (False, True) if case.head_dim == 64 else (False,):
+    assert_same_bits(
+        forward_bits(persistent(base, intra_wg_overlap=overlap), q, k, v,
+                     **case.kwargs(q_seg, kv_seg)),
+        forward_bits(persistent(base, intra_wg_overlap=overlap,
+                                multicast=True), q, k, v,
+                     **case.kwargs(q_seg, kv_seg)))
   if case.head_dim == 128:
     interpreted = jax.default_backend() != "gpu"
     fp8_base = flashjax.default_config(128, fp8=True)
