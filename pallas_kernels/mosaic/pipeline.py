@@ -218,7 +218,7 @@ class StreamK:
     clustered, ``rank``'s tile of the group)."""
     index = unravel(unit, self.walk)
     if self.cluster > 1:
-      return (index[0], index[1] * self.cluster + rank, *index[2:])
+      return group_tile(index, self.cluster, rank)
     if self.paired is None:
       return index
     a, i = self.paired, index[self.paired]
@@ -312,7 +312,7 @@ def merge_cut(sk: StreamK, combine, parts, outs, name: str,
   def kernel(*refs):
     part_refs, out_refs = refs[:n], refs[n + len(outs):]
     c = pl.program_id(0)
-    if sk.cluster == 1:
+    if sk.cluster == 1:     # a 1-D grid: the unclustered merge as it was
       r, first = 0, c
     else:
       r = pl.program_id(1)
@@ -326,6 +326,14 @@ def merge_cut(sk: StreamK, combine, parts, outs, name: str,
       out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outs],
       input_output_aliases={n + i: i for i in range(len(outs))},
       interpret=interpret, name=name)(*parts, *outs)
+
+
+def group_tile(index: tuple, cluster: int, rank) -> tuple:
+  """The grid index of the tile that a cluster's CTA of rank ``rank`` takes
+  of group ``index`` (a walk over groups of ``cluster`` tiles along axis
+  1)."""
+  h, t, *rest = index
+  return (h, t * cluster + rank, *rest)
 
 
 def unravel(tile, grid: tuple) -> tuple:
@@ -394,12 +402,11 @@ class Tiles:
     (persistent) one CTA per SM."""
     if not self.persistent:
       return dict(grid=self.grid, grid_names=self.names)
-    units = math.prod(self.walk())
-    if self.cluster == 1:
-      return dict(grid=(num_ctas(plan, units),), grid_names=("sm",))
-    return dict(grid=(num_ctas(plan, units, self.cluster),),
-                grid_names=("sm",), cluster=(self.cluster,),
-                cluster_names=("cluster",))
+    launch = dict(grid=(num_ctas(plan, math.prod(self.walk()),
+                                 self.cluster),), grid_names=("sm",))
+    if self.cluster > 1:
+      launch.update(cluster=(self.cluster,), cluster_names=("cluster",))
+    return launch
 
   def walk(self) -> tuple:
     """The grid the CTAs (clusters) walk: ``grid``, (paired) its pairs, or
@@ -423,12 +430,8 @@ class Tiles:
     walk = functools.partial(plgpu.nd_loop, collective_axes="sm",
                              init_carry=jnp.int32(0))
     if self.cluster > 1:
-      def group(info, carry):
-        # the cluster's group of tiles along axis 1: this CTA's is its rank's
-        h, t, *rest = info.index
-        return body((h, t * self.cluster + lax.axis_index("cluster"), *rest),
-                    carry)
-      return walk(self.walk())(group)
+      return walk(self.walk())(lambda info, carry: body(group_tile(
+          info.index, self.cluster, lax.axis_index("cluster")), carry))
     if self.paired is None:
       return walk(self.grid)(lambda info, carry: body(info.index, carry))
     a, n = self.paired, self.grid[self.paired]
