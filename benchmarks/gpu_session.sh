@@ -1735,6 +1735,25 @@ for s in "$@"; do
       nsight ncu-multicast ncu-multicast-source "source --print-source sass" \
         --source -k 'regex:flashjax_fwd.*mosaic' --section SourceCounters \
         --section WarpStateStats -- "${calls[@]}" ;;
+    opts-multicast-owned)
+      # session 44 (run as the bench command itself): the multicast grid
+      # and Q as a register operand, each and both, d 128 non-causal (~1 min)
+      step opts-multicast-owned timeout 280 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+multicast=True \
+        flashjax_mosaic+owned_registers=True \
+        flashjax_mosaic+multicast=True+owned_registers=True cudnn \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 16384 --causal false \
+        --modes fwd --matmul 0 --repeats 7 --out "$WORK/opts-multicast-owned" ;;
+    confirm-owned-fwd)
+      # session 44 (run as the bench commands themselves): Q as a register
+      # operand in the d 128 non-causal forward, bf16 and fp16, one process
+      # each (~2.5 min)
+      for dt in bfloat16 float16; do
+        step confirm-owned-fwd timeout 130 $PY benchmarks/bench_attention.py \
+          --impls flashjax_mosaic flashjax_mosaic+owned_registers=True cudnn \
+          --dtypes $dt --head-dims 128 --seqs 2048 4096 16384 --causal false \
+          --modes fwd --matmul 0 --repeats 7 --out "$WORK/confirm-owned-fwd-$dt"
+      done ;;
     opts-overlap-v27)
       mosaic_tests opts-overlap-v27 150 -k intra_wg_overlap
       fp8_tests opts-overlap-v27 120 -k overlap_compiled
