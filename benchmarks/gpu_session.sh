@@ -21,6 +21,11 @@
 #              backward, owned_registers) against the reference: test_mosaic's
 #              by-length and owned_registers tests, the long d 64 non-causal
 #              case (~5 min)
+#   tests-v28  the kernel record v28's defaults (Q as a register operand in
+#              the d 128 non-causal forward from 4k keys; Stream-K on d 64's
+#              causal paired grid from 4k): test_mosaic's by-length, Stream-K
+#              and owned_registers tests, then test_large's Hopper cases
+#              (~6.5 min)
 #   tests-triton  test_attention.py's portable cases compiled, with the
 #              margin case, the property test and the gradient checks (the
 #              thirty-fourth session's consistent D; run in the
@@ -360,6 +365,12 @@
 #              default and clustered, and cuDNN's: the details page (L2
 #              throughput), stalls and pipes, and our kernels' source page
 #              (where their warps wait) (~4 min)
+#   opts-multicast-owned  (session 44, run then as the bench command
+#              itself) the bf16 d 128 non-causal forward, 4k / 16k: the
+#              default, clustered, Q as a register operand, both, cuDNN (~1 min)
+#   confirm-owned-fwd  (session 44, likewise) Q as a register operand in
+#              the d 128 non-causal forward against the default and cuDNN,
+#              2k / 4k / 16k, bf16 and fp16, one process each (~2.5 min)
 #   opts-overlap-v27  the intra-warpgroup overlap (each step's softmax
 #              beside its own warpgroup's matmuls, FlashAttention 3's answer
 #              for those two kernels) on them again, last timed there on the
@@ -682,6 +693,16 @@ for s in "$@"; do
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 210 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
         tests/test_large.py -k "mosaic or fp8" ;;
+    tests-v28)
+      # v28's defaults: Q as a register operand in the d 128 non-causal
+      # forward from 4k keys, Stream-K on d 64's causal paired grid from 4k:
+      # the defaults' tests, Stream-K's, then the long cases (d 128
+      # non-causal 9k, d 64 causal 4k and 8k) (~5 min)
+      mosaic_tests tests-v28 200 -k "forward_owned_registers_by_length or \
+        stream_k or owned_registers"
+      step tests-v28 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 200 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 180 tests/test_large.py \
+        -k "mosaic and not float32" ;;
     tests-v27)
       # v27's one new kernel (d 64's non-causal fused backward with its
       # owned tiles in registers) against the reference: test_mosaic's

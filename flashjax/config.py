@@ -355,14 +355,20 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # persistent grid without a band (and paired, above); on one tile a CTA
   # the 16-bit early hand-over, or at d 128 causal (above 12k keys) the
   # intra-warpgroup overlap instead; Stream-K's split of the last rounds
-  # from 2k keys without a band, from 8k on the paired grid; index vectors
-  # in the FP8 forward's masked steps at 256-key tiles (the 16-bit forward
-  # spills nothing with iotas and keeps them). O's rounding residual for
-  # the backward's D in every 16-bit forward (the margin cases; 0-4% of
-  # forward+backward, thirty-ninth session).
+  # from 2k keys without a band, on the paired grid from 8k (16-bit d 64:
+  # from 4k); index vectors in the FP8 forward's masked steps at 256-key
+  # tiles (the 16-bit forward spills nothing with iotas and keeps them).
+  # O's rounding residual for the backward's D in every 16-bit forward (the
+  # margin cases; 0-4% of forward+backward, thirty-ninth session). Q as the
+  # register operand of S = Q Kᵀ in the 16-bit d 128 forward without a band
+  # from 4k keys (1.4-2.5% at 16k and 0.6-4.3% at 4k in four processes;
+  # 2k either way).
   banded = causal if banded is None else banded
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
+  long_kv = seq_kv is None or seq_kv >= 4096
+  paired_stream_k = paired and seq_kv >= (
+      4096 if head_dim <= 64 and not fp8 else 8192)
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
                         prefetch_q=True, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8
@@ -370,8 +376,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                         index_vectors=fp8 and fwd_kv > 128,
                         stream_k=(not banded and (seq_kv is None
                                                   or seq_kv >= 2048))
-                        or (paired and seq_kv >= 8192),
-                        o_residual=not fp8)
+                        or paired_stream_k,
+                        o_residual=not fp8,
+                        owned_registers=(head_dim > 64 and not banded
+                                         and not fp8 and long_kv))
   # Backward: fused (dQ in the dK/dV kernel) at d 128 non-causal, causal
   # from 8k keys (240 registers a compute thread), d 64 from 4k keys
   # non-causal and 16k causal (dQ's columns split between the

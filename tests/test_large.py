@@ -33,6 +33,10 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
     # d 64 causal from 16k keys: the fused backward with dQ's columns split
     Case(dtype="bfloat16", batch=1, seq_q=16384, seq_kv=16384, num_q_heads=2,
          num_kv_heads=1, head_dim=64, causal=True),
+    # causal 4k at d 64 (Stream-K on the paired grid from 4k keys, v28):
+    # 144 mirrored pairs over 132 CTAs
+    Case(dtype="float16", batch=1, seq_q=4096, seq_kv=4096, num_q_heads=9,
+         num_kv_heads=3, head_dim=64, causal=True),
     # causal 8k: 288 mirrored pairs of query tiles, Stream-K splits 156
     Case(dtype="bfloat16", batch=1, seq_q=8192, seq_kv=8192, num_q_heads=9,
          num_kv_heads=3, head_dim=64, causal=True),

@@ -573,17 +573,22 @@ def test_stream_k_schedule():
   assert stream_k(seq_kv=4096, fp8=True)
   assert not stream_k(seq_kv=1024) and not stream_k(seq_kv=2047)
   assert not stream_k(causal=False, banded=True, seq_kv=16384)   # a window
-  # causal: the paired grid (up to 12k keys, FP8 16k) from 8k keys
+  # causal: the paired grid (up to 12k keys, FP8 16k) from 8k keys, 16-bit
+  # d 64 from 4k
   assert stream_k(causal=True, seq_kv=8192) and stream_k(
       64, causal=True, seq_kv=12288, fp8=True)
   assert stream_k(causal=True, seq_kv=16384, fp8=True)
   assert not stream_k(causal=True, seq_kv=4096)
+  assert stream_k(64, causal=True, seq_kv=4096) and stream_k(
+      64, causal=True, seq_kv=6144)
+  assert not stream_k(64, causal=True, seq_kv=2048)
+  assert not stream_k(64, causal=True, seq_kv=4096, fp8=True)
   assert not stream_k(causal=True, seq_kv=16384)          # one tile a CTA
   assert not stream_k(causal=True, seq_kv=16385, fp8=True)
-  # below 8k keys, where it is off, the benchmark's causal shapes (batch
-  # 16384 // seq) still have a paired schedule for the option to take
-  # (gpu_session.sh opts-stream-k-causal-4k, opts-fp8-causal): every pair
-  # the same steps, and whole pairs leave the last round part idle
+  # the benchmark's causal shapes (batch 16384 // seq) have a paired
+  # schedule below 8k keys, whether the default takes it (16-bit d 64) or
+  # not (gpu_session.sh opts-stream-k-causal-4k, opts-fp8-causal): every
+  # pair the same steps, and whole pairs leave the last round part idle
   from flashjax.checks import make_plan
   from pallas_kernels.mosaic import fwd
   for d, heads, seq, dtype, units in [
@@ -594,7 +599,8 @@ def test_stream_k_schedule():
     x = jax.ShapeDtypeStruct((batch, seq, heads, d), dtype)
     plan, _, _ = make_plan(x, x, x, causal=True, backend="mosaic",
                            interpret=False)
-    assert fwd.output_tiles(plan, heads, seq, batch, seq).stream_k is None
+    default = fwd.output_tiles(plan, heads, seq, batch, seq).stream_k
+    assert (default is not None) == (d == 64 and dtype == jnp.bfloat16)
     sk = fwd.output_tiles(plan, heads, seq, batch, seq,
                           with_stream_k=True).stream_k
     assert sk is not None and (sk.units, sk.ctas) == (units, 132)
@@ -1048,6 +1054,25 @@ def test_deferred_waits(head_dim, fused):
   ids = jax.ShapeDtypeStruct((2, 1000), jnp.int32)
   text = lower_for_h100(jax.grad(loss, argnums=(0, 1)), q, kv, ids).as_text()
   assert text.count("custom_call @mosaic_gpu") == (2 if fused else 3)
+
+
+def test_forward_owned_registers_by_length():
+  """The 16-bit d 128 forward without a band reads Q as the register operand
+  of S = Q Kᵀ from 4k keys (and without a length); not below, not causal,
+  not under a window, not at d 64, not in FP8. On a GPU the default runs
+  against the reference at 4k keys (GQA, odd query length); the interpreter
+  runs the shared-memory form, which the parity tests cover."""
+  def owned(head_dim=128, **kw):
+    return flashjax.default_config(head_dim, **kw).mosaic.owned_registers
+  assert owned(seq_kv=4096) and owned(seq_kv=16384) and owned()
+  assert not owned(seq_kv=2048) and not owned(seq_kv=4095)
+  assert not owned(causal=True, seq_kv=8192)
+  assert not owned(banded=True, seq_kv=8192)                # a window
+  assert not owned(64, seq_kv=8192) and not owned(fp8=True, seq_kv=8192)
+  if jax.default_backend() == "gpu":
+    check_attention(Case(dtype="bfloat16", batch=1, seq_q=1100, seq_kv=4096,
+                         num_q_heads=4, num_kv_heads=2, head_dim=128),
+                    backend="mosaic")
 
 
 @pytest.mark.parametrize("fused", [False, True])
