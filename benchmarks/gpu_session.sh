@@ -26,6 +26,9 @@
 #              causal paired grid from 4k): test_mosaic's by-length, Stream-K
 #              and owned_registers tests, then test_large's Hopper cases
 #              (~6.5 min)
+#   bench-v28  v28's d 128 non-causal forward (Q in registers) in
+#              forward+backward against v27's forward and cuDNN, 4k / 16k,
+#              bf16 and fp16 (~4 min)
 #   tests-triton  test_attention.py's portable cases compiled, with the
 #              margin case, the property test and the gradient checks (the
 #              thirty-fourth session's consistent D; run in the
@@ -703,6 +706,16 @@ for s in "$@"; do
       step tests-v28 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 200 \
         $PY -m pytest -v -p no:cacheprovider $HUNG 180 tests/test_large.py \
         -k "mosaic and not float32" ;;
+    bench-v28)
+      # v28's forward (Q in registers, d 128 non-causal from 4k keys) in
+      # forward+backward, where the differentiated forward also writes r:
+      # against v27's forward and cuDNN, bf16 and fp16 (~4 min)
+      for dt in bfloat16 float16; do
+        step bench-v28 timeout 120 $PY benchmarks/bench_attention.py \
+          --impls flashjax_mosaic flashjax_mosaic+owned_registers=False cudnn \
+          --dtypes $dt --head-dims 128 --seqs 4096 16384 --causal false \
+          --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/bench-v28-$dt"
+      done ;;
     tests-v27)
       # v27's one new kernel (d 64's non-causal fused backward with its
       # owned tiles in registers) against the reference: test_mosaic's
