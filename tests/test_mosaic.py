@@ -1059,9 +1059,11 @@ def test_deferred_waits(head_dim, fused):
 def test_forward_owned_registers_by_length():
   """The 16-bit d 128 forward without a band reads Q as the register operand
   of S = Q Kᵀ from 4k keys (and without a length); not below, not causal,
-  not under a window, not at d 64, not in FP8. On a GPU the default runs
-  against the reference at 4k keys (GQA, odd query length); the interpreter
-  runs the shared-memory form, which the parity tests cover."""
+  not under a window, not at d 64, not in FP8. Lowered for CUDA at 4k keys
+  (the default's forward is the option's, its backward unchanged). On a
+  GPU the default runs against the reference at 4k keys (GQA, odd query
+  length); the interpreter runs the shared-memory form, which the parity
+  tests cover."""
   def owned(head_dim=128, **kw):
     return flashjax.default_config(head_dim, **kw).mosaic.owned_registers
   assert owned(seq_kv=4096) and owned(seq_kv=16384) and owned()
@@ -1069,6 +1071,17 @@ def test_forward_owned_registers_by_length():
   assert not owned(causal=True, seq_kv=8192)
   assert not owned(banded=True, seq_kv=8192)                # a window
   assert not owned(64, seq_kv=8192) and not owned(fp8=True, seq_kv=8192)
+
+  def kernels(config):
+    module = lowered_grad(config, 128, "bfloat16", False, seq=4096,
+                          batch=1).compiler_ir("stablehlo")
+    return [kernel_digest.normalized(text)
+            for text in kernel_digest.mosaic_modules(module)]
+  default = flashjax.default_config(128, seq_kv=4096)
+  off = dataclasses.replace(default, mosaic=dataclasses.replace(
+      default.mosaic, owned_registers=False))
+  changed = [a != b for a, b in zip(kernels(default), kernels(off))]
+  assert changed == [True, False]      # the forward; the fused backward
   if jax.default_backend() == "gpu":
     check_attention(Case(dtype="bfloat16", batch=1, seq_q=1100, seq_kv=4096,
                          num_q_heads=4, num_kv_heads=2, head_dim=128),
