@@ -7,6 +7,7 @@ warpgroups; race detector on) and is lowered for CUDA against an abstract H100.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -78,6 +79,24 @@ def lowered_grad(config, head_dim, dtype, causal, seq=1000, batch=2,
         interpret=False).astype(jnp.float32))
   q = jax.ShapeDtypeStruct((batch, seq, heads, head_dim), jnp.dtype(dtype))
   return lower_for_h100(jax.grad(loss), q)
+
+
+@contextlib.contextmanager
+def merge_cuts(module, cluster=1):
+  """The tiles Stream-K cut in each call of ``module.merge`` (the forward's
+  or the backward's) while the block runs, as a list it yields; each call's
+  schedule must have ``cluster`` CTAs a cluster."""
+  cuts, merge = [], module.merge
+
+  def counted(sk, *args, **kw):
+    assert sk.cluster == cluster
+    cuts.append(len(sk.cut()))
+    return merge(sk, *args, **kw)
+  module.merge = counted
+  try:
+    yield cuts
+  finally:
+    module.merge = merge
 
 
 def grad_kernels(config, head_dim, dtype, causal, seq=1000):
@@ -624,27 +643,19 @@ def test_stream_k(case):
     pytest.skip("the interpreter's 2 CTAs split the first two cases; these "
                 "are the GPU's")
   from test_fp8 import check_fp8_forward
-  cuts = []
-  merge = fwd.merge
-  def counted(sk, *args, **kw):
-    cuts.append(len(sk.cut()))
-    return merge(sk, *args, **kw)
   base = flashjax.default_config(case.head_dim)
   stream_k = lambda config, **kw: dataclasses.replace(
       config, mosaic=dataclasses.replace(config.mosaic, persistent=True,
                                          stream_k=True, **kw))
   interpreted = jax.default_backend() != "gpu"
   fp8_base = flashjax.default_config(128, fp8=True)
-  fwd.merge = counted
-  try:
+  with merge_cuts(fwd) as cuts:
     check_without_races(case, stream_k(
         base, **dict(block_kv=64) if interpreted else {}))
     check_fp8_forward("float8_e4m3fn", case.causal, (
         case.batch, case.seq_q, case.seq_kv, case.num_q_heads,
         case.num_kv_heads, 128), False, "mosaic", config=stream_k(
             fp8_base, **dict(block_kv=128) if interpreted else {}))
-  finally:
-    fwd.merge = merge
   assert len(cuts) == 2 and all(n > 0 for n in cuts)
 
   # 256 tiles, or 160 causal pairs, over 132 SMs: split
@@ -760,21 +771,12 @@ def test_multicast_stream_k(case):
   if (jax.default_backend() == "gpu") == (case is MULTICAST_STREAM_K_CASES[0]):
     pytest.skip("the interpreter's 2 clusters split the first case, the "
                 "GPU's 66 the second")
-  cuts, merge = [], fwd.merge
-
-  def counted(sk, *args, **kw):
-    assert sk.cluster == 2
-    cuts.append(len(sk.cut()))
-    return merge(sk, *args, **kw)
   base = flashjax.default_config(case.head_dim)
   config = dataclasses.replace(base, mosaic=dataclasses.replace(
       base.mosaic, persistent=True, stream_k=True, multicast=True,
       **dict(block_kv=64) if jax.default_backend() != "gpu" else {}))
-  fwd.merge = counted
-  try:
+  with merge_cuts(fwd, cluster=2) as cuts:
     check_without_races(case, config)
-  finally:
-    fwd.merge = merge
   assert len(cuts) == 1 and cuts[0] > 0
   q = jax.ShapeDtypeStruct((1, 4096, 6, case.head_dim), jnp.dtype(case.dtype))
   text = lower_for_h100(lambda q: flashjax.attention(
@@ -833,7 +835,7 @@ STREAM_K_BWD_CASES = [
 
 
 @pytest.mark.parametrize("case", STREAM_K_BWD_CASES, ids=lambda c: c.id)
-def test_stream_k_backward(case, monkeypatch):
+def test_stream_k_backward(case):
   """``MosaicBlocks(stream_k=True)`` in the fused backward on the persistent
   grid without a band: the last rounds' key tiles split by query steps, a
   cut tile's two parts' float32 dK and dV summed after the kernel
@@ -860,12 +862,7 @@ def test_stream_k_backward(case, monkeypatch):
     # register operand)
     owned = dataclasses.replace(configs[1].mosaic_bwd, owned_registers=True)
     configs.append(dataclasses.replace(configs[1], mosaic_bwd=owned))
-  cuts, merge = [], bwd.merge
-  def counted(sk, *args, **kw):
-    cuts.append(len(sk.cut()))
-    return merge(sk, *args, **kw)
-  with monkeypatch.context() as patch:   # the interpreter's runs only
-    patch.setattr(bwd, "merge", counted)
+  with merge_cuts(bwd) as cuts:
     for config in configs:
       check_without_races(case, config)
   assert len(cuts) == len(configs) and all(n > 0 for n in cuts)

@@ -73,9 +73,10 @@ place after the kernel. Non-causal 2-3% faster at 2k-16k
 opts-stream-k-2k-session29-h200.md), causal 0-5% at 8k-12k
 (confirm-stream-k-causal-session29-h200.md).
 
-``MosaicBlocks(multicast=True)`` (written in the forty-third session, not
-yet timed): on the persistent grid without a band, CTAs in clusters of two
-take neighbouring query tiles of one head and walk its K/V tiles in step,
+``MosaicBlocks(multicast=True)`` (forty-third session; off: on an H100 it
+gained 0.5-2.8% at 4k keys, nothing at 16k, and lost 11% at d 64 16k,
+docs/defaults.md): on the persistent grid without a band, CTAs in clusters
+of two take neighbouring query tiles of one head and walk its K/V tiles in step,
 each tile loaded once for both, half by each CTA's TMA into both CTAs'
 shared memory (:attr:`pipeline.Tiles.cluster`); a slot is refilled once
 both CTAs' compute warpgroups released it (a cluster barrier).
@@ -87,7 +88,9 @@ registers at a tile's first step and S = Q Kᵀ issued with it as the register
 operand (8-bit layout in FP8), so each step reads only K from shared memory.
 Thirty-seventh session (results/raw/opts-owned-registers-{fwd,fp8}-
 session37-h200.md): d 128 non-causal 1.6-1.9% faster, slower elsewhere, FP8
-9-21% slower (it spills); off until a second process confirms the gain.
+9-21% slower (it spills). Three more processes on an H100 (forty-fourth
+session) agreed from 4k keys: the default there since v28 (16-bit d 128
+without a band; docs/defaults.md).
 
 Status: the core and FP8 test suites pass compiled on the H100 and H200 and
 in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
