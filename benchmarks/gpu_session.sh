@@ -23,9 +23,9 @@
 #              case (~5 min)
 #   tests-v28  the kernel record v28's defaults (Q as a register operand in
 #              the d 128 non-causal forward from 4k keys; Stream-K on d 64's
-#              causal paired grid from 4k): test_mosaic's by-length, Stream-K
-#              and owned_registers tests, then test_large's Hopper cases
-#              (~6.5 min)
+#              causal paired grid from 4k): test_mosaic's forward by-length
+#              test and forward Stream-K tests, then test_large's Hopper
+#              cases (~9.5 min)
 #   bench-v28  v28's d 128 non-causal forward (Q in registers) in
 #              forward+backward against v27's forward and cuDNN, 4k / 16k,
 #              bf16 and fp16 (~4 min)
@@ -336,6 +336,14 @@
 #              process: d 64 4k 0.642 vs 0.650 ms, d 128 0.505 vs 0.502; d 64
 #              causal 4k is 1.08-1.10x cuDNN against the 1.10x target), bf16
 #              and fp16, d 64 / 128, 4k / 6k, 9 rounds (~3 min)
+#   opts-d64-causal-16k  the 16-bit d 64 causal forward at 16k keys, the
+#              one row of the forty-fifth session's table where tokamax led
+#              (bf16 2.239 against our 2.283 ms): the paired persistent grid
+#              (the default up to 12k keys; the seventeenth session's 16k:
+#              2.359 against 2.386 one tile a CTA) with and without Stream-K
+#              against the default (one tile a CTA, early hand-over),
+#              tokamax and cuDNN, 12k / 16k, bf16 and fp16, 9 rounds;
+#              needs the tokamax wheels, carry .whl (~3 min)
 #   profile-o-residual-4k  GPU time per kernel of forward+backward with O's
 #              rounding residual (the default) and without, d 128 and 64
 #              causal 4k, beside cuDNN's (~1.5 min)
@@ -699,11 +707,13 @@ for s in "$@"; do
     tests-v28)
       # v28's defaults: Q as a register operand in the d 128 non-causal
       # forward from 4k keys, Stream-K on d 64's causal paired grid from 4k:
-      # the defaults' tests, Stream-K's, then the long cases (d 128
-      # non-causal 9k, d 64 causal 4k and 8k) (~5 min)
-      mosaic_tests tests-v28 200 -k "forward_owned_registers_by_length or \
-        stream_k or owned_registers"
-      step tests-v28 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 200 \
+      # the defaults' tests and the forward's Stream-K cases, then the long
+      # cases (d 128 non-causal 9k, d 64 causal 4k and 8k) (~9.5 min; the
+      # forty-fifth session's fresh H100 took 200 s for the first five
+      # Stream-K tests and 220 s for the ten long cases)
+      mosaic_tests tests-v28 330 -k "forward_owned_registers_by_length or \
+        stream_k_schedule or (stream_k and not multicast and not backward)"
+      step tests-v28 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 250 \
         $PY -m pytest -v -p no:cacheprovider $HUNG 180 tests/test_large.py \
         -k "mosaic and not float32" ;;
     bench-v28)
@@ -1702,6 +1712,15 @@ for s in "$@"; do
         flashjax_mosaic+stream_k=True cudnn --dtypes bfloat16 float16 \
         --head-dims 64 128 --seqs 4096 6144 --causal true --modes fwd \
         --matmul 0 --repeats 9 --out "$WORK/opts-stream-k-causal-4k" ;;
+    opts-d64-causal-16k)
+      peers
+      step opts-d64-causal-16k timeout 240 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic \
+        flashjax_mosaic+persistent=True+early_handover=False \
+        flashjax_mosaic+persistent=True+early_handover=False+stream_k=True \
+        tokamax_mosaic cudnn --dtypes bfloat16 float16 --head-dims 64 \
+        --seqs 12288 16384 --causal true --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/opts-d64-causal-16k" ;;
     opts-stream-k-bwd-v27)
       # Stream-K on the persistent fused backward (slots carried) on v27's d
       # 64 non-causal kernel (owned tiles in registers, L in log2 units),
