@@ -342,8 +342,10 @@
 #              (the default up to 12k keys; the seventeenth session's 16k:
 #              2.359 against 2.386 one tile a CTA) with and without Stream-K
 #              against the default (one tile a CTA, early hand-over),
-#              tokamax and cuDNN, 12k / 16k, bf16 and fp16, 9 rounds;
-#              needs the tokamax wheels, carry .whl (~3 min)
+#              tokamax and cuDNN, 12k / 16k (at 12k the default is the
+#              paired grid with Stream-K: the third impl is the default
+#              again, a same-kernel pair), bf16 and fp16, 9 rounds; needs
+#              the tokamax wheels, carry .whl (~3 min)
 #   profile-o-residual-4k  GPU time per kernel of forward+backward with O's
 #              rounding residual (the default) and without, d 128 and 64
 #              causal 4k, beside cuDNN's (~1.5 min)
@@ -1716,7 +1718,7 @@ for s in "$@"; do
       peers
       step opts-d64-causal-16k timeout 240 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic \
-        flashjax_mosaic+persistent=True+early_handover=False \
+        flashjax_mosaic+persistent=True+early_handover=False+stream_k=False \
         flashjax_mosaic+persistent=True+early_handover=False+stream_k=True \
         tokamax_mosaic cudnn --dtypes bfloat16 float16 --head-dims 64 \
         --seqs 12288 16384 --causal true --modes fwd --matmul 0 --repeats 9 \
