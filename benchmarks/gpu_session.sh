@@ -706,7 +706,7 @@ for s in "$@"; do
       step tests-large env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 210 \
         $PY -m pytest -n 3 -v -p no:cacheprovider $HUNG 120 \
         tests/test_large.py -k "mosaic or fp8" ;;
-    tests-v28)
+    tests-v28|tests-v28-mosaic)
       # v28's defaults: Q as a register operand in the d 128 non-causal
       # forward from 4k keys, Stream-K on d 64's causal paired grid from 4k:
       # the defaults' tests and the forward's Stream-K cases, then the long
@@ -715,6 +715,8 @@ for s in "$@"; do
       # Stream-K tests and 220 s for the ten long cases)
       mosaic_tests tests-v28 330 -k "forward_owned_registers_by_length or \
         stream_k_schedule or (stream_k and not multicast and not backward)"
+      [ "$s" = tests-v28 ] || continue ;&
+    tests-v28-large)
       step tests-v28 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 250 \
         $PY -m pytest -v -p no:cacheprovider $HUNG 180 tests/test_large.py \
         -k "mosaic and not float32" ;;
