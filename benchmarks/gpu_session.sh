@@ -336,6 +336,13 @@
 #              process: d 64 4k 0.642 vs 0.650 ms, d 128 0.505 vs 0.502; d 64
 #              causal 4k is 1.08-1.10x cuDNN against the 1.10x target), bf16
 #              and fp16, d 64 / 128, 4k / 6k, 9 rounds (~3 min)
+#   confirm-d64-causal-16k  v29's d 64 causal forward on the paired grid
+#              with Stream-K up to 16k keys: its 16k test compiled, then
+#              against v28's rule, tokamax and cuDNN at 16k / 24k / 32k
+#              (~5 min)
+#   confirm-d64-causal-long  v29's rule (d 64 causal on the paired grid at
+#              every length): its tests from 16k compiled, then against v28's
+#              rule, tokamax and cuDNN, forward 16k-32k, fwd+bwd 16k (~5 min)
 #   opts-d64-causal-16k  the 16-bit d 64 causal forward at 16k keys, the
 #              one row of the forty-fifth session's table where tokamax led
 #              (bf16 2.239 against our 2.283 ms): the paired persistent grid
@@ -353,6 +360,9 @@
 #              (slots carried) on v27's d 64 non-causal kernel: its compiled
 #              tests (with the owned tiles in registers too), then against
 #              the default and cuDNN at 2k / 4k / 8k, bf16 and fp16 (~6 min)
+#   fp8-causal-wall  the causal FP8 forward (d 128) by wall clock against
+#              cuDNN FP8 and our bf16 at 4k / 8k / 16k, then kernel times at
+#              16k (profile-fp8-causal-8k has 4k / 8k) (~3 min)
 #   ncu-balanced  Nsight on the forwards whose step needs the special-
 #              function unit as long as the tensor cores (ptx_descriptors.py
 #              --budget: FP8 d 128 and bf16 d 64, ~2080 cycles each a step;
@@ -1583,6 +1593,21 @@ for s in "$@"; do
           flashjax_fp8_mosaic_vt+persistent=False+stream_k=False cudnn_fp8 \
           flashjax_mosaic --out "$WORK/kernels-fp8-vt-$seq-causal"
       done ;;
+    fp8-causal-wall)
+      # the causal FP8 forward, d 128, 4k / 8k / 16k: wall-clock (enqueued
+      # calls, one block) against cuDNN FP8 and our bf16 forward, then GPU
+      # time per kernel at 16k (profile-fp8-causal-8k has 4k / 8k: there
+      # 1.00-1.05x cuDNN FP8 and 1.37-1.40x our bf16 in kernel time, the
+      # benchmarks' wall clock 0.95-1.03x and 1.25-1.31x) (~3 min)
+      step fp8-causal-wall timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
+        --dtypes bfloat16 --head-dims 128 --seqs 4096 8192 16384 \
+        --causal true --modes fwd --matmul 0 --repeats 9 \
+        --out "$WORK/fp8-causal-wall"
+      step fp8-causal-wall timeout 80 $PY benchmarks/profile_kernels.py \
+        --mode fwd --seq 16384 --head-dim 128 --causal \
+        --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
+        --out "$WORK/kernels-fp8-vt-16384-causal" ;;
     ncu)
       # Nsight Compute on one forward+backward each, ours and cuDNN's, d 128
       # 4k, causal and not (hardware counters: the H200 runs Firecracker)
@@ -1725,6 +1750,42 @@ for s in "$@"; do
         tokamax_mosaic cudnn --dtypes bfloat16 float16 --head-dims 64 \
         --seqs 12288 16384 --causal true --modes fwd --matmul 0 --repeats 9 \
         --out "$WORK/opts-d64-causal-16k" ;;
+    confirm-d64-causal-16k)
+      # v29: the 16-bit d 64 causal forward on the paired grid (with
+      # Stream-K) up to 16k keys: test_large's d 64 causal 16k case compiled,
+      # then the default against v28's rule (one tile a CTA, early
+      # hand-over), tokamax and cuDNN at 16k, and beyond the rule at 24k /
+      # 32k, bf16 and fp16, 9 rounds (~5 min)
+      step confirm-d64-causal-16k env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 \
+        timeout 150 $PY -m pytest -v -p no:cacheprovider $HUNG 120 \
+        tests/test_large.py -k "mosaic and sq16384 and d64-causal"
+      peers
+      step confirm-d64-causal-16k timeout 300 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+persistent=False+early_handover=True+stream_k=False \
+        flashjax_mosaic+persistent=True+early_handover=False+stream_k=True \
+        tokamax_mosaic cudnn --dtypes bfloat16 float16 --head-dims 64 \
+        --seqs 16384 24576 32768 --causal true --modes fwd --matmul 0 \
+        --repeats 9 --out "$WORK/confirm-d64-causal-16k" ;;
+    confirm-d64-causal-long)
+      # v29: the 16-bit d 64 causal forward on the paired grid (Stream-K) at
+      # every length: test_large's d 64 causal cases from 16k compiled, then
+      # the default against v28's rule beyond 12k keys (one tile a CTA,
+      # early hand-over), tokamax and cuDNN, forward 16k / 24k / 32k and
+      # forward+backward 16k, bf16 and fp16, 9 rounds (~5 min)
+      step confirm-d64-causal-long env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 \
+        timeout 200 $PY -m pytest -v -p no:cacheprovider $HUNG 150 \
+        tests/test_large.py -k "mosaic and (sq16384 or sq20000) and d64-causal"
+      peers
+      for m in "fwd 16384 24576 32768" "fwd_bwd 16384"; do
+        set -- $m
+        step confirm-d64-causal-long timeout 200 $PY \
+          benchmarks/bench_attention.py --impls flashjax_mosaic \
+          flashjax_mosaic+persistent=False+early_handover=True+stream_k=False \
+          tokamax_mosaic cudnn --dtypes bfloat16 float16 --head-dims 64 \
+          --seqs "${@:2}" --causal true --modes $1 --matmul 0 --repeats 9 \
+          --out "$WORK/confirm-d64-causal-long-$1"
+      done ;;
     opts-stream-k-bwd-v27)
       # Stream-K on the persistent fused backward (slots carried) on v27's d
       # 64 non-causal kernel (owned tiles in registers, L in log2 units),

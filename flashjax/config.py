@@ -308,8 +308,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   policy); ``causal`` and ``fp8`` (an FP8 forward; ``fp8_qk=False``: only P
   and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
   ``causal``): whether a causal or window bound makes the query tiles' work
-  unequal, which keeps the forward off the persistent grid (causal up to 12k
-  keys, FP8 16k, excepted: mirrored pairs); ``seq_kv`` picks the causal Hopper
+  unequal, which keeps the forward off the persistent grid (mirrored pairs
+  excepted: causal up to 12k keys, FP8 16k, 16-bit d 64 always); ``seq_kv`` picks the causal Hopper
   forward's K/V tile and grid and the backward's kernels (None: the causal
   forward's grid as beyond 16k keys, the FP8 causal forward's K/V tile as
   below 2k keys, the backward as below 4k keys). The
@@ -339,10 +339,12 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # where the diagonal tile masks more of a larger tile), 128 at d 128; FP8
   # 256 (causal below 2k keys: 128), 128 when K stays 16-bit.
   short = causal and seq_kv is not None and seq_kv < 4096
-  # causal on the persistent grid (mirrored pairs of query tiles) up to 12k
-  # keys, FP8 up to 16k: equal work a pair (beyond, one tile a CTA won)
-  paired = (causal and seq_kv is not None
-            and seq_kv <= (16384 if fp8 and fp8_qk else 12288))
+  # causal on the persistent grid (mirrored pairs of query tiles): equal
+  # work a pair; up to 12k keys at d 128, FP8 up to 16k (beyond, one tile a
+  # CTA won), 16-bit d 64 at every length (with Stream-K 0.94-0.98x one tile
+  # a CTA's time at 16k / 24k / 32k, forty-sixth session)
+  paired = causal and (head_dim <= 64 and not fp8 or seq_kv is not None
+                       and seq_kv <= (16384 if fp8 and fp8_qk else 12288))
   if fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
     fwd_kv = 128
@@ -367,8 +369,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
   long_kv = seq_kv is None or seq_kv >= 4096
-  paired_stream_k = paired and seq_kv >= (
-      4096 if head_dim <= 64 and not fp8 else 8192)
+  paired_stream_k = paired and (seq_kv is None or seq_kv >= (
+      4096 if head_dim <= 64 and not fp8 else 8192))
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
                         prefetch_q=True, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8

@@ -477,13 +477,15 @@ def test_early_handover():
   the ping-pong's barriers) the MQA case's tiles, empty ones included, on a
   persistent grid (2 CTAs walk several tiles) and one tile a CTA; the
   compiled form lowers for CUDA, persistent or not. The defaults take it
-  on one tile a CTA, 16-bit (causal above 12k keys, windows) only, and not
-  where the intra-warpgroup overlap replaces it (d 128 causal there)."""
+  on one tile a CTA, 16-bit (windows) only, and not where the
+  intra-warpgroup overlap replaces it (d 128 causal above 12k keys; d 64
+  causal is paired at every length since v29)."""
   early = lambda d=128, **kw: flashjax.default_config(
       d, **kw).mosaic.early_handover
-  assert early(64, causal=True, seq_kv=16384)
   assert not early(causal=True, seq_kv=16384)         # the overlap instead
   assert early(causal=False, banded=True, seq_kv=16384)   # a window
+  assert early(64, causal=False, banded=True, seq_kv=16384)
+  assert not early(64, causal=True, seq_kv=16384)     # persistent (paired)
   assert not early(causal=True, seq_kv=4096)          # persistent (paired)
   assert not early(causal=False, seq_kv=16384)        # persistent
   assert not early(64, causal=True, seq_kv=16384, fp8=True)
@@ -532,7 +534,8 @@ def test_stream_k_schedule():
   and the first split piece of the next (:meth:`StreamK.cut`), and there
   is no schedule
   where whole units fill every round; the defaults take it without a band
-  from 2k keys, causal from 8k (on the paired grid, up to 12k)."""
+  from 2k keys, causal on the paired grid from 8k (d 128 up to 12k; 16-bit
+  d 64 from 4k at every length)."""
   from pallas_kernels.mosaic import pipeline
 
   def check(sk, tile_steps):
@@ -592,8 +595,8 @@ def test_stream_k_schedule():
   assert stream_k(seq_kv=4096, fp8=True)
   assert not stream_k(seq_kv=1024) and not stream_k(seq_kv=2047)
   assert not stream_k(causal=False, banded=True, seq_kv=16384)   # a window
-  # causal: the paired grid (up to 12k keys, FP8 16k) from 8k keys, 16-bit
-  # d 64 from 4k
+  # causal: the paired grid (d 128 up to 12k keys, FP8 16k, 16-bit d 64
+  # always) from 8k keys, 16-bit d 64 from 4k
   assert stream_k(causal=True, seq_kv=8192) and stream_k(
       64, causal=True, seq_kv=12288, fp8=True)
   assert stream_k(causal=True, seq_kv=16384, fp8=True)
@@ -601,6 +604,7 @@ def test_stream_k_schedule():
   assert stream_k(64, causal=True, seq_kv=4096) and stream_k(
       64, causal=True, seq_kv=6144)
   assert not stream_k(64, causal=True, seq_kv=2048)
+  assert stream_k(64, causal=True, seq_kv=32768) and stream_k(64, causal=True)
   assert not stream_k(64, causal=True, seq_kv=4096, fp8=True)
   assert not stream_k(causal=True, seq_kv=16384)          # one tile a CTA
   assert not stream_k(causal=True, seq_kv=16385, fp8=True)
