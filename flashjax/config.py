@@ -309,10 +309,11 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
   ``causal``): whether a causal or window bound makes the query tiles' work
   unequal, which keeps the forward off the persistent grid (mirrored pairs
-  excepted: causal up to 12k keys, FP8 16k, 16-bit d 64 always); ``seq_kv`` picks the causal Hopper
-  forward's K/V tile and grid and the backward's kernels (None: the causal
-  forward's grid as beyond 16k keys, the FP8 causal forward's K/V tile as
-  below 2k keys, the backward as below 4k keys). The
+  excepted: causal up to 12k keys, FP8 16k, 16-bit d 64 always); ``seq_kv``
+  picks the causal Hopper forward's K/V tile and grid and the backward's
+  kernels (None: the causal forward's grid as beyond 16k keys, the FP8
+  causal forward's K/V tile as below 2k keys, the backward as below 4k
+  keys). The
   16-bit choices for 64 and 128 are the fastest of
   benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
   and not); wider dtypes shrink the portable kernels' tiles until their
@@ -343,8 +344,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # work a pair; up to 12k keys at d 128, FP8 up to 16k (beyond, one tile a
   # CTA won), 16-bit d 64 at every length (with Stream-K 0.94-0.98x one tile
   # a CTA's time at 16k / 24k / 32k, forty-sixth session)
-  paired = causal and (head_dim <= 64 and not fp8 or seq_kv is not None
-                       and seq_kv <= (16384 if fp8 and fp8_qk else 12288))
+  paired = causal and ((head_dim <= 64 and not fp8) or (
+      seq_kv is not None
+      and seq_kv <= (16384 if fp8 and fp8_qk else 12288)))
   if fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
     fwd_kv = 128

@@ -30,9 +30,9 @@ Under the policy's ``fp8_qk=False`` Q and K stay 16-bit: S is the 16-bit
 wgmma and only P V runs in FP8 (no q·k descale).
 
 ``MosaicBlocks(persistent=True)`` (the default with no band, and causal
-up to 12k keys, 16-bit d 64 at every length): one CTA per SM walks the (head, query tile, batch) tiles,
-its K/V pipeline running on from one tile to the next
-(:class:`pipeline.Tiles`); with a band it takes query tiles in mirrored
+up to 12k keys, 16-bit d 64 at every length): one CTA per SM walks the
+(head, query tile, batch) tiles, its K/V pipeline running on from one tile
+to the next (:class:`pipeline.Tiles`); with a band it takes query tiles in mirrored
 pairs, so every CTA gets the same work. The two compute warpgroups mask the
 same K/V tiles (:func:`pipeline.kv_work`): when they ran different steps
 into the ping-pong's named barriers, the banded form did not finish on the
@@ -99,7 +99,8 @@ keys, 3-29% faster there than one tile a CTA
 (results/raw/short-causal-h200.md, causal-long-session17-h200.md,
 causal-8k-h200.md, causal-12k-h200.md), and at every length at 16-bit d 64
 (with Stream-K 2-6% faster at 16k-32k,
-confirm-d64-causal-long-fwd-session46-h100.md); windows keep one tile a CTA (not timed). The intra-warpgroup
+confirm-d64-causal-long-fwd-session46-h100.md); windows keep one tile a
+CTA (not timed). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and compiled on the
 H200 (``tests/test_mosaic.py``, ``tests/test_large.py``); it is the 16-bit
 d 128 causal forward's above 12k keys (one tile a CTA: 6-7% faster at 16k
