@@ -363,11 +363,12 @@
 #   fp8-causal-wall  the causal FP8 forward (d 128) by wall clock against
 #              cuDNN FP8 and our bf16 at 4k / 8k / 16k, then kernel times at
 #              16k (profile-fp8-causal-8k has 4k / 8k) (~3 min)
-#   fp8-clocks  the causal FP8 forward (8k) over 10 and 400 profiled calls
-#              and by wall clock, with nvidia-smi's SM clock, power and
-#              clock-event reasons sampled every 50 ms: whether a clock held
-#              down under sustained load makes the benchmark's calls 8-21%
-#              longer than the profiler's (~3 min)
+#   clocks    GPU time per kernel over 10 and 400 profiled calls and the
+#              wall clock, with nvidia-smi's SM clock, power and clock-event
+#              reasons sampled every 50 ms: whether a clock held down under
+#              sustained load makes the benchmark's calls 8-21% longer than
+#              the profiler's (causal FP8 8k forward; bf16 d 64 causal 4k
+#              forward+backward) (~4 min)
 #   ncu-balanced  Nsight on the forwards whose step needs the special-
 #              function unit as long as the tensor cores (ptx_descriptors.py
 #              --budget: FP8 d 128 and bf16 d 64, ~2080 cycles each a step;
@@ -1613,30 +1614,38 @@ for s in "$@"; do
         --mode fwd --seq 16384 --head-dim 128 --causal \
         --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
         --out "$WORK/kernels-fp8-vt-16384-causal" ;;
-    fp8-clocks)
+    clocks)
       # why every kernel takes 8-21% longer a call in the benchmark than in
-      # the profiler's 10 calls (fp8-causal-wall, FP8 the most): GPU time per
-      # kernel over 10 and over 400 calls of one input set (a clock or power
-      # limit slows the long run, the rotated inputs do not enter), then
-      # the wall-clock benchmark, while nvidia-smi samples the SM clock,
-      # power, temperature and the clock-event reasons every 50 ms (the
-      # phases' start times in the log); causal FP8 d 128 8k (~3 min)
+      # the profiler's 10 calls (fp8-causal-wall, FP8 the most), and whether
+      # d 64's causal forward+backward, 1.055x cuDNN in GPU time per kernel
+      # at 4k and 1.040x by the table's wall clock, loses the same way: GPU
+      # time per kernel over 10 and over 400 calls of one input set (a clock
+      # or power limit slows the long run; no rotated inputs), then the
+      # wall-clock benchmark, while nvidia-smi samples the SM clock, power,
+      # temperature and the clock-event reasons every 50 ms (each phase's
+      # start time in the log); the causal FP8 forward at 8k (d 128) and
+      # bf16 d 64 causal forward+backward at 4k (~4 min)
       nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active \
-        --format=csv -lms 50 > "$WORK/fp8-clocks-smi.csv" 2>&1 &
+        --format=csv -lms 50 > "$WORK/clocks-smi.csv" 2>&1 &
       smi=$!
-      for iters in 10 400; do
-        step fp8-clocks date -u +%T.%N
-        step fp8-clocks timeout 100 $PY benchmarks/profile_kernels.py \
-          --mode fwd --seq 8192 --head-dim 128 --causal --iters $iters \
-          --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
-          --out "$WORK/kernels-fp8-clocks-$iters"
+      for spec in "fp8:fwd:128:8192:flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic" \
+          "d64:fwd_bwd:64:4096:flashjax_mosaic cudnn"; do
+        IFS=: read -r tag mode d seq impls <<< "$spec"
+        for iters in 10 400; do
+          step clocks date -u +%T.%N
+          # shellcheck disable=SC2086  # impls: a word list
+          step clocks timeout 100 $PY benchmarks/profile_kernels.py \
+            --mode $mode --seq $seq --head-dim $d --causal --iters $iters \
+            --impls $impls --out "$WORK/kernels-clocks-$tag-$iters"
+        done
+        step clocks date -u +%T.%N
+        # shellcheck disable=SC2086
+        step clocks timeout 120 $PY benchmarks/bench_attention.py \
+          --impls $impls --dtypes bfloat16 --head-dims $d --seqs $seq \
+          --causal true --modes $mode --matmul 0 --repeats 9 \
+          --out "$WORK/clocks-wall-$tag"
       done
-      step fp8-clocks date -u +%T.%N
-      step fp8-clocks timeout 120 $PY benchmarks/bench_attention.py \
-        --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
-        --dtypes bfloat16 --head-dims 128 --seqs 8192 --causal true \
-        --modes fwd --matmul 0 --repeats 9 --out "$WORK/fp8-clocks-wall"
-      step fp8-clocks date -u +%T.%N
+      step clocks date -u +%T.%N
       kill $smi 2>/dev/null || true ;;
     ncu)
       # Nsight Compute on one forward+backward each, ours and cuDNN's, d 128
