@@ -390,6 +390,9 @@
 #   opts-multicast-more  clustered (with Stream-K) against the default and
 #              cuDNN: fp16 d 128, bf16 d 64, FP8 d 128 (against cuDNN FP8),
 #              4k / 16k forward, then bf16 d 128 forward + backward (~7 min)
+#   ncu-o-residual  Nsight on the differentiated bf16 d 64 causal 4k
+#              forward with and without O's rounding residual (6.8% of that
+#              forward's GPU time): details page and stall reasons (~3 min)
 #   ncu-multicast  Nsight on the bf16 d 128 non-causal forward (4k),
 #              default and clustered, and cuDNN's: the details page (L2
 #              throughput), stalls and pipes, and our kernels' source page
@@ -1852,6 +1855,19 @@ for s in "$@"; do
           -k 'regex:flashjax_fwd.*mosaic' --section SourceCounters \
           --section WarpStateStats -- "${calls[@]}"
       done ;;
+    ncu-o-residual)
+      # where O's rounding residual costs the differentiated forward 6.8% at
+      # bf16 d 64 causal 4k (610 against 571 µs a call; d 128 4.6%; no
+      # spills either way, the stores by stmatrix into swizzled tiles,
+      # profile-o-residual-4k): Nsight's details page and stall reasons
+      # of the forward kernel with and without it (~3 min)
+      calls=(--mode fwd_bwd --head-dim 64 --seq 4096 --causal
+             --impls flashjax_mosaic flashjax_mosaic+o_residual=False)
+      nsight ncu-o-residual ncu-o-residual details --summarize \
+        -k 'regex:flashjax_fwd.*mosaic' --set detailed -- "${calls[@]}"
+      nsight ncu-o-residual ncu-o-residual-stalls raw --stalls \
+        -k 'regex:flashjax_fwd.*mosaic' --metrics "$STALL_METRICS" -- \
+        "${calls[@]}" ;;
     opts-multicast)
       mosaic_tests opts-multicast 240 -k multicast
       step opts-multicast env MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 $PY \
