@@ -340,9 +340,13 @@
 #              with Stream-K up to 16k keys: its 16k test compiled, then
 #              against v28's rule, tokamax and cuDNN at 16k / 24k / 32k
 #              (~5 min)
-#   confirm-d64-causal-long  v29's rule (d 64 causal on the paired grid at
-#              every length): its tests from 16k compiled, then against v28's
-#              rule, tokamax and cuDNN, forward 16k-32k, fwd+bwd 16k (~5 min)
+#   confirm-d64-causal-long  v29's rule as first written (d 64 causal on
+#              the paired grid at every length): its tests from 16k
+#              compiled, then against v28's rule, tokamax and cuDNN, forward
+#              16k-32k, fwd+bwd 16k (~5 min)
+#   tests-v29  v29's final rule beyond 12k keys compiled: d 64 causal at
+#              24000 keys (paired, Stream-K) and 20000 (one tile a CTA)
+#              (~1.5 min)
 #   opts-d64-causal-16k  the 16-bit d 64 causal forward at 16k keys, the
 #              one row of the forty-fifth session's table where tokamax led
 #              (bf16 2.239 against our 2.283 ms): the paired persistent grid
@@ -1809,15 +1813,24 @@ for s in "$@"; do
         tokamax_mosaic cudnn --dtypes bfloat16 float16 --head-dims 64 \
         --seqs 16384 24576 32768 --causal true --modes fwd --matmul 0 \
         --repeats 9 --out "$WORK/confirm-d64-causal-16k" ;;
+    tests-v29)
+      # v29's rule beyond 12k keys, compiled: test_large's d 64 causal cases
+      # at 24000 keys (188 query tiles: paired, Stream-K, partial last
+      # tiles) and 20000 (157: one tile a CTA), one head each (~1.5 min)
+      step tests-v29 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 timeout 200 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 150 tests/test_large.py \
+        -k "mosaic and (sq24000 or sq20000) and d64-causal" ;;
     confirm-d64-causal-long)
-      # v29: the 16-bit d 64 causal forward on the paired grid (Stream-K) at
-      # every length: test_large's d 64 causal cases from 16k compiled, then
-      # the default against v28's rule beyond 12k keys (one tile a CTA,
+      # v29 (as first written: the 16-bit d 64 causal forward on the paired
+      # grid with Stream-K at every length): test_large's d 64 causal cases
+      # from 16k compiled (in the forty-sixth session the 24000-key case had
+      # two heads and ran the f32 reference out of memory; it has one now),
+      # then the default against v28's rule beyond 12k keys (one tile a CTA,
       # early hand-over), tokamax and cuDNN, forward 16k / 24k / 32k and
       # forward+backward 16k, bf16 and fp16, 9 rounds (~5 min)
       step confirm-d64-causal-long env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 \
         timeout 200 $PY -m pytest -v -p no:cacheprovider $HUNG 150 \
-        tests/test_large.py -k "mosaic and (sq16384 or sq20000) and d64-causal"
+        tests/test_large.py -k "mosaic and (sq16384 or sq24000) and d64-causal"
       peers
       for m in "fwd 16384 24576 32768" "fwd_bwd 16384"; do
         set -- $m

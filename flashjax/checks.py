@@ -211,7 +211,7 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
   if config is None:
     config = default_config(head_dim_padded, itemsize, causal=bool(causal),
                             fp8=fp8 is not None, fp8_qk=fp8_qk,
-                            banded=mask.banded, seq_kv=seq_kv)
+                            banded=mask.banded, seq_kv=seq_kv, seq_q=seq_q)
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")

@@ -300,7 +300,8 @@ def padded_head_dim(head_dim: int) -> int:
 def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                    fp8: bool = False, fp8_qk: bool = True,
                    banded: bool | None = None,
-                   seq_kv: int | None = None) -> Config:
+                   seq_kv: int | None = None,
+                   seq_q: int | None = None) -> Config:
   """Per-head-dim defaults.
 
   ``head_dim`` is the padded (power of 2) head dim the kernels see,
@@ -309,11 +310,12 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   and V in FP8) pick the Hopper forward's tiling; ``banded`` (default:
   ``causal``): whether a causal or window bound makes the query tiles' work
   unequal, which keeps the forward off the persistent grid (mirrored pairs
-  excepted: causal up to 12k keys, FP8 16k, 16-bit d 64 always); ``seq_kv``
-  picks the causal Hopper forward's K/V tile and grid and the backward's
-  kernels (None: the causal forward's grid as beyond 16k keys, the FP8
-  causal forward's K/V tile as below 2k keys, the backward as below 4k
-  keys). The
+  excepted: causal up to 12k keys, FP8 16k, 16-bit d 64 beyond where
+  Stream-K splits the pairs); ``seq_kv`` picks the causal Hopper forward's
+  K/V tile and grid and the backward's kernels (None: the causal forward's
+  grid as beyond 16k keys, the FP8 causal forward's K/V tile as below 2k
+  keys, the backward as below 4k keys), ``seq_q`` (default ``seq_kv``)
+  whether 16-bit d 64's causal query tiles pair up evenly there. The
   16-bit choices for 64 and 128 are the fastest of
   benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
   and not); wider dtypes shrink the portable kernels' tiles until their
@@ -341,12 +343,16 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 256 (causal below 2k keys: 128), 128 when K stays 16-bit.
   short = causal and seq_kv is not None and seq_kv < 4096
   # causal on the persistent grid (mirrored pairs of query tiles): equal
-  # work a pair; up to 12k keys at d 128, FP8 up to 16k (beyond, one tile a
-  # CTA won), 16-bit d 64 at every length (with Stream-K 0.94-0.98x one tile
-  # a CTA's time at 16k / 24k / 32k, forty-sixth session)
-  paired = causal and ((head_dim <= 64 and not fp8) or (
-      seq_kv is not None
-      and seq_kv <= (16384 if fp8 and fp8_qk else 12288)))
+  # work a pair; up to 12k keys, FP8 up to 16k (beyond, one tile a CTA
+  # won); 16-bit d 64 also beyond where Stream-K splits the pairs
+  # (self-attention, an even number of 128-row query tiles: every pair the
+  # same steps): 0.94-0.98x one tile a CTA's time at 16k / 24k / 32k, where
+  # the pairs without it took 1.02x at 16k (forty-sixth session)
+  seq_q = seq_kv if seq_q is None else seq_q
+  split_pairs = (head_dim <= 64 and not fp8 and seq_q == seq_kv
+                 and seq_q is not None and -(-seq_q // 128) % 2 == 0)
+  paired = causal and seq_kv is not None and (
+      seq_kv <= (16384 if fp8 and fp8_qk else 12288) or split_pairs)
   if fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
     fwd_kv = 128
@@ -371,8 +377,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   persistent = not banded or paired
   overlap = causal and not persistent and head_dim > 64 and not fp8
   long_kv = seq_kv is None or seq_kv >= 4096
-  paired_stream_k = paired and (seq_kv is None or seq_kv >= (
-      4096 if head_dim <= 64 and not fp8 else 8192))
+  paired_stream_k = paired and seq_kv >= (
+      4096 if head_dim <= 64 and not fp8 else 8192)
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
                         prefetch_q=True, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8

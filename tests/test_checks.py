@@ -143,17 +143,20 @@ def test_backward_folds_stats_at_d128(head_dim, fold, causal):
     (False, None, 300, True), (False, (None, None), 300, True),
     (True, None, 300, True), (True, None, 4096, True),
     (True, None, 8192, True), (True, None, 12288, True),
-    (True, None, 16384, True), (True, None, 32768, True),
+    (True, None, 20000, False),
+    (True, None, 16384, False), (True, None, 32768, False),
     (False, (None, 3), 300, False), (False, (128, 0), 300, False),
     (False, (64, None), 300, False)])
 def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   """The default Hopper forward walks its tiles on a persistent grid without
-  a band and, causal, in mirrored pairs of query tiles: at d 64 (16-bit) at
-  every length (v29), at d 128 up to 12k keys, FP8 up to 16k; above that
-  causal, and with a window, one tile per CTA. Q is prefetched in all
+  a band and, causal, in mirrored pairs of query tiles up to 12k keys (FP8
+  up to 16k); above that causal, and with a window, one tile per CTA, but
+  16-bit d 64 self-attention stays paired where Stream-K splits the pairs
+  (an even number of 128-row query tiles; v29). Q is prefetched in all
   (benchmarks/results/raw/opts-prefetch-causal-h200.md,
   causal-long-session17-h200.md, causal-8k-h200.md, causal-12k-h200.md,
-  confirm-d64-causal-long-fwd-session46-h100.md)."""
+  confirm-d64-causal-long-fwd-session46-h100.md). Here Q has 150 rows, so
+  the long cases are not self-attention."""
   from flashjax.checks import make_plan
   q = jnp.zeros((2, 150, 4, 64), jnp.bfloat16)
   k = jnp.zeros((2, seq_kv, 4, 64), jnp.bfloat16)
@@ -170,5 +173,10 @@ def test_persistent_forwards_by_default(causal, window, seq_kv, persistent):
   if causal:
     d128 = flashjax.default_config(128, causal=True, seq_kv=seq_kv)
     assert d128.mosaic.persistent is (seq_kv <= 12288)
+    # 16-bit d 64 self-attention: paired beyond 12k keys where the query
+    # tiles pair up evenly (16384 and 32768: 128 and 256 tiles; 20000: 157)
+    d64 = flashjax.default_config(64, causal=True, seq_kv=seq_kv,
+                                  seq_q=seq_kv)
+    assert d64.mosaic.persistent is (seq_kv <= 12288 or seq_kv != 20000)
     fp8 = flashjax.default_config(64, causal=True, fp8=True, seq_kv=seq_kv)
     assert fp8.mosaic.persistent is (seq_kv <= 16384)

@@ -1,4 +1,4 @@
-"""Long sequences (4k-20k) on the GPU: the compiled kernels against the f32 reference.
+"""Long sequences (4k-24k) on the GPU: the compiled kernels against the f32 reference.
 
 These shapes take minutes in interpret mode, so they run only where JAX sees a
 GPU; CI (CPU) covers the same code paths at small shapes in test_attention.py.
@@ -40,9 +40,11 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
     # causal 8k: 288 mirrored pairs of query tiles, Stream-K splits 156
     Case(dtype="bfloat16", batch=1, seq_q=8192, seq_kv=8192, num_q_heads=9,
          num_kv_heads=3, head_dim=64, causal=True),
-    # causal 20000 at d 64: the paired grid beyond 16k keys (v29), the last
-    # query and key tiles partial (one head: the f32 reference's
-    # 20000 x 20000 arrays)
+    # causal d 64 beyond 16k keys, one head (the f32 reference's N x N
+    # arrays), the last query and key tiles partial: 24000 on the paired grid
+    # with Stream-K (188 query tiles, v29), 20000 one tile a CTA (157)
+    Case(dtype="bfloat16", batch=1, seq_q=24000, seq_kv=24000, num_q_heads=1,
+         num_kv_heads=1, head_dim=64, causal=True),
     Case(dtype="float16", batch=1, seq_q=20000, seq_kv=20000, num_q_heads=1,
          num_kv_heads=1, head_dim=64, causal=True),
     Case(dtype="float32", batch=1, seq_q=4099, seq_kv=4099, num_q_heads=2,

@@ -308,6 +308,31 @@ def test_fwd_and_bwd_lower_for_cuda(head_dim, dtype, masking):
   assert "triton" not in text
 
 
+def test_long_causal_d64_forward_lowers_for_cuda():
+  """16-bit d 64 causal self-attention stays on the paired grid beyond 12k
+  keys where Stream-K splits its pairs (v29): at 39900 keys (312 query
+  tiles of 128 rows, the last partial; 156 K/V tiles of 256, the last
+  partial) every pair has the same steps, so the schedule is built, and the
+  gradient lowers for CUDA with Stream-K's merge (a Triton-lowered kernel);
+  test_large runs 16k and 24000 compiled."""
+  from flashjax.checks import make_plan
+  q = jax.ShapeDtypeStruct((1, 39900, 4, 64), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 39900, 2, 64), jnp.bfloat16)
+  plan, _, _ = make_plan(q, kv, kv, causal=True, backend="mosaic",
+                         interpret=False)
+  assert plan.config.mosaic.persistent and plan.config.mosaic.stream_k
+
+  def loss(q, k, v):
+    o = flashjax.attention(q, k, v, causal=True, backend="mosaic",
+                           interpret=False)
+    return jnp.sum(o.astype(jnp.float32))
+
+  text = lower_for_h100(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv).as_text()
+  # the forward and the fused backward, and the merge of the cut tiles
+  assert text.count("custom_call @mosaic_gpu") == 2
+  assert "triton" in text
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_persistent_grid(case):
   """One CTA per SM walking the output tiles, forward, dQ and dK/dV: the
@@ -477,15 +502,16 @@ def test_early_handover():
   the ping-pong's barriers) the MQA case's tiles, empty ones included, on a
   persistent grid (2 CTAs walk several tiles) and one tile a CTA; the
   compiled form lowers for CUDA, persistent or not. The defaults take it
-  on one tile a CTA, 16-bit (windows) only, and not where the
-  intra-warpgroup overlap replaces it (d 128 causal above 12k keys; d 64
-  causal is paired at every length since v29)."""
+  on one tile a CTA, 16-bit (windows; d 64 causal above 12k keys where its
+  query tiles do not pair up evenly) only, and not where the
+  intra-warpgroup overlap replaces it (d 128 causal above 12k keys)."""
   early = lambda d=128, **kw: flashjax.default_config(
       d, **kw).mosaic.early_handover
   assert not early(causal=True, seq_kv=16384)         # the overlap instead
   assert early(causal=False, banded=True, seq_kv=16384)   # a window
   assert early(64, causal=False, banded=True, seq_kv=16384)
   assert not early(64, causal=True, seq_kv=16384)     # persistent (paired)
+  assert early(64, causal=True, seq_kv=20000)         # 157 query tiles
   assert not early(causal=True, seq_kv=4096)          # persistent (paired)
   assert not early(causal=False, seq_kv=16384)        # persistent
   assert not early(64, causal=True, seq_kv=16384, fp8=True)
@@ -534,8 +560,8 @@ def test_stream_k_schedule():
   and the first split piece of the next (:meth:`StreamK.cut`), and there
   is no schedule
   where whole units fill every round; the defaults take it without a band
-  from 2k keys, causal on the paired grid from 8k (d 128 up to 12k; 16-bit
-  d 64 from 4k at every length)."""
+  from 2k keys, causal on the paired grid from 8k (up to 12k; 16-bit d 64
+  from 4k, and beyond 12k where the pairs split evenly)."""
   from pallas_kernels.mosaic import pipeline
 
   def check(sk, tile_steps):
@@ -595,8 +621,8 @@ def test_stream_k_schedule():
   assert stream_k(seq_kv=4096, fp8=True)
   assert not stream_k(seq_kv=1024) and not stream_k(seq_kv=2047)
   assert not stream_k(causal=False, banded=True, seq_kv=16384)   # a window
-  # causal: the paired grid (d 128 up to 12k keys, FP8 16k, 16-bit d 64
-  # always) from 8k keys, 16-bit d 64 from 4k
+  # causal: the paired grid (up to 12k keys, FP8 16k, 16-bit d 64 beyond
+  # where the pairs split evenly) from 8k keys, 16-bit d 64 from 4k
   assert stream_k(causal=True, seq_kv=8192) and stream_k(
       64, causal=True, seq_kv=12288, fp8=True)
   assert stream_k(causal=True, seq_kv=16384, fp8=True)
@@ -604,7 +630,9 @@ def test_stream_k_schedule():
   assert stream_k(64, causal=True, seq_kv=4096) and stream_k(
       64, causal=True, seq_kv=6144)
   assert not stream_k(64, causal=True, seq_kv=2048)
-  assert stream_k(64, causal=True, seq_kv=32768) and stream_k(64, causal=True)
+  assert stream_k(64, causal=True, seq_kv=32768)         # paired (v29)
+  assert not stream_k(64, causal=True, seq_kv=20000)     # 157 tiles: one a CTA
+  assert not stream_k(64, causal=True)                   # length unknown
   assert not stream_k(64, causal=True, seq_kv=4096, fp8=True)
   assert not stream_k(causal=True, seq_kv=16384)          # one tile a CTA
   assert not stream_k(causal=True, seq_kv=16385, fp8=True)

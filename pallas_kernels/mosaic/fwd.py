@@ -30,7 +30,8 @@ Under the policy's ``fp8_qk=False`` Q and K stay 16-bit: S is the 16-bit
 wgmma and only P V runs in FP8 (no q·k descale).
 
 ``MosaicBlocks(persistent=True)`` (the default with no band, and causal
-up to 12k keys, 16-bit d 64 at every length): one CTA per SM walks the
+up to 12k keys, 16-bit d 64 beyond where Stream-K splits the pairs): one
+CTA per SM walks the
 (head, query tile, batch) tiles, its K/V pipeline running on from one tile
 to the next (:class:`pipeline.Tiles`); with a band it takes query tiles in mirrored
 pairs, so every CTA gets the same work. The two compute warpgroups mask the
@@ -97,8 +98,8 @@ in the interpreter (race detector on); ``backend="auto"`` picks it on sm_90.
 The banded persistent grid (mirrored pairs) is the default causal up to 12k
 keys, 3-29% faster there than one tile a CTA
 (results/raw/short-causal-h200.md, causal-long-session17-h200.md,
-causal-8k-h200.md, causal-12k-h200.md), and at every length at 16-bit d 64
-(with Stream-K 2-6% faster at 16k-32k,
+causal-8k-h200.md, causal-12k-h200.md), and beyond at 16-bit d 64 where
+Stream-K splits the pairs (2-6% faster at 16k-32k,
 confirm-d64-causal-long-fwd-session46-h100.md); windows keep one tile a
 CTA (not timed). The intra-warpgroup
 overlap has run in the interpreter (race detector on) and compiled on the
