@@ -349,8 +349,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # same steps): 0.94-0.98x one tile a CTA's time at 16k / 24k / 32k, where
   # the pairs without it took 1.02x at 16k (forty-sixth session)
   seq_q = seq_kv if seq_q is None else seq_q
+  cta_rows = MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q
   split_pairs = (head_dim <= 64 and not fp8 and seq_q == seq_kv
-                 and seq_q is not None and -(-seq_q // 128) % 2 == 0)
+                 and seq_q is not None and -(-seq_q // cta_rows) % 2 == 0)
   paired = causal and seq_kv is not None and (
       seq_kv <= (16384 if fp8 and fp8_qk else 12288) or split_pairs)
   if fp8 and not fp8_qk:

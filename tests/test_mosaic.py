@@ -333,6 +333,26 @@ def test_long_causal_d64_forward_lowers_for_cuda():
   assert "triton" in text
 
 
+@pytest.mark.parametrize("seq", [12289, 16000, 16384, 20000, 24000, 30000,
+                                 32768, 39900, 40000])
+def test_long_d64_pairs_only_where_stream_k_splits_them(seq):
+  """Beyond 12k keys the default pairs 16-bit d 64's causal query tiles
+  exactly where the forward's Stream-K schedule exists (every pair the same
+  steps, :func:`fwd.stream_k`): the config's rule (an even number of CTA
+  tiles) agrees with the kernel's own test, so neither can drift."""
+  from flashjax.checks import make_plan
+  from pallas_kernels.mosaic import fwd, pipeline
+  x = jax.ShapeDtypeStruct((1, seq, 4, 64), jnp.bfloat16)
+  plan, _, _ = make_plan(x, x, x, causal=True, backend="mosaic",
+                         interpret=False)
+  rows, block_kv = fwd.COMPUTE_WGS * fwd.BLOCK_Q, plan.config.mosaic.block_kv
+  # the paired grid over the padded query rows, as the forward builds it
+  tiles = pipeline.Tiles.per_head(plan, 4, -(-seq // rows) * rows, 1, True)
+  schedule = fwd.stream_k(plan, tiles, block_kv, -(-seq // block_kv))
+  assert plan.config.mosaic.persistent is (schedule is not None)
+  assert plan.config.mosaic.stream_k is (schedule is not None)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_persistent_grid(case):
   """One CTA per SM walking the output tiles, forward, dQ and dK/dV: the

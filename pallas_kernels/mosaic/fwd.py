@@ -31,10 +31,10 @@ wgmma and only P V runs in FP8 (no q·k descale).
 
 ``MosaicBlocks(persistent=True)`` (the default with no band, and causal
 up to 12k keys, 16-bit d 64 beyond where Stream-K splits the pairs): one
-CTA per SM walks the
-(head, query tile, batch) tiles, its K/V pipeline running on from one tile
-to the next (:class:`pipeline.Tiles`); with a band it takes query tiles in mirrored
-pairs, so every CTA gets the same work. The two compute warpgroups mask the
+CTA per SM walks the (head, query tile, batch) tiles, its K/V pipeline
+running on from one tile to the next (:class:`pipeline.Tiles`); with a
+band it takes query tiles in mirrored pairs, so every CTA gets the same
+work. The two compute warpgroups mask the
 same K/V tiles (:func:`pipeline.kv_work`): when they ran different steps
 into the ping-pong's named barriers, the banded form did not finish on the
 H200 (results/debug-hang-h200.md; fixed, results/raw/hang-check-session16-
@@ -77,8 +77,8 @@ opts-stream-k-2k-session29-h200.md), causal 0-5% at 8k-12k
 ``MosaicBlocks(multicast=True)`` (forty-third session; off: on an H100 it
 gained 0.5-2.8% at 4k keys, nothing at 16k, and lost 11% at d 64 16k,
 docs/defaults.md): on the persistent grid without a band, CTAs in clusters
-of two take neighbouring query tiles of one head and walk its K/V tiles in step,
-each tile loaded once for both, half by each CTA's TMA into both CTAs'
+of two take neighbouring query tiles of one head and walk its K/V tiles in
+step, each tile loaded once for both, half by each CTA's TMA into both CTAs'
 shared memory (:attr:`pipeline.Tiles.cluster`); a slot is refilled once
 both CTAs' compute warpgroups released it (a cluster barrier).
 FlashAttention 3's cluster at d >= 128 (16-bit, non-causal). With
@@ -101,8 +101,7 @@ keys, 3-29% faster there than one tile a CTA
 causal-8k-h200.md, causal-12k-h200.md), and beyond at 16-bit d 64 where
 Stream-K splits the pairs (2-6% faster at 16k-32k,
 confirm-d64-causal-long-fwd-session46-h100.md); windows keep one tile a
-CTA (not timed). The intra-warpgroup
-overlap has run in the interpreter (race detector on) and compiled on the
+CTA (not timed). The intra-warpgroup overlap has run in the interpreter (race detector on) and compiled on the
 H200 (``tests/test_mosaic.py``, ``tests/test_large.py``); it is the 16-bit
 d 128 causal forward's above 12k keys (one tile a CTA: 6-7% faster at 16k
 than the early hand-over, results/raw/confirm-overlap-session27-h200.md)
