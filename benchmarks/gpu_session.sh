@@ -373,6 +373,11 @@
 #              sustained load makes the benchmark's calls 8-21% longer than
 #              the profiler's (causal FP8 8k forward; bf16 d 64 causal 4k
 #              forward+backward) (~4 min)
+#   gaps-fp8  the causal FP8 8k forward's 400 profiled calls over 3 input
+#              sets and over 1: kernels' total, span on the GPU, wall
+#              clock, per impl (~2 min)
+#   wall-fp8-iters  the benchmark's wall clock of that forward in runs
+#              of 20 calls and of 400 (~2 min)
 #   ncu-balanced  Nsight on the forwards whose step needs the special-
 #              function unit as long as the tensor cores (ptx_descriptors.py
 #              --budget: FP8 d 128 and bf16 d 64, ~2080 cycles each a step;
@@ -1654,6 +1659,28 @@ for s in "$@"; do
       done
       step clocks date -u +%T.%N
       kill $smi 2>/dev/null || true ;;
+    gaps-fp8)
+      # where the causal FP8 forward's wall clock at 8k (0.95x cuDNN FP8)
+      # parts from its GPU time per kernel (1.03x over 400 calls, clocks):
+      # 400 calls rotating 3 input sets, as the benchmark does, then 1 set;
+      # per impl its kernels' total, their span on the GPU (the gaps between
+      # calls) and the traced loop's wall clock (~2 min)
+      for sets in 3 1; do
+        step gaps-fp8 timeout 100 $PY benchmarks/profile_kernels.py \
+          --mode fwd --seq 8192 --head-dim 128 --causal --iters 400 \
+          --sets $sets --impls flashjax_fp8_mosaic_vt cudnn_fp8 \
+          flashjax_mosaic --out "$WORK/kernels-gaps-fp8-sets$sets"
+      done ;;
+    wall-fp8-iters)
+      # the benchmark's wall clock of the causal FP8 8k forward in runs of 20
+      # calls (its default) and of 400 (gaps-fp8's profiled loop) (~2 min)
+      for iters in 20 400; do
+        step wall-fp8-iters timeout 100 $PY benchmarks/bench_attention.py \
+          --impls flashjax_fp8_mosaic_vt cudnn_fp8 flashjax_mosaic \
+          --dtypes bfloat16 --head-dims 128 --seqs 8192 --causal true \
+          --modes fwd --matmul 0 --iters $iters --repeats 5 \
+          --out "$WORK/wall-fp8-iters$iters"
+      done ;;
     ncu)
       # Nsight Compute on one forward+backward each, ours and cuDNN's, d 128
       # 4k, causal and not (hardware counters: the H200 runs Firecracker)

@@ -51,6 +51,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -100,6 +101,25 @@ def device_kernel_times(trace: dict) -> dict:
   return {k: tuple(v) for k, v in out.items()}
 
 
+def device_span(trace: dict) -> float:
+  """µs from the first GPU kernel's start to the last one's end in the trace
+  (its kernels as in :func:`device_kernel_times`): the kernels' total plus
+  the GPU's idle gaps between them."""
+  names = {(e["pid"], e.get("tid")): e["args"]["name"]
+           for e in trace.get("traceEvents", [])
+           if e.get("ph") == "M" and e.get("name") in ("process_name",
+                                                        "thread_name")}
+  gpu_pids = {pid for (pid, tid), n in names.items()
+              if tid is None and "GPU" in n}
+  spans = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)))
+           for e in trace.get("traceEvents", [])
+           if e.get("ph") == "X" and e["pid"] in gpu_pids
+           and names.get((e["pid"], e.get("tid")), "").startswith("Stream")]
+  if not spans:      # no GPU (a run on the CPU): no span
+    return float("nan")
+  return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
 def read_trace(log_dir: Path) -> dict:
   """The perfetto/Chrome trace JAX's profiler wrote under ``log_dir``."""
   files = sorted(log_dir.rglob("*.trace.json.gz"))
@@ -109,29 +129,37 @@ def read_trace(log_dir: Path) -> dict:
     return json.load(f)
 
 
-def profile(name, fn, mode, inputs, iters, trace: bool):
-  """Rows for one impl: its kernels' calls and µs per attention call."""
-  call = make_call(fn, mode).lower(*inputs).compile()
-  for _ in range(3):
+def profile(name, fn, mode, input_sets, iters, trace: bool):
+  """Rows for one impl: its kernels' calls and µs per attention call, and a
+  row of the calls' span on the GPU and wall clock (µs per call). The calls
+  rotate over ``input_sets``, as the benchmark's do."""
+  call = make_call(fn, mode).lower(*input_sets[0]).compile()
+  for inputs in input_sets * 3:
     jax.block_until_ready(call(*inputs))
   if not trace:        # under ncu: launch the kernels inside the marked range
     cudart = cuda_runtime() if jax.default_backend() == "gpu" else None
     if cudart is not None:
       cudart.cudaProfilerStart()
-    for _ in range(iters):
-      out = call(*inputs)
+    for i in range(iters):
+      out = call(*input_sets[i % len(input_sets)])
     jax.block_until_ready(out)
     if cudart is not None:
       cudart.cudaProfilerStop()
     return []
   with tempfile.TemporaryDirectory() as log_dir:
     with jax.profiler.trace(log_dir, create_perfetto_trace=True):
-      for _ in range(iters):
-        out = call(*inputs)
+      start = time.perf_counter()
+      for i in range(iters):
+        out = call(*input_sets[i % len(input_sets)])
       jax.block_until_ready(out)
-    times = device_kernel_times(read_trace(Path(log_dir)))
-  return [dict(impl=name, kernel=k, calls=n / iters, us=total / iters)
+      wall = time.perf_counter() - start
+    trace_json = read_trace(Path(log_dir))
+  times = device_kernel_times(trace_json)
+  rows = [dict(impl=name, kernel=k, calls=n / iters, us=total / iters)
           for k, (n, total) in sorted(times.items(), key=lambda x: -x[1][1])]
+  return rows + [dict(impl=name, kernel=SPAN, calls=iters,
+                      us=device_span(trace_json) / iters,
+                      wall_us=wall * 1e6 / iters)]
 
 
 def cuda_runtime():
@@ -328,16 +356,27 @@ def ptxas_table(log_text: str) -> str:
   return "\n".join(out)
 
 
+SPAN = "(span)"   # the row of a profile's span on the GPU and wall clock
+
+
 def table(rows) -> str:
+  """Per impl: its kernels' µs per call, their total, then the calls' span on
+  the GPU (the total plus idle gaps) and the traced loop's wall clock."""
   lines = ["| impl | kernel | calls | µs per call | share |",
            "|---|---|---|---|---|"]
   for name in dict.fromkeys(r["impl"] for r in rows):
-    mine = [r for r in rows if r["impl"] == name]
+    mine = [r for r in rows if r["impl"] == name and r["kernel"] != SPAN]
     total = sum(r["us"] for r in mine)
     for r in mine:
       lines.append(f"| {name} | `{r['kernel'][:70]}` | {r['calls']:g} | "
                    f"{r['us']:.1f} | {r['us'] / total:.0%} |")
     lines.append(f"| {name} | **all kernels** | | **{total:.1f}** | |")
+    for r in rows:
+      if r["impl"] == name and r["kernel"] == SPAN and total:
+        lines.append(f"| {name} | span on the GPU, first start to last end "
+                     f"| | {r['us']:.1f} | {r['us'] / total:.2f}× |")
+        lines.append(f"| {name} | wall clock of the traced loop | | "
+                     f"{r['wall_us']:.1f} | {r['wall_us'] / total:.2f}× |")
   return "\n".join(lines)
 
 
@@ -355,6 +394,8 @@ def main(argv=None):
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--causal", action="store_true")
   p.add_argument("--iters", type=int, default=10)
+  p.add_argument("--sets", type=int, default=1,
+                 help="input sets the calls rotate over (the benchmark's: 3)")
   p.add_argument("--no-trace", dest="trace", action="store_false",
                  help="run without the profiler (for ncu)")
   p.add_argument("--out", default=None, help="PREFIX for PREFIX.json/.md")
@@ -385,24 +426,24 @@ def main(argv=None):
     return
 
   b, h = max(1, args.tokens // args.seq), args.hidden // args.head_dim
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
-  inputs = [jax.random.normal(key, (b, args.seq, h, args.head_dim),
-                              args.dtype) for key in keys]
-  if args.mode == "fwd":
-    inputs = inputs[:3]
+  keys = jax.random.split(jax.random.PRNGKey(0), 4 * args.sets)
+  sets = [tuple(jax.random.normal(key, (b, args.seq, h, args.head_dim),
+                                  args.dtype) for key in keys[4 * i:4 * i + 4])
+          for i in range(args.sets)]
   rows = []
   for name in args.impls:
     # the FP8 impls (forward only) take e4m3 inputs quantised outside the call
     rows += profile(name, resolve(name, args.causal), args.mode,
-                    impl_inputs(name, tuple(inputs), args.mode), args.iters,
-                    args.trace)
+                    [impl_inputs(name, x, args.mode) for x in sets],
+                    args.iters, args.trace)
   if not args.trace:
     return
   shape = (f"b={b} s={args.seq} h={h} d={args.head_dim} {args.dtype} "
            f"causal={args.causal} {args.mode}")
   md = (f"# GPU time per kernel ({jax.devices()[0].device_kind}, jax "
         f"{jax.__version__})\n\n`{' '.join(sys.argv)}`\n\n{shape}; µs per "
-        f"attention call, from the profiler's trace of {args.iters} calls.\n\n"
+        f"attention call, from the profiler's trace of {args.iters} calls "
+        f"over {args.sets} input set(s).\n\n"
         + table(rows) + "\n")
   print(md)
   if args.out:

@@ -119,6 +119,39 @@ def test_profile_kernels_tabulates_ncu_details(tmp_path):
   assert "| 2,104.35 us | — |" in dkdv
 
 
+def test_profile_kernels_span_counts_the_gaps_between_kernels():
+  """The span of a trace's GPU kernels runs from the first start to the last
+  end (gaps included; host events and other streams left out), and the
+  table gives it and the loop's wall clock against the kernels' total."""
+  from benchmarks import profile_kernels
+
+  def meta(pid, tid, name):
+    return {"ph": "M", "pid": pid, "tid": tid, "args": {"name": name},
+            "name": "thread_name" if tid is not None else "process_name"}
+
+  def kernel(pid, tid, name, ts, dur):
+    return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts,
+            "dur": dur}
+  trace = {"traceEvents": [
+      meta(1, None, "/device:GPU:0"), meta(1, 7, "Stream #7"),
+      meta(2, None, "/host:CPU"), meta(2, 3, "python"),
+      kernel(1, 7, "fwd", 100.0, 50.0), kernel(1, 7, "merge", 160.0, 5.0),
+      kernel(1, 7, "fwd", 200.0, 50.0), kernel(1, 7, "merge", 255.0, 5.0),
+      kernel(2, 3, "dispatch", 0.0, 1000.0)]}
+  assert profile_kernels.device_kernel_times(trace) == {
+      "fwd": (2, 100.0), "merge": (2, 10.0)}
+  assert profile_kernels.device_span(trace) == 160.0     # 100 to 260
+  rows = [dict(impl="a", kernel="fwd", calls=1, us=50.0),
+          dict(impl="a", kernel="merge", calls=1, us=5.0),
+          dict(impl="a", kernel=profile_kernels.SPAN, calls=2, us=80.0,
+               wall_us=88.0)]
+  lines = profile_kernels.table(rows).splitlines()
+  assert lines[-3] == "| a | **all kernels** | | **55.0** | |"
+  assert lines[-2] == ("| a | span on the GPU, first start to last end | | "
+                       "80.0 | 1.45× |")
+  assert lines[-1] == "| a | wall clock of the traced loop | | 88.0 | 1.60× |"
+
+
 def test_profile_kernels_tabulates_ncu_stalls(tmp_path):
   """--stalls on ncu's ``--csv --page raw`` layout (a units row under the
   header): per launch, the stall reasons' sum and the largest first, and the
