@@ -378,6 +378,8 @@
 #              clock, per impl (~2 min)
 #   wall-fp8-iters  the benchmark's wall clock of that forward in runs
 #              of 20 calls and of 400 (~2 min)
+#   bench-sustained  the table's bf16 shapes at 4k and 16k against cuDNN
+#              in runs of 400 calls (~6 min)
 #   ncu-balanced  Nsight on the forwards whose step needs the special-
 #              function unit as long as the tensor cores (ptx_descriptors.py
 #              --budget: FP8 d 128 and bf16 d 64, ~2080 cycles each a step;
@@ -1681,6 +1683,14 @@ for s in "$@"; do
           --modes fwd --matmul 0 --iters $iters --repeats 5 \
           --out "$WORK/wall-fp8-iters$iters"
       done ;;
+    bench-sustained)
+      # the table's bf16 shapes at 4k and 16k against cuDNN in runs of 400
+      # calls (the table's runs are 20): which ratios depend on the run's
+      # length under the power cap (wall-fp8-iters; clocks) (~6 min)
+      step bench-sustained timeout 500 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic cudnn --dtypes bfloat16 --head-dims 128 64 \
+        --seqs 4096 16384 --causal false true --modes fwd fwd_bwd \
+        --matmul 0 --iters 400 --repeats 3 --out "$WORK/bench-sustained" ;;
     ncu)
       # Nsight Compute on one forward+backward each, ours and cuDNN's, d 128
       # 4k, causal and not (hardware counters: the H200 runs Firecracker)
