@@ -78,44 +78,42 @@ NCU_METRICS = [
 ]
 
 
-def device_kernel_times(trace: dict) -> dict:
-  """{kernel name: (count, total µs)} over the trace's GPU stream events
-  (Chrome trace format: a device's ``pid`` is named ``/device:GPU:…``, its
-  kernels are complete events on ``Stream`` threads)."""
+def gpu_kernel_events(trace: dict) -> list:
+  """The trace's GPU kernels (Chrome trace format: a device's ``pid`` is
+  named ``/device:GPU:…``, its kernels are complete events on ``Stream``
+  threads); says on stderr what GPU threads a trace without any has."""
   names = {(e["pid"], e.get("tid")): e["args"]["name"]
            for e in trace.get("traceEvents", [])
            if e.get("ph") == "M" and e.get("name") in ("process_name",
                                                         "thread_name")}
   gpu_pids = {pid for (pid, tid), n in names.items()
               if tid is None and "GPU" in n}
-  out = collections.defaultdict(lambda: [0, 0.0])
-  for e in trace.get("traceEvents", []):
-    if (e.get("ph") == "X" and e["pid"] in gpu_pids
-        and names.get((e["pid"], e.get("tid")), "").startswith("Stream")):
-      out[e["name"]][0] += 1
-      out[e["name"]][1] += float(e.get("dur", 0.0))
-  if gpu_pids and not out:     # a trace laid out otherwise: say what it has
+  events = [e for e in trace.get("traceEvents", [])
+            if e.get("ph") == "X" and e["pid"] in gpu_pids
+            and names.get((e["pid"], e.get("tid")), "").startswith("Stream")]
+  if gpu_pids and not events:     # a trace laid out otherwise
     print("no kernel events on GPU Stream threads; GPU threads: "
           f"{sorted({n for (pid, tid), n in names.items() if pid in gpu_pids})}",
           file=sys.stderr)
+  return events
+
+
+def device_kernel_times(trace: dict) -> dict:
+  """{kernel name: (count, total µs)} over the trace's GPU kernels."""
+  out = collections.defaultdict(lambda: [0, 0.0])
+  for e in gpu_kernel_events(trace):
+    out[e["name"]][0] += 1
+    out[e["name"]][1] += float(e.get("dur", 0.0))
   return {k: tuple(v) for k, v in out.items()}
 
 
 def device_span(trace: dict) -> float:
-  """µs from the first GPU kernel's start to the last one's end in the trace
-  (its kernels as in :func:`device_kernel_times`): the kernels' total plus
-  the GPU's idle gaps between them."""
-  names = {(e["pid"], e.get("tid")): e["args"]["name"]
-           for e in trace.get("traceEvents", [])
-           if e.get("ph") == "M" and e.get("name") in ("process_name",
-                                                        "thread_name")}
-  gpu_pids = {pid for (pid, tid), n in names.items()
-              if tid is None and "GPU" in n}
+  """µs from the first GPU kernel's start to the last one's end in the
+  trace: the kernels' total plus the GPU's idle gaps between them (NaN
+  without a GPU kernel, as on the CPU)."""
   spans = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)))
-           for e in trace.get("traceEvents", [])
-           if e.get("ph") == "X" and e["pid"] in gpu_pids
-           and names.get((e["pid"], e.get("tid")), "").startswith("Stream")]
-  if not spans:      # no GPU (a run on the CPU): no span
+           for e in gpu_kernel_events(trace)]
+  if not spans:
     return float("nan")
   return max(end for _, end in spans) - min(start for start, _ in spans)
 
