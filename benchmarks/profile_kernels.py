@@ -9,8 +9,13 @@ and sums the GPU kernels' durations from the trace, per kernel name, divided
 by ``--iters``: e.g. flashjax's forward, dQ and dK/dV kernels and XLA's
 fusions around them (the backward's D = rowsum(dO ∘ O), casts), against
 cuDNN's kernels for the same call. The FP8 impls (``--mode fwd``) take e4m3
-inputs quantised outside the profiled calls. Writes PREFIX.json (rows: impl, kernel,
-calls and µs per attention call) and PREFIX.md.
+inputs quantised outside the profiled calls. ``--sets N`` rotates the
+calls over N input sets, as the benchmark does. Each impl's rows end with
+its calls' span on the GPU (first kernel start to last end: the kernels
+plus the GPU's idle gaps between them) and the traced loop's wall clock,
+both per call. Writes PREFIX.json (rows: impl, kernel, calls and µs per
+attention call; the span row's kernel is ``(span)``, with ``wall_us``)
+and PREFIX.md.
 
 The same script is a target for Nsight Compute: with ``--no-trace`` each
 impl's ``--iters`` calls run between ``cudaProfilerStart`` and
