@@ -400,7 +400,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # non-causal; the fused kernel's query tiles in 3 stages at d 128, 5 at
   # d 64 non-causal, 2 at d 64 causal (the two kernels: 2). d 64's fused
   # non-causal kernel reads its owned K and V tiles as register operands
-  # (1.2-2.4% faster in two processes; slower causal and at d 128).
+  # (1.2-2.4% faster in two processes; slower causal and at d 128) and
+  # awaits a step's streamed tiles on one barrier (shared_full: 1.6-4.8%
+  # at 4k-16k, bf16 and fp16, forty-eighth session; its two kernels at 2k
+  # lost 0.5-2.8% with it).
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
@@ -420,7 +423,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                             compute_registers=240 if long_causal else 232,
                             step_descriptors=fused and head_dim > 64,
                             lse_log2=lse_log2,
-                            owned_registers=split and not causal)
+                            owned_registers=split and not causal,
+                            shared_full=split and not causal)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

@@ -176,17 +176,18 @@ def test_d64_backward_by_length():
     blocks = flashjax.default_config(64, causal=causal,
                                      seq_kv=seq_kv).mosaic_bwd
     return (blocks.fused_dq, blocks.split_dq, blocks.stages,
-            blocks.owned_registers)
+            blocks.owned_registers, blocks.shared_full)
   assert [bwd(False, 2048), bwd(False, 4096), bwd(True, 8192),
           bwd(True, 16384), bwd(True, None)] == [
-              (False, False, 2, False), (True, True, 5, True),
-              (False, False, 2, False), (True, True, 2, False),
-              (False, False, 2, False)]
+              (False, False, 2, False, False), (True, True, 5, True, True),
+              (False, False, 2, False, False), (True, True, 2, False, False),
+              (False, False, 2, False, False)]
   # flashjax.explain names the kernels that run (as profilers show them)
   q = jax.ShapeDtypeStruct((1, 4096, 2, 64), jnp.bfloat16)
   explained = flashjax.explain(q, q, q, backend="mosaic")
   assert "backward flashjax_dkdv_dq (block_kv=128 stages=5 " in explained
-  assert "split_dq, index_vectors, lse_log2, owned_registers)" in explained
+  assert ("split_dq, index_vectors, lse_log2, owned_registers, shared_full)"
+          in explained)
   assert "backward flashjax_dkdv + flashjax_dq (" in (
       flashjax.explain(q, q, q, backend="mosaic", causal=True))
   for causal in (False, True):
