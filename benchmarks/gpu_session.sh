@@ -347,6 +347,14 @@
 #   tests-v29  v29's final rule beyond 12k keys compiled: d 64 causal at
 #              24000 keys (paired, Stream-K) and 20000 (one tile a CTA)
 #              (~1.5 min)
+#   confirm-shared-full  v30's d 64 non-causal backward (shared_full with
+#              the owned tiles in registers, fused from 4k keys) against
+#              itself without shared_full and cuDNN, bf16 and fp16, 4k /
+#              16k, 7 rounds; then test_d64_backward_by_length compiled
+#              (~2 min)
+#   tests-v30  v30's kernel in the long cases compiled: test_large's d 64
+#              non-causal Hopper cases, and test_mosaic's shared_full and
+#              d 64 backward tests (~3 min)
 #   opts-d64-causal-16k  the 16-bit d 64 causal forward at 16k keys, the
 #              one row of the forty-fifth session's table where tokamax led
 #              (bf16 2.239 against our 2.283 ms): the paired persistent grid
@@ -1851,6 +1859,24 @@ for s in "$@"; do
         tokamax_mosaic cudnn --dtypes bfloat16 float16 --head-dims 64 \
         --seqs 16384 24576 32768 --causal true --modes fwd --matmul 0 \
         --repeats 9 --out "$WORK/confirm-d64-causal-16k" ;;
+    confirm-shared-full)
+      # v30 (forty-eighth session): shared_full in d 64's fused non-causal
+      # backward, the default against it off and cuDNN, then the d 64
+      # backward's by-length test compiled (~2 min)
+      step confirm-shared-full timeout 170 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 64 --seqs 4096 16384 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-shared-full-d64"
+      mosaic_tests confirm-shared-full 75 -k d64_backward_by_length ;;
+    tests-v30)
+      # v30's kernel (d 64's fused non-causal backward with shared_full)
+      # compiled at long lengths: test_large's d 64 non-causal Hopper
+      # cases, then test_mosaic's shared_full and d 64 backward tests
+      step tests-v30 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 200 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 150 tests/test_large.py \
+        -k "mosaic and d64 and not causal"
+      mosaic_tests tests-v30 150 -k "shared_full or d64_backward" ;;
     tests-v29)
       # v29's rule beyond 12k keys, compiled: test_large's d 64 causal cases
       # at 24000 keys (188 query tiles: paired, Stream-K, partial last

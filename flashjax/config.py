@@ -402,8 +402,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # non-causal kernel reads its owned K and V tiles as register operands
   # (1.2-2.4% faster in two processes; slower causal and at d 128) and
   # awaits a step's streamed tiles on one barrier (shared_full: 1.6-4.8%
-  # at 4k-16k, bf16 and fp16, forty-eighth session; its two kernels at 2k
-  # lost 0.5-2.8% with it).
+  # at 4k-16k, bf16 and fp16, two processes, forty-eighth session; with
+  # the two kernels at 2k within noise, not taken there).
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
