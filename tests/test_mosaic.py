@@ -1204,6 +1204,26 @@ def test_shared_full(fused):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_shared_full_in_the_d128_fused_backward(causal):
+  """``shared_full`` in d 128's fused backward as the defaults build it
+  (non-causal; causal from 8k keys: deferred waits, folded statistics,
+  step descriptors, 240 registers causal), which ``gpu_session.sh
+  opts-shared-full`` times: lowered for CUDA, and against the reference
+  in the interpreter with the race detector (64-key tiles; on a GPU the
+  defaults' tiles)."""
+  base = flashjax.default_config(128, causal=causal, seq_kv=16384)
+  on = dataclasses.replace(base.mosaic_bwd, shared_full=True)
+  assert grad_kernels(dataclasses.replace(base, mosaic_bwd=on), 128,
+                      "bfloat16", causal) == 2                   # fused
+  small = ({} if jax.default_backend() == "gpu" else dict(block_kv=64))
+  check_without_races(Case(dtype="bfloat16", batch=1, seq_q=150, seq_kv=200,
+                           num_q_heads=2, num_kv_heads=1, head_dim=128,
+                           causal=causal), dataclasses.replace(
+                               base, mosaic_bwd=dataclasses.replace(
+                                   on, **small)))
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_owned_registers_with_shared_full(causal):
   """The two options together, as ``gpu_session.sh confirm-owned-registers``
   times them in d 64's backward: the defaults' fused kernel there (non-
