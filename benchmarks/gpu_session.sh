@@ -312,7 +312,8 @@
 #              shared_full (its compiled test first; run it after
 #              opts-shared-full's tests pass), bf16 and fp16, 2k-16k; the
 #              forward at d 128 non-causal with it (a second process);
-#              7 rounds (~7 min)
+#              7 rounds (~7 min; run in the forty-eighth session, which took
+#              shared_full there: v30)
 #   confirm-owned-registers-short  what the fortieth session ran of that
 #              (owned_registers still off then): the backward with it at d 64
 #              and 128 non-causal, bf16 4k / 16k, then d 64 causal, bf16
@@ -442,7 +443,8 @@
 #              compiled tests (both passes, FP8), then forward+backward with
 #              it in the backward against the default and cuDNN, bf16 d 64
 #              and 128, 4k / 16k, causal and not, 7 rounds, ptxas's spill
-#              lines (written in the thirty-seventh session; ~6 min)
+#              lines (written in the thirty-seventh session; ~6 min; d 64
+#              non-causal takes it by default since v30, a same-kernel pair)
 #   opts-shared-full-fwd  the same in the forward: bf16 d 64 and 128, FP8
 #              (V key-major) d 128, 4k / 16k, causal and not, 7 rounds
 #              (~3 min)

@@ -167,8 +167,8 @@ def test_d64_backward_by_length():
   """d 64's backward (flashjax.default_config by ``seq_kv``): two kernels
   below 4k keys (causal: below 16k, and without a length), then one fused
   kernel with dQ's columns split between the warpgroups, 5 stages
-  non-causal (its owned K and V tiles as register operands, v27), 2
-  causal. The non-causal form lowers for CUDA here (test_split_dq lowers
+  non-causal (its owned K and V tiles as register operands, v27, and
+  one barrier for a step's streamed tiles, v30), 2 causal. The non-causal form lowers for CUDA here (test_split_dq lowers
   the causal one and runs split_dq in the interpreter, which runs the
   owned tiles' shared-memory form); on a GPU both run against the
   reference (GQA, odd lengths); flashjax.explain names the kernels."""
