@@ -103,21 +103,22 @@ def gpu_kernel_events(trace: dict) -> list:
   return events
 
 
-def device_kernel_times(trace: dict) -> dict:
-  """{kernel name: (count, total µs)} over the trace's GPU kernels."""
+def device_kernel_times(events: list) -> dict:
+  """{kernel name: (count, total µs)} over GPU kernel ``events``
+  (:func:`gpu_kernel_events`)."""
   out = collections.defaultdict(lambda: [0, 0.0])
-  for e in gpu_kernel_events(trace):
+  for e in events:
     out[e["name"]][0] += 1
     out[e["name"]][1] += float(e.get("dur", 0.0))
   return {k: tuple(v) for k, v in out.items()}
 
 
-def device_span(trace: dict) -> float:
-  """µs from the first GPU kernel's start to the last one's end in the
-  trace: the kernels' total plus the GPU's idle gaps between them (NaN
+def device_span(events: list) -> float:
+  """µs from the first of GPU kernel ``events``' starts to the last one's
+  end: the kernels' total plus the GPU's idle gaps between them (NaN
   without a GPU kernel, as on the CPU)."""
   spans = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)))
-           for e in gpu_kernel_events(trace)]
+           for e in events]
   if not spans:
     return float("nan")
   return max(end for _, end in spans) - min(start for start, _ in spans)
@@ -156,12 +157,12 @@ def profile(name, fn, mode, input_sets, iters, trace: bool):
         out = call(*input_sets[i % len(input_sets)])
       jax.block_until_ready(out)
       wall = time.perf_counter() - start
-    trace_json = read_trace(Path(log_dir))
-  times = device_kernel_times(trace_json)
+    events = gpu_kernel_events(read_trace(Path(log_dir)))
+  times = device_kernel_times(events)
   rows = [dict(impl=name, kernel=k, calls=n / iters, us=total / iters)
           for k, (n, total) in sorted(times.items(), key=lambda x: -x[1][1])]
   return rows + [dict(impl=name, kernel=SPAN, calls=iters,
-                      us=device_span(trace_json) / iters,
+                      us=device_span(events) / iters,
                       wall_us=wall * 1e6 / iters)]
 
 

@@ -409,6 +409,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
                  seq_kv >= 8192)
   fused = (head_dim > 64 and not causal) or split or long_causal
+  d64_fused = split and not causal       # owned tiles, one full barrier
   lse_log2 = head_dim <= 64 and not causal
   if not fused:
     stages = 2
@@ -423,8 +424,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                             compute_registers=240 if long_causal else 232,
                             step_descriptors=fused and head_dim > 64,
                             lse_log2=lse_log2,
-                            owned_registers=split and not causal,
-                            shared_full=split and not causal)
+                            owned_registers=d64_fused,
+                            shared_full=d64_fused)
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

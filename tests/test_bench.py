@@ -138,9 +138,10 @@ def test_profile_kernels_span_counts_the_gaps_between_kernels():
       kernel(1, 7, "fwd", 100.0, 50.0), kernel(1, 7, "merge", 160.0, 5.0),
       kernel(1, 7, "fwd", 200.0, 50.0), kernel(1, 7, "merge", 255.0, 5.0),
       kernel(2, 3, "dispatch", 0.0, 1000.0)]}
-  assert profile_kernels.device_kernel_times(trace) == {
+  events = profile_kernels.gpu_kernel_events(trace)
+  assert profile_kernels.device_kernel_times(events) == {
       "fwd": (2, 100.0), "merge": (2, 10.0)}
-  assert profile_kernels.device_span(trace) == 160.0     # 100 to 260
+  assert profile_kernels.device_span(events) == 160.0     # 100 to 260
   rows = [dict(impl="a", kernel="fwd", calls=1, us=50.0),
           dict(impl="a", kernel="merge", calls=1, us=5.0),
           dict(impl="a", kernel=profile_kernels.SPAN, calls=2, us=80.0,
