@@ -1871,6 +1871,54 @@ for s in "$@"; do
         --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
         --out "$WORK/confirm-shared-full-d64"
       mosaic_tests confirm-shared-full 75 -k d64_backward_by_length ;;
+    confirm-v31)
+      # v31 (forty-ninth session): shared_full in every fused causal
+      # backward (d 128 from 8k keys, d 64 from 16k), the default against
+      # it off and cuDNN, bf16 and fp16; then in d 128's non-causal fused
+      # backward as an option (4k: +3.7%, 16k: -1.8% in opts-shared-full);
+      # then the by-length tests and test_large's long causal fused cases
+      # compiled on the new default (~9 min)
+      step confirm-v31 timeout 170 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 8192 16384 \
+        --causal true --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-v31-d128-causal"
+      step confirm-v31 timeout 90 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 64 --seqs 16384 \
+        --causal true --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-v31-d64-causal"
+      step confirm-v31 timeout 80 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=True cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 4096 \
+        --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/confirm-v31-d128-nc"
+      mosaic_tests confirm-v31 90 -k "backward_by_length"
+      step confirm-v31 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 150 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 120 tests/test_large.py \
+        -k "mosaic and causal and (sq16384 or sq12000)" ;;
+    confirm-v31-nc)
+      # v31's d 128 non-causal fused backward with shared_full below 16k
+      # keys: the default against it off and on, and cuDNN, 2k-16k, bf16
+      # and fp16; test_large's d 128 non-causal case (9000 keys) compiled on
+      # it (~6 min)
+      step confirm-v31-nc timeout 300 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False \
+        flashjax_mosaic+bwd.shared_full=True cudnn --dtypes bfloat16 float16 \
+        --head-dims 128 --seqs 2048 4096 8192 16384 --causal false \
+        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/confirm-v31-nc"
+      step confirm-v31-nc env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 120 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 100 tests/test_large.py \
+        -k "mosaic and d128 and not causal" ;;
+    confirm-v31-16k)
+      # v31 as taken (shared_full in every d 128 fused backward) against it
+      # off and cuDNN at 16k keys, causal and not, bf16 and fp16, 9 rounds
+      # (~2 min)
+      step confirm-v31-16k timeout 150 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
+        --dtypes bfloat16 float16 --head-dims 128 --seqs 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 --repeats 9 \
+        --out "$WORK/confirm-v31-16k" ;;
     tests-v30)
       # v30's kernel (d 64's fused non-causal backward with shared_full)
       # compiled at long lengths: test_large's d 64 non-causal Hopper

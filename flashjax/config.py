@@ -403,13 +403,16 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # (1.2-2.4% faster in two processes; slower causal and at d 128) and
   # awaits a step's streamed tiles on one barrier (shared_full: 1.6-4.8%
   # at 4k-16k, bf16 and fp16, two processes, forty-eighth session; with
-  # the two kernels at 2k within noise, not taken there).
+  # the two kernels at 2k within noise, not taken there), as does d 128's
+  # fused kernel (shared_full, forty-ninth session: causal 8k 5-7%, 16k
+  # -1 to +6%; non-causal 2k-16k 1-5%, 16k once -1.8%; d 64's fused causal
+  # kernel -1 to +2%, not taken).
   split = (head_dim <= 64 and seq_kv is not None and
            seq_kv >= (16384 if causal else 4096))
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
                  seq_kv >= 8192)
   fused = (head_dim > 64 and not causal) or split or long_causal
-  d64_fused = split and not causal       # owned tiles, one full barrier
+  d64_fused = split and not causal       # owned tiles in registers
   lse_log2 = head_dim <= 64 and not causal
   if not fused:
     stages = 2
@@ -425,7 +428,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                             step_descriptors=fused and head_dim > 64,
                             lse_log2=lse_log2,
                             owned_registers=d64_fused,
-                            shared_full=d64_fused)
+                            shared_full=fused and not (split and causal))
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
                 mosaic_bwd=mosaic_bwd)

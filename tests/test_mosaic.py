@@ -205,7 +205,8 @@ def test_d128_backward_by_length():
   kernel non-causal (3 stages); causal two kernels below 8k keys (and
   without a length), then fused with 240 registers a compute thread, in 3
   stages as non-causal; the fused kernel's step computes its owned tiles'
-  descriptors (``step_descriptors``). The long causal form lowers for CUDA
+  descriptors (``step_descriptors``) and awaits a step's streamed tiles
+  on one barrier (``shared_full``, v31). The long causal form lowers for CUDA
   here and on a GPU runs against the reference at a short shape (GQA, odd
   lengths; the 12k and 16k cases of tests/test_large.py run it at
   length)."""
@@ -213,11 +214,14 @@ def test_d128_backward_by_length():
     blocks = flashjax.default_config(128, causal=causal,
                                      seq_kv=seq_kv).mosaic_bwd
     return (blocks.fused_dq, blocks.split_dq, blocks.stages,
-            blocks.compute_registers, blocks.step_descriptors)
+            blocks.compute_registers, blocks.step_descriptors,
+            blocks.shared_full)
   assert [bwd(False, 4096), bwd(True, 4096), bwd(True, 8192),
           bwd(True, None)] == [
-              (True, False, 3, 232, True), (False, False, 2, 232, False),
-              (True, False, 3, 240, True), (False, False, 2, 232, False)]
+              (True, False, 3, 232, True, True),
+              (False, False, 2, 232, False, False),
+              (True, False, 3, 240, True, True),
+              (False, False, 2, 232, False, False)]
   config = flashjax.default_config(128, causal=True, seq_kv=8192)
   assert grad_kernels(config, 128, "bfloat16", causal=True) == 2
   if jax.default_backend() == "gpu":
@@ -1206,21 +1210,19 @@ def test_shared_full(fused):
 @pytest.mark.parametrize("causal", [False, True])
 def test_shared_full_in_the_d128_fused_backward(causal):
   """``shared_full`` in d 128's fused backward as the defaults build it
-  (non-causal; causal from 8k keys: deferred waits, folded statistics,
-  step descriptors, 240 registers causal), which ``gpu_session.sh
-  opts-shared-full`` times: lowered for CUDA, and against the reference
-  in the interpreter with the race detector (64-key tiles; on a GPU the
-  defaults' tiles)."""
+  since v31 (non-causal; causal from 8k keys: deferred waits, folded
+  statistics, step descriptors, 240 registers causal): lowered for CUDA,
+  and against the reference in the interpreter with the race detector
+  (64-key tiles; on a GPU the defaults' tiles)."""
   base = flashjax.default_config(128, causal=causal, seq_kv=16384)
-  on = dataclasses.replace(base.mosaic_bwd, shared_full=True)
-  assert grad_kernels(dataclasses.replace(base, mosaic_bwd=on), 128,
-                      "bfloat16", causal) == 2                   # fused
+  assert base.mosaic_bwd.shared_full
+  assert grad_kernels(base, 128, "bfloat16", causal) == 2        # fused
   small = ({} if jax.default_backend() == "gpu" else dict(block_kv=64))
   check_without_races(Case(dtype="bfloat16", batch=1, seq_q=150, seq_kv=200,
                            num_q_heads=2, num_kv_heads=1, head_dim=128,
                            causal=causal), dataclasses.replace(
                                base, mosaic_bwd=dataclasses.replace(
-                                   on, **small)))
+                                   base.mosaic_bwd, **small)))
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -81,9 +81,9 @@ non-causal and 2 at d 64 causal, the two kernels through 2; deferred
 waits and folded statistics at d 128 (the latter cut the fused kernel's
 spills from 92 to 16 bytes, results/raw/opts-fold-h200.md), and
 ``step_descriptors`` in its fused kernel (results/raw/confirm-v19-h200.md),
-L in log2 units from XLA, the owned tiles in registers and one barrier
-for a step's streamed tiles (``shared_full``, v30) in d 64's fused
-non-causal kernel; the dQ overlap off (slower in every tuned case on the H200) and the
+L in log2 units from XLA and the owned tiles in registers in d 64's
+fused non-causal kernel, one barrier for a step's streamed tiles
+(``shared_full``) there (v30) and in d 128's fused kernel (v31); the dQ overlap off (slower in every tuned case on the H200) and the
 persistent grid off (it gained nothing on the H100).
 """
 
