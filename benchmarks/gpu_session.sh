@@ -356,6 +356,16 @@
 #   tests-v30  v30's kernel in the long cases compiled: test_large's d 64
 #              non-causal Hopper cases, and test_mosaic's shared_full and
 #              d 64 backward tests (~3 min)
+#   confirm-v31  shared_full in every fused causal backward against it off
+#              and cuDNN (d 128 8k / 16k, d 64 16k), as an option in d
+#              128's non-causal one at 4k, bf16 and fp16; then the
+#              backwards' by-length tests and test_large's long causal
+#              fused cases compiled (~5.5 min)
+#   confirm-v31-nc  d 128's non-causal fused backward, the default against
+#              shared_full off and on and cuDNN, 2k-16k, bf16 and fp16;
+#              test_large's d 128 non-causal case compiled (~4 min)
+#   confirm-v31-16k  v31 (shared_full in d 128's fused backward) against it
+#              off and cuDNN at 16k, causal and not, bf16 and fp16 (~1.5 min)
 #   opts-d64-causal-16k  the 16-bit d 64 causal forward at 16k keys, the
 #              one row of the forty-fifth session's table where tokamax led
 #              (bf16 2.239 against our 2.283 ms): the paired persistent grid
@@ -1872,12 +1882,14 @@ for s in "$@"; do
         --out "$WORK/confirm-shared-full-d64"
       mosaic_tests confirm-shared-full 75 -k d64_backward_by_length ;;
     confirm-v31)
-      # v31 (forty-ninth session): shared_full in every fused causal
-      # backward (d 128 from 8k keys, d 64 from 16k), the default against
-      # it off and cuDNN, bf16 and fp16; then in d 128's non-causal fused
-      # backward as an option (4k: +3.7%, 16k: -1.8% in opts-shared-full);
-      # then the by-length tests and test_large's long causal fused cases
-      # compiled on the new default (~9 min)
+      # v31 as first written (forty-ninth session): shared_full in every
+      # fused causal backward (d 128 from 8k keys, d 64 from 16k), the
+      # default against it off and cuDNN, bf16 and fp16; then in d 128's
+      # non-causal fused backward as an option (4k: +3.7%, 16k: -1.8% in
+      # opts-shared-full); then the by-length tests and test_large's long
+      # causal fused cases compiled on that default (~5.5 min). As taken,
+      # v31 leaves d 64's causal kernel without it: its bench (the second)
+      # is now a same-kernel pair
       step confirm-v31 timeout 170 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
         --dtypes bfloat16 float16 --head-dims 128 --seqs 8192 16384 \
@@ -1898,10 +1910,10 @@ for s in "$@"; do
         $PY -m pytest -v -p no:cacheprovider $HUNG 120 tests/test_large.py \
         -k "mosaic and causal and (sq16384 or sq12000)" ;;
     confirm-v31-nc)
-      # v31's d 128 non-causal fused backward with shared_full below 16k
-      # keys: the default against it off and on, and cuDNN, 2k-16k, bf16
-      # and fp16; test_large's d 128 non-causal case (9000 keys) compiled on
-      # it (~6 min)
+      # d 128's non-causal fused backward (run with shared_full on below
+      # 16k keys; v31 as taken has it at every length): the default against
+      # it off and on, and cuDNN, 2k-16k, bf16 and fp16; test_large's d 128
+      # non-causal case (9000 keys) compiled on it (~4 min)
       step confirm-v31-nc timeout 300 $PY benchmarks/bench_attention.py \
         --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False \
         flashjax_mosaic+bwd.shared_full=True cudnn --dtypes bfloat16 float16 \
