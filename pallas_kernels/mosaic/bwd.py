@@ -83,8 +83,9 @@ spills from 92 to 16 bytes, results/raw/opts-fold-h200.md), and
 ``step_descriptors`` in its fused kernel (results/raw/confirm-v19-h200.md),
 L in log2 units from XLA and the owned tiles in registers in d 64's
 fused non-causal kernel, one barrier for a step's streamed tiles
-(``shared_full``) there (v30) and in d 128's fused kernel (v31); the dQ overlap off (slower in every tuned case on the H200) and the
-persistent grid off (it gained nothing on the H100).
+(``shared_full``) there (v30) and in d 128's fused kernel (v31); the dQ
+overlap off (slower in every tuned case on the H200) and the persistent
+grid off (it gained nothing on the H100).
 """
 
 from __future__ import annotations
