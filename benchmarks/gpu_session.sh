@@ -366,6 +366,10 @@
 #              test_large's d 128 non-causal case compiled (~4 min)
 #   confirm-v31-16k  v31 (shared_full in d 128's fused backward) against it
 #              off and cuDNN at 16k, causal and not, bf16 and fp16 (~1.5 min)
+#   opts-d64-causal-bwd  d 64 causal 16k forward+backward (the furthest
+#              miss) with its fused backward in 3 stages (with and without
+#              shared_full), L in log2 units, deferred waits with folded
+#              statistics, against the default and cuDNN (~4 min)
 #   opts-d64-causal-16k  the 16-bit d 64 causal forward at 16k keys, the
 #              one row of the forty-fifth session's table where tokamax led
 #              (bf16 2.239 against our 2.283 ms): the paired persistent grid
@@ -1931,6 +1935,23 @@ for s in "$@"; do
         --dtypes bfloat16 float16 --head-dims 128 --seqs 16384 \
         --causal false true --modes fwd_bwd --matmul 0 --repeats 9 \
         --out "$WORK/confirm-v31-16k" ;;
+    opts-d64-causal-bwd)
+      # the furthest forward+backward miss (d 64 causal 16k, 1.01x cuDNN in
+      # v31's table, bf16 and fp16): its fused split-dQ backward (2 stages)
+      # re-timed on the H100 with the backward options timed elsewhere or
+      # on the H200 only: 3 stages (with and without shared_full), L in
+      # log2 units, deferred waits with folded statistics; all lower for
+      # CUDA (forty-ninth session), 9 rounds, ptxas's spill lines (~4 min)
+      step opts-d64-causal-bwd env MOSAIC_GPU_DUMP_PTXAS=1 timeout 270 $PY \
+        benchmarks/bench_attention.py --impls flashjax_mosaic \
+        flashjax_mosaic+bwd.stages=3 \
+        flashjax_mosaic+bwd.stages=3+bwd.shared_full=True \
+        flashjax_mosaic+bwd.lse_log2=True \
+        flashjax_mosaic+bwd.deferred_waits=True+bwd.fold_stats=True cudnn \
+        --dtypes bfloat16 float16 --head-dims 64 --seqs 16384 --causal true \
+        --modes fwd_bwd --matmul 0 --repeats 9 \
+        --out "$WORK/opts-d64-causal-bwd"
+      ptxas_table opts-d64-causal-bwd ;;
     tests-v30)
       # v30's kernel (d 64's fused non-causal backward with shared_full)
       # compiled at long lengths: test_large's d 64 non-causal Hopper
