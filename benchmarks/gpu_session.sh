@@ -616,6 +616,19 @@ step() {
   pack
 }
 
+fwd_bwd_pair() {
+  # fwd_bwd_pair STEP SECONDS OUT "IMPLS" [bench_attention.py args]:
+  # forward+backward of IMPLS against cuDNN in bf16 and fp16, one process,
+  # no matmul rate, into $WORK/OUT (the head dims, lengths, masks and
+  # rounds in the args)
+  local s=$1 t=$2 out=$3 impls=$4
+  shift 4
+  # shellcheck disable=SC2086  # impls: a word list
+  step "$s" timeout "$t" $PY benchmarks/bench_attention.py --impls $impls \
+    cudnn --dtypes bfloat16 float16 --modes fwd_bwd --matmul 0 "$@" \
+    --out "$WORK/$out"
+}
+
 bwd_option() {
   # bwd_option STEP OPTION SECONDS "HEAD DIMS": forward+backward with a
   # backward option (bench_attention's +bwd.OPTION=True) against the default
@@ -1879,11 +1892,9 @@ for s in "$@"; do
       # v30 (forty-eighth session): shared_full in d 64's fused non-causal
       # backward, the default against it off and cuDNN, then the d 64
       # backward's by-length test compiled (~2 min)
-      step confirm-shared-full timeout 170 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
-        --dtypes bfloat16 float16 --head-dims 64 --seqs 4096 16384 \
-        --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
-        --out "$WORK/confirm-shared-full-d64"
+      fwd_bwd_pair confirm-shared-full 170 confirm-shared-full-d64 \
+        "flashjax_mosaic flashjax_mosaic+bwd.shared_full=False" \
+        --head-dims 64 --seqs 4096 16384 --causal false --repeats 7
       mosaic_tests confirm-shared-full 75 -k d64_backward_by_length ;;
     confirm-v31)
       # v31 as first written (forty-ninth session): shared_full in every
@@ -1894,21 +1905,14 @@ for s in "$@"; do
       # causal fused cases compiled on that default (~5.5 min). As taken,
       # v31 leaves d 64's causal kernel without it: its bench (the second)
       # is now a same-kernel pair
-      step confirm-v31 timeout 170 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
-        --dtypes bfloat16 float16 --head-dims 128 --seqs 8192 16384 \
-        --causal true --modes fwd_bwd --matmul 0 --repeats 7 \
-        --out "$WORK/confirm-v31-d128-causal"
-      step confirm-v31 timeout 90 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
-        --dtypes bfloat16 float16 --head-dims 64 --seqs 16384 \
-        --causal true --modes fwd_bwd --matmul 0 --repeats 7 \
-        --out "$WORK/confirm-v31-d64-causal"
-      step confirm-v31 timeout 80 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=True cudnn \
-        --dtypes bfloat16 float16 --head-dims 128 --seqs 4096 \
-        --causal false --modes fwd_bwd --matmul 0 --repeats 7 \
-        --out "$WORK/confirm-v31-d128-nc"
+      off="flashjax_mosaic flashjax_mosaic+bwd.shared_full=False"
+      fwd_bwd_pair confirm-v31 170 confirm-v31-d128-causal "$off" \
+        --head-dims 128 --seqs 8192 16384 --causal true --repeats 7
+      fwd_bwd_pair confirm-v31 90 confirm-v31-d64-causal "$off" \
+        --head-dims 64 --seqs 16384 --causal true --repeats 7
+      fwd_bwd_pair confirm-v31 80 confirm-v31-d128-nc \
+        "flashjax_mosaic flashjax_mosaic+bwd.shared_full=True" \
+        --head-dims 128 --seqs 4096 --causal false --repeats 7
       mosaic_tests confirm-v31 90 -k "backward_by_length"
       step confirm-v31 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 150 \
         $PY -m pytest -v -p no:cacheprovider $HUNG 120 tests/test_large.py \
@@ -1918,11 +1922,9 @@ for s in "$@"; do
       # 16k keys; v31 as taken has it at every length): the default against
       # it off and on, and cuDNN, 2k-16k, bf16 and fp16; test_large's d 128
       # non-causal case (9000 keys) compiled on it (~4 min)
-      step confirm-v31-nc timeout 300 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False \
-        flashjax_mosaic+bwd.shared_full=True cudnn --dtypes bfloat16 float16 \
-        --head-dims 128 --seqs 2048 4096 8192 16384 --causal false \
-        --modes fwd_bwd --matmul 0 --repeats 7 --out "$WORK/confirm-v31-nc"
+      fwd_bwd_pair confirm-v31-nc 300 confirm-v31-nc "flashjax_mosaic \
+        flashjax_mosaic+bwd.shared_full=False flashjax_mosaic+bwd.shared_full=True" \
+        --head-dims 128 --seqs 2048 4096 8192 16384 --causal false --repeats 7
       step confirm-v31-nc env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout 120 \
         $PY -m pytest -v -p no:cacheprovider $HUNG 100 tests/test_large.py \
         -k "mosaic and d128 and not causal" ;;
@@ -1930,11 +1932,9 @@ for s in "$@"; do
       # v31 as taken (shared_full in every d 128 fused backward) against it
       # off and cuDNN at 16k keys, causal and not, bf16 and fp16, 9 rounds
       # (~2 min)
-      step confirm-v31-16k timeout 150 $PY benchmarks/bench_attention.py \
-        --impls flashjax_mosaic flashjax_mosaic+bwd.shared_full=False cudnn \
-        --dtypes bfloat16 float16 --head-dims 128 --seqs 16384 \
-        --causal false true --modes fwd_bwd --matmul 0 --repeats 9 \
-        --out "$WORK/confirm-v31-16k" ;;
+      fwd_bwd_pair confirm-v31-16k 150 confirm-v31-16k \
+        "flashjax_mosaic flashjax_mosaic+bwd.shared_full=False" \
+        --head-dims 128 --seqs 16384 --causal false true --repeats 9 ;;
     opts-d64-causal-bwd)
       # the furthest forward+backward miss (d 64 causal 16k, 1.01x cuDNN in
       # v31's table, bf16 and fp16): its fused split-dQ backward (2 stages)
@@ -1942,15 +1942,12 @@ for s in "$@"; do
       # on the H200 only: 3 stages (with and without shared_full), L in
       # log2 units, deferred waits with folded statistics; all lower for
       # CUDA (forty-ninth session), 9 rounds, ptxas's spill lines (~4 min)
-      step opts-d64-causal-bwd env MOSAIC_GPU_DUMP_PTXAS=1 timeout 270 $PY \
-        benchmarks/bench_attention.py --impls flashjax_mosaic \
-        flashjax_mosaic+bwd.stages=3 \
+      MOSAIC_GPU_DUMP_PTXAS=1 fwd_bwd_pair opts-d64-causal-bwd 270 \
+        opts-d64-causal-bwd "flashjax_mosaic flashjax_mosaic+bwd.stages=3 \
         flashjax_mosaic+bwd.stages=3+bwd.shared_full=True \
         flashjax_mosaic+bwd.lse_log2=True \
-        flashjax_mosaic+bwd.deferred_waits=True+bwd.fold_stats=True cudnn \
-        --dtypes bfloat16 float16 --head-dims 64 --seqs 16384 --causal true \
-        --modes fwd_bwd --matmul 0 --repeats 9 \
-        --out "$WORK/opts-d64-causal-bwd"
+        flashjax_mosaic+bwd.deferred_waits=True+bwd.fold_stats=True" \
+        --head-dims 64 --seqs 16384 --causal true --repeats 9
       ptxas_table opts-d64-causal-bwd ;;
     tests-v30)
       # v30's kernel (d 64's fused non-causal backward with shared_full)

@@ -83,6 +83,9 @@ NCU_METRICS = [
 ]
 
 
+SPAN = "(span)"   # the row of a profile's span on the GPU and wall clock
+
+
 def gpu_kernel_events(trace: dict) -> list:
   """The trace's GPU kernels (Chrome trace format: a device's ``pid`` is
   named ``/device:GPU:…``, its kernels are complete events on ``Stream``
@@ -358,9 +361,6 @@ def ptxas_table(log_text: str) -> str:
   if not out:
     raise ValueError("no ptxas 'Function properties' lines in the log")
   return "\n".join(out)
-
-
-SPAN = "(span)"   # the row of a profile's span on the GPU and wall clock
 
 
 def table(rows) -> str:

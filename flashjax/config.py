@@ -412,7 +412,6 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
                  seq_kv >= 8192)
   fused = (head_dim > 64 and not causal) or split or long_causal
-  d64_fused = split and not causal       # owned tiles in registers
   lse_log2 = head_dim <= 64 and not causal
   if not fused:
     stages = 2
@@ -427,7 +426,7 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                             compute_registers=240 if long_causal else 232,
                             step_descriptors=fused and head_dim > 64,
                             lse_log2=lse_log2,
-                            owned_registers=d64_fused,
+                            owned_registers=split and not causal,
                             shared_full=fused and not (split and causal))
   return Config(fwd=config.fwd.shrink_to_fit(head_dim, itemsize),
                 bwd=config.bwd.shrink_to_fit(head_dim, itemsize), mosaic=mosaic,
