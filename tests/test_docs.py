@@ -1,8 +1,10 @@
 """The README and docs/: every relative link and image points at a file in
-the repository (the figures' raw files are cited by link)."""
+the repository (the figures' raw files are cited by link), and the README's
+tables of results are what the committed scripts' raw output says."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -33,3 +35,58 @@ def test_the_readme_links_its_figures():
   assert any(x.endswith(".png") for x in found)
   assert {"docs/benchmarks.md", "docs/fp8.md", "docs/training.md",
           "docs/defaults.md"} <= set(found)
+
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def readme_rows() -> list[list[str]]:
+  """The README's table rows, split into their cells."""
+  return [[c.strip() for c in line.strip("|").split("|")]
+          for line in (ROOT / "README.md").read_text().splitlines()
+          if line.startswith("| ")]
+
+
+def test_the_readme_hopper_table_is_the_committed_results():
+  """The README's table of the Hopper kernels against the peers is, row for
+  row, ``bench_attention.py --joined`` of the committed merged results."""
+  from benchmarks import bench_attention
+  parts = [json.loads((RESULTS / name).read_text()) for name in
+           ("attention-mosaic-h100.json", "attention-mosaic-fp16-h100.json")]
+  table = bench_attention.joined_table(parts).splitlines()
+  rows = [line for line in table if not line.startswith("|---")]
+  readme = (ROOT / "README.md").read_text().splitlines()
+  assert len(rows) == 25          # the header and 24 shapes × modes
+  assert [line for line in rows if line not in readme] == []
+
+
+def test_the_readme_fp8_accuracy_table_is_the_committed_results():
+  """The README's FP8 RMSE table is ``fp8_accuracy.py``'s H100 run, every
+  figure as the script rounds it."""
+  data = json.loads((RESULTS / "fp8-accuracy-h100.json").read_text())
+  rmse = {(r["inputs"], r["causal"], r["variant"]): r["rmse"]
+          for r in data["rows"]}
+  variants = ("bf16", "fp8_e4m3", "fp8_e4m3_per_head", "fp8_e4m3_rotated",
+              "fp8_e5m2", "fp8_e5m2_rotated", "cudnn_fp8_unit_scales")
+  rows = readme_rows()
+  for inputs in ("normal", "outliers"):
+    for causal in (False, True):
+      want = [inputs, "yes" if causal else "no",
+              *(f"{rmse[inputs, causal, v]:.2e}" for v in variants)]
+      assert want in rows, want
+
+
+def test_the_readme_training_table_is_the_committed_results():
+  """The README's steps/s table is ``bench_train.py``'s H200 run, cell for
+  cell, where the README words a missing figure ("out of memory ...",
+  "not run") in place of the script's "OOM/error" or "—"."""
+  lines = (RESULTS / "train-h200.md").read_text().splitlines()
+  script = [[c.strip() for c in line.strip("|").split("|")]
+            for line in lines if line.startswith("| ")][1:]
+  readme = {row[0]: row for row in readme_rows()}
+  assert len(script) == 4
+  for row in script:
+    shown = readme[row[0]]
+    assert len(shown) == len(row), row
+    for cell, said in zip(row, shown):
+      assert said == cell or cell in ("OOM/error", "—"), (row, shown)
