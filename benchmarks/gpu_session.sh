@@ -518,6 +518,11 @@
 #              540 s ended during 32k's dense case, after flash's; dense's
 #              cases past its out-of-memory point are now left out)
 #   train-cudnn  bench_train, flash against cuDNN only, 1k / 4k / 16k (~5 min)
+#   train-h100  bench_train on the current kernels, flash, dense and cuDNN,
+#              at TRAIN_SEQS (default 1k / 2k / 4k; then TRAIN_SEQS="8192
+#              16384" in the next call), into train-h100-<seqs>; merged with
+#              `--merge` afterwards: the training target at every length
+#              from 1k to 16k on one machine (~6 min a call)
 #   train-more bench_train at 2k and 8k, and cuDNN at 32k (in case train's
 #              time runs out before it), merged with `--merge` into train's
 #              table afterwards (~6 min)
@@ -1291,6 +1296,11 @@ for s in "$@"; do
       step train-cudnn timeout 380 $PY benchmarks/bench_train.py \
         --seqs ${TRAIN_SEQS:-1024 4096 16384} --attentions flash cudnn --timeout 120 \
         --out "$WORK/train-cudnn" ;;
+    train-h100)
+      seqs=${TRAIN_SEQS:-1024 2048 4096}
+      # shellcheck disable=SC2086  # seqs: a word list
+      step train-h100 timeout 560 $PY benchmarks/bench_train.py --seqs $seqs \
+        --timeout 150 --out "$WORK/train-h100-${seqs// /-}" ;;
     train-more)
       step train-more timeout 400 $PY benchmarks/bench_train.py \
         --seqs 2048 8192 --timeout 120 --out "$WORK/train-2k8k"
