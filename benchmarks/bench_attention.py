@@ -25,7 +25,8 @@ and a markdown table with the ratio to cuDNN from the same run.
   forward at the longest seq as a share of it.
 
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
-flashjax_mosaic (the Hopper kernels), cudnn, xla, jax_pallas_mha (JAX's Triton
+flashjax_mosaic (the Hopper kernels), flashjax_mosaic_deterministic (the
+Hopper kernels with ``deterministic=True``: the two-kernel backward), cudnn, xla, jax_pallas_mha (JAX's Triton
 ``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
 tokamax_mosaic (needs tokamax installed); the FP8 training policy on 16-bit
 inputs (quantisation inside the call; forward and forward+backward):
@@ -79,8 +80,9 @@ def impls(causal: bool):
   def flash(q, k, v):
     return flashjax.attention(q, k, v, causal=causal, backend="triton")
 
-  def flash_mosaic(q, k, v):
-    return flashjax.attention(q, k, v, causal=causal, backend="mosaic")
+  def flash_mosaic(q, k, v, deterministic=False):
+    return flashjax.attention(q, k, v, causal=causal, backend="mosaic",
+                              deterministic=deterministic)
 
   def jax_mgpu(q, k, v):
     # JAX's FA3-style Mosaic kernel: float16 only, no softmax scale (pre-scale
@@ -137,6 +139,8 @@ def impls(causal: bool):
     return o[0] if isinstance(o, (tuple, list)) else o
 
   return {"flashjax": flash, "flashjax_mosaic": flash_mosaic,
+          "flashjax_mosaic_deterministic": functools.partial(
+              flash_mosaic, deterministic=True),
           "cudnn": cudnn,
           "xla": xla, "jax_pallas_mha": pallas_mha,
           "jax_attention_mgpu": jax_mgpu, "tokamax_mosaic": tokamax_mosaic,

@@ -366,6 +366,12 @@
 #              test_large's d 128 non-causal case compiled (~4 min)
 #   confirm-v31-16k  v31 (shared_full in d 128's fused backward) against it
 #              off and cuDNN at 16k, causal and not, bf16 and fp16 (~1.5 min)
+#   deterministic  flashjax.attention(deterministic=True), the two-kernel
+#              backward where the defaults fuse dQ: its tests compiled (4k
+#              gradients against the reference and a second run, bit for
+#              bit), then forward+backward against the default and cuDNN,
+#              d 128 and 64, 4k and 16k, causal and not, bf16: what
+#              determinism costs, for the docstring (~5 min)
 #   opts-d64-causal-bwd  d 64 causal 16k forward+backward (the furthest
 #              miss) with its fused backward in 3 stages (with and without
 #              shared_full), L in log2 units, deferred waits with folded
@@ -1946,6 +1952,16 @@ for s in "$@"; do
       fwd_bwd_pair confirm-v31-16k 150 confirm-v31-16k \
         "flashjax_mosaic flashjax_mosaic+bwd.shared_full=False" \
         --head-dims 128 --seqs 16384 --causal false true --repeats 9 ;;
+    deterministic)
+      # the two-kernel backward that deterministic=True takes where the
+      # defaults fuse dQ (fiftieth session, CPU: lowers for CUDA, passes in
+      # the interpreter): compiled, then what it costs
+      mosaic_tests deterministic 120 -k "deterministic"
+      step deterministic timeout 330 $PY benchmarks/bench_attention.py \
+        --impls flashjax_mosaic flashjax_mosaic_deterministic cudnn \
+        --dtypes bfloat16 --head-dims 128 64 --seqs 4096 16384 \
+        --causal false true --modes fwd_bwd --matmul 0 --repeats 7 \
+        --out "$WORK/deterministic" ;;
     opts-d64-causal-bwd)
       # the furthest forward+backward miss (d 64 causal 16k, 1.01x cuDNN in
       # v31's table, bf16 and fp16): its fused split-dQ backward (2 stages)

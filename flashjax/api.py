@@ -33,7 +33,8 @@ def attention(q, k, v, *, causal: bool = False, segment_ids=None,
               softcap=None, scale=None,
               return_lse: bool = False, config=None, backend: str = "auto",
               interpret: bool | None = None, fp8=None, fp8_qk: bool = True,
-              q_descale=None, k_descale=None, v_descale=None, out_dtype=None):
+              q_descale=None, k_descale=None, v_descale=None, out_dtype=None,
+              deterministic: bool = False):
   """Exact softmax attention, fused and tiled (FlashAttention 2).
 
   Args:
@@ -89,6 +90,16 @@ def attention(q, k, v, *, causal: bool = False, segment_ids=None,
       (:func:`flashjax.fp8.quantize_v`): the Hopper FP8 forward's own layout,
       which spares it the transpose of V it runs before the kernel otherwise.
     out_dtype: O's dtype for FP8 inputs: bfloat16 (default) or float16.
+    deterministic: gradients equal bit for bit from run to run. The Hopper
+      backward fuses dQ into its dK/dV kernel by default at d 128
+      non-causal, d 128 causal from 8k keys and d 64 from 4k keys
+      (non-causal) or 16k (causal); there every key tile reduce-adds its
+      float32 share of dQ, in an order that varies from run to run (the
+      results differ in the last bits). ``True`` runs the two-kernel
+      backward there instead (dQ in a kernel of its own), as FlashAttention's
+      ``deterministic=True`` does (its cost is not yet timed on a GPU:
+      ``benchmarks/gpu_session.sh deterministic``). The forward and the
+      portable backward are deterministic either way.
 
   Returns:
     O ``[batch, seq_q, num_q_heads, head_dim]`` in q's dtype (and L if
@@ -100,7 +111,7 @@ def attention(q, k, v, *, causal: bool = False, segment_ids=None,
       kv_segment_ids=kv_segment_ids,
       causal=causal, window=window, softcap=softcap, scale=scale,
       config=config, backend=backend, interpret=interpret, fp8=fp8,
-      fp8_qk=fp8_qk, out_dtype=out_dtype)
+      fp8_qk=fp8_qk, out_dtype=out_dtype, deterministic=deterministic)
   descale = check_descales(plan, q_descale, k_descale, v_descale)
   if isinstance(v, fp8_lib.KeyMajorV) and not plan.v_key_major:
     v = v.to_bshd()            # every kernel but the Hopper FP8 forward's

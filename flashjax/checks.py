@@ -109,7 +109,7 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
               kv_segment_ids=None, causal=False, window=None, softcap=None,
               scale=None,
               config=None, backend="auto", interpret=None, fp8=None,
-              fp8_qk=True, out_dtype=None):
+              fp8_qk=True, out_dtype=None, deterministic=False):
   """Validate the arguments of :func:`flashjax.attention` and resolve them.
 
   Returns ``(plan, q_segment_ids, kv_segment_ids)``, the ids as int32 (kv ids
@@ -160,6 +160,9 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
   dtype, fp8, fp8_inputs = _check_fp8(dtype, fp8, out_dtype)
   if not isinstance(fp8_qk, bool):
     raise TypeError(f"fp8_qk must be True or False, got {fp8_qk!r}.")
+  if not isinstance(deterministic, bool):
+    raise TypeError(f"deterministic must be True or False, got "
+                    f"{deterministic!r}.")
   if not fp8_qk and (fp8 is None or fp8_inputs):
     raise ValueError(
         f"fp8_qk=False keeps Q Kᵀ in 16 bits under the fp8 policy (fp8=True "
@@ -211,10 +214,17 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
   if config is None:
     config = default_config(head_dim_padded, itemsize, causal=bool(causal),
                             fp8=fp8 is not None, fp8_qk=fp8_qk,
-                            banded=mask.banded, seq_kv=seq_kv, seq_q=seq_q)
+                            banded=mask.banded, seq_kv=seq_kv, seq_q=seq_q,
+                            deterministic=deterministic)
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
+  elif deterministic and backend == "mosaic" and config.mosaic_bwd.fused_dq:
+    raise ValueError(
+        "deterministic=True needs the two-kernel Hopper backward, got a "
+        "config with mosaic_bwd.fused_dq=True (its dQ is reduce-added in an "
+        "order that varies); pass config=None or a MosaicBlocks with "
+        "fused_dq=False.")
   tilings = [("fwd", config.fwd, config.fwd.smem_bytes(head_dim_padded,
                                                        itemsize)),
              ("bwd", config.bwd, config.bwd.smem_bytes(head_dim_padded,

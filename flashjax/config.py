@@ -301,7 +301,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                    fp8: bool = False, fp8_qk: bool = True,
                    banded: bool | None = None,
                    seq_kv: int | None = None,
-                   seq_q: int | None = None) -> Config:
+                   seq_q: int | None = None,
+                   deterministic: bool = False) -> Config:
   """Per-head-dim defaults.
 
   ``head_dim`` is the padded (power of 2) head dim the kernels see,
@@ -315,7 +316,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   K/V tile and grid and the backward's kernels (None: the causal forward's
   grid as beyond 16k keys, the FP8 causal forward's K/V tile as below 2k
   keys, the backward as below 4k keys), ``seq_q`` (default ``seq_kv``)
-  whether 16-bit d 64's causal query tiles pair up evenly there. The
+  whether 16-bit d 64's causal query tiles pair up evenly there;
+  ``deterministic``: the Hopper backward as two kernels (dQ; dK/dV) where
+  it would fuse dQ into the dK/dV kernel, whose float32 reduce-adds into
+  dQ land in an order that varies from run to run. The
   16-bit choices for 64 and 128 are the fastest of
   benchmarks/tune_blocks.py on the H100 (bf16, batch 4 × seq 4096, causal
   and not); wider dtypes shrink the portable kernels' tiles until their
@@ -407,11 +411,12 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # fused kernel (shared_full, forty-ninth session: causal 8k 5-7%, 16k
   # -1 to +6%; non-causal 2k-16k 1-5%, 16k once -1.8%; d 64's fused causal
   # kernel -1 to +2%, not taken).
-  split = (head_dim <= 64 and seq_kv is not None and
+  split = (head_dim <= 64 and seq_kv is not None and not deterministic and
            seq_kv >= (16384 if causal else 4096))
   long_causal = (head_dim > 64 and causal and seq_kv is not None and
                  seq_kv >= 8192)
-  fused = (head_dim > 64 and not causal) or split or long_causal
+  fused = not deterministic and (
+      (head_dim > 64 and not causal) or split or long_causal)
   lse_log2 = head_dim <= 64 and not causal
   if not fused:
     stages = 2
@@ -423,7 +428,8 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                             block_q_dkv=64, fused_dq=fused, split_dq=split,
                             deferred_waits=head_dim > 64,
                             fold_stats=head_dim > 64, index_vectors=True,
-                            compute_registers=240 if long_causal else 232,
+                            compute_registers=(240 if fused and long_causal
+                                               else 232),
                             step_descriptors=fused and head_dim > 64,
                             lse_log2=lse_log2,
                             owned_registers=split and not causal,

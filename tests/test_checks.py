@@ -68,6 +68,13 @@ BAD = [
     ((q, k, v), {"backend": "cuda"}, ValueError, "backend must be one of"),
     ((q, k, v), {"config": {"block_q": 64}}, TypeError,
      "config must be a flashjax.Config"),
+    ((q, k, v), {"deterministic": 1}, TypeError,
+     "deterministic must be True or False, got 1"),
+    (_qkv(d=128, dtype=jnp.bfloat16),
+     {"deterministic": True, "backend": "mosaic",
+      "config": flashjax.default_config(128)}, ValueError,
+     r"deterministic=True needs the two-kernel Hopper backward, got a config "
+     r"with mosaic_bwd.fused_dq=True"),
 ]
 
 

@@ -1242,6 +1242,54 @@ def test_owned_registers_with_shared_full(causal):
                     config=config)
 
 
+def test_deterministic_backward_by_config():
+  """``deterministic=True`` keeps the forward's tiling and runs the Hopper
+  backward as two kernels (dQ; dK/dV) in 2 stages wherever the defaults
+  fuse dQ into the dK/dV kernel (whose float32 reduce-adds into dQ land in
+  an order that varies): the two-kernel tiling the defaults take at
+  shorter lengths, which fits shared memory. Lowered for CUDA where the
+  defaults fuse (d 128 non-causal, d 64 causal at 16k): three kernels."""
+  for head_dim in (64, 128):
+    for causal in (False, True):
+      for seq_kv in (1024, 4096, 16384, None):
+        default = flashjax.default_config(head_dim, causal=causal,
+                                          seq_kv=seq_kv)
+        config = flashjax.default_config(head_dim, causal=causal,
+                                         seq_kv=seq_kv, deterministic=True)
+        blocks = config.mosaic_bwd
+        assert dataclasses.replace(config, mosaic_bwd=default.mosaic_bwd) == (
+            default)
+        assert (blocks.fused_dq, blocks.split_dq, blocks.stages,
+                blocks.compute_registers, blocks.step_descriptors,
+                blocks.shared_full, blocks.owned_registers) == (
+                    False, False, 2, 232, False, False, False)
+        assert blocks.smem_bytes(head_dim, 2, backward=True) <= (
+            flashjax.config.SMEM_BYTES)
+        if not default.mosaic_bwd.fused_dq:
+          assert config == default
+  for head_dim, causal in ((128, False), (64, True)):
+    config = flashjax.default_config(head_dim, causal=causal, seq_kv=16384,
+                                     deterministic=True)
+    assert grad_kernels(config, head_dim, "bfloat16", causal) == 3
+
+
+def test_deterministic_gradients():
+  """``flashjax.attention(..., deterministic=True)`` at d 128 non-causal
+  (fused by default): against the reference (GQA, odd lengths); compiled,
+  at 4k keys (32 key tiles reduce-adding into every dQ row under the
+  defaults), against the reference and a second run, bit for bit."""
+  gpu = jax.default_backend() == "gpu"
+  case = Case(dtype="bfloat16", batch=1, seq_q=4096 if gpu else 100,
+              seq_kv=4096 if gpu else 130, num_q_heads=4 if gpu else 2,
+              num_kv_heads=2 if gpu else 1, head_dim=128)
+  got, _ = check_attention(case, backend="mosaic", deterministic=True)
+  if gpu:
+    again, _ = check_attention(case, backend="mosaic", deterministic=True)
+    for name in ("o", "lse", "dq", "dk", "dv"):
+      np.testing.assert_array_equal(np.asarray(again[name], np.float32),
+                                    np.asarray(got[name], np.float32))
+
+
 # (case, seed) where D = rowsum(dO ∘ O) from the rounded O misses the rule:
 # the property test's draw (eighth session) and parity_sweep.py's two
 # (thirty-eighth, benchmarks/results/raw/parity-sweep-shared-full[-fused]-
