@@ -44,7 +44,7 @@ def make_attention_fn(*, causal: bool = False, padding: bool = False,
                       q_segment_ids=None, kv_segment_ids=None,
                       verify: bool = True, backend: str = "auto",
                       interpret: bool | None = None, fp8=None,
-                      fp8_qk: bool = True):
+                      fp8_qk: bool = True, deterministic_grads: bool = False):
   """An ``attention_fn`` for Flax attention modules that runs flashjax.
 
   Args:
@@ -62,6 +62,10 @@ def make_attention_fn(*, causal: bool = False, padding: bool = False,
     backend, interpret, fp8, fp8_qk: as in :func:`flashjax.attention`
       (``fp8=True``: FP8 forward, 16-bit backward; ``fp8_qk=False``: only P
       and V in FP8).
+    deterministic_grads: :func:`flashjax.attention`'s ``deterministic``
+      (gradients equal bit for bit from run to run); not Flax's
+      ``deterministic``, which the modules pass at call time to turn
+      dropout off.
 
   Returns:
     ``attention_fn(query, key, value, bias=None, mask=None, ...)`` accepting
@@ -128,7 +132,8 @@ def make_attention_fn(*, causal: bool = False, padding: bool = False,
 
     out = flashjax.attention(q, k, v, causal=is_causal, q_segment_ids=q_ids,
                              kv_segment_ids=kv_ids, backend=backend, fp8=fp8,
-                             fp8_qk=fp8_qk, interpret=interpret)
+                             fp8_qk=fp8_qk, interpret=interpret,
+                             deterministic=deterministic_grads)
     return out.reshape(batch_shape + (seq_q, heads, value.shape[-1]))
 
   return attention_fn
@@ -213,6 +218,7 @@ class FlashMultiHeadAttention(nn.Module):
   interpret: bool | None = None
   fp8: bool | str | None = None       # FP8 forward (see flashjax.attention)
   fp8_qk: bool = True                 # False: only P and V in FP8
+  deterministic_grads: bool = False   # flashjax.attention's deterministic
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, q_segment_ids=None,
@@ -231,7 +237,8 @@ class FlashMultiHeadAttention(nn.Module):
                            q_segment_ids=q_segment_ids,
                            kv_segment_ids=kv_segment_ids, backend=self.backend,
                            interpret=self.interpret, fp8=self.fp8,
-                           fp8_qk=self.fp8_qk)
+                           fp8_qk=self.fp8_qk,
+                           deterministic=self.deterministic_grads)
     return nn.DenseGeneral(self.out_features or features, axis=(-2, -1),
                            use_bias=self.use_bias, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="out")(o)
@@ -246,6 +253,7 @@ class NnxFlashMultiHeadAttention(nnx.Module):
                use_bias: bool = False, dtype=None, param_dtype=jnp.float32,
                backend: str = "auto", interpret: bool | None = None,
                fp8: bool | str | None = None, fp8_qk: bool = True,
+               deterministic_grads: bool = False,
                rngs: nnx.Rngs):
     head_dim = head_dim or in_features // num_heads
     kv_heads = num_kv_heads or num_heads
@@ -260,6 +268,7 @@ class NnxFlashMultiHeadAttention(nnx.Module):
                                  param_dtype=param_dtype, rngs=rngs)
     self.causal, self.backend, self.interpret = causal, backend, interpret
     self.fp8, self.fp8_qk = fp8, fp8_qk
+    self.deterministic_grads = deterministic_grads
 
   def __call__(self, inputs_q, inputs_kv=None, *, q_segment_ids=None,
                kv_segment_ids=None):
@@ -268,5 +277,6 @@ class NnxFlashMultiHeadAttention(nnx.Module):
         self.query(inputs_q), self.key(inputs_kv), self.value(inputs_kv),
         causal=self.causal, q_segment_ids=q_segment_ids,
         kv_segment_ids=kv_segment_ids, backend=self.backend,
-        interpret=self.interpret, fp8=self.fp8, fp8_qk=self.fp8_qk)
+        interpret=self.interpret, fp8=self.fp8, fp8_qk=self.fp8_qk,
+        deterministic=self.deterministic_grads)
     return self.out(o)

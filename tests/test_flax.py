@@ -190,3 +190,28 @@ def test_fp8_reaches_the_kernel_from_flax():
   assert 0 < rel_pv < 0.1, rel_pv
   assert not np.array_equal(np.asarray(pv_only, np.float32),
                             np.asarray(got, np.float32))
+
+
+def test_deterministic_grads_reach_the_kernel_from_flax(monkeypatch):
+  """``deterministic_grads`` on make_attention_fn and on both modules is
+  flashjax.attention's ``deterministic`` (Flax's call-time ``deterministic``
+  is dropout's, and stays so)."""
+  seen = []
+  attention = flashjax.attention
+
+  def recorded(*args, **kwargs):
+    seen.append(kwargs["deterministic"])
+    return attention(*args, **kwargs)
+  monkeypatch.setattr(flashjax, "attention", recorded)
+  x, _ = _inputs()
+  q = x.reshape(BATCH, SEQ, HEADS, -1)
+  kwargs = dict(num_heads=HEADS, causal=True)
+  for flag in (False, True):
+    make_attention_fn(causal=True, deterministic_grads=flag)(
+        q, q, q, deterministic=not flag)
+    linen = FlashMultiHeadAttention(**kwargs, deterministic_grads=flag)
+    linen.apply(linen.init(jax.random.key(0), x), x)
+    NnxFlashMultiHeadAttention(in_features=FEATURES, **kwargs,
+                               deterministic_grads=flag, rngs=nnx.Rngs(0))(x)
+  # init and apply both call it for the linen module
+  assert seen == [False] * 4 + [True] * 4
