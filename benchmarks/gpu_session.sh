@@ -375,8 +375,9 @@
 #   opts-d64-causal-bwd  d 64 causal 16k forward+backward (the furthest
 #              miss) with its fused backward in 3 stages (with and without
 #              shared_full), L in log2 units, deferred waits with folded
-#              statistics, the two kernels of shorter lengths, against the
-#              default and cuDNN (~4.5 min)
+#              statistics, the two kernels of shorter lengths, the
+#              non-causal kernel's options together, against the default
+#              and cuDNN (~5 min)
 #   opts-d64-causal-16k  the 16-bit d 64 causal forward at 16k keys, the
 #              one row of the forty-fifth session's table where tokamax led
 #              (bf16 2.239 against our 2.283 ms): the paired persistent grid
@@ -1967,16 +1968,20 @@ for s in "$@"; do
       # v31's table, bf16 and fp16): its fused split-dQ backward (2 stages)
       # re-timed on the H100 with the backward options timed elsewhere or
       # on the H200 only: 3 stages (with and without shared_full), L in
-      # log2 units, deferred waits with folded statistics, and the two
-      # kernels (dQ; dK/dV) that run below 16k keys, a cut-over last timed
-      # in the twenty-first session; all lower for CUDA (forty-ninth and
-      # fiftieth sessions), 9 rounds, ptxas's spill lines (~4.5 min)
-      MOSAIC_GPU_DUMP_PTXAS=1 fwd_bwd_pair opts-d64-causal-bwd 300 \
+      # log2 units, deferred waits with folded statistics, the two kernels
+      # (dQ; dK/dV) that run below 16k keys (a cut-over last timed in the
+      # twenty-first session), and the non-causal kernel's options all
+      # together (5 stages, L in log2 units, owned tiles in registers,
+      # shared_full: each alone timed even or slower causal); all lower for
+      # CUDA (forty-ninth and fiftieth sessions), 9 rounds, ptxas's spill
+      # lines (~5 min)
+      MOSAIC_GPU_DUMP_PTXAS=1 fwd_bwd_pair opts-d64-causal-bwd 330 \
         opts-d64-causal-bwd "flashjax_mosaic flashjax_mosaic+bwd.stages=3 \
         flashjax_mosaic+bwd.stages=3+bwd.shared_full=True \
         flashjax_mosaic+bwd.lse_log2=True \
         flashjax_mosaic+bwd.deferred_waits=True+bwd.fold_stats=True \
-        flashjax_mosaic+bwd.fused_dq=False+bwd.split_dq=False" \
+        flashjax_mosaic+bwd.fused_dq=False+bwd.split_dq=False \
+        flashjax_mosaic+bwd.stages=5+bwd.lse_log2=True+bwd.owned_registers=True+bwd.shared_full=True" \
         --head-dims 64 --seqs 16384 --causal true --repeats 9
       ptxas_table opts-d64-causal-bwd ;;
     tests-v30)
