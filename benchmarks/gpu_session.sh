@@ -366,6 +366,14 @@
 #              test_large's d 128 non-causal case compiled (~4 min)
 #   confirm-v31-16k  v31 (shared_full in d 128's fused backward) against it
 #              off and cuDNN at 16k, causal and not, bf16 and fp16 (~1.5 min)
+#   d256       d 256's Hopper forward (fiftieth session, CPU: lowers for
+#              CUDA, passes in the interpreter; "auto" takes it only once
+#              this passes): its tests compiled, then bf16 forward and
+#              forward+backward (the portable backward) against cuDNN, the
+#              portable kernels and XLA's matmul rate, 4k / 16k, causal and
+#              not, with ptxas's spill lines (~7 min)
+#   d256-fp8   the FP8 forward at d 256 against cuDNN FP8 and our bf16, 4k /
+#              16k, causal and not, ptxas's spill lines (~3 min)
 #   deterministic  flashjax.attention(deterministic=True), the two-kernel
 #              backward where the defaults fuse dQ: its tests compiled (4k
 #              gradients against the reference and a second run, bit for
@@ -1953,6 +1961,25 @@ for s in "$@"; do
       fwd_bwd_pair confirm-v31-16k 150 confirm-v31-16k \
         "flashjax_mosaic flashjax_mosaic+bwd.shared_full=False" \
         --head-dims 128 --seqs 16384 --causal false true --repeats 9 ;;
+    d256)
+      mosaic_tests d256 150 -k "d256"
+      fp8_tests d256 120 -k "d256"
+      step d256 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 timeout 120 \
+        $PY -m pytest -v -p no:cacheprovider $HUNG 90 \
+        tests/test_attention.py -k "mosaic and d256"
+      step d256 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 330 \
+        $PY benchmarks/bench_attention.py --impls flashjax_mosaic flashjax \
+        cudnn --dtypes bfloat16 --head-dims 256 --seqs 4096 16384 \
+        --causal false true --modes fwd fwd_bwd --repeats 5 \
+        --out "$WORK/d256"
+      ptxas_table d256 ;;
+    d256-fp8)
+      step d256-fp8 env MOSAIC_GPU_DUMP_PTXAS=1 timeout 200 \
+        $PY benchmarks/bench_attention.py --impls flashjax_fp8_mosaic_vt \
+        cudnn_fp8 flashjax_mosaic --dtypes bfloat16 --head-dims 256 \
+        --seqs 4096 16384 --causal false true --modes fwd --matmul 0 \
+        --repeats 5 --out "$WORK/d256-fp8"
+      ptxas_table d256-fp8 ;;
     deterministic)
       # the two-kernel backward that deterministic=True takes where the
       # defaults fuse dQ (fiftieth session, CPU: lowers for CUDA, passes in

@@ -59,7 +59,8 @@ def attention(q, k, v, *, causal: bool = False, segment_ids=None,
       float32 ``[batch, num_q_heads, seq_q]`` (differentiable).
     config: :class:`flashjax.Config` block sizes; default per head dim.
     backend: ``"mosaic"``: the Hopper kernels (Mosaic GPU: TMA, wgmma,
-      warp specialisation; bf16/f16, head_dim 64/128 (96 padded));
+      warp specialisation; bf16/f16, head_dim 64/128 (96 padded); at
+      head_dim 136-256 the forward, with the portable backward);
       ``"triton"``: the portable Pallas kernels (Triton-lowered), any
       case; ``"auto"``: mosaic on an sm_90 GPU when it takes the case, else
       triton (also on the CPU, in interpret mode; :func:`explain` says
@@ -141,11 +142,13 @@ def explain(q, k, v, **kwargs) -> str:
   if plan.backend == "reference":
     return "reference: dense jnp attention (O(N^2) memory)"
   mode = "interpret mode (CPU)" if plan.interpret else "compiled"
-  kernels = (mosaic_kernels.kernel_name(bool(plan.fp8)),
-             " + ".join(mosaic_kernels.kernel_names(plan.config.mosaic_bwd)))
+  backward = (
+      f"backward {' + '.join(mosaic_kernels.kernel_names(plan.config.mosaic_bwd))}"
+      f" ({plan.config.mosaic_bwd.summary()})" if plan.hopper_backward else
+      f"backward portable, Triton-lowered, {plan.bwd_blocks}")
   tiles = (f"Mosaic GPU, 2+1 warpgroups, CTA tiles {2 * MOSAIC_BLOCK_Q} rows, "
-           f"forward {kernels[0]} ({plan.config.mosaic.summary()}), backward "
-           f"{kernels[1]} ({plan.config.mosaic_bwd.summary()})"
+           f"forward {mosaic_kernels.kernel_name(bool(plan.fp8))} "
+           f"({plan.config.mosaic.summary()}), {backward}"
            if plan.backend == "mosaic" else
            f"Triton-lowered, fwd {plan.fwd_blocks}, bwd {plan.bwd_blocks}")
   return (f"{plan.backend}: Pallas kernels, {mode}; {tiles}; "
@@ -205,7 +208,7 @@ def _forward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, descale,
 
 def _backward_kernel(plan: Plan, q, k, v, q_seg, kv_seg, do, lse, delta,
                      dlse):
-  if plan.backend == "mosaic":
+  if plan.hopper_backward:
     return mosaic_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse,
                                    delta, dlse)
   return triton_kernels.backward(plan, q, k, v, q_seg, kv_seg, do, lse, delta,

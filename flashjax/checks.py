@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flashjax.config import (MOSAIC_BLOCK_Q, MOSAIC_COMPUTE_WGS,
+from flashjax.config import (MOSAIC_AUTO_HEAD_DIMS, MOSAIC_BLOCK_Q,
+                             MOSAIC_BWD_HEAD_DIMS, MOSAIC_COMPUTE_WGS,
                              MOSAIC_HEAD_DIMS, SMEM_BYTES, Blocks, Config,
                              default_config, padded_head_dim)
 from flashjax.fp8 import KeyMajorV
@@ -65,6 +66,13 @@ class Plan:
   def head_dim_padded(self) -> int:
     """Head dim the kernels see: the next power of 2 (Triton tiles need it)."""
     return padded_head_dim(self.head_dim)
+
+  @property
+  def hopper_backward(self) -> bool:
+    """Whether the Hopper kernels differentiate this call (else, at d 256
+    under ``backend="mosaic"``, the portable backward does)."""
+    return (self.backend == "mosaic"
+            and self.head_dim_padded in MOSAIC_BWD_HEAD_DIMS)
 
   @property
   def fwd_blocks(self) -> Blocks:
@@ -202,7 +210,10 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
     # The Hopper kernels on an sm_90 GPU when they take the case; the portable
     # kernels otherwise (and always on the CPU, where they are interpreted).
     hopper = on_gpu and _is_sm90(jax.devices()[0])
-    why_not = unsupported
+    why_not = unsupported or (
+        None if head_dim_padded in MOSAIC_AUTO_HEAD_DIMS else
+        f"head_dim {head_dim}: the Hopper forward takes it only when asked "
+        f"for (backend='mosaic') until it has run compiled")
     backend = "mosaic" if hopper and not why_not else "triton"
     log.debug("flashjax: backend auto -> %s (%s)", backend,
               "sm_90" if hopper and not why_not else
@@ -219,7 +230,8 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
-  elif deterministic and backend == "mosaic" and config.mosaic_bwd.fused_dq:
+  elif (deterministic and backend == "mosaic" and config.mosaic_bwd.fused_dq
+        and head_dim_padded in MOSAIC_BWD_HEAD_DIMS):
     raise ValueError(
         "deterministic=True needs the two-kernel Hopper backward, got a "
         "config with mosaic_bwd.fused_dq=True (its dQ is reduce-added in an "
@@ -233,8 +245,10 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
     tilings += [("mosaic", config.mosaic,
                  config.mosaic.smem_bytes(head_dim_padded, itemsize,
                                           fp8=fp8 is not None, fp8_qk=fp8_qk)),
-                ("mosaic_bwd", config.mosaic_bwd, config.mosaic_bwd.smem_bytes(
-                    head_dim_padded, itemsize, backward=True))]
+                *[("mosaic_bwd", config.mosaic_bwd,
+                   config.mosaic_bwd.smem_bytes(head_dim_padded, itemsize,
+                                                backward=True))]
+                * (head_dim_padded in MOSAIC_BWD_HEAD_DIMS)]
   for name, blocks, need in tilings:
     if need > SMEM_BYTES:
       raise ValueError(

@@ -76,7 +76,13 @@ MOSAIC_COMPUTE_WGS = 2
 # rounded down to a multiple of 8 (168; ncu reports it), which ``setmaxnreg``
 # moves from the producer warpgroup to the compute ones.
 LAUNCH_REGISTERS = 65536 // ((MOSAIC_COMPUTE_WGS + 1) * 128) // 8 * 8
-MOSAIC_HEAD_DIMS = (64, 128)
+# Head dims (padded) the Hopper forward takes; its backward takes the first
+# two (at d 256 its dK and dV accumulators alone would need 256 registers a
+# thread), d 256's gradients come from the portable backward. "auto" picks
+# the Hopper forward at d 256 only once it has run compiled on a GPU.
+MOSAIC_HEAD_DIMS = (64, 128, 256)
+MOSAIC_BWD_HEAD_DIMS = (64, 128)
+MOSAIC_AUTO_HEAD_DIMS = (64, 128)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +352,10 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # where the diagonal tile masks more of a larger tile), 128 at d 128; FP8
   # 256 (causal below 2k keys: 128), 128 when K stays 16-bit.
   short = causal and seq_kv is not None and seq_kv < 4096
+  # d 256 (untuned): 64-row K/V tiles, and O written over Q's tile (no
+  # prefetch) without O's rounding residual (the portable backward corrects
+  # D itself): Q and two stages of K and V take 192 of the 227 KiB
+  wide = head_dim > 128
   # causal on the persistent grid (mirrored pairs of query tiles): equal
   # work a pair; up to 12k keys, FP8 up to 16k (beyond, one tile a CTA
   # won); 16-bit d 64 also beyond where Stream-K splits the pairs
@@ -358,7 +368,9 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
                  and seq_q is not None and -(-seq_q // cta_rows) % 2 == 0)
   paired = causal and seq_kv is not None and (
       seq_kv <= (16384 if fp8 and fp8_qk else 12288) or split_pairs)
-  if fp8 and not fp8_qk:
+  if wide:
+    fwd_kv = 64
+  elif fp8 and not fp8_qk:
     # P and V in FP8, K in 16 bits: 256-row tiles do not fit (untuned)
     fwd_kv = 128
   elif fp8:
@@ -380,21 +392,23 @@ def default_config(head_dim: int, itemsize: int = 2, *, causal: bool = False,
   # 2k either way).
   banded = causal if banded is None else banded
   persistent = not banded or paired
-  overlap = causal and not persistent and head_dim > 64 and not fp8
+  overlap = (causal and not persistent and head_dim > 64 and not fp8
+             and not wide)
   long_kv = seq_kv is None or seq_kv >= 4096
   paired_stream_k = paired and seq_kv >= (
       4096 if head_dim <= 64 and not fp8 else 8192)
   mosaic = MosaicBlocks(block_kv=fwd_kv, stages=2, persistent=persistent,
-                        prefetch_q=True, intra_wg_overlap=overlap,
+                        prefetch_q=not wide, intra_wg_overlap=overlap,
                         early_handover=not persistent and not fp8
                         and not overlap,
                         index_vectors=fp8 and fwd_kv > 128,
                         stream_k=(not banded and (seq_kv is None
                                                   or seq_kv >= 2048))
                         or paired_stream_k,
-                        o_residual=not fp8,
+                        o_residual=not fp8 and not wide,
                         owned_registers=(head_dim > 64 and not banded
-                                         and not fp8 and long_kv))
+                                         and not fp8 and long_kv
+                                         and not wide))
   # Backward: fused (dQ in the dK/dV kernel) at d 128 non-causal, causal
   # from 8k keys (240 registers a compute thread), d 64 from 4k keys
   # non-causal and 16k causal (dQ's columns split between the

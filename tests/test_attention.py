@@ -321,3 +321,6 @@ def test_auto_picks_the_hopper_kernel_on_sm90(monkeypatch, capability, dtype,
   explained = flashjax.explain(q, q, q, q_segment_ids=ids)
   assert explained.startswith(f"{want}: "), explained
   assert "compiled" in explained
+  # d 256: the Hopper forward only when asked for, until it runs compiled
+  wide = jax.ShapeDtypeStruct((1, 256, 2, 256), jnp.dtype(dtype))
+  assert flashjax.explain(wide, wide, wide).startswith("triton: ")

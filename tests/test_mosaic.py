@@ -279,8 +279,8 @@ def test_bad_mosaic_blocks(kwargs, match):
 
 @pytest.mark.parametrize("dtype,head_dim,match", [
     ("float32", 64, "takes bfloat16 or float16, got float32"),
-    ("bfloat16", 32, r"head_dim padded to \(64, 128\), got head_dim 32"),
-    ("bfloat16", 256, "got head_dim 256"),
+    ("bfloat16", 32, r"head_dim padded to \(64, 128, 256\), got head_dim 32"),
+    ("float16", 16, "got head_dim 16"),
 ])
 def test_unsupported_raises(dtype, head_dim, match):
   q = jax.ShapeDtypeStruct((1, 128, 2, head_dim), jnp.dtype(dtype))
@@ -1240,6 +1240,40 @@ def test_owned_registers_with_shared_full(causal):
     check_attention(BANDED_PACKED if causal else dataclasses.replace(
         LSE_LOG2_CASES[2], seq_q=700, seq_kv=700), backend="mosaic",
                     config=config)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_d256_forward(causal):
+  """d 256 (136-256 padded): the Hopper forward (64-row K/V tiles, O over
+  Q's tile, no O residual: 192 KiB of shared memory) and the portable
+  backward (the Hopper one's dK and dV accumulators would not fit the
+  registers); "auto" keeps the portable kernels there until the forward
+  has run compiled. Lowered for CUDA (one Mosaic GPU kernel, the rest
+  Triton); against the reference in the interpreter (GQA, packed segments,
+  odd lengths; d 192 padded with a window and a softcap)."""
+  config = flashjax.default_config(256, causal=causal, seq_kv=4096)
+  blocks = config.mosaic
+  assert (blocks.block_kv, blocks.stages, blocks.prefetch_q, blocks.o_residual,
+          blocks.owned_registers, blocks.intra_wg_overlap) == (
+              64, 2, False, False, False, False)
+  assert blocks.smem_bytes(256, 2) <= flashjax.config.SMEM_BYTES
+  q = jax.ShapeDtypeStruct((1, 300, 4, 256), jnp.bfloat16)
+  assert "backward portable" in flashjax.explain(q, q, q, causal=causal,
+                                                 backend="mosaic")
+
+  def loss(q):
+    return jnp.sum(flashjax.attention(
+        q, q, q, causal=causal, backend="mosaic",
+        interpret=False).astype(jnp.float32))
+  text = lower_for_h100(jax.grad(loss), q).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1 and "triton" in text
+  check_without_races(
+      Case(dtype="bfloat16", batch=1, seq_q=200, seq_kv=150, num_q_heads=4,
+           num_kv_heads=2, head_dim=256, causal=causal, segments="packed")
+      if causal else
+      Case(dtype="bfloat16", batch=1, seq_q=130, seq_kv=260, num_q_heads=2,
+           num_kv_heads=2, head_dim=192, window=(50, 20), softcap=20.0),
+      None)
 
 
 def test_deterministic_backward_by_config():

@@ -436,7 +436,8 @@ def forward(plan: Plan, q, k, v, q_segment_ids=None, kv_segment_ids=None,
 
   Args:
     q: ``[batch, seq_q, num_q_heads, head_dim]``, bf16/f16 (or FP8 under
-      ``plan.fp8``), seq_q a multiple of ``2 · BLOCK_Q``, head_dim 64 or 128.
+      ``plan.fp8``), seq_q a multiple of ``2 · BLOCK_Q``, head_dim 64, 128
+      or 256.
     k, v: ``[batch, seq_kv, num_kv_heads, head_dim]``, q's dtype, seq_kv a
       multiple of ``plan.config.mosaic.block_kv``.
     q_segment_ids, kv_segment_ids: int32 ``[batch, seq_q]`` /
