@@ -242,13 +242,14 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
              ("bwd", config.bwd, config.bwd.smem_bytes(head_dim_padded,
                                                        itemsize))]
   if backend == "mosaic":
-    tilings += [("mosaic", config.mosaic,
-                 config.mosaic.smem_bytes(head_dim_padded, itemsize,
-                                          fp8=fp8 is not None, fp8_qk=fp8_qk)),
-                *[("mosaic_bwd", config.mosaic_bwd,
-                   config.mosaic_bwd.smem_bytes(head_dim_padded, itemsize,
-                                                backward=True))]
-                * (head_dim_padded in MOSAIC_BWD_HEAD_DIMS)]
+    tilings.append(("mosaic", config.mosaic,
+                    config.mosaic.smem_bytes(head_dim_padded, itemsize,
+                                             fp8=fp8 is not None,
+                                             fp8_qk=fp8_qk)))
+  if backend == "mosaic" and head_dim_padded in MOSAIC_BWD_HEAD_DIMS:
+    tilings.append(("mosaic_bwd", config.mosaic_bwd,
+                    config.mosaic_bwd.smem_bytes(head_dim_padded, itemsize,
+                                                 backward=True)))
   for name, blocks, need in tilings:
     if need > SMEM_BYTES:
       raise ValueError(
