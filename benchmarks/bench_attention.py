@@ -26,7 +26,8 @@ and a markdown table with the ratio to cuDNN from the same run.
 
 Implementations (``--impls``): flashjax (portable Triton-lowered kernels),
 flashjax_mosaic (the Hopper kernels), flashjax_mosaic_deterministic (the
-Hopper kernels with ``deterministic=True``: the two-kernel backward), cudnn, xla, jax_pallas_mha (JAX's Triton
+Hopper kernels with ``deterministic=True``: the two-kernel backward),
+cudnn, xla, jax_pallas_mha (JAX's Triton
 ``mha``), jax_attention_mgpu (JAX's Mosaic FA3 kernel; float16 only) and
 tokamax_mosaic (needs tokamax installed); the FP8 training policy on 16-bit
 inputs (quantisation inside the call; forward and forward+backward):
