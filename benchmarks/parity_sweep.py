@@ -20,6 +20,10 @@ the backward), to check an option on many shapes before it runs on a GPU.
       --options shared_full=True bwd.shared_full=True
   NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 40 \
       --unbanded --options multicast=True
+  NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 40 \
+      --head-dims 160 192 256          # the d 256 forward, portable backward
+  NPROC=8 python benchmarks/parity_sweep.py --backend mosaic --cases 40 \
+      --deterministic
 """
 
 from __future__ import annotations
@@ -44,13 +48,16 @@ from flashjax.checks import make_plan  # noqa: E402
 
 
 def draw(rng: np.random.Generator, backend: str,
-         unbanded: bool = False) -> tuple[Case, int]:
+         unbanded: bool = False,
+         head_dims: list[int] | None = None) -> tuple[Case, int]:
   """One random case and its input seed. The Hopper backend takes bf16/fp16
   and head dims 64/128 (40 and 96 padded); the portable one everything.
-  ``unbanded``: neither causal nor a window (the same draws otherwise)."""
+  ``unbanded``: neither causal nor a window (the same draws otherwise);
+  ``head_dims``: the head dims to draw from instead (e.g. d 256's)."""
   mosaic = backend == "mosaic"
   dtypes = ["bfloat16", "float16"] + ([] if mosaic else ["float32"])
-  head_dims = [40, 64, 96, 128] + ([] if mosaic else [8])
+  if head_dims is None:
+    head_dims = [40, 64, 96, 128] + ([] if mosaic else [8])
   kv_heads, group = int(rng.choice([1, 2])), int(rng.choice([1, 3]))
   side = lambda: None if rng.integers(3) == 0 else int(rng.integers(0, 100))
   case = Case(
@@ -95,6 +102,11 @@ def main(argv=None) -> int:
                       help="only cases without a band (neither causal nor "
                       "a window), where the persistent grid's unbanded "
                       "options (multicast, Stream-K) apply")
+  parser.add_argument("--head-dims", type=int, nargs="+", default=None,
+                      help="draw the head dim from these (default: 40, 64, "
+                      "96, 128, and 8 on the portable backend)")
+  parser.add_argument("--deterministic", action="store_true",
+                      help="flashjax.attention(deterministic=True)")
   args = parser.parse_args(argv)
   fwd, bwd = parse_options(args.options)
   if (fwd or bwd) and args.backend != "mosaic":
@@ -104,10 +116,12 @@ def main(argv=None) -> int:
   # a progress bar on a terminal (none in a log: disable=None)
   for i in tqdm(range(args.cases), desc=args.backend, unit="case",
                 disable=None):
-    case, seed = draw(rng, args.backend, args.unbanded)
+    case, seed = draw(rng, args.backend, args.unbanded, args.head_dims)
     try:
       extra = {} if not (fwd or bwd) else dict(
           config=configured(case, seed, fwd, bwd))
+      if args.deterministic:
+        extra["deterministic"] = True
       races = args.backend == "mosaic" and jax.default_backend() != "gpu"
       if races:
         interpret_pallas_call.reset_gpu_interpret_mode_state()
