@@ -69,10 +69,7 @@ class Plan:
 
   @property
   def hopper_backward(self) -> bool:
-    """Whether the Hopper kernels differentiate this call (else, at d 256
-    under ``backend="mosaic"``, the portable backward does)."""
-    return (self.backend == "mosaic"
-            and self.head_dim_padded in MOSAIC_BWD_HEAD_DIMS)
+    return _hopper_backward(self.backend, self.head_dim_padded)
 
   @property
   def fwd_blocks(self) -> Blocks:
@@ -101,6 +98,12 @@ class Plan:
                  self.config.mosaic_bwd.block_kv,
                  MOSAIC_COMPUTE_WGS * MOSAIC_BLOCK_Q)
     return _round_up(self.mask.seq_kv, tile)
+
+
+def _hopper_backward(backend: str, head_dim_padded: int) -> bool:
+  """Whether the Hopper kernels differentiate a call (else, at d 256 under
+  ``backend="mosaic"``, the portable backward does)."""
+  return backend == "mosaic" and head_dim_padded in MOSAIC_BWD_HEAD_DIMS
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -220,6 +223,7 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
               why_not if hopper else
               "compiled, not sm_90" if on_gpu else "interpret mode, no GPU")
   itemsize = jnp.dtype(dtype).itemsize
+  hopper_backward = _hopper_backward(backend, head_dim_padded)
   mask = MaskSpec(seq_q=seq_q, seq_kv=seq_kv, causal=bool(causal),
                   window=window, has_segments=q_segment_ids is not None)
   if config is None:
@@ -230,8 +234,7 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
   elif not isinstance(config, Config):
     raise TypeError(f"config must be a flashjax.Config or None, got "
                     f"{type(config).__name__}.")
-  elif (deterministic and backend == "mosaic" and config.mosaic_bwd.fused_dq
-        and head_dim_padded in MOSAIC_BWD_HEAD_DIMS):
+  elif deterministic and hopper_backward and config.mosaic_bwd.fused_dq:
     raise ValueError(
         "deterministic=True needs the two-kernel Hopper backward, got a "
         "config with mosaic_bwd.fused_dq=True (its dQ is reduce-added in an "
@@ -246,7 +249,7 @@ def make_plan(q, k, v, *, segment_ids=None, q_segment_ids=None,
                     config.mosaic.smem_bytes(head_dim_padded, itemsize,
                                              fp8=fp8 is not None,
                                              fp8_qk=fp8_qk)))
-  if backend == "mosaic" and head_dim_padded in MOSAIC_BWD_HEAD_DIMS:
+  if hopper_backward:
     tilings.append(("mosaic_bwd", config.mosaic_bwd,
                     config.mosaic_bwd.smem_bytes(head_dim_padded, itemsize,
                                                  backward=True)))

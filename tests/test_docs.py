@@ -40,11 +40,14 @@ def test_the_readme_links_its_figures():
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def readme_rows() -> list[list[str]]:
-  """The README's table rows, split into their cells."""
+def table_rows(path: pathlib.Path) -> list[list[str]]:
+  """A markdown file's table rows (headers included), split into cells."""
   return [[c.strip() for c in line.strip("|").split("|")]
-          for line in (ROOT / "README.md").read_text().splitlines()
-          if line.startswith("| ")]
+          for line in path.read_text().splitlines() if line.startswith("| ")]
+
+
+def readme_rows() -> list[list[str]]:
+  return table_rows(ROOT / "README.md")
 
 
 def test_the_readme_hopper_table_is_the_committed_results():
@@ -80,9 +83,7 @@ def test_the_readme_training_table_is_the_committed_results():
   """The README's steps/s table is ``bench_train.py``'s H200 run, cell for
   cell, where the README words a missing figure ("out of memory ...",
   "not run") in place of the script's "OOM/error" or "—"."""
-  lines = (RESULTS / "train-h200.md").read_text().splitlines()
-  script = [[c.strip() for c in line.strip("|").split("|")]
-            for line in lines if line.startswith("| ")][1:]
+  script = table_rows(RESULTS / "train-h200.md")[1:]
   readme = {row[0]: row for row in readme_rows()}
   assert len(script) == 4
   for row in script:
